@@ -32,8 +32,9 @@ const S_MAIN: SocketId = SocketId(0);
 const S_FILTER_BOTH: SocketId = SocketId(1);
 /// Filtering test III (change port), its own socket.
 const S_FILTER_PORT: SocketId = SocketId(2);
-/// TTL-limited probes that reveal the routers on the path.
-const S_HOPS: SocketId = SocketId(3);
+/// TTL-limited probes that reveal the routers on the path: one socket per TTL, so an ICMP
+/// error that quotes too little of the probe to carry its transaction id still tells its TTL.
+const S_HOPS_BASE: u16 = 3;
 /// First socket of the binding-lifetime search; each gap uses two (the kept mapping and the
 /// one that asks the server to answer it).
 const S_LIFETIME_BASE: u16 = 16;
@@ -510,12 +511,16 @@ impl Prober {
             }
             Input::Datagram { socket, from, data } => self.on_datagram(now, socket, from, data),
             Input::IcmpError {
-                offender, original, ..
+                socket,
+                offender,
+                original,
             } => {
-                let Ok(m) = stun::decode(original) else {
-                    return;
-                };
-                if let Some(i) = self.find(&m.tid) {
+                let by_tid = stun::decode(original).ok().and_then(|m| self.find(&m.tid));
+                let by_socket = self.pending.iter().position(|p| {
+                    matches!(p.test, Test::Hop(_))
+                        && matches!(p.via, Via::Udp { socket: s, .. } if s == socket)
+                });
+                if let Some(i) = by_tid.or(by_socket) {
                     if let Test::Hop(ttl) = self.pending[i].test {
                         self.pending[i].txn.answered(now);
                         if !self.hops.iter().any(|h| h.ttl == ttl) {
@@ -865,7 +870,8 @@ impl Prober {
                 ..sched
             };
             for ttl in 1..=defaults::MAX_HOP_TTL {
-                self.add(now, Test::Hop(ttl), S_HOPS, Some(ttl), p, Change::NONE, hop_sched);
+                let s = SocketId(S_HOPS_BASE + ttl as u16);
+                self.add(now, Test::Hop(ttl), s, Some(ttl), p, Change::NONE, hop_sched);
             }
         }
         if let Some(max) = self.cfg.lifetime_max {

@@ -1,0 +1,214 @@
+//! Turns observations into what a person wants to know: can a stranger reach this machine,
+//! what stops it, and what would work instead.
+//!
+//! Which punching technique works between two NATs follows from RFC 4787's classes: a peer
+//! can be reached through a hole punched from inside when its mapping is endpoint-independent
+//! (the address the other side learned through a server is the one it must send to), or when
+//! the other side's filtering lets the new source in.
+
+use serde::Serialize;
+
+use crate::classify::{Behaviour, Observations};
+use crate::netaddr;
+
+/// The answer, in plain words and as data.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    /// True when unsolicited inbound traffic reaches this host.
+    pub can_host: bool,
+    /// What stops it (or why it works).
+    pub reasons: Vec<String>,
+    /// What would work instead.
+    pub advice: Vec<String>,
+}
+
+/// Whether carrier-grade NAT sits between this host and the internet, and the evidence.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct CgnatFinding {
+    /// True when any evidence was found.
+    pub cgnat: bool,
+    /// Why natprobe thinks so.
+    pub evidence: Vec<String>,
+}
+
+/// RFC 6598 §7: the shared address space marks a carrier-grade NAT, whether it shows up as
+/// the mapped address (server inside the carrier's network), as a router on the path, or as
+/// the home router's own external address (port-mapping protocols).
+pub fn cgnat(o: &Observations, router_external: Option<std::net::IpAddr>) -> CgnatFinding {
+    let mut f = CgnatFinding::default();
+    if let Some(m) = o.mapped_addr {
+        if netaddr::is_cgnat(m.ip()) {
+            f.evidence.push(format!(
+                "the server saw you at {}, inside 100.64.0.0/10, the range carriers use for \
+                 carrier-grade NAT (RFC 6598)",
+                m.ip()
+            ));
+        }
+    }
+    for h in &o.hops {
+        if netaddr::is_cgnat(h.addr) {
+            f.evidence.push(format!(
+                "router {} ({} hop{} away) is in 100.64.0.0/10 (RFC 6598 shared address \
+                 space): your provider's carrier-grade NAT sits behind your own router",
+                h.addr,
+                h.ttl,
+                if h.ttl == 1 { "" } else { "s" }
+            ));
+            break;
+        }
+    }
+    if let (Some(ext), Some(m)) = (router_external, o.mapped_addr) {
+        if ext != m.ip() && (netaddr::is_cgnat(ext) || netaddr::is_private(ext)) {
+            f.evidence.push(format!(
+                "your router's external address is {ext} but the internet sees {}: \
+                 another NAT sits in front of your router",
+                m.ip()
+            ));
+        }
+    }
+    f.cgnat = !f.evidence.is_empty();
+    f
+}
+
+fn describe_filtering(f: Behaviour) -> &'static str {
+    match f {
+        Behaviour::EndpointIndependent => {
+            "once you have sent from a port, your NAT lets anyone send to it"
+        }
+        Behaviour::AddressDependent => {
+            "your NAT only lets in packets from addresses (hosts) you have sent to first"
+        }
+        Behaviour::AddressAndPortDependent => {
+            "your NAT only lets in packets from the exact address and port you have sent to first"
+        }
+        _ => "natprobe could not test which packets your NAT lets in",
+    }
+}
+
+/// Builds the verdict.
+pub fn verdict(o: &Observations, cg: &CgnatFinding) -> Verdict {
+    let mut reasons = Vec::new();
+    let mut advice = Vec::new();
+    if !o.udp {
+        reasons.push(match o.tcp {
+            Some(true) => "UDP is blocked: no STUN server answered over UDP, but STUN over TCP \
+                           to the same server did, so a firewall drops UDP"
+                .to_string(),
+            _ => "no STUN server answered, so natprobe cannot tell what is in the way".to_string(),
+        });
+        advice.push(
+            "if UDP is blocked, only TCP works: a port forward on your router, or a relay \
+             reached over TCP"
+                .to_string(),
+        );
+        return Verdict {
+            can_host: false,
+            reasons,
+            advice,
+        };
+    }
+    let m = o.mapping;
+    let f = o.filtering;
+    let can_host;
+    if o.behind_nat == Some(false) {
+        match f {
+            Behaviour::EndpointIndependent => {
+                can_host = true;
+                reasons.push(
+                    "your address is public (no NAT) and packets from strangers reach you"
+                        .to_string(),
+                );
+            }
+            Behaviour::Unknown => {
+                can_host = false;
+                reasons.push(
+                    "your address is public (no NAT), but natprobe could not test whether a \
+                     firewall drops packets from strangers"
+                        .to_string(),
+                );
+            }
+            _ => {
+                can_host = false;
+                reasons.push(format!(
+                    "your address is public (no NAT), but a firewall drops unsolicited \
+                     packets: {}",
+                    describe_filtering(f).replace("your NAT", "it")
+                ));
+                advice.push("open the port in your firewall".to_string());
+            }
+        }
+    } else {
+        can_host = m == Behaviour::EndpointIndependent && f == Behaviour::EndpointIndependent;
+        if can_host {
+            reasons.push(format!(
+                "you are behind a NAT that maps endpoint-independently and lets anyone in once a \
+                 port has sent a packet (\"full cone\"): a UDP server that first sends one packet \
+                 out and keeps sending keepalives is reachable at {}",
+                o.mapped_addr.map(|a| a.ip().to_string()).unwrap_or_default()
+            ));
+        } else {
+            reasons.push(describe_filtering(f).to_string());
+            if m == Behaviour::AddressDependent || m == Behaviour::AddressAndPortDependent {
+                reasons.push(
+                    "your NAT gives each destination a different public port (\"symmetric\"), \
+                     so the address a server sees is not the one a peer could use"
+                        .to_string(),
+                );
+            }
+        }
+    }
+    if cg.cgnat {
+        reasons.push(
+            "you are behind your provider's carrier-grade NAT: you share a public address \
+             with other customers"
+                .to_string(),
+        );
+    }
+    if !can_host {
+        if cg.cgnat {
+            advice.push(
+                "a port mapping on your own router cannot help: the carrier's NAT in front of \
+                 it would still drop the packets. Ask your provider for a public IPv4 address \
+                 or a port forward, or use IPv6"
+                    .to_string(),
+            );
+        } else if o.behind_nat == Some(true) {
+            advice.push(
+                "ask your router to forward a port (UPnP IGD, NAT-PMP or PCP): natkit's \
+                 `portmap add PORT`, or a port forward in the router's settings"
+                    .to_string(),
+            );
+        }
+        match m {
+            Behaviour::EndpointIndependent | Behaviour::None => advice.push(
+                "UDP hole punching (natkit's `punch`) can connect you directly with peers \
+                 behind full-cone, restricted or port-restricted NATs; a peer behind a \
+                 symmetric NAT needs birthday probing or a relay"
+                    .to_string(),
+            ),
+            Behaviour::AddressDependent | Behaviour::AddressAndPortDependent => advice.push(
+                "hole punching can reach peers whose NAT is full-cone or restricted; a \
+                 port-restricted peer needs birthday probing, and a peer that is symmetric \
+                 too needs a relay"
+                    .to_string(),
+            ),
+            Behaviour::Unknown => {}
+        }
+        advice.push(
+            "a relay on a public host (natkit's `relay`) always works, at the cost of a \
+             detour"
+                .to_string(),
+        );
+    } else if o.behind_nat == Some(true) {
+        advice.push(
+            "for TCP services, or to keep one fixed port without keepalives, still ask the \
+             router for a port mapping (`portmap add PORT`)"
+                .to_string(),
+        );
+    }
+    Verdict {
+        can_host,
+        reasons,
+        advice,
+    }
+}
