@@ -450,42 +450,27 @@ fn read_errqueue(fd: i32) -> Option<(IpAddr, u8, Vec<u8>)> {
 async fn recv_loop(id: SocketId, s: Arc<UdpSocket>, errqueue: bool, tx: mpsc::Sender<Event>) {
     // One byte more than the largest datagram natkit accepts, so truncation is visible.
     let mut buf = vec![0u8; defaults::MAX_DATAGRAM + 1];
+    let fd = s.as_raw_fd();
     loop {
-        let interest = if errqueue {
-            tokio::io::Interest::READABLE | tokio::io::Interest::ERROR
-        } else {
-            tokio::io::Interest::READABLE
+        let ev = tokio::select! {
+            r = s.recv_from(&mut buf) => match r {
+                Ok((n, from)) => Event::Datagram(id, from, buf[..n].to_vec(), Instant::now()),
+                // With IP_RECVERR an ICMP error also surfaces here once (and is consumed);
+                // its details are read from the error queue below.
+                Err(_) => continue,
+            },
+            // `async_io` clears the error readiness when the queue is empty (WouldBlock), so
+            // this cannot spin.
+            r = s.async_io(tokio::io::Interest::ERROR, || {
+                read_errqueue(fd).ok_or_else(|| std::io::ErrorKind::WouldBlock.into())
+            }), if errqueue => match r {
+                // ICMP type 11: Time Exceeded (RFC 792); other errors are not hops.
+                Ok((ip, 11, payload)) => Event::Icmp(id, ip, payload, Instant::now()),
+                _ => continue,
+            },
         };
-        let Ok(ready) = s.ready(interest).await else {
+        if tx.send(ev).await.is_err() {
             return;
-        };
-        if errqueue && (ready.is_error() || ready.is_readable()) {
-            while let Some((ip, ty, payload)) = read_errqueue(s.as_raw_fd()) {
-                // ICMP type 11: Time Exceeded (RFC 792).
-                if ty == 11
-                    && tx
-                        .send(Event::Icmp(id, ip, payload, Instant::now()))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        match s.try_recv_from(&mut buf) {
-            Ok((n, from)) => {
-                let data = buf[..n].to_vec();
-                if tx
-                    .send(Event::Datagram(id, from, data, Instant::now()))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            // ICMP-reported errors (IP_RECVERR) surface here too; they were read above.
-            Err(_) => {}
         }
     }
 }

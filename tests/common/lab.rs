@@ -71,7 +71,10 @@ impl Kind {
 
     /// Kinds whose router can hairpin (`--hairpin-x on`).
     pub fn supports_hairpin(self) -> bool {
-        matches!(self, Kind::FullCone | Kind::Restricted | Kind::PortRestricted)
+        matches!(
+            self,
+            Kind::FullCone | Kind::Restricted | Kind::PortRestricted
+        )
     }
 }
 
@@ -413,7 +416,8 @@ fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
 /// A TCP socket with SO_REUSEADDR and SO_REUSEPORT, bound to `local`.
 fn reuse_tcp_socket(local: SocketAddrV4) -> io::Result<OwnedFd> {
     // SAFETY: socket() returns a fresh fd or -1.
-    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fd is a fresh, owned descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: libc::c_int = 1;
