@@ -77,10 +77,12 @@ pub enum Input<'a> {
         /// Its bytes (possibly truncated by the driver; then decoding fails).
         data: &'a [u8],
     },
-    /// An ICMP error (e.g. Time Exceeded) about a datagram this socket sent.
+    /// An ICMP error about a datagram this socket sent.
     IcmpError {
         /// The socket whose datagram caused it.
         socket: SocketId,
+        /// Which error.
+        kind: IcmpKind,
         /// The router that sent the error.
         offender: IpAddr,
         /// The payload of the original datagram, as the kernel returned it.
@@ -100,6 +102,15 @@ pub enum Input<'a> {
         /// Its address.
         addr: SocketAddr,
     },
+}
+
+/// The ICMP errors natprobe uses (RFC 792).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpKind {
+    /// Type 11: a router on the path dropped the datagram when its TTL ran out.
+    TimeExceeded,
+    /// Type 3: the destination (or a router) says it cannot be reached.
+    Unreachable,
 }
 
 /// RFC 4787 behaviour classes, as used in natprobe's JSON.
@@ -298,6 +309,8 @@ pub struct Prober {
     lifetime: Vec<LifetimeSlot>,
     ignored: Vec<String>,
     notes_filtering: Option<String>,
+    hop_retried: Vec<u8>,
+    hop_reached: Option<u8>,
 }
 
 fn clamp_rto(rtt: Duration) -> Duration {
@@ -342,6 +355,8 @@ impl Prober {
             lifetime: Vec::new(),
             ignored: Vec::new(),
             notes_filtering: None,
+            hop_retried: Vec::new(),
+            hop_reached: None,
             cfg,
         };
         let first = Schedule {
@@ -352,9 +367,40 @@ impl Prober {
         let deadline = now + p.cfg.first_timeout;
         for i in 0..p.cfg.servers.len() {
             let dst = p.cfg.servers[i];
-            p.add(now, Test::Binding(i), S_MAIN, None, dst, Change::NONE, first);
+            p.add(
+                now,
+                Test::Binding(i),
+                S_MAIN,
+                None,
+                dst,
+                Change::NONE,
+                first,
+            );
             if let Some(t) = p.pending.last_mut() {
                 t.txn.cap_deadline(deadline);
+            }
+        }
+        if p.cfg.hops {
+            // Sent first, before anything that makes routers send ICMP errors towards us (the
+            // hairpin probe to our own public address does): Linux rate-limits ICMP per
+            // destination (1/s, burst 6) and an exhausted bucket would hide the hops.
+            let hop_sched = Schedule {
+                rto: defaults::HOP_RTO,
+                max_sends: 3,
+                final_wait: defaults::HOP_RTO * defaults::FINAL_WAIT_RTOS,
+            };
+            let dst = p.cfg.servers[0];
+            for ttl in 1..=defaults::MAX_HOP_TTL {
+                let s = SocketId(S_HOPS_BASE + ttl as u16);
+                p.add(
+                    now,
+                    Test::Hop(ttl),
+                    s,
+                    Some(ttl),
+                    dst,
+                    Change::NONE,
+                    hop_sched,
+                );
             }
         }
         p.pump(now);
@@ -467,7 +513,11 @@ impl Prober {
         if self.is_done() {
             return None;
         }
-        let mut t = self.pending.iter().filter_map(|p| p.txn.poll_timeout()).min();
+        let mut t = self
+            .pending
+            .iter()
+            .filter_map(|p| p.txn.poll_timeout())
+            .min();
         for s in &self.lifetime {
             if let Some(c) = s.check_at {
                 t = Some(t.map_or(c, |x| x.min(c)));
@@ -512,26 +562,10 @@ impl Prober {
             Input::Datagram { socket, from, data } => self.on_datagram(now, socket, from, data),
             Input::IcmpError {
                 socket,
+                kind,
                 offender,
                 original,
-            } => {
-                let by_tid = stun::decode(original).ok().and_then(|m| self.find(&m.tid));
-                let by_socket = self.pending.iter().position(|p| {
-                    matches!(p.test, Test::Hop(_))
-                        && matches!(p.via, Via::Udp { socket: s, .. } if s == socket)
-                });
-                if let Some(i) = by_tid.or(by_socket) {
-                    if let Test::Hop(ttl) = self.pending[i].test {
-                        self.pending[i].txn.answered(now);
-                        if !self.hops.iter().any(|h| h.ttl == ttl) {
-                            self.hops.push(Hop {
-                                ttl,
-                                addr: offender,
-                            });
-                        }
-                    }
-                }
-            }
+            } => self.on_icmp(now, socket, kind, offender, original),
             Input::TcpAnswer { server, result } => {
                 let idx = self
                     .pending
@@ -557,6 +591,54 @@ impl Prober {
         self.pump(now);
     }
 
+    fn on_icmp(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        kind: IcmpKind,
+        offender: IpAddr,
+        original: &[u8],
+    ) {
+        let by_tid = stun::decode(original).ok().and_then(|m| self.find(&m.tid));
+        // Routers may quote too little of the probe to carry its transaction id; hop probes
+        // have a socket each, so the socket tells the TTL.
+        let by_socket = || {
+            self.pending.iter().position(|p| {
+                matches!(p.test, Test::Hop(_))
+                    && matches!(p.via, Via::Udp { socket: s, .. } if s == socket)
+            })
+        };
+        let Some(i) = by_tid.or_else(by_socket) else {
+            return;
+        };
+        match (self.pending[i].test, kind) {
+            (Test::Hop(ttl), IcmpKind::TimeExceeded) => {
+                self.pending[i].txn.answered(now);
+                if !self.hops.iter().any(|h| h.ttl == ttl) {
+                    self.hops.push(Hop {
+                        ttl,
+                        addr: offender,
+                    });
+                }
+            }
+            // The NAT delivered the probe to itself and found no listener: a definite "no"
+            // after one packet instead of five.
+            (Test::Hairpin, IcmpKind::Unreachable) => {
+                self.pending[i].txn.cancel();
+                self.hairpin = Outcome::NoAnswer;
+            }
+            (Test::Binding(s), IcmpKind::Unreachable) => {
+                self.pending[i].txn.cancel();
+                let msg = format!("unreachable: ICMP destination unreachable from {offender}");
+                if !self.servers[s].problems.contains(&msg) {
+                    self.servers[s].problems.push(msg);
+                }
+                self.binding_finished(now);
+            }
+            _ => {}
+        }
+    }
+
     fn find(&self, tid: &Tid) -> Option<usize> {
         self.pending.iter().position(|p| &p.tid == tid)
     }
@@ -577,7 +659,9 @@ impl Prober {
             }
         };
         let Some(i) = self.find(&m.tid) else {
-            self.ignore(format!("STUN message from {from} with an unknown transaction id"));
+            self.ignore(format!(
+                "STUN message from {from} with an unknown transaction id"
+            ));
             return;
         };
         let test = self.pending[i].test;
@@ -640,8 +724,8 @@ impl Prober {
                 }
             }
             Test::Hop(ttl) => {
-                // The probe reached the server within `ttl` hops: no router beyond this one.
-                let _ = ttl;
+                // The probe reached the server within `ttl` hops.
+                self.hop_reached = Some(self.hop_reached.map_or(ttl, |r| r.min(ttl)));
             }
             Test::LifetimeArm(k) => {
                 let slot = &mut self.lifetime[k];
@@ -786,7 +870,7 @@ impl Prober {
             Test::FilterBoth => self.filter_both = Outcome::NoAnswer,
             Test::FilterPort => self.filter_port = Outcome::NoAnswer,
             Test::Hairpin => self.hairpin = Outcome::NoAnswer,
-            Test::Hop(_) => {}
+            Test::Hop(ttl) => self.retry_silent_hop(now, ttl),
             Test::Tcp(_) => {
                 if self.tcp_ok.is_none() {
                     self.tcp_ok = Some(false)
@@ -800,6 +884,29 @@ impl Prober {
                 self.finish_lifetime_if_bracketed();
             }
         }
+    }
+
+    /// A hop that stayed silent while a farther one answered is a router that rate-limits its
+    /// ICMP errors (Linux: 1/s per destination, burst 6). Ask it once more, slowly, so that
+    /// repeated runs still see a carrier-grade NAT hop. Only hops 2 and 3: hop 1 is the home
+    /// router, and a CGNAT sits right behind it. Costs up to ~1.1 s, and only on such paths.
+    fn retry_silent_hop(&mut self, now: Instant, ttl: u8) {
+        let farther_answered =
+            self.hops.iter().any(|h| h.ttl > ttl) || self.hop_reached.is_some_and(|r| r > ttl);
+        if !(2..=3).contains(&ttl) || !farther_answered || self.hop_retried.contains(&ttl) {
+            return;
+        }
+        self.hop_retried.push(ttl);
+        let Some(dst) = self.cfg.servers.first().copied() else {
+            return;
+        };
+        let s = SocketId(S_HOPS_BASE + ttl as u16);
+        let sched = Schedule {
+            rto: defaults::HOP_RETRY_RTO,
+            max_sends: 3,
+            final_wait: defaults::HOP_RTO * defaults::FINAL_WAIT_RTOS,
+        };
+        self.add(now, Test::Hop(ttl), s, Some(ttl), dst, Change::NONE, sched);
     }
 
     /// Called when a server's Binding finished (either way): start phase 2 once a primary is
@@ -864,16 +971,6 @@ impl Prober {
         if let (Some(m), Some(true)) = (mapped, behind) {
             self.add(now, Test::Hairpin, S_MAIN, None, m, Change::NONE, sched);
         }
-        if self.cfg.hops && behind == Some(true) {
-            let hop_sched = Schedule {
-                max_sends: 2,
-                ..sched
-            };
-            for ttl in 1..=defaults::MAX_HOP_TTL {
-                let s = SocketId(S_HOPS_BASE + ttl as u16);
-                self.add(now, Test::Hop(ttl), s, Some(ttl), p, Change::NONE, hop_sched);
-            }
-        }
         if let Some(max) = self.cfg.lifetime_max {
             for (k, &g) in defaults::LIFETIME_GAPS_S
                 .iter()
@@ -888,7 +985,15 @@ impl Prober {
                     result: None,
                 });
                 let kept = SocketId(S_LIFETIME_BASE + 2 * k as u16);
-                self.add(now, Test::LifetimeArm(k), kept, None, p, Change::NONE, sched);
+                self.add(
+                    now,
+                    Test::LifetimeArm(k),
+                    kept,
+                    None,
+                    p,
+                    Change::NONE,
+                    sched,
+                );
             }
         }
     }
@@ -914,10 +1019,7 @@ impl Prober {
     /// Mappings expire monotonically: once a gap is alive and the next longer one has expired,
     /// the longer gaps need not be waited for.
     fn finish_lifetime_if_bracketed(&mut self) {
-        let alive = self
-            .lifetime
-            .iter()
-            .rposition(|s| s.result == Some(true));
+        let alive = self.lifetime.iter().rposition(|s| s.result == Some(true));
         let dead = self.lifetime.iter().position(|s| s.result == Some(false));
         let bracketed = match (alive, dead) {
             (Some(a), Some(d)) => d == a + 1,
@@ -976,32 +1078,33 @@ impl Prober {
             self.mapping_from_servers()
         };
 
-        let (filtering, filtering_note) = if mapped.is_none() {
-            (Behaviour::Unknown, Some("no server answered".to_string()))
-        } else if !rfc5780 {
-            (
-                Behaviour::Unknown,
-                Some(
-                    "no server supports RFC 5780 behaviour discovery (OTHER-ADDRESS), so \
-                     filtering cannot be tested; give one with --server"
-                        .to_string(),
-                ),
-            )
-        } else {
-            match (self.filter_both, self.filter_port) {
-                (Outcome::Got(()), _) => (Behaviour::EndpointIndependent, None),
-                (Outcome::NoAnswer, Outcome::Got(())) => (Behaviour::AddressDependent, None),
-                (Outcome::NoAnswer, Outcome::NoAnswer) => {
-                    (Behaviour::AddressAndPortDependent, None)
-                }
-                _ => (
+        let (filtering, filtering_note) =
+            if mapped.is_none() {
+                (Behaviour::Unknown, Some("no server answered".to_string()))
+            } else if !rfc5780 {
+                (
                     Behaviour::Unknown,
-                    Some(self.notes_filtering.clone().unwrap_or_else(|| {
-                        "the server did not honour CHANGE-REQUEST".to_string()
-                    })),
-                ),
-            }
-        };
+                    Some(
+                        "no server supports RFC 5780 behaviour discovery (OTHER-ADDRESS), so \
+                     filtering cannot be tested; give one with --server"
+                            .to_string(),
+                    ),
+                )
+            } else {
+                match (self.filter_both, self.filter_port) {
+                    (Outcome::Got(()), _) => (Behaviour::EndpointIndependent, None),
+                    (Outcome::NoAnswer, Outcome::Got(())) => (Behaviour::AddressDependent, None),
+                    (Outcome::NoAnswer, Outcome::NoAnswer) => {
+                        (Behaviour::AddressAndPortDependent, None)
+                    }
+                    _ => (
+                        Behaviour::Unknown,
+                        Some(self.notes_filtering.clone().unwrap_or_else(|| {
+                            "the server did not honour CHANGE-REQUEST".to_string()
+                        })),
+                    ),
+                }
+            };
 
         let hairpinning = match self.hairpin {
             Outcome::Got(()) => Some(true),

@@ -56,6 +56,15 @@ pub const DNS_TIMEOUT: Duration = Duration::from_millis(1000);
 /// hops behind the home router.
 pub const MAX_HOP_TTL: u8 = 4;
 
+/// Retransmission timeout of the TTL-limited path probes, sent before any RTT is known. The
+/// routers they reach are the first few hops, well under 50 ms away on any access network.
+pub const HOP_RTO: Duration = Duration::from_millis(50);
+
+/// Retransmission timeout when a hop stayed silent while a farther one answered: its ICMP
+/// budget refills at one per second on Linux, so retries at 0, 350 and 1050 ms catch the next
+/// token.
+pub const HOP_RETRY_RTO: Duration = Duration::from_millis(350);
+
 /// Binding-lifetime search: the idle gaps probed in parallel (seconds). RFC 4787 REQ-5 asks
 /// for ≥ 120 s, but many NATs expire at 30 s (Linux conntrack's default for one-shot UDP),
 /// so the gaps are dense below a minute.

@@ -102,7 +102,12 @@ mod tests {
         ] {
             assert!(is_unroutable(ip(s)), "{s}");
         }
-        for s in ["203.0.113.10", "8.8.8.8", "2001:db8::1", "::ffff:203.0.113.10"] {
+        for s in [
+            "203.0.113.10",
+            "8.8.8.8",
+            "2001:db8::1",
+            "::ffff:203.0.113.10",
+        ] {
             assert!(!is_unroutable(ip(s)), "{s}");
         }
     }

@@ -13,7 +13,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::classify::{
-    Behaviour, Hop, Input, Lifetime, Observations, ProbeConfig, Prober, SocketId, Via,
+    Behaviour, Hop, IcmpKind, Input, Lifetime, Observations, ProbeConfig, Prober, SocketId, Via,
 };
 use crate::defaults;
 use crate::stun;
@@ -187,7 +187,7 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 
 enum Event {
     Datagram(SocketId, SocketAddr, Vec<u8>, Instant),
-    Icmp(SocketId, IpAddr, Vec<u8>, Instant),
+    Icmp(SocketId, IcmpKind, IpAddr, Vec<u8>, Instant),
     Tcp(SocketAddr, Result<Vec<u8>, String>, Instant),
 }
 
@@ -215,8 +215,13 @@ pub async fn run(
     for s in &opts.servers {
         parsed.push(parse_server(s)?);
     }
-    let lookups =
-        futures_join_all(parsed.into_iter().map(|(h, p)| async move { resolve(&h, p).await }).collect::<Vec<_>>()).await;
+    let lookups = futures_join_all(
+        parsed
+            .into_iter()
+            .map(|(h, p)| async move { resolve(&h, p).await })
+            .collect::<Vec<_>>(),
+    )
+    .await;
     let mut tried = Vec::new();
     let mut entries: Vec<ServerEntry> = Vec::new();
     let mut addrs = Vec::new();
@@ -306,10 +311,12 @@ async fn drive(
                             } else {
                                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
                             };
-                            let s = Arc::new(UdpSocket::bind(bind).await.map_err(ProbeError::Socket)?);
-                            if ttl.is_some() {
-                                set_recverr(&s);
-                            }
+                            let s =
+                                Arc::new(UdpSocket::bind(bind).await.map_err(ProbeError::Socket)?);
+                            // Every socket reads ICMP errors: Time Exceeded for the path
+                            // probes, Destination Unreachable for a quick "no" (hairpin
+                            // probe, closed server port).
+                            set_recverr(&s);
                             let port = s.local_addr().map_err(ProbeError::Socket)?.port();
                             let ip = local_ip.unwrap_or(bind.ip());
                             prober.handle_input(
@@ -322,7 +329,7 @@ async fn drive(
                             tasks.push(tokio::spawn(recv_loop(
                                 socket,
                                 s.clone(),
-                                ttl.is_some(),
+                                true,
                                 tx.clone(),
                             )));
                             sockets.insert(socket, s.clone());
@@ -361,7 +368,7 @@ async fn drive(
                 let Some(ev) = ev else { break };
                 match ev {
                     Event::Datagram(socket, from, data, at) => prober.handle_input(at, Input::Datagram { socket, from, data: &data }),
-                    Event::Icmp(socket, offender, original, at) => prober.handle_input(at, Input::IcmpError { socket, offender, original: &original }),
+                    Event::Icmp(socket, kind, offender, original, at) => prober.handle_input(at, Input::IcmpError { socket, kind, offender, original: &original }),
                     Event::Tcp(server, result, at) => {
                         let r = match &result { Ok(b) => Ok(b.as_slice()), Err(e) => Err(e.as_str()) };
                         if let Err(e) = &result {
@@ -464,8 +471,9 @@ async fn recv_loop(id: SocketId, s: Arc<UdpSocket>, errqueue: bool, tx: mpsc::Se
             r = s.async_io(tokio::io::Interest::ERROR, || {
                 read_errqueue(fd).ok_or_else(|| std::io::ErrorKind::WouldBlock.into())
             }), if errqueue => match r {
-                // ICMP type 11: Time Exceeded (RFC 792); other errors are not hops.
-                Ok((ip, 11, payload)) => Event::Icmp(id, ip, payload, Instant::now()),
+                // RFC 792: type 11 Time Exceeded, type 3 Destination Unreachable.
+                Ok((ip, 11, payload)) => Event::Icmp(id, IcmpKind::TimeExceeded, ip, payload, Instant::now()),
+                Ok((ip, 3, payload)) => Event::Icmp(id, IcmpKind::Unreachable, ip, payload, Instant::now()),
                 _ => continue,
             },
         };
@@ -581,7 +589,9 @@ mod tests {
             parse_server("203.0.113.10").unwrap(),
             ("203.0.113.10".into(), 3478)
         );
-        for bad in ["", ":3478", "a.b:0", "a.b:x", "a b", "[::1", "[zz]:1", "a:99999"] {
+        for bad in [
+            "", ":3478", "a.b:0", "a.b:x", "a b", "[::1", "[zz]:1", "a:99999",
+        ] {
             assert!(parse_server(bad).is_err(), "{bad}");
         }
     }

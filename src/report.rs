@@ -119,7 +119,9 @@ impl Human for crate::probe::NatprobeReport {
         } else if self.verdict.can_host {
             "natprobe: strangers CAN reach this machine".green().bold()
         } else {
-            "natprobe: strangers CANNOT reach this machine".yellow().bold()
+            "natprobe: strangers CANNOT reach this machine"
+                .yellow()
+                .bold()
         };
         writeln!(w, "{head}")?;
         for r in &self.verdict.reasons {
@@ -136,7 +138,9 @@ impl Human for crate::probe::NatprobeReport {
                     "{} (server {}{}{})",
                     "works".green(),
                     s.addr.map(|a| a.to_string()).unwrap_or_default(),
-                    s.rtt_ms.map(|r| format!(", rtt {r:.1} ms")).unwrap_or_default(),
+                    s.rtt_ms
+                        .map(|r| format!(", rtt {r:.1} ms"))
+                        .unwrap_or_default(),
                     if s.rfc5780 { ", RFC 5780" } else { "" }
                 ),
                 _ => match self.tcp {
@@ -162,7 +166,11 @@ impl Human for crate::probe::NatprobeReport {
                 s
             };
             row(w, "mapping", b(self.mapping, true, &self.mapping_note))?;
-            row(w, "filtering", b(self.filtering, false, &self.filtering_note))?;
+            row(
+                w,
+                "filtering",
+                b(self.filtering, false, &self.filtering_note),
+            )?;
             row(w, "hairpinning", yes_no(self.hairpinning))?;
             row(w, "port kept", yes_no(self.port_preserved))?;
             row(
@@ -210,6 +218,10 @@ impl Human for crate::probe::NatprobeReport {
                 writeln!(w, "  - {t}")?;
             }
         }
-        writeln!(w, "{}", format!("\ndone in {} ms", self.elapsed_ms).dimmed())
+        writeln!(
+            w,
+            "{}",
+            format!("\ndone in {} ms", self.elapsed_ms).dimmed()
+        )
     }
 }

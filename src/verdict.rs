@@ -45,7 +45,9 @@ pub fn cgnat(o: &Observations, router_external: Option<std::net::IpAddr>) -> Cgn
             ));
         }
     }
-    for h in &o.hops {
+    // A router in 100.64.0.0/10 only means CGNAT when we are translated at all: some providers
+    // number the routers in front of a public customer address from that range too.
+    for h in o.hops.iter().filter(|_| o.behind_nat == Some(true)) {
         if netaddr::is_cgnat(h.addr) {
             f.evidence.push(format!(
                 "router {} ({} hop{} away) is in 100.64.0.0/10 (RFC 6598 shared address \
@@ -144,7 +146,9 @@ pub fn verdict(o: &Observations, cg: &CgnatFinding) -> Verdict {
                 "you are behind a NAT that maps endpoint-independently and lets anyone in once a \
                  port has sent a packet (\"full cone\"): a UDP server that first sends one packet \
                  out and keeps sending keepalives is reachable at {}",
-                o.mapped_addr.map(|a| a.ip().to_string()).unwrap_or_default()
+                o.mapped_addr
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default()
             ));
         } else {
             reasons.push(describe_filtering(f).to_string());

@@ -16,8 +16,12 @@ fn check_or_bless(path: PathBuf, actual: &[u8]) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read(&path)
-        .unwrap_or_else(|_| panic!("{} is missing: run NATKIT_BLESS=1 cargo test --test cli", path.display()));
+    let expected = std::fs::read(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run NATKIT_BLESS=1 cargo test --test cli",
+            path.display()
+        )
+    });
     assert!(
         expected == actual,
         "{} is stale: run NATKIT_BLESS=1 cargo test --test cli and commit the result",
@@ -40,10 +44,19 @@ fn completions_are_current() {
     use clap_complete::Shell;
     for mut cmd in natkit::cli::commands() {
         let name = cmd.get_name().to_string();
-        for (shell, ext) in [(Shell::Bash, "bash"), (Shell::Zsh, "zsh"), (Shell::Fish, "fish")] {
+        for (shell, ext) in [
+            (Shell::Bash, "bash"),
+            (Shell::Zsh, "zsh"),
+            (Shell::Fish, "fish"),
+        ] {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cmd, &name, &mut buf);
-            check_or_bless(root().join("scripts/completions").join(format!("{name}.{ext}")), &buf);
+            check_or_bless(
+                root()
+                    .join("scripts/completions")
+                    .join(format!("{name}.{ext}")),
+                &buf,
+            );
         }
     }
 }
@@ -58,7 +71,10 @@ fn natprobe() -> Command {
 fn help_is_pinned() {
     let out = natprobe().arg("--help").output().unwrap();
     assert!(out.status.success());
-    check_or_bless(root().join("tests/snapshots/natprobe-help.txt"), &out.stdout);
+    check_or_bless(
+        root().join("tests/snapshots/natprobe-help.txt"),
+        &out.stdout,
+    );
 }
 
 #[test]
@@ -75,7 +91,11 @@ fn bad_server_is_a_clear_error() {
 
 #[test]
 fn bad_flags_exit_2() {
-    for args in [&["--timeout", "0"][..], &["--color", "sometimes"], &["--nope"]] {
+    for args in [
+        &["--timeout", "0"][..],
+        &["--color", "sometimes"],
+        &["--nope"],
+    ] {
         let out = natprobe().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
@@ -114,7 +134,12 @@ fn broken_pipe_exits_0() {
     drop(child.stdout.take());
     let status = child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(status.code(), Some(0), "{err}");
 }
@@ -124,7 +149,15 @@ fn json_never_has_colour() {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = s.local_addr().unwrap();
     let out = natprobe()
-        .args(["--server", &addr.to_string(), "--timeout", "100", "--json", "--color", "always"])
+        .args([
+            "--server",
+            &addr.to_string(),
+            "--timeout",
+            "100",
+            "--json",
+            "--color",
+            "always",
+        ])
         .output()
         .unwrap();
     assert!(!out.stdout.contains(&0x1b));

@@ -2,7 +2,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natkit::classify::{Input, ProbeConfig, Prober, SocketId};
+use natkit::classify::{IcmpKind, Input, ProbeConfig, Prober, SocketId};
 use natkit::stun;
 use proptest::prelude::*;
 
@@ -28,7 +28,19 @@ fn tlv_like() -> impl Strategy<Value = Vec<u8>> {
     // Well-formed TLV framing with random types and values.
     proptest::collection::vec(
         (
-            prop_oneof![Just(0x0001u16), Just(0x0020), Just(0x0027), Just(0x0003), Just(0x802c), Just(0x802b), Just(0x0009), Just(0x8028), Just(0x0026), Just(0x8022), any::<u16>()],
+            prop_oneof![
+                Just(0x0001u16),
+                Just(0x0020),
+                Just(0x0027),
+                Just(0x0003),
+                Just(0x802c),
+                Just(0x802b),
+                Just(0x0009),
+                Just(0x8028),
+                Just(0x0026),
+                Just(0x8022),
+                any::<u16>()
+            ],
             proptest::collection::vec(any::<u8>(), 0..24),
         ),
         0..6,
@@ -77,7 +89,7 @@ proptest! {
         let mut p = Prober::new(ProbeConfig::new(vec![server]), t0);
         while p.poll_transmit().is_some() {}
         p.handle_input(t0, Input::Datagram { socket: SocketId(0), from: server, data: &data });
-        p.handle_input(t0, Input::IcmpError { socket: SocketId(4), offender: server.ip(), original: &data });
+        p.handle_input(t0, Input::IcmpError { socket: SocketId(4), kind: IcmpKind::TimeExceeded, offender: server.ip(), original: &data });
         p.handle_input(t0, Input::TcpAnswer { server, result: Ok(&data) });
         p.handle_timeout(t0 + Duration::from_secs(5));
         let _ = p.observations();

@@ -65,7 +65,10 @@ fn run() -> i32 {
         };
         eprintln!(
             "natprobe: error: {}.{tried}",
-            rep.verdict.reasons.first().map_or("no answer", |s| s.as_str())
+            rep.verdict
+                .reasons
+                .first()
+                .map_or("no answer", |s| s.as_str())
         );
     }
     rep.exit_code()

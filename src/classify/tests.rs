@@ -151,8 +151,16 @@ struct World {
 }
 
 enum Ev {
-    ToServer { from: SocketAddr, to: SocketAddr, data: Vec<u8> },
-    ToClient { from: SocketAddr, to: SocketAddr, data: Vec<u8> },
+    ToServer {
+        from: SocketAddr,
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
+    ToClient {
+        from: SocketAddr,
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
 }
 
 type Answer = (SocketAddr, Option<SocketAddr>, Vec<u8>);
@@ -166,7 +174,10 @@ fn server_answer(kind: Server, to: SocketAddr, from: SocketAddr, data: &[u8]) ->
         return None;
     }
     let change = m.change.unwrap_or_default();
-    let (other_ip, other_port) = (if to.ip() == IpAddr::V4(S1) { S2 } else { S1 }, if to.port() == 3478 { 3479 } else { 3478 });
+    let (other_ip, other_port) = (
+        if to.ip() == IpAddr::V4(S1) { S2 } else { S1 },
+        if to.port() == 3478 { 3479 } else { 3478 },
+    );
     let src = match kind {
         Server::Rfc5780 => sa(
             if change.ip { other_ip } else { ip4(to.ip()) },
@@ -208,13 +219,21 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
     for step in 0..100_000 {
         assert!(step < 99_999, "prober did not finish");
         while let Some(t) = p.poll_transmit() {
-            let Via::Udp { socket, .. } = t.via else { continue };
+            let Via::Udp { socket, .. } = t.via else {
+                continue;
+            };
             let n = world.sockets.len() as u16;
             let local = *world
                 .sockets
                 .entry(socket)
                 .or_insert_with(|| sa(LOCAL_IP, 50000 + n));
-            p.handle_input(now, Input::LocalAddr { socket, addr: local });
+            p.handle_input(
+                now,
+                Input::LocalAddr {
+                    socket,
+                    addr: local,
+                },
+            );
             if world.nat.udp_blocked || world.rng.gen_bool(world.loss) {
                 continue;
             }
@@ -224,14 +243,28 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
                 if world.nat.hairpin {
                     if let Some(to) = world.nat.inbound(now, pub_src, t.dst.port()) {
                         seq += 1;
-                        queue.insert((now + world.latency, seq), Ev::ToClient { from: pub_src, to, data: t.payload });
+                        queue.insert(
+                            (now + world.latency, seq),
+                            Ev::ToClient {
+                                from: pub_src,
+                                to,
+                                data: t.payload,
+                            },
+                        );
                     }
                 }
                 continue;
             }
             let pub_src = world.nat.outbound(now, local, t.dst);
             seq += 1;
-            queue.insert((now + world.latency, seq), Ev::ToServer { from: pub_src, to: t.dst, data: t.payload });
+            queue.insert(
+                (now + world.latency, seq),
+                Ev::ToServer {
+                    from: pub_src,
+                    to: t.dst,
+                    data: t.payload,
+                },
+            );
         }
         if p.is_done() {
             return (p.observations(), now - t0);
@@ -253,7 +286,14 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
                         if !world.rng.gen_bool(world.loss) {
                             seq += 1;
                             let to = dest.unwrap_or(from);
-                            queue.insert((now + world.latency, seq), Ev::ToClient { from: src, to, data: resp });
+                            queue.insert(
+                                (now + world.latency, seq),
+                                Ev::ToClient {
+                                    from: src,
+                                    to,
+                                    data: resp,
+                                },
+                            );
                         }
                     }
                 }
@@ -266,8 +306,16 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
                         Some(to)
                     };
                     if let Some(local) = local {
-                        if let Some((&socket, _)) = world.sockets.iter().find(|(_, a)| **a == local) {
-                            p.handle_input(now, Input::Datagram { socket, from, data: &data });
+                        if let Some((&socket, _)) = world.sockets.iter().find(|(_, a)| **a == local)
+                        {
+                            p.handle_input(
+                                now,
+                                Input::Datagram {
+                                    socket,
+                                    from,
+                                    data: &data,
+                                },
+                            );
                         }
                     }
                 }
@@ -345,7 +393,11 @@ fn stable_under_loss() {
         w.loss = 0.05;
         w.rng = StdRng::seed_from_u64(seed);
         let (o, _) = run(&mut w, cfg());
-        assert_eq!((o.mapping, o.filtering), (EndpointIndependent, AddressDependent), "seed {seed}");
+        assert_eq!(
+            (o.mapping, o.filtering),
+            (EndpointIndependent, AddressDependent),
+            "seed {seed}"
+        );
     }
 }
 
@@ -356,7 +408,10 @@ fn bogus_other_address_is_not_trusted() {
     let (o, _) = run(&mut w, cfg());
     assert_eq!(o.filtering, Unknown);
     assert!(!o.servers[0].rfc5780);
-    assert!(o.servers[0].problems.iter().any(|p| p.contains("same IP")), "{o:#?}");
+    assert!(
+        o.servers[0].problems.iter().any(|p| p.contains("same IP")),
+        "{o:#?}"
+    );
 }
 
 #[test]
@@ -407,10 +462,37 @@ fn junk_is_ignored_and_counted() {
     let t0 = Instant::now();
     let mut p = Prober::new(cfg(), t0);
     let _ = p.poll_transmit();
-    p.handle_input(t0, Input::Datagram { socket: S_MAIN, from: sa(S1, 3478), data: b"garbage" });
-    let wrong = stun::BindingResponse { tid: [9; 12], mapped: sa(NAT_IP, 1), other_address: None, response_origin: None, software: None };
-    p.handle_input(t0, Input::Datagram { socket: S_MAIN, from: sa(S1, 3478), data: &wrong.encode().unwrap() });
-    p.handle_input(t0, Input::Datagram { socket: S_MAIN, from: sa(S1, 3478), data: &vec![0u8; 70_000] });
+    p.handle_input(
+        t0,
+        Input::Datagram {
+            socket: S_MAIN,
+            from: sa(S1, 3478),
+            data: b"garbage",
+        },
+    );
+    let wrong = stun::BindingResponse {
+        tid: [9; 12],
+        mapped: sa(NAT_IP, 1),
+        other_address: None,
+        response_origin: None,
+        software: None,
+    };
+    p.handle_input(
+        t0,
+        Input::Datagram {
+            socket: S_MAIN,
+            from: sa(S1, 3478),
+            data: &wrong.encode().unwrap(),
+        },
+    );
+    p.handle_input(
+        t0,
+        Input::Datagram {
+            socket: S_MAIN,
+            from: sa(S1, 3478),
+            data: &vec![0u8; 70_000],
+        },
+    );
     let o = p.observations();
     assert_eq!(o.ignored.len(), 3, "{o:#?}");
     assert!(!o.udp);
@@ -418,15 +500,26 @@ fn junk_is_ignored_and_counted() {
 
 #[test]
 fn lifetime_search_brackets_the_timeout() {
-    for (expire, alive, dead) in [(17, Some(15), Some(20)), (7, Some(5), Some(10)), (3, None, Some(5))] {
+    for (expire, alive, dead) in [
+        (17, Some(15), Some(20)),
+        (7, Some(5), Some(10)),
+        (3, None, Some(5)),
+    ] {
         let mut w = world(EndpointIndependent, AddressAndPortDependent);
         w.nat.lifetime = Some(Duration::from_secs(expire));
         let mut c = cfg();
         c.lifetime_max = Some(Duration::from_secs(60));
         let (o, took) = run(&mut w, c);
         let l = o.lifetime.expect("lifetime searched");
-        assert_eq!((l.alive_s, l.expired_s), (alive, dead), "expire after {expire} s");
+        assert_eq!(
+            (l.alive_s, l.expired_s),
+            (alive, dead),
+            "expire after {expire} s"
+        );
         // Stops once bracketed instead of waiting for the 60 s gap.
-        assert!(took < Duration::from_secs(dead.unwrap() + 2), "took {took:?}");
+        assert!(
+            took < Duration::from_secs(dead.unwrap() + 2),
+            "took {took:?}"
+        );
     }
 }
