@@ -298,9 +298,7 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
                     }
                 }
                 Ev::ToClient { from, to, data } => {
-                    let local = if to.ip() == IpAddr::V4(NAT_IP) {
-                        world.nat.inbound(now, from, to.port())
-                    } else if !world.nat.translate {
+                    let local = if to.ip() == IpAddr::V4(NAT_IP) || !world.nat.translate {
                         world.nat.inbound(now, from, to.port())
                     } else {
                         Some(to)
