@@ -216,3 +216,61 @@ pub fn verdict(o: &Observations, cg: &CgnatFinding) -> Verdict {
         advice,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Hop;
+
+    fn obs(mapped: &str, behind: bool, hops: &[(u8, &str)]) -> Observations {
+        Observations {
+            udp: true,
+            tcp: None,
+            local_addr: Some("192.168.1.2:4000".parse().unwrap()),
+            mapped_addr: Some(mapped.parse().unwrap()),
+            primary: None,
+            behind_nat: Some(behind),
+            mapping: Behaviour::EndpointIndependent,
+            mapping_note: None,
+            filtering: Behaviour::AddressAndPortDependent,
+            filtering_note: None,
+            hairpinning: None,
+            port_preserved: None,
+            hops: hops
+                .iter()
+                .map(|(t, a)| Hop {
+                    ttl: *t,
+                    addr: a.parse().unwrap(),
+                })
+                .collect(),
+            lifetime: None,
+            servers: vec![],
+            ignored: vec![],
+        }
+    }
+
+    #[test]
+    fn mapped_address_in_shared_space_is_cgnat() {
+        let f = cgnat(&obs("100.64.7.9:4000", true, &[]), None);
+        assert!(f.cgnat);
+        let v = verdict(&obs("100.64.7.9:4000", true, &[]), &f);
+        assert!(!v.can_host);
+        assert!(v.advice[0].contains("cannot help"));
+    }
+
+    #[test]
+    fn shared_space_hop_counts_only_behind_nat() {
+        let hops = [(1, "192.168.1.1"), (2, "100.64.1.1")];
+        assert!(cgnat(&obs("203.0.113.31:4000", true, &hops), None).cgnat);
+        assert!(!cgnat(&obs("203.0.113.31:4000", false, &hops), None).cgnat);
+        assert!(!cgnat(&obs("203.0.113.31:4000", true, &hops[..1]), None).cgnat);
+    }
+
+    #[test]
+    fn router_external_address_exposes_double_nat() {
+        let o = obs("203.0.113.31:4000", true, &[]);
+        assert!(cgnat(&o, Some("100.64.1.2".parse().unwrap())).cgnat);
+        assert!(cgnat(&o, Some("10.0.0.2".parse().unwrap())).cgnat);
+        assert!(!cgnat(&o, Some("203.0.113.31".parse().unwrap())).cgnat);
+    }
+}
