@@ -89,3 +89,30 @@ pub const DEFAULT_SERVERS: &[&str] = &[
 /// Largest datagram natkit reads; anything longer is truncated and then rejected by the
 /// decoder, never trusted.
 pub const MAX_DATAGRAM: usize = 2048;
+
+/// Relay: STUN and rendezvous requests per second per source IP (token bucket refill).
+/// A NAT classification needs about 20 requests; a punch a few dozen over its lifetime.
+pub const RELAY_REQS_PER_SEC: u32 = 50;
+/// Relay: token-bucket burst per source IP.
+pub const RELAY_REQS_BURST: u32 = 100;
+/// Relay: most source IPs tracked by the rate limiter; new sources beyond it are dropped
+/// until idle ones age out, so a spoofed-source flood cannot grow memory.
+pub const RELAY_MAX_SOURCES: usize = 100_000;
+/// Relay: most sessions at once (libp2p circuit relay v2 uses per-peer caps; this is the
+/// whole-relay cap).
+pub const RELAY_MAX_SESSIONS: usize = 10_000;
+/// Relay: most sessions registered from one source IP (libp2p: 4 circuits per peer; a NAT
+/// can hide a household, so a little more).
+pub const RELAY_SESSIONS_PER_SOURCE: usize = 16;
+/// Relay: bytes relayed per session before it is cut (both directions together). A shell
+/// session fits easily; bulk transfers should go direct.
+pub const RELAY_SESSION_BYTES: u64 = 512 * 1024 * 1024;
+/// Relay: longest life of a session.
+pub const RELAY_SESSION_SECS: u64 = 4 * 3600;
+/// Relay: a registration not refreshed (any frame) for this long is dropped. Clients keep
+/// alive every 15 s, well inside.
+pub const RELAY_IDLE_SECS: u64 = 60;
+/// Relay: dial-back requests per minute per source IP.
+pub const RELAY_DIALBACKS_PER_MIN: u32 = 10;
+/// Relay: how long the relay waits for a pong before starting with the RTTs it has.
+pub const RELAY_PONG_TIMEOUT: Duration = Duration::from_millis(1000);

@@ -9,6 +9,8 @@ pub mod defaults;
 pub mod exit;
 pub mod netaddr;
 pub mod probe;
+pub mod relay;
+pub mod rendezvous;
 pub mod report;
 pub mod stun;
 pub mod verdict;

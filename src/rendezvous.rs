@@ -1,0 +1,593 @@
+//! natkit's rendezvous and relay protocol, version 1: the wire format shared by `relay` and
+//! its clients. Checked parsing into value types and `emit` back (smoltcp style); parsing
+//! never panics and rejects anything malformed.
+//!
+//! # Framing
+//! Over UDP, one frame per datagram, on the relay's primary STUN port. Frames start with the
+//! bytes `N` `K` (0x4E 0x4B): a STUN message starts with two zero bits and carries the magic
+//! cookie at offset 4, so the two never collide (RFC 7983 §7 style demultiplexing on the first
+//! byte). Over TCP, each frame is preceded by its length as a big-endian `u16`.
+//!
+//! ```text
+//! 0      2        3       4
+//! +------+--------+-------+----------------------+
+//! | "NK" | ver=1  | type  | body (type-specific) |
+//! +------+--------+-------+----------------------+
+//! ```
+//!
+//! # Messages
+//! | type | name | direction | body |
+//! |---|---|---|---|
+//! | 1 | `Register` | client → relay | session id (16), role (1), peer id (8), token (len u8 + bytes), candidates (count u8 + addresses) |
+//! | 2 | `Registered` | relay → client | observed address, peer present (1) |
+//! | 3 | `Peer` | relay → client | the other peer's observed address, its candidates |
+//! | 4 | `Ping` | relay → client | nonce (8) |
+//! | 5 | `Pong` | client → relay | session id (16), peer id (8), nonce (8) |
+//! | 6 | `Sync` | client → relay | session id (16), peer id (8): "measure and tell us when to start" |
+//! | 7 | `Start` | relay → client | wait in ms (u16), attempt (u32) |
+//! | 8 | `Data` | both | session id (16), payload (rest): relayed to the other peer |
+//! | 9 | `DialBack` | client → relay | protocol (1: 17 UDP, 6 TCP), port (u16), nonce (8) |
+//! | 10 | `Probe` | relay → client | nonce (8): a dial-back probe from another address |
+//! | 11 | `Error` | relay → client | code (1), reason (len u8 + UTF-8) |
+//! | 12 | `Bye` | client → relay | session id (16), peer id (8) |
+//!
+//! An address is `family (4 or 6) | ip (4 or 16) | port (u16)`.
+//!
+//! The relay only ever sends to the *observed* address of a registered peer; addresses a
+//! client names (its candidates) are forwarded as data to the other peer, never sent to.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// First two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"NK";
+/// Protocol version.
+pub const VERSION: u8 = 1;
+/// Most candidates a peer may announce.
+pub const MAX_CANDIDATES: usize = 8;
+/// Largest relayed payload: fits a 1500-byte path with room for headers.
+pub const MAX_PAYLOAD: usize = 1400;
+/// Length of a session id: derived by clients from the public part of their code.
+pub const SESSION_LEN: usize = 16;
+
+/// A session id.
+pub type SessionId = [u8; SESSION_LEN];
+/// A random per-client-instance id, so a re-registration from a new address is recognised as
+/// the same peer and a different peer cannot take the slot.
+pub type PeerId = [u8; 8];
+
+/// Which side of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The side that waits (`punch listen`).
+    Listener,
+    /// The side that joins (`punch connect`).
+    Connector,
+}
+
+impl Role {
+    /// The other role.
+    pub fn other(self) -> Role {
+        match self {
+            Role::Listener => Role::Connector,
+            Role::Connector => Role::Listener,
+        }
+    }
+}
+
+/// Error codes in [`Frame::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// Malformed or unknown request.
+    BadRequest = 1,
+    /// `--secret` is set and the token is missing, expired or wrong.
+    Unauthorized = 2,
+    /// The role in this session is held by another peer.
+    SessionBusy = 3,
+    /// A cap was reached (sessions, per source, quota).
+    Limit = 4,
+    /// Sent to an address the relay refuses (private range without `--allow-private`).
+    Denied = 5,
+    /// Not registered in that session (or registration expired).
+    NoSession = 6,
+    /// Anything else.
+    Other = 255,
+}
+
+impl ErrorCode {
+    fn from_u8(v: u8) -> ErrorCode {
+        match v {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::Unauthorized,
+            3 => ErrorCode::SessionBusy,
+            4 => ErrorCode::Limit,
+            5 => ErrorCode::Denied,
+            6 => ErrorCode::NoSession,
+            _ => ErrorCode::Other,
+        }
+    }
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Join (or refresh) a session.
+    Register {
+        /// Session id.
+        session: SessionId,
+        /// Which side.
+        role: Role,
+        /// Client instance id.
+        peer: PeerId,
+        /// Access token (empty when the relay needs none).
+        token: Vec<u8>,
+        /// Self-reported candidate addresses, forwarded to the other peer as data.
+        candidates: Vec<SocketAddr>,
+    },
+    /// Registration accepted.
+    Registered {
+        /// The address the relay sees the client at.
+        observed: SocketAddr,
+        /// Whether the other side is registered.
+        peer_present: bool,
+    },
+    /// The other side's addresses.
+    Peer {
+        /// Where the relay sees the other peer.
+        observed: SocketAddr,
+        /// What the other peer reported about itself.
+        candidates: Vec<SocketAddr>,
+    },
+    /// RTT probe.
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+    /// RTT probe answer.
+    Pong {
+        /// Session id.
+        session: SessionId,
+        /// Client instance id.
+        peer: PeerId,
+        /// From the ping.
+        nonce: u64,
+    },
+    /// Ask for a simultaneous start.
+    Sync {
+        /// Session id.
+        session: SessionId,
+        /// Client instance id.
+        peer: PeerId,
+    },
+    /// Start punching after `wait_ms`.
+    Start {
+        /// Delay so both sides begin at the same instant.
+        wait_ms: u16,
+        /// Attempt number (each `Sync` round is a new attempt).
+        attempt: u32,
+    },
+    /// Relayed data.
+    Data {
+        /// Session id.
+        session: SessionId,
+        /// Opaque payload (ciphertext).
+        payload: Vec<u8>,
+    },
+    /// Ask the relay to probe the requester's own address.
+    DialBack {
+        /// 17 for UDP, 6 for TCP.
+        proto: u8,
+        /// For TCP, the port to connect to on the requester's observed IP (UDP answers the
+        /// observed address itself).
+        port: u16,
+        /// Echoed in the probe.
+        nonce: u64,
+    },
+    /// A dial-back probe.
+    Probe {
+        /// From the request.
+        nonce: u64,
+    },
+    /// A refusal.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// Human text.
+        reason: String,
+    },
+    /// Leave a session.
+    Bye {
+        /// Session id.
+        session: SessionId,
+        /// Client instance id.
+        peer: PeerId,
+    },
+}
+
+/// Why a frame did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Does not start with the magic bytes.
+    #[error("not a natkit frame")]
+    NotOurs,
+    /// Another protocol version.
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    /// Unknown message type.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// Too short, too long or inconsistent.
+    #[error("malformed frame")]
+    Malformed,
+}
+
+/// True when a datagram is (probably) a natkit frame rather than STUN.
+pub fn is_frame(buf: &[u8]) -> bool {
+    buf.len() >= 4 && buf[..2] == MAGIC
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
+        if self.buf.len() < n {
+            return Err(ParseError::Malformed);
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, ParseError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ParseError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, ParseError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, ParseError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ParseError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn addr(&mut self) -> Result<SocketAddr, ParseError> {
+        let ip = match self.u8()? {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+            _ => return Err(ParseError::Malformed),
+        };
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
+    fn addrs(&mut self) -> Result<Vec<SocketAddr>, ParseError> {
+        let n = self.u8()? as usize;
+        if n > MAX_CANDIDATES {
+            return Err(ParseError::Malformed);
+        }
+        (0..n).map(|_| self.addr()).collect()
+    }
+    fn bytes8(&mut self) -> Result<&'a [u8], ParseError> {
+        let n = self.u8()? as usize;
+        self.take(n)
+    }
+    fn end(&self) -> Result<(), ParseError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(ParseError::Malformed)
+        }
+    }
+}
+
+fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(v) => {
+            out.push(4);
+            out.extend_from_slice(&v.octets());
+        }
+        IpAddr::V6(v) => {
+            out.push(6);
+            out.extend_from_slice(&v.octets());
+        }
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn put_addrs(out: &mut Vec<u8>, v: &[SocketAddr]) {
+    let v = &v[..v.len().min(MAX_CANDIDATES)];
+    out.push(v.len() as u8);
+    for a in v {
+        put_addr(out, a);
+    }
+}
+
+fn put_bytes8(out: &mut Vec<u8>, b: &[u8]) {
+    let b = &b[..b.len().min(255)];
+    out.push(b.len() as u8);
+    out.extend_from_slice(b);
+}
+
+impl Frame {
+    /// Parses one frame (the whole datagram, or one TCP frame without its length prefix).
+    pub fn parse(buf: &[u8]) -> Result<Frame, ParseError> {
+        if !is_frame(buf) {
+            return Err(ParseError::NotOurs);
+        }
+        if buf[2] != VERSION {
+            return Err(ParseError::Version(buf[2]));
+        }
+        let ty = buf[3];
+        let mut r = Reader { buf: &buf[4..] };
+        let f = match ty {
+            1 => {
+                let session = r.array()?;
+                let role = match r.u8()? {
+                    0 => Role::Listener,
+                    1 => Role::Connector,
+                    _ => return Err(ParseError::Malformed),
+                };
+                let peer = r.array()?;
+                let token = r.bytes8()?.to_vec();
+                let candidates = r.addrs()?;
+                Frame::Register {
+                    session,
+                    role,
+                    peer,
+                    token,
+                    candidates,
+                }
+            }
+            2 => Frame::Registered {
+                observed: r.addr()?,
+                peer_present: r.u8()? != 0,
+            },
+            3 => Frame::Peer {
+                observed: r.addr()?,
+                candidates: r.addrs()?,
+            },
+            4 => Frame::Ping { nonce: r.u64()? },
+            5 => Frame::Pong {
+                session: r.array()?,
+                peer: r.array()?,
+                nonce: r.u64()?,
+            },
+            6 => Frame::Sync {
+                session: r.array()?,
+                peer: r.array()?,
+            },
+            7 => Frame::Start {
+                wait_ms: r.u16()?,
+                attempt: r.u32()?,
+            },
+            8 => {
+                let session = r.array()?;
+                let payload = r.take(r.buf.len())?;
+                if payload.len() > MAX_PAYLOAD {
+                    return Err(ParseError::Malformed);
+                }
+                Frame::Data {
+                    session,
+                    payload: payload.to_vec(),
+                }
+            }
+            9 => {
+                let proto = r.u8()?;
+                if proto != 6 && proto != 17 {
+                    return Err(ParseError::Malformed);
+                }
+                Frame::DialBack {
+                    proto,
+                    port: r.u16()?,
+                    nonce: r.u64()?,
+                }
+            }
+            10 => Frame::Probe { nonce: r.u64()? },
+            11 => {
+                let code = ErrorCode::from_u8(r.u8()?);
+                let reason = std::str::from_utf8(r.bytes8()?)
+                    .map_err(|_| ParseError::Malformed)?
+                    .to_string();
+                Frame::Error { code, reason }
+            }
+            12 => Frame::Bye {
+                session: r.array()?,
+                peer: r.array()?,
+            },
+            t => return Err(ParseError::UnknownType(t)),
+        };
+        r.end()?;
+        Ok(f)
+    }
+
+    /// Encodes the frame.
+    pub fn emit(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        match self {
+            Frame::Register {
+                session,
+                role,
+                peer,
+                token,
+                candidates,
+            } => {
+                out.push(1);
+                out.extend_from_slice(session);
+                out.push(match role {
+                    Role::Listener => 0,
+                    Role::Connector => 1,
+                });
+                out.extend_from_slice(peer);
+                put_bytes8(&mut out, token);
+                put_addrs(&mut out, candidates);
+            }
+            Frame::Registered {
+                observed,
+                peer_present,
+            } => {
+                out.push(2);
+                put_addr(&mut out, observed);
+                out.push(*peer_present as u8);
+            }
+            Frame::Peer {
+                observed,
+                candidates,
+            } => {
+                out.push(3);
+                put_addr(&mut out, observed);
+                put_addrs(&mut out, candidates);
+            }
+            Frame::Ping { nonce } => {
+                out.push(4);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Pong {
+                session,
+                peer,
+                nonce,
+            } => {
+                out.push(5);
+                out.extend_from_slice(session);
+                out.extend_from_slice(peer);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Sync { session, peer } => {
+                out.push(6);
+                out.extend_from_slice(session);
+                out.extend_from_slice(peer);
+            }
+            Frame::Start { wait_ms, attempt } => {
+                out.push(7);
+                out.extend_from_slice(&wait_ms.to_be_bytes());
+                out.extend_from_slice(&attempt.to_be_bytes());
+            }
+            Frame::Data { session, payload } => {
+                out.push(8);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&payload[..payload.len().min(MAX_PAYLOAD)]);
+            }
+            Frame::DialBack { proto, port, nonce } => {
+                out.push(9);
+                out.push(*proto);
+                out.extend_from_slice(&port.to_be_bytes());
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Probe { nonce } => {
+                out.push(10);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Error { code, reason } => {
+                out.push(11);
+                out.push(*code as u8);
+                put_bytes8(&mut out, reason.as_bytes());
+            }
+            Frame::Bye { session, peer } => {
+                out.push(12);
+                out.extend_from_slice(session);
+                out.extend_from_slice(peer);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Frame> {
+        let a: SocketAddr = "203.0.113.21:4000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::1]:5".parse().unwrap();
+        vec![
+            Frame::Register {
+                session: [1; 16],
+                role: Role::Connector,
+                peer: [2; 8],
+                token: vec![9; 20],
+                candidates: vec![a, b],
+            },
+            Frame::Registered {
+                observed: a,
+                peer_present: true,
+            },
+            Frame::Peer {
+                observed: b,
+                candidates: vec![a],
+            },
+            Frame::Ping { nonce: 7 },
+            Frame::Pong {
+                session: [3; 16],
+                peer: [4; 8],
+                nonce: u64::MAX,
+            },
+            Frame::Sync {
+                session: [5; 16],
+                peer: [6; 8],
+            },
+            Frame::Start {
+                wait_ms: 12,
+                attempt: 3,
+            },
+            Frame::Data {
+                session: [7; 16],
+                payload: vec![1, 2, 3],
+            },
+            Frame::DialBack {
+                proto: 6,
+                port: 8080,
+                nonce: 1,
+            },
+            Frame::Probe { nonce: 2 },
+            Frame::Error {
+                code: ErrorCode::SessionBusy,
+                reason: "busy".into(),
+            },
+            Frame::Bye {
+                session: [8; 16],
+                peer: [9; 8],
+            },
+        ]
+    }
+
+    #[test]
+    fn every_frame_roundtrips() {
+        for f in samples() {
+            assert_eq!(Frame::parse(&f.emit()), Ok(f.clone()), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn truncations_and_extensions_are_rejected() {
+        for f in samples() {
+            let b = f.emit();
+            for n in 0..b.len() {
+                // Data's payload may be any length; everything else must be exact.
+                if !matches!(f, Frame::Data { .. }) || n < 20 {
+                    assert!(Frame::parse(&b[..n]).is_err(), "{f:?} cut at {n}");
+                }
+            }
+            if !matches!(f, Frame::Data { .. }) {
+                let mut longer = b.clone();
+                longer.push(0);
+                assert!(Frame::parse(&longer).is_err(), "{f:?} extended");
+            }
+        }
+    }
+
+    #[test]
+    fn stun_is_never_a_frame() {
+        let stun = crate::stun::binding_request([1; 12], crate::stun::Change::NONE);
+        assert!(!is_frame(&stun));
+        assert_eq!(Frame::parse(&stun), Err(ParseError::NotOurs));
+    }
+}
