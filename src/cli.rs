@@ -104,9 +104,146 @@ impl NatprobeArgs {
     }
 }
 
+/// relay's arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay",
+    version,
+    about = "The small public helper: STUN with RFC 5780 behaviour discovery, rendezvous, blind relay",
+    long_about = "relay is the public helper natkit's tools use. It answers STUN Binding requests \
+on every address it binds and, given a second address (--alt-addr), RFC 5780 behaviour \
+discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST, RESPONSE-PORT) on all four \
+address/port combinations. On the primary port (UDP and TCP) it also speaks natkit's \
+rendezvous protocol: two peers meet by a session id, learn each other's observed address, \
+get a simultaneous start signal, and can exchange opaque (end-to-end encrypted) datagrams \
+through the relay when no direct path works.\n\n\
+It only ever sends to the source of the request it answers or to the observed address of a \
+registered peer, never to an address a client names. Sources in private, loopback, \
+link-local, multicast and CGNAT ranges (also as IPv4-mapped IPv6) are refused unless \
+--allow-private. Every request type is rate-limited per source IP; sessions are capped in \
+number, bytes and time.",
+    after_long_help = "EXIT STATUS:\n  0  stopped by SIGTERM or SIGINT\n  \
+2  bad usage, or an address could not be bound (message on stderr)\n\n\
+SIGNALS:\n  SIGTERM, SIGINT  stop serving and exit 0\n\n\
+EXAMPLES:\n  relay --addr 203.0.113.10 --alt-addr 203.0.113.11\n  \
+relay --addr 0.0.0.0 --metrics 127.0.0.1:9478 --json\n  \
+NATKIT_RELAY_SECRET=… relay --addr 203.0.113.10 --print-token 86400",
+    after_help = "Exit status: 0 stopped by a signal, 2 bad usage or cannot bind."
+)]
+pub struct RelayArgs {
+    /// Primary IP address to serve on.
+    #[arg(long, value_name = "IP")]
+    pub addr: std::net::IpAddr,
+    /// Second IP address: turns on RFC 5780 behaviour discovery.
+    #[arg(long, value_name = "IP2")]
+    pub alt_addr: Option<std::net::IpAddr>,
+    /// Primary port (STUN, rendezvous and relay; UDP and TCP).
+    #[arg(long, default_value_t = defaults::STUN_PORT)]
+    pub port: u16,
+    /// Alternate port for RFC 5780.
+    #[arg(long, default_value_t = defaults::STUN_PORT + 1)]
+    pub alt_port: u16,
+    /// Print the startup line as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Serve and relay for private, loopback and CGNAT addresses (labs and tests only).
+    #[arg(long)]
+    pub allow_private: bool,
+    /// Require tokens made from this secret for rendezvous and relaying.
+    #[arg(
+        long,
+        env = "NATKIT_RELAY_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub secret: Option<String>,
+    /// Print a token valid for SECS seconds (needs --secret) and exit.
+    #[arg(long, value_name = "SECS", requires = "secret")]
+    pub print_token: Option<u64>,
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Requests per second per source IP.
+    #[arg(long, default_value_t = defaults::RELAY_REQS_PER_SEC, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Request burst per source IP.
+    #[arg(long, default_value_t = defaults::RELAY_REQS_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: u32,
+    /// Most sessions at once.
+    #[arg(long, default_value_t = defaults::RELAY_MAX_SESSIONS)]
+    pub max_sessions: usize,
+    /// Most sessions per source IP.
+    #[arg(long, default_value_t = defaults::RELAY_SESSIONS_PER_SOURCE)]
+    pub sessions_per_source: usize,
+    /// Bytes relayed per session.
+    #[arg(long, default_value_t = defaults::RELAY_SESSION_BYTES)]
+    pub session_bytes: u64,
+    /// Longest session life, in seconds.
+    #[arg(long, default_value_t = defaults::RELAY_SESSION_SECS)]
+    pub session_secs: u64,
+    /// Idle seconds before a registration expires.
+    #[arg(long, default_value_t = defaults::RELAY_IDLE_SECS)]
+    pub idle_secs: u64,
+    /// Dial-backs per minute per source IP.
+    #[arg(long, default_value_t = defaults::RELAY_DIALBACKS_PER_MIN)]
+    pub dialbacks_per_min: u32,
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Why relay arguments are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayArgsError {
+    /// The two addresses must differ (RFC 5780 needs two).
+    #[error("--alt-addr must differ from --addr")]
+    SameAddr,
+    /// The two ports must differ.
+    #[error("--alt-port must differ from --port")]
+    SamePort,
+    /// Families must match.
+    #[error("--addr and --alt-addr must be of the same address family")]
+    Family,
+}
+
+impl RelayArgs {
+    /// Validates before any IO.
+    pub fn into_config(&self) -> Result<crate::relay::RelayConfig, RelayArgsError> {
+        if let Some(a) = self.alt_addr {
+            if a == self.addr {
+                return Err(RelayArgsError::SameAddr);
+            }
+            if a.is_ipv4() != self.addr.is_ipv4() {
+                return Err(RelayArgsError::Family);
+            }
+            if self.alt_port == self.port {
+                return Err(RelayArgsError::SamePort);
+            }
+        }
+        Ok(crate::relay::RelayConfig {
+            primary: std::net::SocketAddr::new(self.addr, self.port),
+            alt_ip: self.alt_addr,
+            alt_port: self.alt_port,
+            limits: crate::relay::Limits {
+                reqs_per_sec: self.rate,
+                reqs_burst: self.burst,
+                max_sources: defaults::RELAY_MAX_SOURCES,
+                max_sessions: self.max_sessions,
+                sessions_per_source: self.sessions_per_source,
+                session_bytes: self.session_bytes,
+                session_secs: self.session_secs,
+                idle_secs: self.idle_secs,
+                dialbacks_per_min: self.dialbacks_per_min,
+            },
+            allow_private: self.allow_private,
+            secret: self.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        })
+    }
+}
+
 /// Every binary's clap command, for man pages and completions.
 pub fn commands() -> Vec<clap::Command> {
-    vec![NatprobeArgs::command()]
+    vec![NatprobeArgs::command(), RelayArgs::command()]
 }
 
 /// Sets up logging to stderr at the given verbosity (`RUST_LOG` wins when set).
@@ -119,8 +256,13 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod netaddr;
 pub mod probe;
 pub mod relay;
+pub mod relay_server;
 pub mod rendezvous;
 pub mod report;
 pub mod stun;

@@ -1,0 +1,84 @@
+//! relay: the small public helper (STUN + RFC 5780, rendezvous, blind relay).
+use clap::Parser;
+use natkit::cli::RelayArgs;
+use natkit::report;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
+    let args = RelayArgs::parse();
+    natkit::cli::init_logging(args.verbose.max(1));
+    let cfg = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            report::print_error("relay", &e);
+            return natkit::exit::ERROR;
+        }
+    };
+    if let (Some(secs), Some(secret)) = (args.print_token, &cfg.secret) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let token = natkit::relay::make_token(secret, now + secs);
+        let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{hex}");
+        return natkit::exit::OK;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            report::print_error("relay", &e);
+            return natkit::exit::ERROR;
+        }
+    };
+    rt.block_on(async {
+        let (listening, serve, stop) = match natkit::relay_server::bind(cfg, args.metrics).await {
+            Ok(x) => x,
+            Err(e) => {
+                report::print_error("relay", &e);
+                return natkit::exit::ERROR;
+            }
+        };
+        let line = if args.json {
+            serde_json::to_string(&listening).unwrap_or_default()
+        } else {
+            format!(
+                "relay: STUN on udp {}; rendezvous and relay on udp+tcp {}; RFC 5780 behaviour discovery {}{}{}",
+                listening.stun_udp.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+                listening.tcp,
+                if listening.rfc5780 { "on" } else { "off (no --alt-addr)" },
+                if listening.secret { "; tokens required" } else { "" },
+                listening.metrics.map(|m| format!("; metrics on http://{m}/metrics")).unwrap_or_default(),
+            )
+        };
+        // A closed stdout must not stop the relay (it is a service); only the line is lost.
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+        }
+        let task = tokio::spawn(serve);
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                report::print_error("relay", &e);
+                return natkit::exit::ERROR;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = stop.send(true);
+        let _ = task.await;
+        natkit::exit::OK
+    })
+}
