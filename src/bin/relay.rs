@@ -47,6 +47,14 @@ fn run() -> i32 {
                 return natkit::exit::ERROR;
             }
         };
+        // Signal handlers first: whoever reads the startup line may signal at once.
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                report::print_error("relay", &e);
+                return natkit::exit::ERROR;
+            }
+        };
         let line = if args.json {
             serde_json::to_string(&listening).unwrap_or_default()
         } else {
@@ -66,13 +74,6 @@ fn run() -> i32 {
             let _ = writeln!(out, "{line}").and_then(|_| out.flush());
         }
         let task = tokio::spawn(serve);
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                report::print_error("relay", &e);
-                return natkit::exit::ERROR;
-            }
-        };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
