@@ -1,0 +1,155 @@
+//! Abuse on the lab: a client cannot make the relay send anything to a third address — not
+//! through candidates, forged joins, IPv4-mapped IPv6 spellings, RESPONSE-PORT or dial-back.
+mod common;
+
+use common::lab::{Kind, Lab};
+use natkit::rendezvous::{Frame, Role};
+use natkit::stun;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[test]
+fn relay_never_sends_to_a_third_address() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Open).b(Kind::Open)) else {
+        return;
+    };
+    let mut relay = lab
+        .cmd("pub", env!("CARGO_BIN_EXE_relay"))
+        .args([
+            "--addr",
+            lab.get("PUB_IP"),
+            "--alt-addr",
+            lab.get("PUB_IP2"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::coturn::wait_udp(&lab, "pub", &[3478, 3479]);
+    let relay_addr: SocketAddr = format!("{}:3478", lab.get("PUB_IP")).parse().unwrap();
+    let victim_ip = lab.get("B_IP").to_string();
+    let (vu, vt) = lab.in_node("b", || {
+        let u = UdpSocket::bind((victim_ip.as_str(), 7000)).unwrap();
+        let t = TcpListener::bind((victim_ip.as_str(), 7000)).unwrap();
+        (u, t)
+    });
+    vu.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    vt.set_nonblocking(true).unwrap();
+    let victim: SocketAddr = format!("{victim_ip}:7000").parse().unwrap();
+    let mapped: SocketAddr = format!("[::ffff:{victim_ip}]:7000").parse().unwrap();
+    let attacker_ip = lab.get("A_IP").to_string();
+    let (a1, a2) = lab.in_node("a", || {
+        (
+            UdpSocket::bind((attacker_ip.as_str(), 0)).unwrap(),
+            UdpSocket::bind((attacker_ip.as_str(), 0)).unwrap(),
+        )
+    });
+    let session = [42u8; 16];
+    let evil = vec![victim, mapped, "127.0.0.1:7000".parse().unwrap()];
+    let attacks: Vec<(&UdpSocket, Vec<u8>)> = vec![
+        (
+            &a1,
+            Frame::Register {
+                session,
+                role: Role::Listener,
+                peer: [1; 8],
+                token: vec![],
+                candidates: evil.clone(),
+            }
+            .emit(),
+        ),
+        (
+            &a2,
+            Frame::Register {
+                session,
+                role: Role::Connector,
+                peer: [2; 8],
+                token: vec![],
+                candidates: evil.clone(),
+            }
+            .emit(),
+        ),
+        // A forged join of a taken role, with the victim as candidate.
+        (
+            &a2,
+            Frame::Register {
+                session,
+                role: Role::Listener,
+                peer: [3; 8],
+                token: vec![],
+                candidates: evil.clone(),
+            }
+            .emit(),
+        ),
+        (
+            &a1,
+            Frame::Data {
+                session,
+                payload: b"hello".to_vec(),
+            }
+            .emit(),
+        ),
+        (
+            &a1,
+            Frame::Sync {
+                session,
+                peer: [1; 8],
+            }
+            .emit(),
+        ),
+        (
+            &a1,
+            Frame::DialBack {
+                proto: 6,
+                port: 7000,
+                nonce: 1,
+            }
+            .emit(),
+        ),
+        (
+            &a1,
+            Frame::DialBack {
+                proto: 17,
+                port: 7000,
+                nonce: 2,
+            }
+            .emit(),
+        ),
+        (&a1, stun::binding_request_response_port([1; 12], 7000)),
+        (
+            &a1,
+            stun::binding_request([2; 12], stun::Change::IP_AND_PORT),
+        ),
+    ];
+    for (s, bytes) in &attacks {
+        for _ in 0..3 {
+            s.send_to(bytes, relay_addr).unwrap();
+        }
+    }
+    // The attacker's own sockets do get answers (the relay works)…
+    a1.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(
+        a1.recv_from(&mut buf).is_ok(),
+        "relay answers the attacker itself"
+    );
+    // …but the victim receives nothing, by UDP or TCP.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        if let Ok((n, from)) = vu.recv_from(&mut buf) {
+            panic!("victim got {n} bytes from {from}");
+        }
+        if let Ok((_, from)) = vt.accept() {
+            panic!("victim got a TCP connection from {from}");
+        }
+    }
+    // Control: the victim's socket does receive what is really sent to it.
+    a1.send_to(b"direct", victim).unwrap();
+    let (n, _) = vu.recv_from(&mut buf).expect("control datagram");
+    assert_eq!(&buf[..n], b"direct");
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
