@@ -912,6 +912,56 @@ impl Relay {
         }
     }
 
+    /// Checks and accounts one relayed datagram; returns where the other peer is.
+    fn route_data(
+        &mut self,
+        now: Now,
+        path: Path,
+        from: SocketAddr,
+        session: &SessionId,
+        len: usize,
+    ) -> Option<(Path, SocketAddr)> {
+        let (max_bytes, max_life) = (
+            self.cfg.limits.session_bytes,
+            Duration::from_secs(self.cfg.limits.session_secs),
+        );
+        let Some(s) = self.sessions.get_mut(session) else {
+            self.metrics.drop(Drop::NoSession);
+            return None;
+        };
+        // The sender must be a registered peer at exactly this observed address and path.
+        let Some(i) = (0..2).find(|&i| {
+            s.slots[i]
+                .as_ref()
+                .is_some_and(|x| x.observed == from && x.path == path)
+        }) else {
+            self.metrics.drop(Drop::NoSession);
+            return None;
+        };
+        let Some((opath, oaddr)) = s.slots[1 - i].as_ref().map(|o| (o.path, o.observed)) else {
+            self.metrics.drop(Drop::NoSession);
+            return None;
+        };
+        if let Some(me) = s.slots[i].as_mut() {
+            me.last_seen = now.mono;
+        }
+        s.bytes += len as u64;
+        if s.bytes > max_bytes || now.mono.saturating_duration_since(s.created) > max_life {
+            self.sessions.remove(session);
+            self.error(
+                path,
+                from,
+                ErrorCode::Limit,
+                "session quota used up",
+                Drop::Limit,
+            );
+            return None;
+        }
+        self.metrics.relayed_packets += 1;
+        self.metrics.relayed_bytes += len as u64;
+        Some((opath, oaddr))
+    }
+
     fn on_data(
         &mut self,
         now: Now,
@@ -920,45 +970,46 @@ impl Relay {
         session: SessionId,
         payload: Vec<u8>,
     ) {
-        let limits = self.cfg.limits.clone();
-        let Some(s) = self.sessions.get_mut(&session) else {
-            return self.metrics.drop(Drop::NoSession);
-        };
-        // The sender must be a registered peer at exactly this observed address and path.
-        let Some(i) = (0..2).find(|&i| {
-            s.slots[i]
-                .as_ref()
-                .is_some_and(|x| x.observed == from && x.path == path)
-        }) else {
-            return self.metrics.drop(Drop::NoSession);
-        };
-        let Some(other) = s.slots[1 - i].clone() else {
-            return self.metrics.drop(Drop::NoSession);
-        };
-        if let Some(me) = s.slots[i].as_mut() {
-            me.last_seen = now.mono;
+        if let Some((opath, oaddr)) = self.route_data(now, path, from, &session, payload.len()) {
+            // The frame goes out as it came in (a Data frame names only the session).
+            self.reply(opath, oaddr, &Frame::Data { session, payload });
         }
-        s.bytes += payload.len() as u64;
-        if s.bytes > limits.session_bytes
-            || now.mono.saturating_duration_since(s.created)
-                > Duration::from_secs(limits.session_secs)
-        {
-            self.sessions.remove(&session);
-            return self.error(
-                path,
-                from,
-                ErrorCode::Limit,
-                "session quota used up",
-                Drop::Limit,
-            );
+    }
+
+    /// Fast path for relayed data arriving over UDP, without copying: when `frame` is a Data
+    /// frame to be forwarded over UDP, returns (source, destination) for the same bytes.
+    /// Anything else (not Data, TCP peer, refused) is handled as [`Relay::handle_udp`] does,
+    /// and None is returned.
+    pub fn forward_udp(
+        &mut self,
+        now: Now,
+        local: SocketAddr,
+        from: SocketAddr,
+        frame: &[u8],
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let is_data = frame.len() >= 4 + crate::rendezvous::SESSION_LEN
+            && frame.len() <= 4 + crate::rendezvous::SESSION_LEN + crate::rendezvous::MAX_PAYLOAD
+            && frame[..2] == crate::rendezvous::MAGIC
+            && frame[2] == crate::rendezvous::VERSION
+            && frame[3] == 8
+            && local == self.cfg.primary;
+        if !is_data {
+            self.handle_udp(now, local, from, frame);
+            return None;
         }
-        self.metrics.relayed_packets += 1;
-        self.metrics.relayed_bytes += payload.len() as u64;
-        self.reply(
-            other.path,
-            other.observed,
-            &Frame::Data { session, payload },
-        );
+        let mut session = [0u8; crate::rendezvous::SESSION_LEN];
+        session.copy_from_slice(&frame[4..4 + crate::rendezvous::SESSION_LEN]);
+        let len = frame.len() - 4 - crate::rendezvous::SESSION_LEN;
+        match self.route_data(now, Path::Udp { local }, from, &session, len)? {
+            (Path::Udp { local: src }, dst) => Some((src, dst)),
+            (Path::Tcp(conn), _) => {
+                self.out.push_back(Output::Tcp {
+                    conn,
+                    payload: frame.to_vec(),
+                });
+                None
+            }
+        }
     }
 
     fn on_dialback(

@@ -95,6 +95,7 @@ pub async fn bind(
             addr: a,
             source: e,
         })?;
+        grow_buffers(&s);
         udp.insert(a, Arc::new(s));
     }
     let tcp = TcpListener::bind(cfg.primary)
@@ -203,6 +204,26 @@ async fn with_core(shared: &Shared, f: impl FnOnce(&mut Relay)) {
     }
 }
 
+/// Bursts from many peers arrive at one socket: ask for 4 MiB socket buffers (forced when
+/// running with CAP_NET_ADMIN, else clamped by the kernel to net.core.rmem_max).
+fn grow_buffers(s: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // SAFETY: setsockopt on a valid fd with an int option.
+        unsafe {
+            let p = &size as *const _ as *const libc::c_void;
+            let l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, force, p, l) != 0 {
+                libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, plain, p, l);
+            }
+        }
+    }
+}
+
 /// TCP framing: natkit frames get a u16 length prefix; STUN carries its own length.
 fn framed(payload: &[u8]) -> Vec<u8> {
     if stun::looks_like_stun(payload) {
@@ -222,7 +243,14 @@ async fn udp_loop(shared: Arc<Shared>, local: SocketAddr, sock: Arc<UdpSocket>) 
             Err(_) => continue,
         };
         let data = &buf[..n];
-        with_core(&shared, |c| c.handle_udp(now(), local, from, data)).await;
+        let mut fast = None;
+        with_core(&shared, |c| fast = c.forward_udp(now(), local, from, data)).await;
+        // Relayed data: the same bytes go out unchanged from the peer's socket.
+        if let Some((src, dst)) = fast {
+            if let Some(s) = shared.udp.get(&src) {
+                let _ = s.send_to(data, dst).await;
+            }
+        }
     }
 }
 

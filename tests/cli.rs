@@ -69,12 +69,21 @@ fn natprobe() -> Command {
 
 #[test]
 fn help_is_pinned() {
-    let out = natprobe().arg("--help").output().unwrap();
-    assert!(out.status.success());
-    check_or_bless(
-        root().join("tests/snapshots/natprobe-help.txt"),
-        &out.stdout,
-    );
+    for (name, exe) in [
+        ("natprobe", env!("CARGO_BIN_EXE_natprobe")),
+        ("relay", env!("CARGO_BIN_EXE_relay")),
+    ] {
+        let out = Command::new(exe)
+            .arg("--help")
+            .env("TERM", "dumb")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        check_or_bless(
+            root().join(format!("tests/snapshots/{name}-help.txt")),
+            &out.stdout,
+        );
+    }
 }
 
 #[test]

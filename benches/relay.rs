@@ -1,0 +1,222 @@
+//! Relay benchmark on loopback (run through `scripts/bench-relay`):
+//! 1. many concurrent relayed sessions for a while: packets lost below the caps, relay RSS;
+//! 2. forwarding throughput of 1,200-byte datagrams through the relay, as a ratio to sending
+//!    the same datagrams directly over loopback in the same run.
+//!
+//! Environment: NATKIT_RELAY_BIN (the relay binary), BENCH_SESSIONS (default 1000),
+//! BENCH_SECS (default 30), BENCH_PPS (packets per second per peer, default 5).
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natkit::rendezvous::{Frame, Role};
+use tokio::net::UdpSocket;
+
+fn env_or(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn register(s: &UdpSocket, relay: SocketAddr, session: [u8; 16], role: Role, peer: [u8; 8]) {
+    let f = Frame::Register {
+        session,
+        role,
+        peer,
+        token: vec![],
+        candidates: vec![],
+    }
+    .emit();
+    let mut buf = [0u8; 256];
+    for _ in 0..20 {
+        s.send_to(&f, relay).await.unwrap();
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(200), s.recv_from(&mut buf)).await
+        {
+            if matches!(Frame::parse(&buf[..n]), Ok(Frame::Registered { .. })) {
+                return;
+            }
+        }
+    }
+    panic!("registration failed");
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let bin = std::env::var("NATKIT_RELAY_BIN").unwrap_or_else(|_| "target/release/relay".into());
+    let sessions = env_or("BENCH_SESSIONS", 1000) as usize;
+    let secs = env_or("BENCH_SECS", 30);
+    let pps = env_or("BENCH_PPS", 5);
+    let port = 23478u16;
+    let mut child = Command::new(&bin)
+        .args([
+            "--addr",
+            "127.0.0.1",
+            "--alt-addr",
+            "127.0.0.2",
+            "--allow-private",
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--alt-port",
+            &(port + 1).to_string(),
+        ])
+        .args(["--rate", "1000000", "--burst", "1000000"])
+        .args([
+            "--max-sessions",
+            "100000",
+            "--sessions-per-source",
+            "100000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start relay (build it with cargo build --release)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let rss0 = rss_kib(child.id());
+
+    // 1. Concurrent sessions.
+    let mut pairs = Vec::new();
+    for i in 0..sessions {
+        let mut session = [0u8; 16];
+        session[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let a = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        register(&a, relay, session, Role::Listener, [1; 8]).await;
+        register(&b, relay, session, Role::Connector, [2; 8]).await;
+        pairs.push((session, a, b));
+    }
+    // Drain the Peer notifications.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let got = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for (session, a, b) in pairs {
+        for (tx, rx) in [(a.clone(), b.clone()), (b, a)] {
+            let sent = sent.clone();
+            let got = got.clone();
+            tasks.push(tokio::spawn(async move {
+                let frame = Frame::Data {
+                    session,
+                    payload: vec![7u8; 100],
+                }
+                .emit();
+                let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / pps.max(1)));
+                while Instant::now() < stop_at {
+                    tick.tick().await;
+                    if tx.send_to(&frame, relay).await.is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+            tasks.push(tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let end = stop_at + Duration::from_secs(1);
+                while let Ok(Ok((n, _))) = tokio::time::timeout(
+                    end.saturating_duration_since(Instant::now()),
+                    rx.recv_from(&mut buf),
+                )
+                .await
+                {
+                    if matches!(Frame::parse(&buf[..n]), Ok(Frame::Data { .. })) {
+                        got.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    let mut peak = 0;
+    while Instant::now() < stop_at {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak = peak.max(rss_kib(child.id()));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (s, g) = (sent.load(Ordering::Relaxed), got.load(Ordering::Relaxed));
+    println!(
+        "sessions: {sessions} concurrent for {secs} s, {pps} pkt/s per peer: sent {s}, delivered {g}, lost {} ({:.3} %)",
+        s - g.min(s),
+        100.0 * (s - g.min(s)) as f64 / s.max(1) as f64
+    );
+    println!(
+        "relay RSS: {} KiB at start, {} KiB peak under load",
+        rss0, peak
+    );
+
+    // 2. Throughput: relay vs direct, same datagrams, same loopback, same run.
+    let payload = vec![0x5au8; 1200 - 16 - 4];
+    let run = |via_relay: bool| {
+        let payload = payload.clone();
+        async move {
+            let a = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let session = [0xeeu8; 16];
+            if via_relay {
+                register(&a, relay, session, Role::Listener, [3; 8]).await;
+                register(&b, relay, session, Role::Connector, [4; 8]).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut buf = [0u8; 256];
+                while let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_millis(50), a.recv_from(&mut buf)).await
+                {
+                }
+            }
+            let dst = if via_relay {
+                relay
+            } else {
+                b.local_addr().unwrap()
+            };
+            let frame = Frame::Data { session, payload }.emit();
+            assert_eq!(frame.len(), 1200);
+            let bytes = Arc::new(AtomicU64::new(0));
+            let dur = Duration::from_secs(3);
+            let counter = bytes.clone();
+            let rx = tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                while let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::from_millis(300), b.recv_from(&mut buf)).await
+                {
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+            // Paced in small bursts so that neither path is measured by its drops alone.
+            let t0 = Instant::now();
+            while t0.elapsed() < dur {
+                for _ in 0..32 {
+                    let _ = a.send_to(&frame, dst).await;
+                }
+                tokio::task::yield_now().await;
+            }
+            let _ = rx.await;
+            bytes.load(Ordering::Relaxed) as f64 / dur.as_secs_f64()
+        }
+    };
+    let direct = run(false).await;
+    let relayed = run(true).await;
+    println!(
+        "throughput, 1200-byte datagrams: direct {:.1} MB/s, through relay {:.1} MB/s, ratio {:.2}",
+        direct / 1e6,
+        relayed / 1e6,
+        relayed / direct
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
