@@ -142,8 +142,15 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tasks = Vec::new();
+    // One reader per core on each socket, so relayed traffic uses every core (datagrams of
+    // one flow may be reordered, as on any multipath network; peers run QUIC over it).
+    let readers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
     for (&local, sock) in &shared.udp {
-        tasks.push(tokio::spawn(udp_loop(shared.clone(), local, sock.clone())));
+        for _ in 0..readers {
+            tasks.push(tokio::spawn(udp_loop(shared.clone(), local, sock.clone())));
+        }
     }
     tasks.push(tokio::spawn(timer_loop(shared.clone())));
     tasks.push(tokio::spawn(accept_loop(shared.clone(), tcp)));
@@ -288,11 +295,8 @@ async fn tcp_conn(shared: Arc<Shared>, id: ConnId, s: TcpStream, from: SocketAdd
             }
         }
     });
-    loop {
-        match read_tcp_message(&mut rd).await {
-            Some(msg) => with_core(&shared, |c| c.handle_tcp(now(), id, from, &msg)).await,
-            None => break,
-        }
+    while let Some(msg) = read_tcp_message(&mut rd).await {
+        with_core(&shared, |c| c.handle_tcp(now(), id, from, &msg)).await;
     }
     if let Ok(mut c) = shared.conns.lock() {
         c.remove(&id);
