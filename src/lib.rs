@@ -8,6 +8,7 @@ pub mod cli;
 pub mod defaults;
 pub mod exit;
 pub mod netaddr;
+pub mod portmap;
 pub mod probe;
 pub mod relay;
 pub mod relay_server;
