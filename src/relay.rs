@@ -369,6 +369,11 @@ fn token_valid(secret: &[u8], token: &[u8], unix_now: u64) -> bool {
     m.verify_truncated_left(&token[8..]).is_ok()
 }
 
+/// First bytes of a session id, for logs (never the whole id).
+fn hex8(s: &SessionId) -> String {
+    s[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The current time as the relay needs it: monotonic for timers, Unix seconds for tokens.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
@@ -454,7 +459,12 @@ impl Relay {
                     }
                 }
             }
-            s.slots.iter().any(|x| x.is_some()) && now.saturating_duration_since(s.created) < life
+            let keep = s.slots.iter().any(|x| x.is_some())
+                && now.saturating_duration_since(s.created) < life;
+            if !keep {
+                tracing::info!(bytes = s.bytes, "session expired");
+            }
+            keep
         });
         for c in closed {
             self.out.push_back(Output::Close(c));
@@ -478,6 +488,7 @@ impl Relay {
         let l = &self.cfg.limits;
         let (rate, burst) = (l.reqs_per_sec as f64, l.reqs_burst as f64);
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= l.max_sources {
+            tracing::warn!(%ip, "source table full: request dropped");
             self.metrics.drop(Drop::SourcesFull);
             return false;
         }
@@ -488,6 +499,7 @@ impl Relay {
         if b.take(now, rate, burst) {
             true
         } else {
+            tracing::debug!(%ip, "rate limited");
             self.metrics.drop(Drop::RateLimited);
             false
         }
@@ -799,6 +811,7 @@ impl Relay {
                 },
             );
             self.metrics.sessions_created += 1;
+            tracing::info!(session = %hex8(&session), %from, ?role, "session created");
         }
         let s = self.sessions.get_mut(&session).expect("inserted above");
         let i = idx(role);
