@@ -8,6 +8,8 @@ pub mod cli;
 pub mod defaults;
 pub mod exit;
 pub mod netaddr;
+#[cfg(test)]
+pub(crate) mod netsim;
 pub mod portmap;
 pub mod probe;
 pub mod relay;

@@ -2,9 +2,10 @@
 //! server, with latency and optional loss. Deterministic: seeded RNG, fake instants.
 
 use super::*;
+use crate::netsim::Nat;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
@@ -28,116 +29,10 @@ enum Server {
     Silent,
 }
 
-struct Nat {
-    translate: bool,
-    mapping: Behaviour,
-    filtering: Behaviour,
-    hairpin: bool,
-    random_ports: bool,
-    /// key: (local, destination-key) → public port
-    map: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
-    /// public port → (local, contacted remotes)
-    rev: HashMap<u16, (SocketAddr, HashSet<SocketAddr>)>,
-    next_port: u16,
-    udp_blocked: bool,
-    lifetime: Option<Duration>,
-    last_used: HashMap<u16, Instant>,
-}
-
-impl Nat {
-    fn new(mapping: Behaviour, filtering: Behaviour) -> Self {
-        Nat {
-            translate: mapping != Behaviour::None,
-            mapping,
-            filtering,
-            hairpin: false,
-            random_ports: mapping == Behaviour::AddressAndPortDependent,
-            map: HashMap::new(),
-            rev: HashMap::new(),
-            next_port: 40000,
-            udp_blocked: false,
-            lifetime: None,
-            last_used: HashMap::new(),
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        let Some(l) = self.lifetime else { return };
-        let dead: Vec<u16> = self
-            .last_used
-            .iter()
-            .filter(|(_, &t)| now.duration_since(t) > l)
-            .map(|(&p, _)| p)
-            .collect();
-        for port in dead {
-            self.last_used.remove(&port);
-            self.rev.remove(&port);
-            self.map.retain(|_, p| *p != port);
-        }
-    }
-
-    fn outbound(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr) -> SocketAddr {
-        self.expire(now);
-        let a = self.outbound_inner(src, dst);
-        self.last_used.insert(a.port(), now);
-        a
-    }
-
-    fn outbound_inner(&mut self, src: SocketAddr, dst: SocketAddr) -> SocketAddr {
-        if !self.translate {
-            self.rev
-                .entry(src.port())
-                .or_insert((src, HashSet::new()))
-                .1
-                .insert(dst);
-            return src;
-        }
-        let key_dst = match self.mapping {
-            Behaviour::EndpointIndependent => None,
-            Behaviour::AddressDependent => Some(sa(ip4(dst.ip()), 0)),
-            _ => Some(dst),
-        };
-        let key = (src, key_dst);
-        let port = if let Some(&p) = self.map.get(&key) {
-            p
-        } else {
-            let p = if !self.random_ports && !self.rev.contains_key(&src.port()) {
-                src.port()
-            } else {
-                self.next_port += 7;
-                self.next_port
-            };
-            self.map.insert(key, p);
-            p
-        };
-        self.rev
-            .entry(port)
-            .or_insert((src, HashSet::new()))
-            .1
-            .insert(dst);
-        sa(NAT_IP, port)
-    }
-
-    fn inbound(&mut self, now: Instant, from: SocketAddr, to_port: u16) -> Option<SocketAddr> {
-        self.expire(now);
-        let (local, contacted) = self.rev.get(&to_port)?;
-        let ok = match self.filtering {
-            Behaviour::EndpointIndependent => true,
-            Behaviour::AddressDependent => contacted.iter().any(|c| c.ip() == from.ip()),
-            _ => contacted.contains(&from),
-        };
-        let local = *local;
-        if ok {
-            self.last_used.insert(to_port, now);
-        }
-        ok.then_some(local)
-    }
-}
-
 fn ip4(ip: IpAddr) -> Ipv4Addr {
     match ip {
         IpAddr::V4(v) => v,
-        _ => unreachable!(),
+        IpAddr::V6(_) => panic!("the simulation is IPv4"),
     }
 }
 
@@ -327,7 +222,7 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
 
 fn world(mapping: Behaviour, filtering: Behaviour) -> World {
     World {
-        nat: Nat::new(mapping, filtering),
+        nat: Nat::new(IpAddr::V4(NAT_IP), mapping, filtering),
         server: Server::Rfc5780,
         latency: Duration::from_millis(5),
         loss: 0.0,
