@@ -12,6 +12,7 @@ pub mod netaddr;
 pub(crate) mod netsim;
 pub mod portmap;
 pub mod probe;
+pub mod punch;
 pub mod relay;
 pub mod relay_server;
 pub mod rendezvous;

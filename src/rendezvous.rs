@@ -30,6 +30,8 @@
 //! | 10 | `Probe` | relay → client | nonce (8): a dial-back probe from another address |
 //! | 11 | `Error` | relay → client | code (1), reason (len u8 + UTF-8) |
 //! | 12 | `Bye` | client → relay | session id (16), peer id (8) |
+//! | 13 | `PunchProbe` | peer → peer | session id (16), transaction (8): a connectivity check |
+//! | 14 | `PunchAck` | peer → peer | session id (16), transaction (8), the probe's source as seen |
 //!
 //! An address is `family (4 or 6) | ip (4 or 16) | port (u16)`.
 //!
@@ -201,6 +203,22 @@ pub enum Frame {
         session: SessionId,
         /// Client instance id.
         peer: PeerId,
+    },
+    /// Peer-to-peer connectivity check (never sent to the relay).
+    PunchProbe {
+        /// Session id.
+        session: SessionId,
+        /// Transaction, echoed in the ack.
+        tx: u64,
+    },
+    /// Answer to a [`Frame::PunchProbe`].
+    PunchAck {
+        /// Session id.
+        session: SessionId,
+        /// From the probe.
+        tx: u64,
+        /// Where the probe came from, as the answering peer saw it.
+        observed: SocketAddr,
     },
 }
 
@@ -402,6 +420,15 @@ impl Frame {
                 session: r.array()?,
                 peer: r.array()?,
             },
+            13 => Frame::PunchProbe {
+                session: r.array()?,
+                tx: r.u64()?,
+            },
+            14 => Frame::PunchAck {
+                session: r.array()?,
+                tx: r.u64()?,
+                observed: r.addr()?,
+            },
             t => return Err(ParseError::UnknownType(t)),
         };
         r.end()?;
@@ -496,6 +523,21 @@ impl Frame {
                 out.extend_from_slice(session);
                 out.extend_from_slice(peer);
             }
+            Frame::PunchProbe { session, tx } => {
+                out.push(13);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&tx.to_be_bytes());
+            }
+            Frame::PunchAck {
+                session,
+                tx,
+                observed,
+            } => {
+                out.push(14);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&tx.to_be_bytes());
+                put_addr(&mut out, observed);
+            }
         }
         out
     }
@@ -555,6 +597,15 @@ mod tests {
             Frame::Bye {
                 session: [8; 16],
                 peer: [9; 8],
+            },
+            Frame::PunchProbe {
+                session: [1; 16],
+                tx: 9,
+            },
+            Frame::PunchAck {
+                session: [1; 16],
+                tx: 9,
+                observed: a,
             },
         ]
     }

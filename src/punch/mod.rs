@@ -1,0 +1,616 @@
+//! Hole punching, sans-IO: meeting at the relay ([`RvClient`]), connectivity checks between
+//! the peers' candidate addresses ([`Checks`]), and the [`Puncher`] that runs both on one UDP
+//! socket and decides between a direct path and the relay.
+//!
+//! Only the building blocks exist so far: the `punch` binary (PAKE, QUIC transport, stdin/stdout
+//! piping) is not built yet.
+
+pub mod code;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::defaults;
+use crate::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId};
+use crate::stun::{Schedule, Transaction};
+
+/// How often a peer probes each candidate during a punch (bounded: home routers drop floods).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// Most candidate addresses probed at once.
+pub const MAX_TARGETS: usize = 16;
+/// Default bound on punching before falling back to the relay (issue contract: 3 s).
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default keepalive towards the relay and the peer: well under the 30 s many NATs allow.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Configuration of one side.
+#[derive(Debug, Clone)]
+pub struct PunchConfig {
+    /// The relay's rendezvous address.
+    pub relay: SocketAddr,
+    /// Session id (from the code's nameplate).
+    pub session: SessionId,
+    /// Which side.
+    pub role: Role,
+    /// This client instance.
+    pub peer: PeerId,
+    /// Relay token (empty when none is needed).
+    pub token: Vec<u8>,
+    /// Self-reported candidates (host addresses, mapped ports).
+    pub candidates: Vec<SocketAddr>,
+    /// Bound on punching.
+    pub direct_timeout: Duration,
+    /// Keepalive interval.
+    pub keepalive: Duration,
+}
+
+/// What the rendezvous client reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RvEvent {
+    /// The relay accepted us; `observed` is our server-reflexive address.
+    Registered {
+        /// As the relay sees us.
+        observed: SocketAddr,
+        /// Whether the other side is there yet.
+        peer_present: bool,
+    },
+    /// The other side's addresses.
+    Peer {
+        /// As the relay sees it.
+        observed: SocketAddr,
+        /// What it reported.
+        candidates: Vec<SocketAddr>,
+    },
+    /// Start punching after `wait`.
+    Start {
+        /// Delay that makes both sides start together.
+        wait: Duration,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// Data relayed from the other side.
+    Data(Vec<u8>),
+    /// The relay refused something.
+    Refused {
+        /// Code.
+        code: ErrorCode,
+        /// Its words.
+        reason: String,
+    },
+    /// The relay does not answer.
+    RelayLost,
+}
+
+/// The rendezvous client: registers (and keeps the registration alive), answers the relay's
+/// RTT pings, asks for start signals and carries relayed data.
+#[derive(Debug)]
+pub struct RvClient {
+    cfg: PunchConfig,
+    register: Option<Transaction>,
+    registered: bool,
+    next_keepalive: Option<Instant>,
+    sync: Option<Transaction>,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<RvEvent>,
+}
+
+impl RvClient {
+    /// Starts registering at `now`.
+    pub fn new(cfg: PunchConfig, now: Instant) -> Self {
+        let mut c = RvClient {
+            cfg,
+            register: None,
+            registered: false,
+            next_keepalive: None,
+            sync: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        c.register = Some(Transaction::new(now, Self::register_schedule()));
+        c.pump(now);
+        c
+    }
+
+    fn register_schedule() -> Schedule {
+        Schedule {
+            rto: defaults::INITIAL_RTO,
+            max_sends: 6,
+            final_wait: Duration::from_millis(800),
+        }
+    }
+
+    fn register_frame(&self) -> Vec<u8> {
+        Frame::Register {
+            session: self.cfg.session,
+            role: self.cfg.role,
+            peer: self.cfg.peer,
+            token: self.cfg.token.clone(),
+            candidates: self.cfg.candidates.clone(),
+        }
+        .emit()
+    }
+
+    fn pump(&mut self, now: Instant) {
+        if let Some(t) = &mut self.register {
+            if t.timed_out(now) {
+                self.register = None;
+                self.events.push_back(RvEvent::RelayLost);
+            } else if t.poll_send(now) {
+                let f = self.register_frame();
+                self.out.push_back((self.cfg.relay, f));
+            }
+        }
+        if let Some(t) = &mut self.sync {
+            if t.timed_out(now) {
+                self.sync = None;
+                self.events.push_back(RvEvent::RelayLost);
+            } else if t.poll_send(now) {
+                let f = Frame::Sync {
+                    session: self.cfg.session,
+                    peer: self.cfg.peer,
+                }
+                .emit();
+                self.out.push_back((self.cfg.relay, f));
+            }
+        }
+        if self.next_keepalive.is_some_and(|k| k <= now) && self.register.is_none() {
+            // Refreshing is re-registering: idempotent for the same peer id, and it follows
+            // NAT rebinding to a new observed address.
+            self.register = Some(Transaction::new(now, Self::register_schedule()));
+            self.next_keepalive = None;
+            self.pump(now);
+        }
+    }
+
+    /// Asks the relay for a simultaneous start (again, on every retry).
+    pub fn sync(&mut self, now: Instant) {
+        self.sync = Some(Transaction::new(
+            now,
+            Schedule {
+                rto: Duration::from_millis(300),
+                max_sends: 4,
+                final_wait: Duration::from_millis(1200),
+            },
+        ));
+        self.pump(now);
+    }
+
+    /// Sends data through the relay.
+    pub fn send_data(&mut self, payload: Vec<u8>) {
+        let f = Frame::Data {
+            session: self.cfg.session,
+            payload,
+        }
+        .emit();
+        self.out.push_back((self.cfg.relay, f));
+    }
+
+    /// Whether the relay has accepted the registration.
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+
+    /// Feeds a datagram; returns false when it did not come from the relay.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        if from != self.cfg.relay {
+            return false;
+        }
+        let Ok(f) = Frame::parse(data) else {
+            return true;
+        };
+        match f {
+            Frame::Registered {
+                observed,
+                peer_present,
+            } => {
+                if self.register.take().is_some() || !self.registered {
+                    self.events.push_back(RvEvent::Registered {
+                        observed,
+                        peer_present,
+                    });
+                }
+                self.registered = true;
+                self.next_keepalive = Some(now + self.cfg.keepalive);
+            }
+            Frame::Peer {
+                observed,
+                candidates,
+            } => self.events.push_back(RvEvent::Peer {
+                observed,
+                candidates,
+            }),
+            Frame::Ping { nonce } => {
+                let f = Frame::Pong {
+                    session: self.cfg.session,
+                    peer: self.cfg.peer,
+                    nonce,
+                }
+                .emit();
+                self.out.push_back((self.cfg.relay, f));
+            }
+            Frame::Start { wait_ms, attempt } => {
+                self.sync = None;
+                self.events.push_back(RvEvent::Start {
+                    wait: Duration::from_millis(wait_ms as u64),
+                    attempt,
+                });
+            }
+            Frame::Data { session, payload } if session == self.cfg.session => {
+                self.events.push_back(RvEvent::Data(payload))
+            }
+            Frame::Error { code, reason } => {
+                self.register = None;
+                self.events.push_back(RvEvent::Refused { code, reason })
+            }
+            _ => {}
+        }
+        self.pump(now);
+        true
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<RvEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`RvClient::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.register.as_ref().and_then(|t| t.poll_timeout()),
+            self.sync.as_ref().and_then(|t| t.poll_timeout()),
+            self.next_keepalive,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.pump(now);
+    }
+}
+
+/// Result of the connectivity checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckEvent {
+    /// A path works both ways: we probed `peer`, it answered.
+    Connected {
+        /// The peer's address on the working path.
+        peer: SocketAddr,
+        /// Round trip of the winning probe.
+        rtt: Duration,
+        /// Probes sent until then.
+        probes: u32,
+    },
+    /// No path within the bound.
+    Failed {
+        /// Probes sent.
+        probes: u32,
+    },
+}
+
+/// Connectivity checks: probe every candidate of the peer at a bounded rate from the moment
+/// of the start signal; answer the peer's probes (which also reveals its peer-reflexive
+/// address, the one that works when its NAT is symmetric and ours lets it in); the first
+/// answered probe wins.
+#[derive(Debug)]
+pub struct Checks {
+    session: SessionId,
+    targets: Vec<SocketAddr>,
+    start_at: Option<Instant>,
+    deadline: Option<Instant>,
+    next_round: Option<Instant>,
+    bound: Duration,
+    sent: HashMap<u64, (SocketAddr, Instant)>,
+    probes: u32,
+    done: bool,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<CheckEvent>,
+}
+
+impl Checks {
+    /// Checks for a session, giving up `bound` after they start.
+    pub fn new(session: SessionId, bound: Duration) -> Self {
+        Checks {
+            session,
+            targets: Vec::new(),
+            start_at: None,
+            deadline: None,
+            next_round: None,
+            bound,
+            sent: HashMap::new(),
+            probes: 0,
+            done: false,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Adds candidate addresses of the peer.
+    pub fn add_targets(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for a in addrs {
+            if !self.targets.contains(&a) && self.targets.len() < MAX_TARGETS {
+                self.targets.push(a);
+            }
+        }
+    }
+
+    /// Starts probing at `at` (the relay's start signal plus its wait).
+    pub fn start_at(&mut self, at: Instant) {
+        if self.done {
+            return;
+        }
+        self.start_at = Some(at);
+        self.deadline = Some(at + self.bound);
+        self.next_round = Some(at);
+    }
+
+    /// Whether the checks have finished (connected or failed).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn pump(&mut self, now: Instant) {
+        if self.done {
+            return;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.done = true;
+            self.next_round = None;
+            self.events.push_back(CheckEvent::Failed {
+                probes: self.probes,
+            });
+            return;
+        }
+        if let Some(t) = self.next_round {
+            if t <= now {
+                for &dst in &self.targets {
+                    let tx: u64 = rand::random();
+                    self.sent.insert(tx, (dst, now));
+                    self.probes += 1;
+                    let f = Frame::PunchProbe {
+                        session: self.session,
+                        tx,
+                    }
+                    .emit();
+                    self.out.push_back((dst, f));
+                }
+                self.next_round = Some(now + PROBE_INTERVAL);
+            }
+        }
+    }
+
+    /// Feeds a datagram; returns false when it is not a check of this session.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        match Frame::parse(data) {
+            Ok(Frame::PunchProbe { session, tx }) if session == self.session => {
+                // Always answer, even after we are done: the peer may still be waiting for
+                // its own answer.
+                let f = Frame::PunchAck {
+                    session,
+                    tx,
+                    observed: from,
+                }
+                .emit();
+                self.out.push_back((from, f));
+                if !self.done {
+                    self.add_targets([from]);
+                }
+                true
+            }
+            Ok(Frame::PunchAck { session, tx, .. }) if session == self.session => {
+                if let Some((dst, at)) = self.sent.remove(&tx) {
+                    if !self.done && dst == from {
+                        self.done = true;
+                        self.next_round = None;
+                        self.events.push_back(CheckEvent::Connected {
+                            peer: from,
+                            rtt: now.saturating_duration_since(at),
+                            probes: self.probes,
+                        });
+                    }
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Next datagram.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<CheckEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Checks::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        [self.next_round, self.deadline].into_iter().flatten().min()
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.pump(now);
+    }
+}
+
+/// Which path carries the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Peer to peer.
+    Direct(SocketAddr),
+    /// Through the relay.
+    Relay,
+}
+
+/// What the [`Puncher`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PunchEvent {
+    /// Registered at the relay.
+    Registered {
+        /// Our server-reflexive address.
+        observed: SocketAddr,
+    },
+    /// The path changed (first connection, fallback, or upgrade).
+    Path {
+        /// The path now in use.
+        path: PathKind,
+        /// Probes sent for this result.
+        probes: u32,
+    },
+    /// Data relayed by the relay.
+    RelayData(Vec<u8>),
+    /// Fatal: the relay refused us or cannot be reached.
+    Failed(String),
+}
+
+/// Runs rendezvous and checks on one UDP socket: registers, waits for the peer, lets the
+/// connector ask for a start signal, probes, and falls back to the relay when no direct path
+/// works within the bound.
+#[derive(Debug)]
+pub struct Puncher {
+    rv: RvClient,
+    checks: Checks,
+    role: Role,
+    path: Option<PathKind>,
+    start_pending: Option<Instant>,
+    events: VecDeque<PunchEvent>,
+}
+
+impl Puncher {
+    /// Starts at `now`.
+    pub fn new(cfg: PunchConfig, now: Instant) -> Self {
+        Puncher {
+            checks: Checks::new(cfg.session, cfg.direct_timeout),
+            role: cfg.role,
+            rv: RvClient::new(cfg, now),
+            path: None,
+            start_pending: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    fn drive(&mut self, now: Instant) {
+        if self.start_pending.is_some_and(|t| t <= now) {
+            self.start_pending = None;
+            self.checks.start_at(now);
+            self.checks.handle_timeout(now);
+        }
+        while let Some(e) = self.rv.poll_event() {
+            match e {
+                RvEvent::Registered {
+                    observed,
+                    peer_present,
+                } => {
+                    self.events.push_back(PunchEvent::Registered { observed });
+                    // The side that arrives second asks for the start signal.
+                    if peer_present && self.path.is_none() {
+                        self.rv.sync(now);
+                    }
+                }
+                RvEvent::Peer {
+                    observed,
+                    candidates,
+                } => {
+                    self.checks
+                        .add_targets(std::iter::once(observed).chain(candidates));
+                }
+                RvEvent::Start { wait, .. } => self.start_pending = Some(now + wait),
+                RvEvent::Data(d) => self.events.push_back(PunchEvent::RelayData(d)),
+                RvEvent::Refused { reason, .. } => self
+                    .events
+                    .push_back(PunchEvent::Failed(format!("the relay refused: {reason}"))),
+                RvEvent::RelayLost => {
+                    if self.path.is_none() {
+                        self.events
+                            .push_back(PunchEvent::Failed("the relay does not answer".into()))
+                    }
+                }
+            }
+        }
+        if self.start_pending.is_some_and(|t| t <= now) {
+            self.drive(now);
+            return;
+        }
+        while let Some(e) = self.checks.poll_event() {
+            let (path, probes) = match e {
+                CheckEvent::Connected { peer, probes, .. } => (PathKind::Direct(peer), probes),
+                CheckEvent::Failed { probes } => (PathKind::Relay, probes),
+            };
+            if self.path != Some(path) {
+                self.path = Some(path);
+                self.events.push_back(PunchEvent::Path { path, probes });
+            }
+        }
+    }
+
+    /// Feeds a datagram from the socket; returns false if it is none of ours (e.g. QUIC).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        let ours = self.rv.handle_datagram(now, from, data)
+            || self.checks.handle_datagram(now, from, data);
+        self.drive(now);
+        ours
+    }
+
+    /// Sends data through the relay (used while the path is the relay).
+    pub fn send_relayed(&mut self, payload: Vec<u8>) {
+        self.rv.send_data(payload);
+    }
+
+    /// The path in use, once decided.
+    pub fn path(&self) -> Option<PathKind> {
+        self.path
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Next datagram to send from the socket.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.rv
+            .poll_transmit()
+            .or_else(|| self.checks.poll_transmit())
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<PunchEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Puncher::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.rv.poll_timeout(),
+            self.checks.poll_timeout(),
+            self.start_pending,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.rv.handle_timeout(now);
+        self.checks.handle_timeout(now);
+        self.drive(now);
+    }
+}
+
+#[cfg(test)]
+mod tests;
