@@ -32,6 +32,8 @@
 //! | 12 | `Bye` | client → relay | session id (16), peer id (8) |
 //! | 13 | `PunchProbe` | peer → peer | session id (16), transaction (8): a connectivity check |
 //! | 14 | `PunchAck` | peer → peer | session id (16), transaction (8), the probe's source as seen |
+//! | 15 | `Pake` | peer → peer | session id (16), SPAKE2 message (rest) |
+//! | 16 | `Confirm` | peer → peer | session id (16), certificate fingerprint (32), MAC (32) |
 //!
 //! An address is `family (4 or 6) | ip (4 or 16) | port (u16)`.
 //!
@@ -210,6 +212,22 @@ pub enum Frame {
         session: SessionId,
         /// Transaction, echoed in the ack.
         tx: u64,
+    },
+    /// A SPAKE2 message (peer to peer, directly or inside relayed data).
+    Pake {
+        /// Session id.
+        session: SessionId,
+        /// The SPAKE2 message.
+        msg: Vec<u8>,
+    },
+    /// Key confirmation: the sender's QUIC certificate fingerprint, MACed with the PAKE key.
+    Confirm {
+        /// Session id.
+        session: SessionId,
+        /// SHA-256 of the sender's certificate.
+        fingerprint: [u8; 32],
+        /// HMAC-SHA256 under the PAKE key.
+        mac: [u8; 32],
     },
     /// Answer to a [`Frame::PunchProbe`].
     PunchAck {
@@ -429,6 +447,22 @@ impl Frame {
                 tx: r.u64()?,
                 observed: r.addr()?,
             },
+            15 => {
+                let session = r.array()?;
+                let msg = r.take(r.buf.len())?;
+                if msg.is_empty() || msg.len() > 256 {
+                    return Err(ParseError::Malformed);
+                }
+                Frame::Pake {
+                    session,
+                    msg: msg.to_vec(),
+                }
+            }
+            16 => Frame::Confirm {
+                session: r.array()?,
+                fingerprint: r.array()?,
+                mac: r.array()?,
+            },
             t => return Err(ParseError::UnknownType(t)),
         };
         r.end()?;
@@ -528,6 +562,21 @@ impl Frame {
                 out.extend_from_slice(session);
                 out.extend_from_slice(&tx.to_be_bytes());
             }
+            Frame::Pake { session, msg } => {
+                out.push(15);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&msg[..msg.len().min(256)]);
+            }
+            Frame::Confirm {
+                session,
+                fingerprint,
+                mac,
+            } => {
+                out.push(16);
+                out.extend_from_slice(session);
+                out.extend_from_slice(fingerprint);
+                out.extend_from_slice(mac);
+            }
             Frame::PunchAck {
                 session,
                 tx,
@@ -602,6 +651,15 @@ mod tests {
                 session: [1; 16],
                 tx: 9,
             },
+            Frame::Pake {
+                session: [1; 16],
+                msg: vec![3; 33],
+            },
+            Frame::Confirm {
+                session: [1; 16],
+                fingerprint: [4; 32],
+                mac: [5; 32],
+            },
             Frame::PunchAck {
                 session: [1; 16],
                 tx: 9,
@@ -622,12 +680,17 @@ mod tests {
         for f in samples() {
             let b = f.emit();
             for n in 0..b.len() {
-                // Data's payload may be any length; everything else must be exact.
-                if !matches!(f, Frame::Data { .. }) || n < 20 {
+                // Data's and Pake's payloads may be any length; everything else must be exact.
+                let min_ok = match f {
+                    Frame::Data { .. } => 20,
+                    Frame::Pake { .. } => 21,
+                    _ => usize::MAX,
+                };
+                if n < min_ok {
                     assert!(Frame::parse(&b[..n]).is_err(), "{f:?} cut at {n}");
                 }
             }
-            if !matches!(f, Frame::Data { .. }) {
+            if !matches!(f, Frame::Data { .. } | Frame::Pake { .. }) {
                 let mut longer = b.clone();
                 longer.push(0);
                 assert!(Frame::parse(&longer).is_err(), "{f:?} extended");

@@ -6,6 +6,7 @@
 //! piping) is not built yet.
 
 pub mod code;
+pub mod pake;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
