@@ -310,7 +310,6 @@ pub struct Prober {
     ignored: Vec<String>,
     notes_filtering: Option<String>,
     hop_retried: Vec<u8>,
-    hop_reached: Option<u8>,
 }
 
 fn clamp_rto(rtt: Duration) -> Duration {
@@ -356,7 +355,6 @@ impl Prober {
             ignored: Vec::new(),
             notes_filtering: None,
             hop_retried: Vec::new(),
-            hop_reached: None,
             cfg,
         };
         let first = Schedule {
@@ -723,9 +721,8 @@ impl Prober {
                     self.filter_port = r
                 }
             }
-            Test::Hop(ttl) => {
-                // The probe reached the server within `ttl` hops.
-                self.hop_reached = Some(self.hop_reached.map_or(ttl, |r| r.min(ttl)));
+            Test::Hop(_) => {
+                // The probe reached the server: no router at this distance.
             }
             Test::LifetimeArm(k) => {
                 let slot = &mut self.lifetime[k];
@@ -891,8 +888,9 @@ impl Prober {
     /// repeated runs still see a carrier-grade NAT hop. Only hops 2 and 3: hop 1 is the home
     /// router, and a CGNAT sits right behind it. Costs up to ~1.1 s, and only on such paths.
     fn retry_silent_hop(&mut self, now: Instant, ttl: u8) {
-        let farther_answered =
-            self.hops.iter().any(|h| h.ttl > ttl) || self.hop_reached.is_some_and(|r| r > ttl);
+        // Only a farther *router* counts: a silent hop right before the server may just be a
+        // router that never sends Time Exceeded, and waiting for it would slow every run.
+        let farther_answered = self.hops.iter().any(|h| h.ttl > ttl);
         if !(2..=3).contains(&ttl) || !farther_answered || self.hop_retried.contains(&ttl) {
             return;
         }

@@ -241,9 +241,150 @@ impl RelayArgs {
     }
 }
 
+/// punch's arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "punch",
+    version,
+    about = "Connect two shells through NATs: direct when possible, relayed when not, always encrypted",
+    long_about = "punch connects two machines behind NATs with a short code, like \
+7-lantern-harbor. Each side's stdin goes to the other side's stdout (binary-safe, both \
+directions at once, end of input reaches the other side as end of output).\n\n\
+Both sides meet at a natkit relay, learn each other's addresses, and start UDP hole \
+punching at the same instant; when no direct path works within --direct-timeout, the \
+data goes through the relay instead. Either way, a PAKE (SPAKE2) keyed by the code \
+authenticates both ends, and QUIC with certificates pinned by the PAKE encrypts \
+everything: the relay sees only ciphertext. A wrong code fails on both sides.",
+    after_long_help = "EXIT STATUS:\n  0  both directions finished\n  \
+2  an error: bad usage, the relay is unreachable or refused, the other side never came, \
+the connection broke (message on stderr)\n  3  wrong code\n\n\
+EXAMPLES:\n  punch listen --relay relay.example.net < file        # prints a code\n  \
+punch connect --relay relay.example.net 7-lantern-harbor > file\n  \
+punch listen --relay 203.0.113.10 --json",
+    after_help = "Exit status: 0 done, 2 error, 3 wrong code."
+)]
+pub struct PunchArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: PunchCmd,
+}
+
+/// punch's subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum PunchCmd {
+    /// Wait for the other side; prints a code unless --code is given.
+    Listen {
+        /// Options shared by both sides.
+        #[command(flatten)]
+        common: PunchCommon,
+        /// Use this code instead of a random one.
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
+    /// Join the side that printed CODE.
+    Connect {
+        /// Options shared by both sides.
+        #[command(flatten)]
+        common: PunchCommon,
+        /// The code the listening side printed.
+        code: String,
+    },
+}
+
+/// Options of both punch subcommands.
+#[derive(Debug, clap::Args)]
+pub struct PunchCommon {
+    /// natkit relay HOST[:PORT] to meet at (port 3478 when omitted).
+    #[arg(long, env = "NATKIT_RELAY", value_name = "HOST[:PORT]")]
+    pub relay: String,
+    /// Relay token, hex (when the relay runs with --secret).
+    #[arg(long, env = "NATKIT_RELAY_TOKEN", value_name = "HEX")]
+    pub token: Option<String>,
+    /// JSON lines on stderr instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up on a direct path after this many milliseconds and use the relay.
+    #[arg(long, value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub direct_timeout: u64,
+    /// Keepalive interval in seconds (keeps NAT mappings open).
+    #[arg(long, value_name = "SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub keepalive: u64,
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Why punch arguments are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum PunchArgsError {
+    /// Bad code.
+    #[error(transparent)]
+    Code(#[from] crate::punch::code::CodeError),
+    /// Bad relay address.
+    #[error(transparent)]
+    Relay(#[from] crate::probe::ProbeError),
+    /// Token not hex.
+    #[error("--token must be hex")]
+    Token,
+}
+
+impl PunchArgs {
+    /// Validates before any IO; returns the options, JSON flag and verbosity.
+    pub fn into_options(self) -> Result<(crate::punch_io::PunchOptions, bool, u8), PunchArgsError> {
+        let (common, role, code) = match self.cmd {
+            PunchCmd::Listen { common, code } => {
+                let c = match code {
+                    Some(c) => crate::punch::code::Code::parse(&c)?,
+                    None => crate::punch::code::Code::generate(),
+                };
+                (common, crate::rendezvous::Role::Listener, c)
+            }
+            PunchCmd::Connect { common, code } => (
+                common,
+                crate::rendezvous::Role::Connector,
+                crate::punch::code::Code::parse(&code)?,
+            ),
+        };
+        crate::probe::parse_server(&common.relay)?;
+        let token = match &common.token {
+            None => Vec::new(),
+            Some(h) => {
+                let h = h.trim();
+                if h.len() % 2 != 0 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(PunchArgsError::Token);
+                }
+                (0..h.len())
+                    .step_by(2)
+                    .map(|i| {
+                        u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| PunchArgsError::Token)
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok((
+            crate::punch_io::PunchOptions {
+                relay: common.relay,
+                role,
+                code,
+                direct_timeout: Duration::from_millis(common.direct_timeout),
+                keepalive: Duration::from_secs(common.keepalive),
+                token,
+            },
+            common.json,
+            common.verbose,
+        ))
+    }
+}
+
 /// Every binary's clap command, for man pages and completions.
 pub fn commands() -> Vec<clap::Command> {
-    vec![NatprobeArgs::command(), RelayArgs::command()]
+    vec![
+        NatprobeArgs::command(),
+        RelayArgs::command(),
+        PunchArgs::command(),
+    ]
 }
 
 /// Sets up logging to stderr at the given verbosity (`RUST_LOG` wins when set).

@@ -10,3 +10,5 @@ pub const CANNOT_HOST: i32 = 1;
 pub const NO_ANSWER: i32 = 2;
 /// Alias of [`NO_ANSWER`] for errors that are not about answers.
 pub const ERROR: i32 = 2;
+/// punch: the other side used a different code.
+pub const WRONG_CODE: i32 = 3;

@@ -13,6 +13,8 @@ pub(crate) mod netsim;
 pub mod portmap;
 pub mod probe;
 pub mod punch;
+pub mod punch_io;
+pub mod punch_quic;
 pub mod relay;
 pub mod relay_server;
 pub mod rendezvous;

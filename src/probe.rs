@@ -163,7 +163,7 @@ pub fn parse_server(s: &str) -> Result<(String, u16), ProbeError> {
     Ok((host.to_string(), port))
 }
 
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+pub(crate) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }

@@ -72,6 +72,7 @@ fn help_is_pinned() {
     for (name, exe) in [
         ("natprobe", env!("CARGO_BIN_EXE_natprobe")),
         ("relay", env!("CARGO_BIN_EXE_relay")),
+        ("punch", env!("CARGO_BIN_EXE_punch")),
     ] {
         let out = Command::new(exe)
             .arg("--help")

@@ -22,6 +22,27 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 pub const MAX_TARGETS: usize = 16;
 /// Default bound on punching before falling back to the relay (issue contract: 3 s).
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// TTLs of the opening packets sent to every candidate when punching starts: enough to pass
+/// our own NAT (and a carrier NAT behind it) and create the mapping, too few to reach the
+/// peer's NAT. Without them, a peer probe that arrives at our NAT first makes a Linux NAT
+/// create a conntrack entry that clashes with our own outgoing flow, and the NAT then picks
+/// another port (the field notes' low-TTL trick).
+pub const OPENING_TTLS: [u8; 2] = [2, 3];
+/// Time between the opening packets and the first full probe round: covers the start-time
+/// difference between the two sides.
+pub const OPENING_LEAD: Duration = Duration::from_millis(50);
+
+/// A datagram to send from the punch socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Destination.
+    pub dst: SocketAddr,
+    /// Bytes.
+    pub payload: Vec<u8>,
+    /// IP TTL for this datagram only (None: the default).
+    pub ttl: Option<u8>,
+}
+
 /// Default keepalive towards the relay and the peer: well under the 30 s many NATs allow.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -312,7 +333,8 @@ pub struct Checks {
     sent: HashMap<u64, (SocketAddr, Instant)>,
     probes: u32,
     done: bool,
-    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    opened: bool,
+    out: VecDeque<Datagram>,
     events: VecDeque<CheckEvent>,
 }
 
@@ -329,6 +351,7 @@ impl Checks {
             sent: HashMap::new(),
             probes: 0,
             done: false,
+            opened: false,
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -371,7 +394,24 @@ impl Checks {
             return;
         }
         if let Some(t) = self.next_round {
-            if t <= now {
+            if t <= now && !self.opened {
+                self.opened = true;
+                for &dst in &self.targets {
+                    for ttl in OPENING_TTLS {
+                        let f = Frame::PunchProbe {
+                            session: self.session,
+                            tx: rand::random(),
+                        }
+                        .emit();
+                        self.out.push_back(Datagram {
+                            dst,
+                            payload: f,
+                            ttl: Some(ttl),
+                        });
+                    }
+                }
+                self.next_round = Some(now + OPENING_LEAD);
+            } else if t <= now {
                 for &dst in &self.targets {
                     let tx: u64 = rand::random();
                     self.sent.insert(tx, (dst, now));
@@ -381,7 +421,11 @@ impl Checks {
                         tx,
                     }
                     .emit();
-                    self.out.push_back((dst, f));
+                    self.out.push_back(Datagram {
+                        dst,
+                        payload: f,
+                        ttl: None,
+                    });
                 }
                 self.next_round = Some(now + PROBE_INTERVAL);
             }
@@ -400,7 +444,11 @@ impl Checks {
                     observed: from,
                 }
                 .emit();
-                self.out.push_back((from, f));
+                self.out.push_back(Datagram {
+                    dst: from,
+                    payload: f,
+                    ttl: None,
+                });
                 if !self.done {
                     self.add_targets([from]);
                 }
@@ -425,7 +473,7 @@ impl Checks {
     }
 
     /// Next datagram.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
         self.out.pop_front()
     }
 
@@ -582,9 +630,14 @@ impl Puncher {
     }
 
     /// Next datagram to send from the socket.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
         self.rv
             .poll_transmit()
+            .map(|(dst, payload)| Datagram {
+                dst,
+                payload,
+                ttl: None,
+            })
             .or_else(|| self.checks.poll_transmit())
     }
 

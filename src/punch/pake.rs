@@ -36,7 +36,9 @@ pub struct Pake {
 
 impl std::fmt::Debug for Pake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pake").field("role", &self.role).finish_non_exhaustive()
+        f.debug_struct("Pake")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,13 +131,34 @@ impl Pake {
 mod tests {
     use super::*;
 
-    fn exchange(pa: &[u8], pb: &[u8]) -> (Result<[u8; 32], PakeError>, Result<[u8; 32], PakeError>) {
+    fn exchange(
+        pa: &[u8],
+        pb: &[u8],
+    ) -> (Result<[u8; 32], PakeError>, Result<[u8; 32], PakeError>) {
         let mut a = Pake::new([1; 16], Role::Listener, pa, b"cert a");
         let mut b = Pake::new([1; 16], Role::Connector, pb, b"cert b");
-        let Frame::Pake { msg: ma, .. } = a.message() else { unreachable!() };
-        let Frame::Pake { msg: mb, .. } = b.message() else { unreachable!() };
-        let Frame::Confirm { fingerprint: fa, mac: ca, .. } = a.handle_message(&mb).unwrap() else { unreachable!() };
-        let Frame::Confirm { fingerprint: fb, mac: cb, .. } = b.handle_message(&ma).unwrap() else { unreachable!() };
+        let Frame::Pake { msg: ma, .. } = a.message() else {
+            unreachable!()
+        };
+        let Frame::Pake { msg: mb, .. } = b.message() else {
+            unreachable!()
+        };
+        let Frame::Confirm {
+            fingerprint: fa,
+            mac: ca,
+            ..
+        } = a.handle_message(&mb).unwrap()
+        else {
+            unreachable!()
+        };
+        let Frame::Confirm {
+            fingerprint: fb,
+            mac: cb,
+            ..
+        } = b.handle_message(&ma).unwrap()
+        else {
+            unreachable!()
+        };
         (a.verify(&fb, &cb), b.verify(&fa, &ca))
     }
 
@@ -157,11 +180,23 @@ mod tests {
     fn a_tampered_fingerprint_fails() {
         let mut a = Pake::new([1; 16], Role::Listener, b"x", b"cert a");
         let mut b = Pake::new([1; 16], Role::Connector, b"x", b"cert b");
-        let Frame::Pake { msg: ma, .. } = a.message() else { unreachable!() };
-        let Frame::Pake { msg: mb, .. } = b.message() else { unreachable!() };
+        let Frame::Pake { msg: ma, .. } = a.message() else {
+            unreachable!()
+        };
+        let Frame::Pake { msg: mb, .. } = b.message() else {
+            unreachable!()
+        };
         a.handle_message(&mb).unwrap();
-        let Frame::Confirm { mac, .. } = b.handle_message(&ma).unwrap() else { unreachable!() };
-        assert_eq!(a.verify(&fingerprint(b"evil cert"), &mac), Err(PakeError::WrongCode));
-        assert_eq!(Pake::new([1; 16], Role::Listener, b"x", b"c").handle_message(b"junk"), Err(PakeError::BadMessage));
+        let Frame::Confirm { mac, .. } = b.handle_message(&ma).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(
+            a.verify(&fingerprint(b"evil cert"), &mac),
+            Err(PakeError::WrongCode)
+        );
+        assert_eq!(
+            Pake::new([1; 16], Role::Listener, b"x", b"c").handle_message(b"junk"),
+            Err(PakeError::BadMessage)
+        );
     }
 }

@@ -79,10 +79,14 @@ impl Net {
 
     fn flush(&mut self, now: Instant) {
         for i in 0..2 {
-            while let Some((dst, data)) = self.sides[i].p.poll_transmit() {
+            while let Some(d) = self.sides[i].p.poll_transmit() {
                 let local = self.sides[i].local;
-                let src = self.sides[i].nat.outbound(now, local, dst);
-                self.send(now, src, dst, data);
+                let src = self.sides[i].nat.outbound(now, local, d.dst);
+                // Low-TTL opening packets pass our NAT (creating the mapping) and die on the
+                // way, before the peer's NAT.
+                if d.ttl.is_none() {
+                    self.send(now, src, d.dst, d.payload);
+                }
             }
             while let Some(e) = self.sides[i].p.poll_event() {
                 match e {

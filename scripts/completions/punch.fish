@@ -1,0 +1,49 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_punch_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_punch_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_punch_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_punch_using_subcommand
+    set -l cmd (__fish_punch_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c punch -n "__fish_punch_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c punch -n "__fish_punch_needs_command" -s V -l version -d 'Print version'
+complete -c punch -n "__fish_punch_needs_command" -f -a "listen" -d 'Wait for the other side; prints a code unless --code is given'
+complete -c punch -n "__fish_punch_needs_command" -f -a "connect" -d 'Join the side that printed CODE'
+complete -c punch -n "__fish_punch_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c punch -n "__fish_punch_using_subcommand listen" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted)' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l code -d 'Use this code instead of a random one' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l json -d 'JSON lines on stderr instead of text'
+complete -c punch -n "__fish_punch_using_subcommand listen" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
+complete -c punch -n "__fish_punch_using_subcommand listen" -s h -l help -d 'Print help'
+complete -c punch -n "__fish_punch_using_subcommand connect" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted)' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l json -d 'JSON lines on stderr instead of text'
+complete -c punch -n "__fish_punch_using_subcommand connect" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
+complete -c punch -n "__fish_punch_using_subcommand connect" -s h -l help -d 'Print help'
+complete -c punch -n "__fish_punch_using_subcommand help; and not __fish_seen_subcommand_from listen connect help" -f -a "listen" -d 'Wait for the other side; prints a code unless --code is given'
+complete -c punch -n "__fish_punch_using_subcommand help; and not __fish_seen_subcommand_from listen connect help" -f -a "connect" -d 'Join the side that printed CODE'
+complete -c punch -n "__fish_punch_using_subcommand help; and not __fish_seen_subcommand_from listen connect help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,140 @@
+#compdef punch
+
+autoload -U is-at-least
+
+_punch() {
+    typeset -A opt_args
+    typeset -a _arguments_options
+    local ret=1
+
+    if is-at-least 5.2; then
+        _arguments_options=(-s -S -C)
+    else
+        _arguments_options=(-s -C)
+    fi
+
+    local context curcontext="$curcontext" state line
+    _arguments "${_arguments_options[@]}" : \
+'-h[Print help (see more with '\''--help'\'')]' \
+'--help[Print help (see more with '\''--help'\'')]' \
+'-V[Print version]' \
+'--version[Print version]' \
+":: :_punch_commands" \
+"*::: :->punch" \
+&& ret=0
+    case $state in
+    (punch)
+        words=($line[1] "${words[@]}")
+        (( CURRENT += 1 ))
+        curcontext="${curcontext%:*:*}:punch-command-$line[1]:"
+        case $line[1] in
+            (listen)
+_arguments "${_arguments_options[@]}" : \
+'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted)]:HOST[:PORT]:_default' \
+'--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
+'--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
+'--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
+'--code=[Use this code instead of a random one]:CODE:_default' \
+'--json[JSON lines on stderr instead of text]' \
+'*-v[More log output on stderr (-v, -vv)]' \
+'*--verbose[More log output on stderr (-v, -vv)]' \
+'-h[Print help]' \
+'--help[Print help]' \
+&& ret=0
+;;
+(connect)
+_arguments "${_arguments_options[@]}" : \
+'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted)]:HOST[:PORT]:_default' \
+'--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
+'--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
+'--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
+'--json[JSON lines on stderr instead of text]' \
+'*-v[More log output on stderr (-v, -vv)]' \
+'*--verbose[More log output on stderr (-v, -vv)]' \
+'-h[Print help]' \
+'--help[Print help]' \
+':code -- The code the listening side printed:_default' \
+&& ret=0
+;;
+(help)
+_arguments "${_arguments_options[@]}" : \
+":: :_punch__subcmd__help_commands" \
+"*::: :->help" \
+&& ret=0
+
+    case $state in
+    (help)
+        words=($line[1] "${words[@]}")
+        (( CURRENT += 1 ))
+        curcontext="${curcontext%:*:*}:punch-help-command-$line[1]:"
+        case $line[1] in
+            (listen)
+_arguments "${_arguments_options[@]}" : \
+&& ret=0
+;;
+(connect)
+_arguments "${_arguments_options[@]}" : \
+&& ret=0
+;;
+(help)
+_arguments "${_arguments_options[@]}" : \
+&& ret=0
+;;
+        esac
+    ;;
+esac
+;;
+        esac
+    ;;
+esac
+}
+
+(( $+functions[_punch_commands] )) ||
+_punch_commands() {
+    local commands; commands=(
+'listen:Wait for the other side; prints a code unless --code is given' \
+'connect:Join the side that printed CODE' \
+'help:Print this message or the help of the given subcommand(s)' \
+    )
+    _describe -t commands 'punch commands' commands "$@"
+}
+(( $+functions[_punch__subcmd__connect_commands] )) ||
+_punch__subcmd__connect_commands() {
+    local commands; commands=()
+    _describe -t commands 'punch connect commands' commands "$@"
+}
+(( $+functions[_punch__subcmd__help_commands] )) ||
+_punch__subcmd__help_commands() {
+    local commands; commands=(
+'listen:Wait for the other side; prints a code unless --code is given' \
+'connect:Join the side that printed CODE' \
+'help:Print this message or the help of the given subcommand(s)' \
+    )
+    _describe -t commands 'punch help commands' commands "$@"
+}
+(( $+functions[_punch__subcmd__help__subcmd__connect_commands] )) ||
+_punch__subcmd__help__subcmd__connect_commands() {
+    local commands; commands=()
+    _describe -t commands 'punch help connect commands' commands "$@"
+}
+(( $+functions[_punch__subcmd__help__subcmd__help_commands] )) ||
+_punch__subcmd__help__subcmd__help_commands() {
+    local commands; commands=()
+    _describe -t commands 'punch help help commands' commands "$@"
+}
+(( $+functions[_punch__subcmd__help__subcmd__listen_commands] )) ||
+_punch__subcmd__help__subcmd__listen_commands() {
+    local commands; commands=()
+    _describe -t commands 'punch help listen commands' commands "$@"
+}
+(( $+functions[_punch__subcmd__listen_commands] )) ||
+_punch__subcmd__listen_commands() {
+    local commands; commands=()
+    _describe -t commands 'punch listen commands' commands "$@"
+}
+
+if [ "$funcstack[1]" = "_punch" ]; then
+    _punch "$@"
+else
+    compdef _punch punch
+fi

@@ -1,0 +1,553 @@
+//! The tokio driver for `punch`: one UDP socket carries the rendezvous, the connectivity
+//! checks, the PAKE and then QUIC (quinn) — directly to the peer, or wrapped in relay data
+//! frames when no direct path works. QUIC sees one fixed virtual peer address; this layer
+//! decides which real path a datagram takes, so a path change never breaks the streams.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::punch::code::Code;
+use crate::punch::pake::{Pake, PakeError};
+use crate::punch::{PathKind, PunchConfig, PunchEvent, Puncher, DIRECT_TIMEOUT};
+use crate::rendezvous::{Frame, Role, SessionId};
+
+/// The address QUIC believes the peer has; real datagrams go wherever the path says.
+const VIRTUAL_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 77, 0, 1)), 1);
+/// The IP TTL restored after a low-TTL opening packet (Linux's default).
+const DEFAULT_TTL: u32 = 64;
+/// Give up on the peer's key exchange after this long.
+const PAKE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Resend our key-exchange messages this often until confirmed.
+const PAKE_RESEND: Duration = Duration::from_millis(200);
+/// Wait this long for the peer to show up at the relay.
+const PEER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Errors that end a punch.
+#[derive(Debug, thiserror::Error)]
+pub enum PunchError {
+    /// Bad relay address.
+    #[error(transparent)]
+    Relay(#[from] crate::probe::ProbeError),
+    /// DNS.
+    #[error("cannot resolve the relay: {0}")]
+    Resolve(String),
+    /// Socket trouble.
+    #[error("network error")]
+    Io(#[from] std::io::Error),
+    /// The relay refused, vanished, or the peer never came.
+    #[error("{0}")]
+    Rendezvous(String),
+    /// PAKE failure (wrong code included).
+    #[error(transparent)]
+    Pake(#[from] PakeError),
+    /// The peer did not complete the key exchange.
+    #[error("the other side did not complete the key exchange within {0:?}")]
+    PakeTimeout(Duration),
+    /// QUIC or TLS setup or connection failure.
+    #[error("encrypted transport: {0}")]
+    Transport(String),
+}
+
+/// Progress events, printed by the binary (JSON lines with `--json`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The code to give the other side (listener only).
+    Code {
+        /// The code.
+        code: String,
+    },
+    /// Registered at the relay.
+    Registered {
+        /// Our address as the relay sees it.
+        observed: SocketAddr,
+    },
+    /// The path in use.
+    Connected {
+        /// "direct" or "relay".
+        path: &'static str,
+        /// How: "udp" (hole punch, or UDP to the relay).
+        method: &'static str,
+        /// The peer's address on a direct path, or the relay's.
+        peer: SocketAddr,
+        /// Since start.
+        elapsed_ms: u64,
+        /// Connectivity-check probes sent.
+        probes: u32,
+    },
+    /// Both ends proved they know the code; the channel is encrypted.
+    Authenticated {
+        /// Since start.
+        elapsed_ms: u64,
+    },
+    /// Finished.
+    Done {
+        /// Payload bytes sent.
+        bytes_sent: u64,
+        /// Payload bytes received.
+        bytes_received: u64,
+        /// Since start.
+        elapsed_ms: u64,
+    },
+}
+
+/// Options for one punch.
+#[derive(Debug, Clone)]
+pub struct PunchOptions {
+    /// Relay `HOST[:PORT]`.
+    pub relay: String,
+    /// Which side.
+    pub role: Role,
+    /// The code.
+    pub code: Code,
+    /// Bound on direct punching.
+    pub direct_timeout: Duration,
+    /// Keepalive interval.
+    pub keepalive: Duration,
+    /// Relay token.
+    pub token: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    path: PathKind,
+    relay: SocketAddr,
+    session: SessionId,
+}
+
+impl LinkState {
+    fn wrap(&self, bytes: &[u8]) -> (SocketAddr, Vec<u8>) {
+        match self.path {
+            PathKind::Direct(p) => (p, bytes.to_vec()),
+            PathKind::Relay => (
+                self.relay,
+                Frame::Data {
+                    session: self.session,
+                    payload: bytes.to_vec(),
+                }
+                .emit(),
+            ),
+        }
+    }
+}
+
+/// quinn's view of the link: a socket whose only peer is [`VIRTUAL_PEER`].
+struct LinkSocket {
+    sock: Arc<UdpSocket>,
+    state: Arc<Mutex<LinkState>>,
+    rx: Mutex<mpsc::Receiver<Vec<u8>>>,
+    local: SocketAddr,
+}
+
+impl fmt::Debug for LinkSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkSocket")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct AlwaysWritable;
+
+impl quinn::UdpPoller for AlwaysWritable {
+    fn poll_writable(self: Pin<&mut Self>, _cx: &mut Context) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl quinn::AsyncUdpSocket for LinkSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        Box::pin(AlwaysWritable)
+    }
+
+    fn try_send(&self, t: &quinn::udp::Transmit) -> std::io::Result<()> {
+        let (dst, bytes) = match self.state.lock() {
+            Ok(s) => s.wrap(t.contents),
+            Err(p) => p.into_inner().wrap(t.contents),
+        };
+        match self.sock.try_send_to(&bytes, dst) {
+            // A full socket buffer loses the datagram; QUIC retransmits.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut rx = match self.rx.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(d)) => {
+                let n = d.len().min(bufs[0].len());
+                bufs[0][..n].copy_from_slice(&d[..n]);
+                meta[0] = quinn::udp::RecvMeta {
+                    addr: VIRTUAL_PEER,
+                    len: n,
+                    stride: n,
+                    ..Default::default()
+                };
+                Poll::Ready(Ok(1))
+            }
+            Poll::Ready(None) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn may_fragment(&self) -> bool {
+        false
+    }
+}
+
+/// What the socket reader hands on to the control plane: a natkit frame (rendezvous,
+/// checks, PAKE) with its real source. Everything else is QUIC and goes to the QUIC queue.
+enum Inbound {
+    Control(SocketAddr, Vec<u8>),
+}
+
+async fn reader(
+    sock: Arc<UdpSocket>,
+    relay: SocketAddr,
+    ctl: mpsc::Sender<Inbound>,
+    quic: mpsc::Sender<Vec<u8>>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        let d = &buf[..n];
+        // Relayed datagrams arrive inside Data frames from the relay.
+        let (from, d) = match Frame::parse(d) {
+            Ok(Frame::Data { payload, .. }) if from == relay => (VIRTUAL_PEER, payload),
+            _ => (from, d.to_vec()),
+        };
+        if crate::rendezvous::is_frame(&d) {
+            let src = if from == VIRTUAL_PEER { relay } else { from };
+            if ctl.send(Inbound::Control(src, d)).await.is_err() {
+                return;
+            }
+        } else {
+            // A full QUIC queue drops the datagram rather than stalling control traffic.
+            let _ = quic.try_send(d);
+        }
+    }
+}
+
+fn local_ip_towards(dst: SocketAddr) -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    s.connect(dst).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// The control plane: the puncher (relay keepalives, pings, checks) and the PAKE answers.
+struct Control {
+    sock: Arc<UdpSocket>,
+    puncher: Puncher,
+    link: Arc<Mutex<LinkState>>,
+    pake: Pake,
+    session: SessionId,
+    peer_fp: Option<[u8; 32]>,
+    pake_error: Option<PakeError>,
+}
+
+impl Control {
+    async fn flush(&mut self) {
+        while let Some(d) = self.puncher.poll_transmit() {
+            if let Some(ttl) = d.ttl {
+                let _ = self.sock.set_ttl(ttl as u32);
+            }
+            let _ = self.sock.send_to(&d.payload, d.dst).await;
+            if d.ttl.is_some() {
+                let _ = self.sock.set_ttl(DEFAULT_TTL);
+            }
+        }
+    }
+
+    async fn send_link(&mut self, f: &Frame) {
+        let (dst, bytes) = match self.link.lock() {
+            Ok(s) => s.wrap(&f.emit()),
+            Err(p) => p.into_inner().wrap(&f.emit()),
+        };
+        let _ = self.sock.send_to(&bytes, dst).await;
+    }
+
+    /// Handles a PAKE frame from the peer; answers with our message and confirmation.
+    async fn on_pake_frame(&mut self, f: Frame) {
+        match f {
+            Frame::Pake { session, msg } if session == self.session => {
+                match self.pake.handle_message(&msg) {
+                    Ok(confirm) => {
+                        let mine = self.pake.message();
+                        self.send_link(&mine).await;
+                        self.send_link(&confirm).await;
+                    }
+                    Err(e) => self.pake_error = Some(e),
+                }
+            }
+            Frame::Confirm {
+                session,
+                fingerprint,
+                mac,
+            } if session == self.session && self.pake.has_key() => {
+                match self.pake.verify(&fingerprint, &mac) {
+                    Ok(fp) => self.peer_fp = Some(fp),
+                    Err(e) => self.pake_error = Some(e),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_inbound(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if let Ok(f @ (Frame::Pake { .. } | Frame::Confirm { .. })) = Frame::parse(bytes) {
+            self.on_pake_frame(f).await;
+        } else {
+            self.puncher.handle_datagram(now, from, bytes);
+        }
+        self.flush().await;
+    }
+}
+
+/// Runs one side: meet, punch (or fall back to the relay), authenticate with the code, then
+/// pipe `input` to the peer and the peer's bytes to `output`.
+pub async fn run<R, W>(
+    opts: PunchOptions,
+    mut on_event: impl FnMut(&Event),
+    input: R,
+    output: W,
+) -> Result<Event, PunchError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let t0 = Instant::now();
+    let (host, port) = crate::probe::parse_server(&opts.relay)?;
+    let relay = crate::probe::resolve(&host, port)
+        .await
+        .map_err(PunchError::Resolve)?;
+    let sock = Arc::new(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?);
+    let local = sock.local_addr()?;
+    let mut candidates = Vec::new();
+    if let Some(ip) = local_ip_towards(relay) {
+        candidates.push(SocketAddr::new(ip, local.port()));
+    }
+    let session = opts.code.session_id();
+    let peer_id: crate::rendezvous::PeerId = rand::random();
+    let cfg = PunchConfig {
+        relay,
+        session,
+        role: opts.role,
+        peer: peer_id,
+        token: opts.token.clone(),
+        candidates,
+        direct_timeout: opts.direct_timeout,
+        keepalive: opts.keepalive,
+    };
+    if opts.role == Role::Listener {
+        on_event(&Event::Code {
+            code: opts.code.to_string(),
+        });
+    }
+    let cert = rcgen::generate_simple_self_signed(vec!["natkit".to_string()])
+        .map_err(|e| PunchError::Transport(e.to_string()))?;
+    let cert_der = cert.cert.der().to_vec();
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Inbound>(1024);
+    let (quic_tx, quic_rx) = mpsc::channel::<Vec<u8>>(4096);
+    let reader_task = tokio::spawn(reader(sock.clone(), relay, ctl_tx, quic_tx));
+    let link = Arc::new(Mutex::new(LinkState {
+        path: PathKind::Relay,
+        relay,
+        session,
+    }));
+    let mut c = Control {
+        sock: sock.clone(),
+        puncher: Puncher::new(cfg, Instant::now()),
+        link: link.clone(),
+        pake: Pake::new(session, opts.role, &opts.code.password(), &cert_der),
+        session,
+        peer_fp: None,
+        pake_error: None,
+    };
+    c.flush().await;
+
+    // 1. Meet and choose a path.
+    let mut early: VecDeque<Vec<u8>> = VecDeque::new();
+    loop {
+        while let Some(e) = c.puncher.poll_event() {
+            match e {
+                PunchEvent::Registered { observed } => on_event(&Event::Registered { observed }),
+                PunchEvent::Failed(f) => return Err(PunchError::Rendezvous(f)),
+                PunchEvent::RelayData(d) => early.push_back(d),
+                PunchEvent::Path { path, probes } => {
+                    if let Ok(mut l) = link.lock() {
+                        l.path = path;
+                    }
+                    let (p, peer) = match path {
+                        PathKind::Direct(a) => ("direct", a),
+                        PathKind::Relay => ("relay", relay),
+                    };
+                    on_event(&Event::Connected {
+                        path: p,
+                        method: "udp",
+                        peer,
+                        elapsed_ms: t0.elapsed().as_millis() as u64,
+                        probes,
+                    });
+                }
+            }
+        }
+        if c.puncher.path().is_some() {
+            break;
+        }
+        if t0.elapsed() > PEER_TIMEOUT {
+            return Err(PunchError::Rendezvous("the other side never came".into()));
+        }
+        let deadline = c
+            .puncher
+            .poll_timeout()
+            .unwrap_or(Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            m = ctl_rx.recv() => match m {
+                Some(Inbound::Control(from, b)) => c.on_inbound(Instant::now(), from, &b).await,
+                None => {}
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                c.puncher.handle_timeout(Instant::now());
+                c.flush().await;
+            }
+        }
+    }
+    // Relayed frames that arrived before the path was chosen (the peer may be ahead).
+    for d in early {
+        if let Ok(f) = Frame::parse(&d) {
+            c.on_pake_frame(f).await;
+        }
+    }
+
+    // 2. Authenticate with the code; learn the certificate to pin.
+    let pake_start = Instant::now();
+    let mut next_resend = Instant::now();
+    while c.peer_fp.is_none() {
+        if let Some(e) = c.pake_error.take() {
+            return Err(e.into());
+        }
+        if pake_start.elapsed() > PAKE_TIMEOUT {
+            return Err(PunchError::PakeTimeout(PAKE_TIMEOUT));
+        }
+        if Instant::now() >= next_resend {
+            let m = c.pake.message();
+            c.send_link(&m).await;
+            if let Some(conf) = c.pake.confirmation() {
+                c.send_link(&conf).await;
+            }
+            next_resend = Instant::now() + PAKE_RESEND;
+        }
+        let wake = next_resend.min(c.puncher.poll_timeout().unwrap_or(next_resend));
+        tokio::select! {
+            m = ctl_rx.recv() => if let Some(Inbound::Control(from, b)) = m {
+                c.on_inbound(Instant::now(), from, &b).await
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {
+                c.puncher.handle_timeout(Instant::now());
+                c.flush().await;
+            }
+        }
+        while let Some(e) = c.puncher.poll_event() {
+            if let PunchEvent::RelayData(d) = e {
+                if let Ok(f) = Frame::parse(&d) {
+                    c.on_pake_frame(f).await;
+                }
+            }
+        }
+    }
+    let peer_fp = c.peer_fp.unwrap_or_default();
+    // Make sure the peer has our confirmation too (it may have missed the last one).
+    if let Some(conf) = c.pake.confirmation() {
+        c.send_link(&conf).await;
+    }
+    on_event(&Event::Authenticated {
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+    });
+
+    // Keep the control plane alive (relay keepalives and pings, late PAKE answers).
+    let control = tokio::spawn(async move {
+        loop {
+            let wake = c
+                .puncher
+                .poll_timeout()
+                .unwrap_or(Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                m = ctl_rx.recv() => match m {
+                    Some(Inbound::Control(from, b)) => c.on_inbound(Instant::now(), from, &b).await,
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    c.puncher.handle_timeout(Instant::now());
+                    c.flush().await;
+                }
+            }
+        }
+    });
+
+    // 3. QUIC over the link, certificates pinned by the PAKE.
+    let link_sock = Arc::new(LinkSocket {
+        sock: sock.clone(),
+        state: link,
+        rx: Mutex::new(quic_rx),
+        local,
+    });
+    let result = crate::punch_quic::pipe(
+        opts.role,
+        link_sock,
+        VIRTUAL_PEER,
+        cert,
+        peer_fp,
+        opts.keepalive,
+        input,
+        output,
+    )
+    .await;
+    control.abort();
+    reader_task.abort();
+    // Leave the session so the code's nameplate is free again at once.
+    let bye = Frame::Bye {
+        session,
+        peer: peer_id,
+    }
+    .emit();
+    let _ = sock.send_to(&bye, relay).await;
+    let (sent, received) = result?;
+    Ok(Event::Done {
+        bytes_sent: sent,
+        bytes_received: received,
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+/// Default options.
+pub fn default_direct_timeout() -> Duration {
+    DIRECT_TIMEOUT
+}

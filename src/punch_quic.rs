@@ -1,0 +1,258 @@
+//! QUIC (quinn) between the two punch peers, over whatever link `punch_io` provides. Each
+//! side's self-signed certificate is pinned by the fingerprint the peer confirmed with the
+//! PAKE key, so TLS accepts exactly the peer that knows the code. Mutual authentication:
+//! the listener (QUIC server) requires the connector's certificate too.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::punch::pake::fingerprint;
+use crate::punch_io::PunchError;
+use crate::rendezvous::Role;
+
+const ALPN: &[u8] = b"natkit-punch/1";
+const STREAM_VERSION: u8 = 1;
+
+/// Accepts exactly one certificate, by SHA-256 fingerprint.
+#[derive(Debug)]
+struct Pinned {
+    fp: [u8; 32],
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if fingerprint(cert.as_ref()) == self.fp {
+            Ok(())
+        } else {
+            Err(rustls::Error::General(
+                "certificate does not match the one confirmed with the code".into(),
+            ))
+        }
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for Pinned {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+fn terr(e: impl std::fmt::Display) -> PunchError {
+    PunchError::Transport(e.to_string())
+}
+
+fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Keepalives well under NAT binding lifetimes; a generous idle timeout so a NAT
+    // rebinding or a path change is a stall, not a lost connection.
+    t.keep_alive_interval(Some(keepalive));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(60)).expect("60 s fits"),
+    ));
+    Arc::new(t)
+}
+
+/// Connects (connector) or accepts (listener), then copies `input` to the peer and the peer's
+/// bytes to `output` over one bidirectional stream, with half-close. Returns (sent, received).
+#[allow(clippy::too_many_arguments)]
+pub async fn pipe<R, W>(
+    role: Role,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    peer: SocketAddr,
+    cert: rcgen::CertifiedKey,
+    peer_fp: [u8; 32],
+    keepalive: Duration,
+    mut input: R,
+    mut output: W,
+) -> Result<(u64, u64), PunchError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pinned = Arc::new(Pinned {
+        fp: peer_fp,
+        algs: provider.signature_verification_algorithms,
+    });
+    let chain = vec![cert.cert.der().clone()];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let conn = match role {
+        Role::Listener => {
+            let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(terr)?
+                .with_client_cert_verifier(pinned)
+                .with_single_cert(chain, key)
+                .map_err(terr)?;
+            tls.alpn_protocols = vec![ALPN.to_vec()];
+            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(terr)?;
+            let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            sc.transport_config(transport(keepalive));
+            let ep = quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                Some(sc),
+                socket,
+                runtime,
+            )?;
+            let incoming = tokio::time::timeout(Duration::from_secs(10), ep.accept())
+                .await
+                .map_err(|_| terr("the other side did not open the encrypted channel"))?
+                .ok_or_else(|| terr("endpoint closed"))?;
+            (incoming.await.map_err(terr)?, ep)
+        }
+        Role::Connector => {
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(terr)?
+                .dangerous()
+                .with_custom_certificate_verifier(pinned)
+                .with_client_auth_cert(chain, key)
+                .map_err(terr)?;
+            tls.alpn_protocols = vec![ALPN.to_vec()];
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(terr)?;
+            let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
+            cc.transport_config(transport(keepalive));
+            let mut ep = quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                runtime,
+            )?;
+            ep.set_default_client_config(cc);
+            let c = ep
+                .connect(peer, "natkit")
+                .map_err(terr)?
+                .await
+                .map_err(terr)?;
+            (c, ep)
+        }
+    };
+    let (conn, ep) = conn;
+    let (mut send, mut recv) = match role {
+        Role::Connector => conn.open_bi().await.map_err(terr)?,
+        Role::Listener => conn.accept_bi().await.map_err(terr)?,
+    };
+    // A QUIC stream reaches the peer only with its first byte: the connector opens the
+    // stream with one version byte, so the listener can send before the connector has
+    // anything to say.
+    match role {
+        Role::Connector => send.write_all(&[STREAM_VERSION]).await.map_err(terr)?,
+        Role::Listener => {
+            let mut v = [0u8; 1];
+            recv.read_exact(&mut v).await.map_err(terr)?;
+            if v[0] != STREAM_VERSION {
+                return Err(terr("the other side speaks another stream version"));
+            }
+        }
+    }
+    let up = async {
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let k = input.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            send.write_all(&buf[..k])
+                .await
+                .map_err(std::io::Error::other)?;
+            n += k as u64;
+        }
+        send.finish().map_err(std::io::Error::other)?;
+        // Wait until the peer has read everything before anyone closes the connection.
+        let _ = send.stopped().await;
+        Ok::<u64, std::io::Error>(n)
+    };
+    let down = async {
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(k) = recv.read(&mut buf).await.map_err(std::io::Error::other)? {
+            output.write_all(&buf[..k]).await?;
+            n += k as u64;
+        }
+        output.flush().await?;
+        output.shutdown().await?;
+        Ok::<u64, std::io::Error>(n)
+    };
+    let (sent, received) = tokio::try_join!(up, down)?;
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    Ok((sent, received))
+}

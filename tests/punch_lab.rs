@@ -1,0 +1,219 @@
+//! punch on the NAT lab with the relay on the public node: every ordered pair of NAT kinds
+//! pipes 1 MiB of random data each way, intact, direct wherever an endpoint-independent
+//! mapping allows it; a wrong code fails on both sides with nothing on stdout.
+mod common;
+
+use common::lab::{Kind, Lab};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Relay(Child);
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn relay(lab: &Lab) -> Relay {
+    let c = lab
+        .cmd("pub", env!("CARGO_BIN_EXE_relay"))
+        .args([
+            "--addr",
+            lab.get("PUB_IP"),
+            "--alt-addr",
+            lab.get("PUB_IP2"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::coturn::wait_udp(lab, "pub", &[3478, 3479]);
+    Relay(c)
+}
+
+struct Side {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    events: Vec<Value>,
+    stderr: String,
+}
+
+fn side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> std::thread::JoinHandle<Side> {
+    let mut child = lab
+        .cmd(node, env!("CARGO_BIN_EXE_punch"))
+        .args(args)
+        .args(["--relay", lab.get("PUB_IP"), "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+        drop(stdin);
+    });
+    let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
+    // Watchdog: a hung side is killed after 30 s (and then fails its assertions).
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        while !d2.load(std::sync::atomic::Ordering::SeqCst) {
+            if t.elapsed() > Duration::from_secs(30) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    std::thread::spawn(move || {
+        // Reads stdout and stderr while the child runs (a full pipe would block it).
+        let out = child.wait_with_output().unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        Side {
+            code: out.status.code(),
+            stdout: out.stdout,
+            events: stderr
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+            stderr,
+        }
+    })
+}
+
+fn random(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(2654435761).to_be_bytes()[(i % 3) + 1] ^ rand_byte();
+    }
+    v
+}
+
+fn rand_byte() -> u8 {
+    rand::random()
+}
+
+fn connected(s: &Side) -> Value {
+    s.events
+        .iter()
+        .find(|e| e["event"] == "connected")
+        .cloned()
+        .unwrap_or_else(|| panic!("no connected event: {}", s.stderr))
+}
+
+fn pair(a: Kind, b: Kind, expect_direct: bool) {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b)) else {
+        return;
+    };
+    let _r = relay(&lab);
+    let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
+    let (da, db) = (random(1 << 20), random(1 << 20));
+    let la = side(&lab, "a", &["listen", "--code", &code], da.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let lb = side(&lab, "b", &["connect", &code], db.clone());
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    assert_eq!(sa.code, Some(0), "{a:?} x {b:?} listener: {}", sa.stderr);
+    assert_eq!(sb.code, Some(0), "{a:?} x {b:?} connector: {}", sb.stderr);
+    assert_eq!(
+        Sha256::digest(&sb.stdout),
+        Sha256::digest(&da),
+        "{a:?} x {b:?}: listener → connector"
+    );
+    assert_eq!(
+        Sha256::digest(&sa.stdout),
+        Sha256::digest(&db),
+        "{a:?} x {b:?}: connector → listener"
+    );
+    let want = if expect_direct { "direct" } else { "relay" };
+    for s in [&sa, &sb] {
+        let c = connected(s);
+        assert_eq!(c["path"], want, "{a:?} x {b:?}: {}", s.stderr);
+        assert_eq!(c["method"], "udp");
+        assert!(c["peer"].as_str().unwrap().contains(':'));
+        let done = s
+            .events
+            .iter()
+            .find(|e| e["event"] == "done")
+            .expect("done event");
+        assert_eq!(done["bytes_sent"], 1 << 20);
+        assert_eq!(done["bytes_received"], 1 << 20);
+    }
+}
+
+macro_rules! matrix {
+    ($($name:ident: $a:ident x $b:ident => $direct:expr;)*) => {
+        $(#[test] fn $name() { pair(Kind::$a, Kind::$b, $direct); })*
+    };
+}
+
+matrix! {
+    open_x_open: Open x Open => true;
+    open_x_full_cone: Open x FullCone => true;
+    open_x_restricted: Open x Restricted => true;
+    open_x_port_restricted: Open x PortRestricted => true;
+    open_x_symmetric: Open x Symmetric => true;
+    full_cone_x_open: FullCone x Open => true;
+    full_cone_x_full_cone: FullCone x FullCone => true;
+    full_cone_x_restricted: FullCone x Restricted => true;
+    full_cone_x_port_restricted: FullCone x PortRestricted => true;
+    full_cone_x_symmetric: FullCone x Symmetric => true;
+    restricted_x_open: Restricted x Open => true;
+    restricted_x_full_cone: Restricted x FullCone => true;
+    restricted_x_restricted: Restricted x Restricted => true;
+    restricted_x_port_restricted: Restricted x PortRestricted => true;
+    restricted_x_symmetric: Restricted x Symmetric => true;
+    port_restricted_x_open: PortRestricted x Open => true;
+    port_restricted_x_full_cone: PortRestricted x FullCone => true;
+    port_restricted_x_restricted: PortRestricted x Restricted => true;
+    port_restricted_x_port_restricted: PortRestricted x PortRestricted => true;
+    port_restricted_x_symmetric: PortRestricted x Symmetric => false;
+    symmetric_x_open: Symmetric x Open => true;
+    symmetric_x_full_cone: Symmetric x FullCone => true;
+    symmetric_x_restricted: Symmetric x Restricted => true;
+    symmetric_x_port_restricted: Symmetric x PortRestricted => false;
+    symmetric_x_symmetric: Symmetric x Symmetric => false;
+}
+
+#[test]
+fn wrong_code_fails_on_both_sides_within_5s_with_nothing_on_stdout() {
+    let Some(lab) = Lab::up_or_skip(
+        Lab::builder()
+            .a(Kind::PortRestricted)
+            .b(Kind::PortRestricted),
+    ) else {
+        return;
+    };
+    let _r = relay(&lab);
+    let t = Instant::now();
+    let la = side(
+        &lab,
+        "a",
+        &["listen", "--code", "9-lantern-harbor"],
+        b"secret".to_vec(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let lb = side(
+        &lab,
+        "b",
+        &["connect", "9-lantern-harvest"],
+        b"secret too".to_vec(),
+    );
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    for s in [&sa, &sb] {
+        assert_eq!(s.code, Some(3), "{}", s.stderr);
+        assert!(s.stderr.contains("wrong code"), "{}", s.stderr);
+        assert!(s.stdout.is_empty());
+    }
+}
