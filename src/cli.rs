@@ -280,6 +280,10 @@ pub enum PunchCmd {
         /// Use this code instead of a random one.
         #[arg(long, value_name = "CODE")]
         code: Option<String>,
+        /// Host a local TCP service: each connection the other side makes (with --local) is
+        /// carried to HOST:PORT here.
+        #[arg(long, value_name = "HOST:PORT")]
+        expose: Option<String>,
     },
     /// Join the side that printed CODE.
     Connect {
@@ -288,6 +292,10 @@ pub enum PunchCmd {
         common: PunchCommon,
         /// The code the listening side printed.
         code: String,
+        /// Listen on [HOST:]PORT here (HOST defaults to 127.0.0.1) and carry every accepted
+        /// TCP connection to the other side's --expose service, many at once.
+        #[arg(long, value_name = "[HOST:]PORT")]
+        local: Option<String>,
     },
 }
 
@@ -328,24 +336,63 @@ pub enum PunchArgsError {
     /// Token not hex.
     #[error("--token must be hex")]
     Token,
+    /// Bad --expose / --local address.
+    #[error("{0}: expected {1}")]
+    Addr(String, &'static str),
+}
+
+fn socket_addr(
+    s: &str,
+    default_host: Option<&str>,
+    what: &'static str,
+) -> Result<std::net::SocketAddr, PunchArgsError> {
+    use std::net::ToSocketAddrs;
+    let full = match (default_host, s.parse::<u16>()) {
+        (Some(h), Ok(p)) => format!("{h}:{p}"),
+        _ => s.to_string(),
+    };
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| PunchArgsError::Addr(s.to_string(), what))
 }
 
 impl PunchArgs {
     /// Validates before any IO; returns the options, JSON flag and verbosity.
     pub fn into_options(self) -> Result<(crate::punch_io::PunchOptions, bool, u8), PunchArgsError> {
-        let (common, role, code) = match self.cmd {
-            PunchCmd::Listen { common, code } => {
+        use crate::punch_quic::Mode;
+        let (common, role, code, mode) = match self.cmd {
+            PunchCmd::Listen {
+                common,
+                code,
+                expose,
+            } => {
                 let c = match code {
                     Some(c) => crate::punch::code::Code::parse(&c)?,
                     None => crate::punch::code::Code::generate(),
                 };
-                (common, crate::rendezvous::Role::Listener, c)
+                let mode = match expose {
+                    Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
+                    None => Mode::Pipe,
+                };
+                (common, crate::rendezvous::Role::Listener, c, mode)
             }
-            PunchCmd::Connect { common, code } => (
+            PunchCmd::Connect {
                 common,
-                crate::rendezvous::Role::Connector,
-                crate::punch::code::Code::parse(&code)?,
-            ),
+                code,
+                local,
+            } => {
+                let mode = match local {
+                    Some(l) => Mode::Local(socket_addr(&l, Some("127.0.0.1"), "[HOST:]PORT")?),
+                    None => Mode::Pipe,
+                };
+                (
+                    common,
+                    crate::rendezvous::Role::Connector,
+                    crate::punch::code::Code::parse(&code)?,
+                    mode,
+                )
+            }
         };
         crate::probe::parse_server(&common.relay)?;
         let token = match &common.token {
@@ -371,6 +418,7 @@ impl PunchArgs {
                 direct_timeout: Duration::from_millis(common.direct_timeout),
                 keepalive: Duration::from_secs(common.keepalive),
                 token,
+                mode,
             },
             common.json,
             common.verbose,

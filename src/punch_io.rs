@@ -86,6 +86,11 @@ pub enum Event {
         /// Connectivity-check probes sent.
         probes: u32,
     },
+    /// The connector carries TCP connections accepted here to the listener's service.
+    Listening {
+        /// The local address to connect to.
+        local: SocketAddr,
+    },
     /// Both ends proved they know the code; the channel is encrypted.
     Authenticated {
         /// Since start.
@@ -117,6 +122,8 @@ pub struct PunchOptions {
     pub keepalive: Duration,
     /// Relay token.
     pub token: Vec<u8>,
+    /// What to carry.
+    pub mode: crate::punch_quic::Mode,
 }
 
 #[derive(Debug)]
@@ -371,6 +378,11 @@ where
             code: opts.code.to_string(),
         });
     }
+    // Bind the --local port before anything else: a busy port is a clear error at once.
+    let listener = match opts.mode {
+        crate::punch_quic::Mode::Local(at) => Some(tokio::net::TcpListener::bind(at).await?),
+        _ => None,
+    };
     let cert = rcgen::generate_simple_self_signed(vec!["natkit".to_string()])
         .map_err(|e| PunchError::Transport(e.to_string()))?;
     let cert_der = cert.cert.der().to_vec();
@@ -519,13 +531,20 @@ where
         rx: Mutex::new(quic_rx),
         local,
     });
-    let result = crate::punch_quic::pipe(
+    if let Some(l) = &listener {
+        on_event(&Event::Listening {
+            local: l.local_addr()?,
+        });
+    }
+    let result = crate::punch_quic::run(
         opts.role,
         link_sock,
         VIRTUAL_PEER,
         cert,
         peer_fp,
         opts.keepalive,
+        opts.mode,
+        listener,
         input,
         output,
     )

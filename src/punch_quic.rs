@@ -128,23 +128,82 @@ fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// Connects (connector) or accepts (listener), then copies `input` to the peer and the peer's
-/// bytes to `output` over one bidirectional stream, with half-close. Returns (sent, received).
+/// What to carry over the encrypted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// netcat semantics: one stream between stdin/stdout and the peer.
+    Pipe,
+    /// Listener: every stream the peer opens is connected to this local TCP service.
+    Expose(SocketAddr),
+    /// Connector: listen here; every accepted TCP connection becomes a stream to the peer.
+    /// The driver binds it before connecting (so a busy port fails early) and passes the
+    /// listener to [`run`].
+    Local(SocketAddr),
+}
+
+/// Totals carried, for the `done` event.
+#[derive(Debug, Default)]
+struct Totals {
+    sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
+}
+
+/// Connects (connector) or accepts (listener), then carries data as `mode` says. Returns
+/// (bytes sent, bytes received).
 #[allow(clippy::too_many_arguments)]
-pub async fn pipe<R, W>(
+pub async fn run<R, W>(
     role: Role,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
     peer: SocketAddr,
     cert: rcgen::CertifiedKey,
     peer_fp: [u8; 32],
     keepalive: Duration,
-    mut input: R,
-    mut output: W,
+    mode: Mode,
+    listener: Option<tokio::net::TcpListener>,
+    input: R,
+    output: W,
 ) -> Result<(u64, u64), PunchError>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let (conn, ep) = establish(role, socket, peer, cert, peer_fp, keepalive).await?;
+    let totals = Arc::new(Totals::default());
+    let r = match mode {
+        Mode::Pipe => {
+            let (send, recv) = open_or_accept(&conn, role).await?;
+            bridge(send, recv, input, output, totals.clone())
+                .await
+                .map_err(terr)
+        }
+        Mode::Expose(target) => expose(&conn, target, totals.clone()).await,
+        Mode::Local(at) => match listener {
+            Some(l) => local(&conn, l, totals.clone()).await,
+            None => {
+                local(
+                    &conn,
+                    tokio::net::TcpListener::bind(at).await?,
+                    totals.clone(),
+                )
+                .await
+            }
+        },
+    };
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    r?;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok((totals.sent.load(Relaxed), totals.received.load(Relaxed)))
+}
+
+async fn establish(
+    role: Role,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    peer: SocketAddr,
+    cert: rcgen::CertifiedKey,
+    peer_fp: [u8; 32],
+    keepalive: Duration,
+) -> Result<(quinn::Connection, quinn::Endpoint), PunchError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let pinned = Arc::new(Pinned {
         fp: peer_fp,
@@ -153,7 +212,7 @@ where
     let chain = vec![cert.cert.der().clone()];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
     let runtime = Arc::new(quinn::TokioRuntime);
-    let conn = match role {
+    Ok(match role {
         Role::Listener => {
             let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])
@@ -203,27 +262,56 @@ where
                 .map_err(terr)?;
             (c, ep)
         }
-    };
-    let (conn, ep) = conn;
-    let (mut send, mut recv) = match role {
-        Role::Connector => conn.open_bi().await.map_err(terr)?,
-        Role::Listener => conn.accept_bi().await.map_err(terr)?,
-    };
-    // A QUIC stream reaches the peer only with its first byte: the connector opens the
-    // stream with one version byte, so the listener can send before the connector has
-    // anything to say.
+    })
+}
+
+/// A QUIC stream reaches the peer only with its first byte: the opener sends one version
+/// byte at once, so the acceptor can use the stream before the opener has anything to say.
+async fn open_or_accept(
+    conn: &quinn::Connection,
+    role: Role,
+) -> Result<(quinn::SendStream, quinn::RecvStream), PunchError> {
     match role {
-        Role::Connector => send.write_all(&[STREAM_VERSION]).await.map_err(terr)?,
-        Role::Listener => {
-            let mut v = [0u8; 1];
-            recv.read_exact(&mut v).await.map_err(terr)?;
-            if v[0] != STREAM_VERSION {
-                return Err(terr("the other side speaks another stream version"));
-            }
-        }
+        Role::Connector => open(conn).await,
+        Role::Listener => accept(conn).await,
     }
+}
+
+async fn open(
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream), PunchError> {
+    let (mut send, recv) = conn.open_bi().await.map_err(terr)?;
+    send.write_all(&[STREAM_VERSION]).await.map_err(terr)?;
+    Ok((send, recv))
+}
+
+async fn accept(
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream), PunchError> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(terr)?;
+    let mut v = [0u8; 1];
+    recv.read_exact(&mut v).await.map_err(terr)?;
+    if v[0] != STREAM_VERSION {
+        return Err(terr("the other side speaks another stream version"));
+    }
+    Ok((send, recv))
+}
+
+/// Copies `input` into the stream and the stream into `output`, both at once, with
+/// half-close both ways; returns once both directions are done and the peer has read all.
+async fn bridge<R, W>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut input: R,
+    mut output: W,
+    totals: Arc<Totals>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use std::sync::atomic::Ordering::Relaxed;
     let up = async {
-        let mut n = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let k = input.read(&mut buf).await?;
@@ -233,26 +321,79 @@ where
             send.write_all(&buf[..k])
                 .await
                 .map_err(std::io::Error::other)?;
-            n += k as u64;
+            totals.sent.fetch_add(k as u64, Relaxed);
         }
         send.finish().map_err(std::io::Error::other)?;
         // Wait until the peer has read everything before anyone closes the connection.
         let _ = send.stopped().await;
-        Ok::<u64, std::io::Error>(n)
+        Ok::<(), std::io::Error>(())
     };
     let down = async {
-        let mut n = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
         while let Some(k) = recv.read(&mut buf).await.map_err(std::io::Error::other)? {
             output.write_all(&buf[..k]).await?;
-            n += k as u64;
+            totals.received.fetch_add(k as u64, Relaxed);
         }
         output.flush().await?;
         output.shutdown().await?;
-        Ok::<u64, std::io::Error>(n)
+        Ok::<(), std::io::Error>(())
     };
-    let (sent, received) = tokio::try_join!(up, down)?;
-    conn.close(0u32.into(), b"done");
-    ep.wait_idle().await;
-    Ok((sent, received))
+    tokio::try_join!(up, down)?;
+    Ok(())
+}
+
+/// Listener side of hosting: each stream the peer opens goes to the local service. Ends when
+/// the peer closes the connection.
+async fn expose(
+    conn: &quinn::Connection,
+    target: SocketAddr,
+    totals: Arc<Totals>,
+) -> Result<(), PunchError> {
+    loop {
+        let (send, recv) = match accept(conn).await {
+            Ok(s) => s,
+            // The peer went away: hosting is over.
+            Err(_) => return Ok(()),
+        };
+        let totals = totals.clone();
+        tokio::spawn(async move {
+            match tokio::net::TcpStream::connect(target).await {
+                Ok(tcp) => {
+                    let (r, w) = tcp.into_split();
+                    if let Err(e) = bridge(send, recv, r, w, totals).await {
+                        tracing::debug!("exposed connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(%target, "cannot reach the exposed service: {e}"),
+            }
+        });
+    }
+}
+
+/// Connector side of hosting: every TCP connection accepted at `at` becomes a stream. Runs
+/// until the peer closes the connection.
+async fn local(
+    conn: &quinn::Connection,
+    l: tokio::net::TcpListener,
+    totals: Arc<Totals>,
+) -> Result<(), PunchError> {
+    loop {
+        let (tcp, _) = tokio::select! {
+            a = l.accept() => a?,
+            _ = conn.closed() => return Ok(()),
+        };
+        let conn = conn.clone();
+        let totals = totals.clone();
+        tokio::spawn(async move {
+            match open(&conn).await {
+                Ok((send, recv)) => {
+                    let (r, w) = tcp.into_split();
+                    if let Err(e) = bridge(send, recv, r, w, totals).await {
+                        tracing::debug!("forwarded connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot open a stream to the other side: {e}"),
+            }
+        });
+    }
 }

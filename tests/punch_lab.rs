@@ -328,3 +328,97 @@ fn relay_forwards_only_ciphertext() {
     control.extend_from_slice(marker);
     assert!(control.windows(marker.len()).any(|w| w == marker));
 }
+
+/// A minimal HTTP/1.0 server (in the test process, bound inside a lab namespace) that serves
+/// `body` to every GET.
+fn http_server(l: std::net::TcpListener, body: Vec<u8>) {
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut req = [0u8; 1024];
+                let _ = std::io::Read::read(&mut s, &mut req);
+                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&body);
+            });
+        }
+    });
+}
+
+fn http_get(addr: &str) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut all).unwrap();
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header")
+        + 4;
+    all[split..].to_vec()
+}
+
+#[test]
+fn hosting_a_web_server_serves_20_concurrent_downloads() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::Symmetric))
+    else {
+        return;
+    };
+    let _r = relay(&lab);
+    let body = random(1 << 20);
+    let l = lab.in_node("a", || {
+        std::net::TcpListener::bind("127.0.0.1:8000").unwrap()
+    });
+    http_server(l, body.clone());
+    let mut host = lab
+        .cmd("a", env!("CARGO_BIN_EXE_punch"))
+        .args([
+            "listen",
+            "--code",
+            "41-lantern-harbor",
+            "--expose",
+            "127.0.0.1:8000",
+        ])
+        .args(["--relay", lab.get("PUB_IP"), "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut guest = lab
+        .cmd("b", env!("CARGO_BIN_EXE_punch"))
+        .args(["connect", "41-lantern-harbor", "--local", "9000"])
+        .args(["--relay", lab.get("PUB_IP"), "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the guest is authenticated and listening.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(guest.stderr.take().unwrap()));
+    let mut ready = (false, false);
+    while !(ready.0 && ready.1) {
+        let line = lines.next().expect("guest ended early").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        ready.0 |= v["event"] == "listening";
+        ready.1 |= v["event"] == "authenticated";
+    }
+    let ns = lab.ns("b");
+    let handles: Vec<_> = (0..20)
+        .map(|_| {
+            let ns = ns.clone();
+            std::thread::spawn(move || common::lab::in_ns(&ns, || http_get("127.0.0.1:9000")))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(Sha256::digest(h.join().unwrap()), Sha256::digest(&body));
+    }
+    let _ = guest.kill();
+    let _ = host.kill();
+    let _ = guest.wait();
+    let _ = host.wait();
+}

@@ -55,7 +55,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__connect)
-            opts="-v -h --relay --token --json --direct-timeout --keepalive --verbose --help"
+            opts="-v -h --relay --token --json --direct-timeout --keepalive --verbose --local --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -74,6 +74,10 @@ _punch() {
                     return 0
                     ;;
                 --keepalive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --local)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -141,7 +145,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__listen)
-            opts="-v -h --relay --token --json --direct-timeout --keepalive --verbose --code --help"
+            opts="-v -h --relay --token --json --direct-timeout --keepalive --verbose --code --expose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -164,6 +168,10 @@ _punch() {
                     return 0
                     ;;
                 --code)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expose)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

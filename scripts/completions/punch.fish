@@ -34,6 +34,7 @@ complete -c punch -n "__fish_punch_using_subcommand listen" -l token -d 'Relay t
 complete -c punch -n "__fish_punch_using_subcommand listen" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l code -d 'Use this code instead of a random one' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l expose -d 'Host a local TCP service: each connection the other side makes (with --local) is carried to HOST:PORT here' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l json -d 'JSON lines on stderr instead of text'
 complete -c punch -n "__fish_punch_using_subcommand listen" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c punch -n "__fish_punch_using_subcommand listen" -s h -l help -d 'Print help'
@@ -41,6 +42,7 @@ complete -c punch -n "__fish_punch_using_subcommand connect" -l relay -d 'natkit
 complete -c punch -n "__fish_punch_using_subcommand connect" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l local -d 'Listen on [HOST:]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side\'s --expose service, many at once' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l json -d 'JSON lines on stderr instead of text'
 complete -c punch -n "__fish_punch_using_subcommand connect" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c punch -n "__fish_punch_using_subcommand connect" -s h -l help -d 'Print help'

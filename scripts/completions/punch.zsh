@@ -35,6 +35,7 @@ _arguments "${_arguments_options[@]}" : \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
 '--code=[Use this code instead of a random one]:CODE:_default' \
+'--expose=[Host a local TCP service\: each connection the other side makes (with --local) is carried to HOST\:PORT here]:HOST:PORT:_default' \
 '--json[JSON lines on stderr instead of text]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
@@ -48,6 +49,7 @@ _arguments "${_arguments_options[@]}" : \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
+'--local=[Listen on \[HOST\:\]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side'\''s --expose service, many at once]:[HOST:]PORT:_default' \
 '--json[JSON lines on stderr instead of text]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \

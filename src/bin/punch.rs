@@ -27,6 +27,9 @@ fn human(e: &Event) -> String {
         Event::Connected { elapsed_ms, .. } => {
             format!("punch: no direct path; connected through the relay ({elapsed_ms} ms)")
         }
+        Event::Listening { local } => {
+            format!("punch: forwarding connections to {local} to the other side")
+        }
         Event::Authenticated { .. } => {
             "punch: both sides know the code; encrypted end to end".to_string()
         }
