@@ -33,6 +33,14 @@ fn check_or_bless(path: PathBuf, actual: &[u8]) {
 fn man_pages_are_current() {
     for cmd in natkit::cli::commands() {
         let name = cmd.get_name().to_string();
+        // Subcommands (punch listen, punch connect) get pages of their own: their options are
+        // not on the parent's page.
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let sub = sub.clone().name(format!("{name}-{}", sub.get_name()));
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(sub.clone()).render(&mut buf).unwrap();
+            check_or_bless(root().join("man").join(format!("{}.1", sub.get_name())), &buf);
+        }
         let mut buf = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut buf).unwrap();
         check_or_bless(root().join("man").join(format!("{name}.1")), &buf);
