@@ -131,6 +131,7 @@ struct LinkState {
     path: PathKind,
     relay: SocketAddr,
     session: SessionId,
+    monitor: crate::punch::PathMonitor,
 }
 
 impl LinkState {
@@ -180,9 +181,13 @@ impl quinn::AsyncUdpSocket for LinkSocket {
     }
 
     fn try_send(&self, t: &quinn::udp::Transmit) -> std::io::Result<()> {
-        let (dst, bytes) = match self.state.lock() {
-            Ok(s) => s.wrap(t.contents),
-            Err(p) => p.into_inner().wrap(t.contents),
+        let (dst, bytes) = {
+            let mut s = match self.state.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            s.monitor.on_tx(Instant::now());
+            s.wrap(t.contents)
         };
         match self.sock.try_send_to(&bytes, dst) {
             // A full socket buffer loses the datagram; QUIC retransmits.
@@ -237,6 +242,7 @@ enum Inbound {
 async fn reader(
     sock: Arc<UdpSocket>,
     relay: SocketAddr,
+    link: Arc<Mutex<LinkState>>,
     ctl: mpsc::Sender<Inbound>,
     quic: mpsc::Sender<Vec<u8>>,
 ) {
@@ -257,6 +263,23 @@ async fn reader(
                 return;
             }
         } else {
+            if let Ok(mut l) = link.lock() {
+                let direct = from != VIRTUAL_PEER && from != relay;
+                let now = Instant::now();
+                match l.path {
+                    PathKind::Direct(p) if direct && p != from => {
+                        // The peer's NAT renumbered its mapping (rebinding): follow it. Only
+                        // QUIC, which authenticates every packet, can be disrupted by a
+                        // forged source here, not read.
+                        tracing::info!(old = %p, new = %from, "peer address changed");
+                        l.path = PathKind::Direct(from);
+                        l.monitor.on_rx(now);
+                    }
+                    PathKind::Direct(_) if direct => l.monitor.on_rx(now),
+                    PathKind::Relay if !direct => l.monitor.on_rx(now),
+                    _ => {}
+                }
+            }
             // A full QUIC queue drops the datagram rather than stalling control traffic.
             let _ = quic.try_send(d);
         }
@@ -342,7 +365,7 @@ impl Control {
 /// pipe `input` to the peer and the peer's bytes to `output`.
 pub async fn run<R, W>(
     opts: PunchOptions,
-    mut on_event: impl FnMut(&Event),
+    mut on_event: impl FnMut(&Event) + Send + 'static,
     input: R,
     output: W,
 ) -> Result<Event, PunchError>
@@ -388,12 +411,13 @@ where
     let cert_der = cert.cert.der().to_vec();
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Inbound>(1024);
     let (quic_tx, quic_rx) = mpsc::channel::<Vec<u8>>(4096);
-    let reader_task = tokio::spawn(reader(sock.clone(), relay, ctl_tx, quic_tx));
     let link = Arc::new(Mutex::new(LinkState {
         path: PathKind::Relay,
         relay,
         session,
+        monitor: crate::punch::PathMonitor::new(Instant::now()),
     }));
+    let reader_task = tokio::spawn(reader(sock.clone(), relay, link.clone(), ctl_tx, quic_tx));
     let mut c = Control {
         sock: sock.clone(),
         puncher: Puncher::new(cfg, Instant::now()),
@@ -416,6 +440,7 @@ where
                 PunchEvent::Path { path, probes } => {
                     if let Ok(mut l) = link.lock() {
                         l.path = path;
+                        l.monitor = crate::punch::PathMonitor::new(Instant::now());
                     }
                     let (p, peer) = match path {
                         PathKind::Direct(a) => ("direct", a),
@@ -505,12 +530,42 @@ where
     });
 
     // Keep the control plane alive (relay keepalives and pings, late PAKE answers).
+    let on_event = Arc::new(Mutex::new(on_event));
+    let control_events = on_event.clone();
     let control = tokio::spawn(async move {
         loop {
+            // A direct path that stopped answering falls back to the relay; QUIC only sees a
+            // stall, never a new peer address.
+            let fell_back = match c.link.lock() {
+                Ok(mut l) => {
+                    let dead = matches!(l.path, PathKind::Direct(_))
+                        && l.monitor.is_stalled(Instant::now());
+                    if dead {
+                        l.path = PathKind::Relay;
+                        l.monitor = crate::punch::PathMonitor::new(Instant::now());
+                    }
+                    dead
+                }
+                Err(_) => false,
+            };
+            if fell_back {
+                c.puncher.refresh(Instant::now());
+                c.flush().await;
+                if let Ok(mut f) = control_events.lock() {
+                    (*f)(&Event::Connected {
+                        path: "relay",
+                        method: "udp",
+                        peer: relay,
+                        elapsed_ms: t0.elapsed().as_millis() as u64,
+                        probes: 0,
+                    });
+                }
+            }
             let wake = c
                 .puncher
                 .poll_timeout()
-                .unwrap_or(Instant::now() + Duration::from_secs(1));
+                .unwrap_or(Instant::now() + Duration::from_secs(1))
+                .min(Instant::now() + Duration::from_millis(250));
             tokio::select! {
                 m = ctl_rx.recv() => match m {
                     Some(Inbound::Control(from, b)) => c.on_inbound(Instant::now(), from, &b).await,
@@ -532,9 +587,10 @@ where
         local,
     });
     if let Some(l) = &listener {
-        on_event(&Event::Listening {
-            local: l.local_addr()?,
-        });
+        let local = l.local_addr()?;
+        if let Ok(mut f) = on_event.lock() {
+            (*f)(&Event::Listening { local });
+        }
     }
     let result = crate::punch_quic::run(
         opts.role,

@@ -39,7 +39,10 @@ fn man_pages_are_current() {
             let sub = sub.clone().name(format!("{name}-{}", sub.get_name()));
             let mut buf = Vec::new();
             clap_mangen::Man::new(sub.clone()).render(&mut buf).unwrap();
-            check_or_bless(root().join("man").join(format!("{}.1", sub.get_name())), &buf);
+            check_or_bless(
+                root().join("man").join(format!("{}.1", sub.get_name())),
+                &buf,
+            );
         }
         let mut buf = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut buf).unwrap();

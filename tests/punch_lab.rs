@@ -43,6 +43,17 @@ struct Side {
 }
 
 fn side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> std::thread::JoinHandle<Side> {
+    side_paced(lab, node, args, input, None)
+}
+
+/// Like [`side`], writing stdin in 16 KiB chunks `pace` apart (a transfer that lasts).
+fn side_paced(
+    lab: &Lab,
+    node: &str,
+    args: &[&str],
+    input: Vec<u8>,
+    pace: Option<Duration>,
+) -> std::thread::JoinHandle<Side> {
     let mut child = lab
         .cmd(node, env!("CARGO_BIN_EXE_punch"))
         .args(args)
@@ -54,7 +65,17 @@ fn side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> std::thread::Jo
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
+        match pace {
+            None => {
+                let _ = stdin.write_all(&input);
+            }
+            Some(p) => {
+                for c in input.chunks(16 * 1024) {
+                    let _ = stdin.write_all(c);
+                    std::thread::sleep(p);
+                }
+            }
+        }
         drop(stdin);
     });
     let pid = child.id() as i32;
@@ -421,4 +442,41 @@ fn hosting_a_web_server_serves_20_concurrent_downloads() {
     let _ = host.kill();
     let _ = guest.wait();
     let _ = host.wait();
+}
+
+/// The listener's router forgets every NAT binding (conntrack flushed) in the middle of a
+/// transfer: the transfer still completes intact, with a stall of at most 10 s.
+#[test]
+fn conntrack_flush_mid_transfer_costs_a_short_stall_not_data() {
+    let Some(lab) = Lab::up_or_skip(
+        Lab::builder()
+            .a(Kind::PortRestricted)
+            .b(Kind::PortRestricted),
+    ) else {
+        return;
+    };
+    let _r = relay(&lab);
+    let data = random(60 * 16 * 1024);
+    let t = Instant::now();
+    let la = side_paced(
+        &lab,
+        "a",
+        &["listen", "--code", "33-lantern-harbor"],
+        data.clone(),
+        Some(Duration::from_millis(100)),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let lb = side(&lab, "b", &["connect", "33-lantern-harbor"], vec![]);
+    std::thread::sleep(Duration::from_millis(2500));
+    lab.flush("ra");
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    assert_eq!(sa.code, Some(0), "{}", sa.stderr);
+    assert_eq!(sb.code, Some(0), "{}", sb.stderr);
+    assert_eq!(Sha256::digest(&sb.stdout), Sha256::digest(&data));
+    // Writing takes 6 s; the stall may add at most 10 s.
+    assert!(
+        t.elapsed() < Duration::from_secs(6 + 10 + 2),
+        "took {:?}",
+        t.elapsed()
+    );
 }

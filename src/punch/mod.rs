@@ -185,6 +185,14 @@ impl RvClient {
         }
     }
 
+    /// Re-registers at once (after a path failure: our observed address may have changed).
+    pub fn refresh(&mut self, now: Instant) {
+        if self.register.is_none() {
+            self.register = Some(Transaction::new(now, Self::register_schedule()));
+            self.pump(now);
+        }
+    }
+
     /// Asks the relay for a simultaneous start (again, on every retry).
     pub fn sync(&mut self, now: Instant) {
         self.sync = Some(Transaction::new(
@@ -614,6 +622,11 @@ impl Puncher {
         ours
     }
 
+    /// Re-registers at the relay now (see [`RvClient::refresh`]).
+    pub fn refresh(&mut self, now: Instant) {
+        self.rv.refresh(now);
+    }
+
     /// Sends data through the relay (used while the path is the relay).
     pub fn send_relayed(&mut self, payload: Vec<u8>) {
         self.rv.send_data(payload);
@@ -663,6 +676,44 @@ impl Puncher {
         self.rv.handle_timeout(now);
         self.checks.handle_timeout(now);
         self.drive(now);
+    }
+}
+
+/// How long a direct path may stay silent while we keep sending before it is declared dead:
+/// a NAT that dropped or renumbered our mapping (conntrack flush, reboot, rebinding) answers
+/// nothing, and the relay is always there.
+pub const STALL: Duration = Duration::from_secs(2);
+
+/// Watches a direct path: we sent, nothing came back for [`STALL`] → fall back to the relay.
+#[derive(Debug, Clone, Copy)]
+pub struct PathMonitor {
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+impl PathMonitor {
+    /// A monitor that has just heard from the peer.
+    pub fn new(now: Instant) -> Self {
+        PathMonitor {
+            last_rx: now,
+            last_tx: now,
+        }
+    }
+
+    /// We received from the peer.
+    pub fn on_rx(&mut self, now: Instant) {
+        self.last_rx = now;
+    }
+
+    /// We sent to the peer.
+    pub fn on_tx(&mut self, now: Instant) {
+        self.last_tx = now;
+    }
+
+    /// True when the direct path looks dead: we have been sending for [`STALL`] since the
+    /// last datagram from the peer (idle silence in both directions is not a failure).
+    pub fn is_stalled(&self, now: Instant) -> bool {
+        self.last_tx > self.last_rx && now.saturating_duration_since(self.last_rx) > STALL
     }
 }
 

@@ -270,3 +270,19 @@ fn a_lost_relay_is_reported() {
     assert!(failed.unwrap().contains("does not answer"));
     assert!(now - t0 < Duration::from_secs(5));
 }
+
+#[test]
+fn path_monitor_needs_unanswered_sending_to_declare_a_stall() {
+    let t0 = Instant::now();
+    let mut m = PathMonitor::new(t0);
+    // Idle both ways for a long time: fine.
+    assert!(!m.is_stalled(t0 + Duration::from_secs(60)));
+    // Sending and hearing back: fine.
+    m.on_tx(t0 + Duration::from_secs(61));
+    m.on_rx(t0 + Duration::from_secs(61));
+    assert!(!m.is_stalled(t0 + Duration::from_secs(62)));
+    // Sending without answers for longer than STALL: stalled.
+    m.on_tx(t0 + Duration::from_secs(62));
+    assert!(!m.is_stalled(t0 + Duration::from_secs(62) + STALL / 2));
+    assert!(m.is_stalled(t0 + Duration::from_secs(61) + STALL + Duration::from_millis(1)));
+}
