@@ -122,6 +122,9 @@ fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
     // Keepalives well under NAT binding lifetimes; a generous idle timeout so a NAT
     // rebinding or a path change is a stall, not a lost connection.
     t.keep_alive_interval(Some(keepalive));
+    // No path-MTU probing: the path may switch to the relay at any time, whose data frames
+    // carry at most 1400 bytes, and lost oversized probes would look like a dead path.
+    t.mtu_discovery_config(None);
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(60)).expect("60 s fits"),
     ));

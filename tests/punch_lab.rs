@@ -46,7 +46,17 @@ fn side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> std::thread::Jo
     side_paced(lab, node, args, input, None)
 }
 
-/// Like [`side`], writing stdin in 16 KiB chunks `pace` apart (a transfer that lasts).
+/// How long a side may run before the watchdog kills it.
+fn limit_for(args: &[&str]) -> Duration {
+    if args.contains(&"--keepalive") {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
+/// Like [`side`], writing stdin in 16 KiB chunks `pace` apart (a transfer that lasts); a
+/// chunk of length zero in `input` is never written, so use [`side_with_pause`] for silence.
 fn side_paced(
     lab: &Lab,
     node: &str,
@@ -79,13 +89,14 @@ fn side_paced(
         drop(stdin);
     });
     let pid = child.id() as i32;
+    let limit = limit_for(args);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let d2 = done.clone();
     // Watchdog: a hung side is killed after 30 s (and then fails its assertions).
     std::thread::spawn(move || {
         let t = Instant::now();
         while !d2.load(std::sync::atomic::Ordering::SeqCst) {
-            if t.elapsed() > Duration::from_secs(30) {
+            if t.elapsed() > limit {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 return;
             }
@@ -96,6 +107,46 @@ fn side_paced(
         // Reads stdout and stderr while the child runs (a full pipe would block it).
         let out = child.wait_with_output().unwrap();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        Side {
+            code: out.status.code(),
+            stdout: out.stdout,
+            events: stderr
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+            stderr,
+        }
+    })
+}
+
+/// Writes `first`, stays silent for `pause`, then writes `second`.
+fn side_with_pause(
+    lab: &Lab,
+    node: &str,
+    args: &[&str],
+    first: Vec<u8>,
+    pause: Duration,
+    second: Vec<u8>,
+) -> std::thread::JoinHandle<Side> {
+    let mut child = lab
+        .cmd(node, env!("CARGO_BIN_EXE_punch"))
+        .args(args)
+        .args(["--relay", lab.get("PUB_IP"), "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&first);
+        let _ = stdin.flush();
+        std::thread::sleep(pause);
+        let _ = stdin.write_all(&second);
+    });
+    std::thread::spawn(move || {
+        let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         Side {
             code: out.status.code(),
@@ -479,4 +530,41 @@ fn conntrack_flush_mid_transfer_costs_a_short_stall_not_data() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+/// Both routers forget idle UDP bindings after 10 s; with keepalives every 4 s the session
+/// survives 60 s of silence and more data flows afterwards.
+#[test]
+fn keepalives_carry_a_session_through_60s_of_silence() {
+    let Some(lab) = Lab::up_or_skip(
+        Lab::builder()
+            .a(Kind::PortRestricted)
+            .timeout_a(10)
+            .b(Kind::PortRestricted)
+            .timeout_b(10),
+    ) else {
+        return;
+    };
+    let _r = relay(&lab);
+    let (first, second) = (random(64 * 1024), random(64 * 1024));
+    let la = side_with_pause(
+        &lab,
+        "a",
+        &["listen", "--code", "34-lantern-harbor", "--keepalive", "4"],
+        first.clone(),
+        Duration::from_secs(60),
+        second.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let lb = side(
+        &lab,
+        "b",
+        &["connect", "34-lantern-harbor", "--keepalive", "4"],
+        vec![],
+    );
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    assert_eq!(sa.code, Some(0), "{}", sa.stderr);
+    assert_eq!(sb.code, Some(0), "{}", sb.stderr);
+    assert_eq!(sb.stdout, [first, second].concat());
+    assert_eq!(connected(&sb)["path"], "direct");
 }

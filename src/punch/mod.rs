@@ -684,36 +684,46 @@ impl Puncher {
 /// nothing, and the relay is always there.
 pub const STALL: Duration = Duration::from_secs(2);
 
-/// Watches a direct path: we sent, nothing came back for [`STALL`] → fall back to the relay.
+/// Sends without any answer that make a path suspect: a lone acknowledgement never gets an
+/// answer, but QUIC retransmissions and keepalive pings do.
+pub const STALL_SENDS: u32 = 4;
+
+/// Watches a direct path: we kept sending ([`STALL_SENDS`] datagrams over [`STALL`]) and
+/// nothing came back → fall back to the relay.
 #[derive(Debug, Clone, Copy)]
 pub struct PathMonitor {
-    last_rx: Instant,
-    last_tx: Instant,
+    first_unanswered: Option<Instant>,
+    unanswered: u32,
 }
 
 impl PathMonitor {
     /// A monitor that has just heard from the peer.
-    pub fn new(now: Instant) -> Self {
+    pub fn new(_now: Instant) -> Self {
         PathMonitor {
-            last_rx: now,
-            last_tx: now,
+            first_unanswered: None,
+            unanswered: 0,
         }
     }
 
     /// We received from the peer.
-    pub fn on_rx(&mut self, now: Instant) {
-        self.last_rx = now;
+    pub fn on_rx(&mut self, _now: Instant) {
+        self.first_unanswered = None;
+        self.unanswered = 0;
     }
 
     /// We sent to the peer.
     pub fn on_tx(&mut self, now: Instant) {
-        self.last_tx = now;
+        self.first_unanswered.get_or_insert(now);
+        self.unanswered = self.unanswered.saturating_add(1);
     }
 
-    /// True when the direct path looks dead: we have been sending for [`STALL`] since the
-    /// last datagram from the peer (idle silence in both directions is not a failure).
+    /// True when the direct path looks dead. Idle silence in both directions, or a last
+    /// acknowledgement that nobody answers, is not a failure.
     pub fn is_stalled(&self, now: Instant) -> bool {
-        self.last_tx > self.last_rx && now.saturating_duration_since(self.last_rx) > STALL
+        self.unanswered >= STALL_SENDS
+            && self
+                .first_unanswered
+                .is_some_and(|t| now.saturating_duration_since(t) > STALL)
     }
 }
 

@@ -277,12 +277,22 @@ fn path_monitor_needs_unanswered_sending_to_declare_a_stall() {
     let mut m = PathMonitor::new(t0);
     // Idle both ways for a long time: fine.
     assert!(!m.is_stalled(t0 + Duration::from_secs(60)));
+    // A last acknowledgement nobody answers: fine.
+    m.on_tx(t0);
+    assert!(!m.is_stalled(t0 + Duration::from_secs(60)));
     // Sending and hearing back: fine.
-    m.on_tx(t0 + Duration::from_secs(61));
-    m.on_rx(t0 + Duration::from_secs(61));
-    assert!(!m.is_stalled(t0 + Duration::from_secs(62)));
-    // Sending without answers for longer than STALL: stalled.
-    m.on_tx(t0 + Duration::from_secs(62));
-    assert!(!m.is_stalled(t0 + Duration::from_secs(62) + STALL / 2));
-    assert!(m.is_stalled(t0 + Duration::from_secs(61) + STALL + Duration::from_millis(1)));
+    for i in 0..10 {
+        m.on_tx(t0 + Duration::from_millis(100 * i));
+        m.on_rx(t0 + Duration::from_millis(100 * i + 10));
+    }
+    assert!(!m.is_stalled(t0 + Duration::from_secs(10)));
+    // Retransmitting without answers for longer than STALL: stalled.
+    let t1 = t0 + Duration::from_secs(20);
+    for i in 0..STALL_SENDS {
+        m.on_tx(t1 + Duration::from_millis(300 * i as u64));
+    }
+    assert!(!m.is_stalled(t1 + STALL / 2));
+    assert!(m.is_stalled(t1 + STALL + Duration::from_millis(1)));
+    m.on_rx(t1 + STALL * 2);
+    assert!(!m.is_stalled(t1 + STALL * 3));
 }
