@@ -7,33 +7,8 @@ use common::lab::{Kind, Lab};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-struct Relay(Child);
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn relay(lab: &Lab) -> Relay {
-    let c = lab
-        .cmd("pub", env!("CARGO_BIN_EXE_relay"))
-        .args([
-            "--addr",
-            lab.get("PUB_IP"),
-            "--alt-addr",
-            lab.get("PUB_IP2"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    common::coturn::wait_udp(lab, "pub", &[3478, 3479]);
-    Relay(c)
-}
 
 struct Side {
     code: Option<i32>,
@@ -43,79 +18,23 @@ struct Side {
 }
 
 fn side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> std::thread::JoinHandle<Side> {
-    side_paced(lab, node, args, input, None)
+    side_with(lab, node, args, move |mut stdin| {
+        let _ = stdin.write_all(&input);
+    })
 }
 
-/// How long a side may run before the watchdog kills it.
-fn limit_for(args: &[&str]) -> Duration {
-    if args.contains(&"--keepalive") {
-        Duration::from_secs(120)
-    } else {
-        Duration::from_secs(30)
-    }
-}
-
-/// Like [`side`], writing stdin in 16 KiB chunks `pace` apart (a transfer that lasts); a
-/// chunk of length zero in `input` is never written, so use [`side_with_pause`] for silence.
+/// Writes stdin in 16 KiB chunks `pace` apart (a transfer that lasts).
 fn side_paced(
     lab: &Lab,
     node: &str,
     args: &[&str],
     input: Vec<u8>,
-    pace: Option<Duration>,
+    pace: Duration,
 ) -> std::thread::JoinHandle<Side> {
-    let mut child = lab
-        .cmd(node, env!("CARGO_BIN_EXE_punch"))
-        .args(args)
-        .args(["--relay", lab.get("PUB_IP"), "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        match pace {
-            None => {
-                let _ = stdin.write_all(&input);
-            }
-            Some(p) => {
-                for c in input.chunks(16 * 1024) {
-                    let _ = stdin.write_all(c);
-                    std::thread::sleep(p);
-                }
-            }
-        }
-        drop(stdin);
-    });
-    let pid = child.id() as i32;
-    let limit = limit_for(args);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let d2 = done.clone();
-    // Watchdog: a hung side is killed after 30 s (and then fails its assertions).
-    std::thread::spawn(move || {
-        let t = Instant::now();
-        while !d2.load(std::sync::atomic::Ordering::SeqCst) {
-            if t.elapsed() > limit {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    std::thread::spawn(move || {
-        // Reads stdout and stderr while the child runs (a full pipe would block it).
-        let out = child.wait_with_output().unwrap();
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        Side {
-            code: out.status.code(),
-            stdout: out.stdout,
-            events: stderr
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect(),
-            stderr,
+    side_with(lab, node, args, move |mut stdin| {
+        for c in input.chunks(16 * 1024) {
+            let _ = stdin.write_all(c);
+            std::thread::sleep(pace);
         }
     })
 }
@@ -129,6 +48,31 @@ fn side_with_pause(
     pause: Duration,
     second: Vec<u8>,
 ) -> std::thread::JoinHandle<Side> {
+    side_with(lab, node, args, move |mut stdin| {
+        let _ = stdin.write_all(&first);
+        let _ = stdin.flush();
+        std::thread::sleep(pause);
+        let _ = stdin.write_all(&second);
+    })
+}
+
+/// How long a side may run before the watchdog kills it.
+fn limit_for(args: &[&str]) -> Duration {
+    if args.contains(&"--keepalive") {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
+/// Runs `punch ARGS --relay PUB_IP --json` in a node; `write` feeds its stdin (closed when
+/// `write` returns). stdout and stderr are read while it runs; a watchdog kills a hung side.
+fn side_with(
+    lab: &Lab,
+    node: &str,
+    args: &[&str],
+    write: impl FnOnce(std::process::ChildStdin) + Send + 'static,
+) -> std::thread::JoinHandle<Side> {
     let mut child = lab
         .cmd(node, env!("CARGO_BIN_EXE_punch"))
         .args(args)
@@ -138,15 +82,26 @@ fn side_with_pause(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || write(stdin));
+    let pid = child.id() as i32;
+    let limit = limit_for(args);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
     std::thread::spawn(move || {
-        let _ = stdin.write_all(&first);
-        let _ = stdin.flush();
-        std::thread::sleep(pause);
-        let _ = stdin.write_all(&second);
+        let t = Instant::now();
+        while !d2.load(std::sync::atomic::Ordering::SeqCst) {
+            if t.elapsed() > limit {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     });
     std::thread::spawn(move || {
         let out = child.wait_with_output().unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         Side {
             code: out.status.code(),
@@ -184,7 +139,7 @@ fn pair(a: Kind, b: Kind, expect_direct: bool) {
     let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b)) else {
         return;
     };
-    let _r = relay(&lab);
+    let _r = common::relay::start(&lab, 3478);
     let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
     let (da, db) = (random(1 << 20), random(1 << 20));
     let la = side(&lab, "a", &["listen", "--code", &code], da.clone());
@@ -262,7 +217,7 @@ fn wrong_code_fails_on_both_sides_within_5s_with_nothing_on_stdout() {
     ) else {
         return;
     };
-    let _r = relay(&lab);
+    let _r = common::relay::start(&lab, 3478);
     let t = Instant::now();
     let la = side(
         &lab,
@@ -300,7 +255,7 @@ fn five_percent_loss_keeps_transfers_intact() {
     ) else {
         return;
     };
-    let _r = relay(&lab);
+    let _r = common::relay::start(&lab, 3478);
     let (da, db) = (random(1 << 20), random(1 << 20));
     let la = side(
         &lab,
@@ -366,7 +321,7 @@ fn relay_forwards_only_ciphertext() {
     else {
         return;
     };
-    let _r = relay(&lab);
+    let _r = common::relay::start(&lab, 3478);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cap = capture(lab.ns("pub"), stop.clone());
     std::thread::sleep(Duration::from_millis(100));
@@ -439,7 +394,7 @@ fn hosting_a_web_server_serves_20_concurrent_downloads() {
     else {
         return;
     };
-    let _r = relay(&lab);
+    let _r = common::relay::start(&lab, 3478);
     let body = random(1 << 20);
     let l = lab.in_node("a", || {
         std::net::TcpListener::bind("127.0.0.1:8000").unwrap()
@@ -506,7 +461,7 @@ fn conntrack_flush_mid_transfer_costs_a_short_stall_not_data() {
     ) else {
         return;
     };
-    let _r = relay(&lab);
+    let _r = common::relay::start(&lab, 3478);
     let data = random(60 * 16 * 1024);
     let t = Instant::now();
     let la = side_paced(
@@ -514,7 +469,7 @@ fn conntrack_flush_mid_transfer_costs_a_short_stall_not_data() {
         "a",
         &["listen", "--code", "33-lantern-harbor"],
         data.clone(),
-        Some(Duration::from_millis(100)),
+        Duration::from_millis(100),
     );
     std::thread::sleep(Duration::from_millis(200));
     let lb = side(&lab, "b", &["connect", "33-lantern-harbor"], vec![]);
@@ -545,7 +500,7 @@ fn keepalives_carry_a_session_through_60s_of_silence() {
     ) else {
         return;
     };
-    let _r = relay(&lab);
+    let _r = common::relay::start(&lab, 3478);
     let (first, second) = (random(64 * 1024), random(64 * 1024));
     let la = side_with_pause(
         &lab,

@@ -6,7 +6,6 @@ use common::lab::{Kind, Lab};
 use natkit::rendezvous::{Frame, Role};
 use natkit::stun;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -14,19 +13,7 @@ fn relay_never_sends_to_a_third_address() {
     let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Open).b(Kind::Open)) else {
         return;
     };
-    let mut relay = lab
-        .cmd("pub", env!("CARGO_BIN_EXE_relay"))
-        .args([
-            "--addr",
-            lab.get("PUB_IP"),
-            "--alt-addr",
-            lab.get("PUB_IP2"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    common::coturn::wait_udp(&lab, "pub", &[3478, 3479]);
+    let _relay = common::relay::start(&lab, 3478);
     let relay_addr: SocketAddr = format!("{}:3478", lab.get("PUB_IP")).parse().unwrap();
     let victim_ip = lab.get("B_IP").to_string();
     let (vu, vt) = lab.in_node("b", || {
@@ -150,6 +137,4 @@ fn relay_never_sends_to_a_third_address() {
     a1.send_to(b"direct", victim).unwrap();
     let (n, _) = vu.recv_from(&mut buf).expect("control datagram");
     assert_eq!(&buf[..n], b"direct");
-    let _ = relay.kill();
-    let _ = relay.wait();
 }

@@ -4,38 +4,6 @@ mod common;
 
 use common::coturn;
 use common::lab::{Kind, Lab};
-use std::process::{Child, Stdio};
-
-struct Relay(Child);
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_relay(lab: &Lab, port: u16) -> Relay {
-    let child = lab
-        .cmd("pub", env!("CARGO_BIN_EXE_relay"))
-        .args([
-            "--addr",
-            lab.get("PUB_IP"),
-            "--alt-addr",
-            lab.get("PUB_IP2"),
-        ])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--alt-port",
-            &(port + 1).to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start relay");
-    coturn::wait_udp(lab, "pub", &[port, port + 1]);
-    Relay(child)
-}
 
 fn natdiscovery_port(lab: &Lab, port: u16) -> (String, String) {
     let out = lab
@@ -64,7 +32,7 @@ fn interop(kind: Kind, expect: (&str, &str)) {
         return;
     };
     let _coturn = coturn::start(&lab);
-    let _relay = start_relay(&lab, 4478);
+    let _relay = common::relay::start(&lab, 4478);
     let want = (expect.0.to_string(), expect.1.to_string());
     assert_eq!(
         natdiscovery_port(&lab, 3478),

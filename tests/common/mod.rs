@@ -4,3 +4,4 @@
 pub mod coturn;
 #[allow(dead_code)]
 pub mod lab;
+pub mod relay;
