@@ -334,7 +334,16 @@ where
     let down = async {
         let mut buf = vec![0u8; 64 * 1024];
         while let Some(k) = recv.read(&mut buf).await.map_err(std::io::Error::other)? {
-            output.write_all(&buf[..k]).await?;
+            match output.write_all(&buf[..k]).await {
+                Ok(()) => {}
+                // Our reader went away (`punch … | head`): not an error; tell the peer to
+                // stop sending and finish our own direction.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    let _ = recv.stop(0u32.into());
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
             totals.received.fetch_add(k as u64, Relaxed);
         }
         output.flush().await?;

@@ -1,0 +1,160 @@
+//! punch and relay on loopback (no root needed): a pipe works end to end, a closed stdout
+//! exits 0, and bad arguments are clear errors.
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn relay() -> (Kill, String) {
+    for _ in 0..100 {
+        let p = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if p == u16::MAX || TcpListener::bind(("127.0.0.1", p)).is_err() {
+            continue;
+        }
+        let mut c = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args([
+                "--addr",
+                "127.0.0.1",
+                "--allow-private",
+                "--port",
+                &p.to_string(),
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut b = [0u8; 1];
+        let out = c.stdout.as_mut().unwrap();
+        // The startup line means it is listening.
+        while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {}
+        return (Kill(c), format!("127.0.0.1:{p}"));
+    }
+    panic!("no free port");
+}
+
+fn punch(args: &[&str], relay: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_punch"));
+    c.args(args).args(["--relay", relay]);
+    c
+}
+
+#[test]
+fn pipe_on_loopback() {
+    let (_r, relay) = relay();
+    let mut l = punch(&["listen", "--code", "61-lantern-harbor"], &relay)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    l.stdin.take().unwrap().write_all(b"from listener").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = punch(&["connect", "61-lantern-harbor"], &relay)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"from connector")
+        .unwrap();
+    let (lo, co) = (l.wait_with_output().unwrap(), c.wait_with_output().unwrap());
+    assert!(
+        lo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lo.stderr)
+    );
+    assert!(
+        co.status.success(),
+        "{}",
+        String::from_utf8_lossy(&co.stderr)
+    );
+    assert_eq!(lo.stdout, b"from connector");
+    assert_eq!(co.stdout, b"from listener");
+}
+
+/// Regression (broken pipe): `punch connect CODE | head -c 0` exits 0.
+#[test]
+fn closed_stdout_exits_0() {
+    let (_r, relay) = relay();
+    let mut l = punch(&["listen", "--code", "62-lantern-harbor"], &relay)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut li = l.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = li.write_all(&vec![7u8; 4 << 20]);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = punch(&["connect", "62-lantern-harbor"], &relay)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c.stdout.take());
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let _ = Kill(l);
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    for (args, needle) in [
+        (
+            &["connect", "lantern-harbor", "--relay", "127.0.0.1"][..],
+            "a code looks like",
+        ),
+        (
+            &["connect", "7-lantern-harbour", "--relay", "127.0.0.1"],
+            "not one of natkit's code words",
+        ),
+        (
+            &["connect", "7-lantern-harbor", "--relay", "a b"],
+            "invalid server",
+        ),
+        (
+            &["listen", "--relay", "127.0.0.1", "--expose", "nowhere"],
+            "expected HOST:PORT",
+        ),
+        (
+            &[
+                "connect",
+                "7-lantern-harbor",
+                "--relay",
+                "127.0.0.1",
+                "--token",
+                "xyz",
+            ],
+            "hex",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_punch"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}
