@@ -150,9 +150,42 @@ impl LinkState {
     }
 }
 
+/// Where datagrams leave: the UDP socket, except that frames for the relay go over a TCP
+/// connection once UDP to the relay has failed (UDP blocked).
+#[derive(Debug)]
+struct Wire {
+    sock: Arc<UdpSocket>,
+    relay: SocketAddr,
+    tcp: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+}
+
+impl Wire {
+    fn over_tcp(&self) -> bool {
+        self.tcp.lock().map(|t| t.is_some()).unwrap_or(false)
+    }
+
+    /// Sends without waiting; a full queue or socket loses the datagram (QUIC and the
+    /// rendezvous retransmit).
+    fn send(&self, dst: SocketAddr, bytes: Vec<u8>) -> std::io::Result<()> {
+        if dst == self.relay {
+            if let Ok(t) = self.tcp.lock() {
+                if let Some(tx) = t.as_ref() {
+                    let _ = tx.try_send(bytes);
+                    return Ok(());
+                }
+            }
+        }
+        match self.sock.try_send_to(&bytes, dst) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
 /// quinn's view of the link: a socket whose only peer is [`VIRTUAL_PEER`].
 struct LinkSocket {
-    sock: Arc<UdpSocket>,
+    wire: Arc<Wire>,
     state: Arc<Mutex<LinkState>>,
     rx: Mutex<mpsc::Receiver<Vec<u8>>>,
     local: SocketAddr,
@@ -189,12 +222,7 @@ impl quinn::AsyncUdpSocket for LinkSocket {
             s.monitor.on_tx(Instant::now());
             s.wrap(t.contents)
         };
-        match self.sock.try_send_to(&bytes, dst) {
-            // A full socket buffer loses the datagram; QUIC retransmits.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e),
-            Ok(_) => Ok(()),
-        }
+        self.wire.send(dst, bytes)
     }
 
     fn poll_recv(
@@ -251,39 +279,75 @@ async fn reader(
         let Ok((n, from)) = sock.recv_from(&mut buf).await else {
             continue;
         };
-        let d = &buf[..n];
-        // Relayed datagrams arrive inside Data frames from the relay.
-        let (from, d) = match Frame::parse(d) {
-            Ok(Frame::Data { payload, .. }) if from == relay => (VIRTUAL_PEER, payload),
-            _ => (from, d.to_vec()),
-        };
-        if crate::rendezvous::is_frame(&d) {
-            let src = if from == VIRTUAL_PEER { relay } else { from };
-            if ctl.send(Inbound::Control(src, d)).await.is_err() {
-                return;
-            }
-        } else {
-            if let Ok(mut l) = link.lock() {
-                let direct = from != VIRTUAL_PEER && from != relay;
-                let now = Instant::now();
-                match l.path {
-                    PathKind::Direct(p) if direct && p != from => {
-                        // The peer's NAT renumbered its mapping (rebinding): follow it. Only
-                        // QUIC, which authenticates every packet, can be disrupted by a
-                        // forged source here, not read.
-                        tracing::info!(old = %p, new = %from, "peer address changed");
-                        l.path = PathKind::Direct(from);
-                        l.monitor.on_rx(now);
-                    }
-                    PathKind::Direct(_) if direct => l.monitor.on_rx(now),
-                    PathKind::Relay if !direct => l.monitor.on_rx(now),
-                    _ => {}
-                }
-            }
-            // A full QUIC queue drops the datagram rather than stalling control traffic.
-            let _ = quic.try_send(d);
+        if !demux(from, &buf[..n], relay, &link, &ctl, &quic).await {
+            return;
         }
     }
+}
+
+/// Reads length-prefixed frames from the relay's TCP connection.
+async fn tcp_reader(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    relay: SocketAddr,
+    link: Arc<Mutex<LinkState>>,
+    ctl: mpsc::Sender<Inbound>,
+    quic: mpsc::Sender<Vec<u8>>,
+) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut len = [0u8; 2];
+        if rd.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let mut f = vec![0u8; u16::from_be_bytes(len) as usize];
+        if rd.read_exact(&mut f).await.is_err() {
+            return;
+        }
+        if !demux(relay, &f, relay, &link, &ctl, &quic).await {
+            return;
+        }
+    }
+}
+
+/// Sorts one datagram: natkit frames to the control plane, QUIC to the QUIC queue (relayed
+/// data unwrapped first). False when the receivers are gone.
+async fn demux(
+    from: SocketAddr,
+    d: &[u8],
+    relay: SocketAddr,
+    link: &Arc<Mutex<LinkState>>,
+    ctl: &mpsc::Sender<Inbound>,
+    quic: &mpsc::Sender<Vec<u8>>,
+) -> bool {
+    // Relayed datagrams arrive inside Data frames from the relay.
+    let (from, d) = match Frame::parse(d) {
+        Ok(Frame::Data { payload, .. }) if from == relay => (VIRTUAL_PEER, payload),
+        _ => (from, d.to_vec()),
+    };
+    if crate::rendezvous::is_frame(&d) {
+        let src = if from == VIRTUAL_PEER { relay } else { from };
+        return ctl.send(Inbound::Control(src, d)).await.is_ok();
+    }
+    if let Ok(mut l) = link.lock() {
+        let direct = from != VIRTUAL_PEER && from != relay;
+        let now = Instant::now();
+        match l.path {
+            PathKind::Direct(p) if direct && p != from => {
+                // The peer's NAT renumbered its mapping (rebinding): follow it. Only QUIC,
+                // which authenticates every packet, can be disrupted by a forged source
+                // here, not read.
+                tracing::info!(old = %p, new = %from, "peer address changed");
+                l.path = PathKind::Direct(from);
+                l.monitor.on_rx(now);
+            }
+            PathKind::Direct(_) if direct => l.monitor.on_rx(now),
+            PathKind::Relay if !direct => l.monitor.on_rx(now),
+            _ => {}
+        }
+    }
+    // A full QUIC queue drops the datagram rather than stalling control traffic.
+    let _ = quic.try_send(d);
+    true
 }
 
 fn local_ip_towards(dst: SocketAddr) -> Option<IpAddr> {
@@ -295,6 +359,7 @@ fn local_ip_towards(dst: SocketAddr) -> Option<IpAddr> {
 /// The control plane: the puncher (relay keepalives, pings, checks) and the PAKE answers.
 struct Control {
     sock: Arc<UdpSocket>,
+    wire: Arc<Wire>,
     puncher: Puncher,
     link: Arc<Mutex<LinkState>>,
     pake: Pake,
@@ -309,7 +374,7 @@ impl Control {
             if let Some(ttl) = d.ttl {
                 let _ = self.sock.set_ttl(ttl as u32);
             }
-            let _ = self.sock.send_to(&d.payload, d.dst).await;
+            let _ = self.wire.send(d.dst, d.payload);
             if d.ttl.is_some() {
                 let _ = self.sock.set_ttl(DEFAULT_TTL);
             }
@@ -321,7 +386,7 @@ impl Control {
             Ok(s) => s.wrap(&f.emit()),
             Err(p) => p.into_inner().wrap(&f.emit()),
         };
-        let _ = self.sock.send_to(&bytes, dst).await;
+        let _ = self.wire.send(dst, bytes);
     }
 
     /// Handles a PAKE frame from the peer; answers with our message and confirmation.
@@ -417,10 +482,23 @@ where
         session,
         monitor: crate::punch::PathMonitor::new(Instant::now()),
     }));
-    let reader_task = tokio::spawn(reader(sock.clone(), relay, link.clone(), ctl_tx, quic_tx));
+    let wire = Arc::new(Wire {
+        sock: sock.clone(),
+        relay,
+        tcp: Mutex::new(None),
+    });
+    let reader_task = tokio::spawn(reader(
+        sock.clone(),
+        relay,
+        link.clone(),
+        ctl_tx.clone(),
+        quic_tx.clone(),
+    ));
+    let mut tcp_tasks = Vec::new();
     let mut c = Control {
         sock: sock.clone(),
-        puncher: Puncher::new(cfg, Instant::now()),
+        wire: wire.clone(),
+        puncher: Puncher::new(cfg.clone(), Instant::now()),
         link: link.clone(),
         pake: Pake::new(session, opts.role, &opts.code.password(), &cert_der),
         session,
@@ -436,6 +514,49 @@ where
             match e {
                 PunchEvent::Registered { observed } => on_event(&Event::Registered { observed }),
                 PunchEvent::Failed(f) => return Err(PunchError::Rendezvous(f)),
+                PunchEvent::RelayUnreachable if !wire.over_tcp() => {
+                    // UDP to the relay gets nowhere (blocked?): meet over TCP instead; the
+                    // punch attempts that follow will fail and the relay will carry the data.
+                    let tcp = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        tokio::net::TcpStream::connect(relay),
+                    )
+                    .await
+                    .map_err(|_| {
+                        PunchError::Rendezvous("the relay does not answer over UDP or TCP".into())
+                    })?
+                    .map_err(|e| {
+                        PunchError::Rendezvous(format!(
+                            "the relay does not answer over UDP, and TCP failed: {e}"
+                        ))
+                    })?;
+                    let (rd, mut wr) = tcp.into_split();
+                    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
+                    tcp_tasks.push(tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        while let Some(f) = rx.recv().await {
+                            let mut v = (f.len() as u16).to_be_bytes().to_vec();
+                            v.extend_from_slice(&f);
+                            if wr.write_all(&v).await.is_err() {
+                                return;
+                            }
+                        }
+                    }));
+                    tcp_tasks.push(tokio::spawn(tcp_reader(
+                        rd,
+                        relay,
+                        link.clone(),
+                        ctl_tx.clone(),
+                        quic_tx.clone(),
+                    )));
+                    if let Ok(mut t) = wire.tcp.lock() {
+                        *t = Some(tx);
+                    }
+                    c.puncher = Puncher::new(cfg.clone(), Instant::now());
+                }
+                PunchEvent::RelayUnreachable => {
+                    return Err(PunchError::Rendezvous("the relay does not answer".into()))
+                }
                 PunchEvent::RelayData(d) => early.push_back(d),
                 PunchEvent::Path { path, probes } => {
                     if let Ok(mut l) = link.lock() {
@@ -446,9 +567,14 @@ where
                         PathKind::Direct(a) => ("direct", a),
                         PathKind::Relay => ("relay", relay),
                     };
+                    let method = if wire.over_tcp() && path == PathKind::Relay {
+                        "tcp"
+                    } else {
+                        "udp"
+                    };
                     on_event(&Event::Connected {
                         path: p,
-                        method: "udp",
+                        method,
                         peer,
                         elapsed_ms: t0.elapsed().as_millis() as u64,
                         probes,
@@ -581,7 +707,7 @@ where
 
     // 3. QUIC over the link, certificates pinned by the PAKE.
     let link_sock = Arc::new(LinkSocket {
-        sock: sock.clone(),
+        wire: wire.clone(),
         state: link,
         rx: Mutex::new(quic_rx),
         local,
@@ -613,7 +739,14 @@ where
         peer: peer_id,
     }
     .emit();
-    let _ = sock.send_to(&bye, relay).await;
+    let _ = wire.send(relay, bye);
+    // Give the TCP writer a moment to flush the goodbye.
+    if wire.over_tcp() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tcp_tasks {
+        t.abort();
+    }
     let (sent, received) = result?;
     Ok(Event::Done {
         bytes_sent: sent,

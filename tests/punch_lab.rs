@@ -523,3 +523,30 @@ fn keepalives_carry_a_session_through_60s_of_silence() {
     assert_eq!(sb.stdout, [first, second].concat());
     assert_eq!(connected(&sb)["path"], "direct");
 }
+
+/// A side whose UDP is blocked meets over TCP and its data goes through the relay over TCP.
+#[test]
+fn udp_blocked_goes_through_the_relay_over_tcp() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::UdpBlocked).b(Kind::PortRestricted))
+    else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let (da, db) = (random(1 << 20), random(1 << 20));
+    let la = side(
+        &lab,
+        "a",
+        &["listen", "--code", "35-lantern-harbor"],
+        da.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let lb = side(&lab, "b", &["connect", "35-lantern-harbor"], db.clone());
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    assert_eq!(sa.code, Some(0), "{}", sa.stderr);
+    assert_eq!(sb.code, Some(0), "{}", sb.stderr);
+    assert_eq!(Sha256::digest(&sb.stdout), Sha256::digest(&da));
+    assert_eq!(Sha256::digest(&sa.stdout), Sha256::digest(&db));
+    assert_eq!(connected(&sa)["path"], "relay");
+    assert_eq!(connected(&sa)["method"], "tcp");
+    assert_eq!(connected(&sb)["path"], "relay");
+}

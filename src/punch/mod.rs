@@ -530,7 +530,9 @@ pub enum PunchEvent {
     },
     /// Data relayed by the relay.
     RelayData(Vec<u8>),
-    /// Fatal: the relay refused us or cannot be reached.
+    /// The relay does not answer (over this transport): the driver may try TCP.
+    RelayUnreachable,
+    /// Fatal: the relay refused us.
     Failed(String),
 }
 
@@ -592,8 +594,7 @@ impl Puncher {
                     .push_back(PunchEvent::Failed(format!("the relay refused: {reason}"))),
                 RvEvent::RelayLost => {
                     if self.path.is_none() {
-                        self.events
-                            .push_back(PunchEvent::Failed("the relay does not answer".into()))
+                        self.events.push_back(PunchEvent::RelayUnreachable)
                     }
                 }
             }
