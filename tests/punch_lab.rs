@@ -135,29 +135,36 @@ fn connected(s: &Side) -> Value {
         .unwrap_or_else(|| panic!("no connected event: {}", s.stderr))
 }
 
+/// Listener in host a, connector in host b, 1 MiB of random data each way; both must exit 0
+/// with the other's bytes intact. Returns both sides for further checks.
+fn exchange_1mib(lab: &Lab, code: &str, what: &str) -> (Side, Side) {
+    let (da, db) = (random(1 << 20), random(1 << 20));
+    let la = side(lab, "a", &["listen", "--code", code], da.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let lb = side(lab, "b", &["connect", code], db.clone());
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    assert_eq!(sa.code, Some(0), "{what} listener: {}", sa.stderr);
+    assert_eq!(sb.code, Some(0), "{what} connector: {}", sb.stderr);
+    assert_eq!(
+        Sha256::digest(&sb.stdout),
+        Sha256::digest(&da),
+        "{what}: listener → connector"
+    );
+    assert_eq!(
+        Sha256::digest(&sa.stdout),
+        Sha256::digest(&db),
+        "{what}: connector → listener"
+    );
+    (sa, sb)
+}
+
 fn pair(a: Kind, b: Kind, expect_direct: bool) {
     let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b)) else {
         return;
     };
     let _r = common::relay::start(&lab, 3478);
     let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
-    let (da, db) = (random(1 << 20), random(1 << 20));
-    let la = side(&lab, "a", &["listen", "--code", &code], da.clone());
-    std::thread::sleep(Duration::from_millis(200));
-    let lb = side(&lab, "b", &["connect", &code], db.clone());
-    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
-    assert_eq!(sa.code, Some(0), "{a:?} x {b:?} listener: {}", sa.stderr);
-    assert_eq!(sb.code, Some(0), "{a:?} x {b:?} connector: {}", sb.stderr);
-    assert_eq!(
-        Sha256::digest(&sb.stdout),
-        Sha256::digest(&da),
-        "{a:?} x {b:?}: listener → connector"
-    );
-    assert_eq!(
-        Sha256::digest(&sa.stdout),
-        Sha256::digest(&db),
-        "{a:?} x {b:?}: connector → listener"
-    );
+    let (sa, sb) = exchange_1mib(&lab, &code, &format!("{a:?} x {b:?}"));
     let want = if expect_direct { "direct" } else { "relay" };
     for s in [&sa, &sb] {
         let c = connected(s);
@@ -256,20 +263,7 @@ fn five_percent_loss_keeps_transfers_intact() {
         return;
     };
     let _r = common::relay::start(&lab, 3478);
-    let (da, db) = (random(1 << 20), random(1 << 20));
-    let la = side(
-        &lab,
-        "a",
-        &["listen", "--code", "31-lantern-harbor"],
-        da.clone(),
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let lb = side(&lab, "b", &["connect", "31-lantern-harbor"], db.clone());
-    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
-    assert_eq!(sa.code, Some(0), "{}", sa.stderr);
-    assert_eq!(sb.code, Some(0), "{}", sb.stderr);
-    assert_eq!(Sha256::digest(&sb.stdout), Sha256::digest(&da));
-    assert_eq!(Sha256::digest(&sa.stdout), Sha256::digest(&db));
+    exchange_1mib(&lab, "31-lantern-harbor", "5 % loss");
 }
 
 /// Captures every IPv4 packet in a namespace (AF_PACKET) until `stop` is set.
@@ -532,20 +526,7 @@ fn udp_blocked_goes_through_the_relay_over_tcp() {
         return;
     };
     let _r = common::relay::start(&lab, 3478);
-    let (da, db) = (random(1 << 20), random(1 << 20));
-    let la = side(
-        &lab,
-        "a",
-        &["listen", "--code", "35-lantern-harbor"],
-        da.clone(),
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let lb = side(&lab, "b", &["connect", "35-lantern-harbor"], db.clone());
-    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
-    assert_eq!(sa.code, Some(0), "{}", sa.stderr);
-    assert_eq!(sb.code, Some(0), "{}", sb.stderr);
-    assert_eq!(Sha256::digest(&sb.stdout), Sha256::digest(&da));
-    assert_eq!(Sha256::digest(&sa.stdout), Sha256::digest(&db));
+    let (sa, sb) = exchange_1mib(&lab, "35-lantern-harbor", "udp-blocked x port-restricted");
     assert_eq!(connected(&sa)["path"], "relay");
     assert_eq!(connected(&sa)["method"], "tcp");
     assert_eq!(connected(&sb)["path"], "relay");
