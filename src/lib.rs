@@ -10,7 +10,6 @@ pub mod exit;
 pub mod netaddr;
 #[cfg(test)]
 pub(crate) mod netsim;
-pub mod portmap;
 pub mod probe;
 pub mod punch;
 pub mod punch_io;
