@@ -188,6 +188,54 @@ pub struct ServerReport {
     pub problems: Vec<String>,
 }
 
+/// How the NAT picks public ports (issue: port prediction for hard NATs).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PortAllocation {
+    /// `preserving` (public port = local port), `sequential` (each new mapping moves by
+    /// `delta`), `random`, or `unknown` (too few mappings seen).
+    pub kind: &'static str,
+    /// The step between consecutive mappings, for `sequential`.
+    pub delta: Option<i32>,
+}
+
+/// Classifies port allocation from the mappings one local socket got towards successive
+/// destinations (RFC 4787 §4.2.1 port preservation; consecutive allocation is what port
+/// prediction exploits).
+pub fn port_allocation(local_port: Option<u16>, mappings: &[u16]) -> PortAllocation {
+    let unknown = PortAllocation {
+        kind: "unknown",
+        delta: None,
+    };
+    let Some(&first) = mappings.first() else {
+        return unknown;
+    };
+    if local_port == Some(first) && mappings.iter().all(|&m| m == first) {
+        return PortAllocation {
+            kind: "preserving",
+            delta: None,
+        };
+    }
+    if mappings.len() < 3 {
+        return unknown;
+    }
+    let deltas: Vec<i32> = mappings
+        .windows(2)
+        .map(|w| w[1] as i32 - w[0] as i32)
+        .collect();
+    // Small equal steps: a sequential allocator (possibly with other hosts' mappings in
+    // between it would differ; two equal steps out of two is the evidence asked for).
+    if deltas.iter().all(|&d| d == deltas[0]) && deltas[0] != 0 && deltas[0].abs() <= 64 {
+        return PortAllocation {
+            kind: "sequential",
+            delta: Some(deltas[0]),
+        };
+    }
+    PortAllocation {
+        kind: "random",
+        delta: None,
+    }
+}
+
 /// One router on the path, found with a TTL-limited probe.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Hop {
@@ -233,6 +281,8 @@ pub struct Observations {
     pub hairpinning: Option<bool>,
     /// Whether the NAT kept the local port.
     pub port_preserved: Option<bool>,
+    /// How public ports are allocated.
+    pub port_allocation: PortAllocation,
     /// Routers on the path.
     pub hops: Vec<Hop>,
     /// Binding lifetime, when searched.
@@ -1114,6 +1164,22 @@ impl Prober {
             (Some(_), Some(_), Some(false)) => Some(true),
             _ => None,
         };
+        // The main socket's mappings towards the primary, then the alternate address and
+        // port (tests I, II, III of RFC 5780 §4.3), in the order they were created.
+        let mut seq: Vec<u16> = mapped.map(|m| m.port()).into_iter().collect();
+        for o in [self.map2, self.map3] {
+            if let Outcome::Got(m) = o {
+                seq.push(m.port());
+            }
+        }
+        let port_allocation = if behind == Some(true) {
+            port_allocation(local.map(|l| l.port()), &seq)
+        } else {
+            PortAllocation {
+                kind: "preserving",
+                delta: None,
+            }
+        };
         let lifetime = (!self.lifetime.is_empty()).then(|| Lifetime {
             alive_s: self
                 .lifetime
@@ -1143,6 +1209,7 @@ impl Prober {
             filtering_note,
             hairpinning,
             port_preserved,
+            port_allocation,
             hops,
             lifetime,
             servers: self.servers.clone(),

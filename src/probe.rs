@@ -98,6 +98,8 @@ pub struct NatprobeReport {
     pub hairpinning: Option<bool>,
     /// Port preservation.
     pub port_preserved: Option<bool>,
+    /// Port allocation pattern (`kind`, `delta`).
+    pub port_allocation: crate::classify::PortAllocation,
     /// Longest idle gap the mapping survived (seconds; only with `--lifetime`).
     pub binding_lifetime_s: Option<u64>,
     /// The bracket found by the lifetime search.
@@ -528,6 +530,10 @@ fn build_report(
         filtering_note: Some("no server could be resolved".into()),
         hairpinning: None,
         port_preserved: None,
+        port_allocation: crate::classify::PortAllocation {
+            kind: "unknown",
+            delta: None,
+        },
         hops: Vec::new(),
         lifetime: None,
         servers: Vec::new(),
@@ -564,6 +570,7 @@ fn build_report(
         filtering_note: obs.filtering_note,
         hairpinning: obs.hairpinning,
         port_preserved: obs.port_preserved,
+        port_allocation: obs.port_allocation,
         binding_lifetime_s: obs.lifetime.and_then(|l| l.alive_s),
         binding_lifetime: obs.lifetime,
         hops: obs.hops,

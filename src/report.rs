@@ -173,6 +173,15 @@ impl Human for crate::probe::NatprobeReport {
             )?;
             row(w, "hairpinning", yes_no(self.hairpinning))?;
             row(w, "port kept", yes_no(self.port_preserved))?;
+            let pa = &self.port_allocation;
+            row(
+                w,
+                "ports",
+                match pa.delta {
+                    Some(d) => format!("{} (step {d})", pa.kind),
+                    None => pa.kind.to_string(),
+                },
+            )?;
             row(
                 w,
                 "CGNAT",

@@ -236,6 +236,10 @@ mod tests {
             filtering_note: None,
             hairpinning: None,
             port_preserved: None,
+            port_allocation: crate::classify::PortAllocation {
+                kind: "unknown",
+                delta: None,
+            },
             hops: hops
                 .iter()
                 .map(|(t, a)| Hop {

@@ -68,6 +68,12 @@ fn kind_matches(kind: Kind, mapping: &str, filtering: &str) {
         assert_eq!(r.json["cgnat"], false);
         assert_eq!(r.json["servers"][0]["rfc5780"], true);
         assert_eq!(r.json["port_preserved"], kind != Kind::Symmetric);
+        let alloc = if kind == Kind::Symmetric {
+            "random"
+        } else {
+            "preserving"
+        };
+        assert_eq!(r.json["port_allocation"]["kind"], alloc, "{}", r.json);
         assert_eq!(
             r.json["mapped_addr"]
                 .as_str()

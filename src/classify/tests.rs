@@ -262,6 +262,32 @@ fn classifies_every_rfc4787_combination() {
 }
 
 #[test]
+fn port_allocation_patterns() {
+    // The simulated symmetric NAT allocates sequentially with a step of 7.
+    let mut w = world(AddressAndPortDependent, AddressAndPortDependent);
+    let (o, _) = run(&mut w, cfg());
+    assert_eq!(
+        o.port_allocation,
+        PortAllocation {
+            kind: "sequential",
+            delta: Some(7)
+        }
+    );
+    let mut w = world(EndpointIndependent, AddressAndPortDependent);
+    let (o, _) = run(&mut w, cfg());
+    assert_eq!(o.port_allocation.kind, "preserving");
+    assert_eq!(port_allocation(Some(1), &[40000, 12, 61000]).kind, "random");
+    assert_eq!(port_allocation(Some(1), &[40000]).kind, "unknown");
+    assert_eq!(
+        port_allocation(Some(5), &[100, 98, 96]),
+        PortAllocation {
+            kind: "sequential",
+            delta: Some(-2)
+        }
+    );
+}
+
+#[test]
 fn no_nat_is_mapping_none() {
     let mut w = world(Behaviour::None, EndpointIndependent);
     let (o, _) = run(&mut w, cfg());
