@@ -25,6 +25,9 @@ pub struct Nat {
     pub udp_blocked: bool,
     pub lifetime: Option<Duration>,
     last_used: HashMap<u16, Instant>,
+    /// Ports that a forgotten binding held and that a stray inbound packet now blocks: a Linux
+    /// NAT whose conntrack was flushed picks another port for the same flow.
+    taken: HashSet<u16>,
 }
 
 impl Nat {
@@ -42,7 +45,17 @@ impl Nat {
             udp_blocked: false,
             lifetime: None,
             last_used: HashMap::new(),
+            taken: HashSet::new(),
         }
+    }
+
+    /// Forgets every binding (a conntrack flush or a router reboot); new bindings get new
+    /// ports.
+    pub fn forget(&mut self) {
+        self.taken.extend(self.rev.keys().copied());
+        self.map.clear();
+        self.rev.clear();
+        self.last_used.clear();
     }
 
     fn expire(&mut self, now: Instant) {
@@ -85,7 +98,10 @@ impl Nat {
         let port = if let Some(&p) = self.map.get(&key) {
             p
         } else {
-            let p = if !self.random_ports && !self.rev.contains_key(&src.port()) {
+            let p = if !self.random_ports
+                && !self.rev.contains_key(&src.port())
+                && !self.taken.contains(&src.port())
+            {
                 src.port()
             } else {
                 self.next_port += 7;

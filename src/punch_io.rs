@@ -132,9 +132,27 @@ struct LinkState {
     relay: SocketAddr,
     session: SessionId,
     monitor: crate::punch::PathMonitor,
+    /// When the current path was chosen.
+    since: Instant,
+    /// The peer sends its QUIC packets through the relay although we are direct: its side of
+    /// the direct path is dead, so ours is too.
+    peer_left_direct: bool,
 }
 
 impl LinkState {
+    fn set_path(&mut self, path: PathKind, now: Instant) {
+        self.path = path;
+        self.monitor = crate::punch::PathMonitor::new(now);
+        self.since = now;
+        self.peer_left_direct = false;
+    }
+
+    /// Whether the direct path is dead: unanswered, or abandoned by the peer.
+    fn direct_is_dead(&self, now: Instant) -> bool {
+        matches!(self.path, PathKind::Direct(_))
+            && (self.monitor.is_stalled(now) || self.peer_left_direct)
+    }
+
     fn wrap(&self, bytes: &[u8]) -> (SocketAddr, Vec<u8>) {
         match self.path {
             PathKind::Direct(p) => (p, bytes.to_vec()),
@@ -342,12 +360,50 @@ async fn demux(
             }
             PathKind::Direct(_) if direct => l.monitor.on_rx(now),
             PathKind::Relay if !direct => l.monitor.on_rx(now),
+            // Relayed packets still in flight when we switched are not a signal.
+            PathKind::Direct(_) if now.saturating_duration_since(l.since) > FOLLOW_GRACE => {
+                l.peer_left_direct = true
+            }
             _ => {}
         }
     }
     // A full QUIC queue drops the datagram rather than stalling control traffic.
     let _ = quic.try_send(d);
     true
+}
+
+/// How long after a switch to the direct path relayed packets from the peer are still
+/// expected (in flight, or the peer switching a moment later).
+const FOLLOW_GRACE: Duration = Duration::from_secs(1);
+
+/// Moves the link to `path` and describes the change for the user.
+fn switch_path(
+    link: &Mutex<LinkState>,
+    wire: &Wire,
+    relay: SocketAddr,
+    path: PathKind,
+    probes: u32,
+    t0: Instant,
+) -> Event {
+    if let Ok(mut l) = link.lock() {
+        l.set_path(path, Instant::now());
+    }
+    let (p, peer) = match path {
+        PathKind::Direct(a) => ("direct", a),
+        PathKind::Relay => ("relay", relay),
+    };
+    let method = if wire.over_tcp() && path == PathKind::Relay {
+        "tcp"
+    } else {
+        "udp"
+    };
+    Event::Connected {
+        path: p,
+        method,
+        peer,
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+        probes,
+    }
 }
 
 fn local_ip_towards(dst: SocketAddr) -> Option<IpAddr> {
@@ -481,6 +537,8 @@ where
         relay,
         session,
         monitor: crate::punch::PathMonitor::new(Instant::now()),
+        since: Instant::now(),
+        peer_left_direct: false,
     }));
     let wire = Arc::new(Wire {
         sock: sock.clone(),
@@ -559,26 +617,7 @@ where
                 }
                 PunchEvent::RelayData(d) => early.push_back(d),
                 PunchEvent::Path { path, probes } => {
-                    if let Ok(mut l) = link.lock() {
-                        l.path = path;
-                        l.monitor = crate::punch::PathMonitor::new(Instant::now());
-                    }
-                    let (p, peer) = match path {
-                        PathKind::Direct(a) => ("direct", a),
-                        PathKind::Relay => ("relay", relay),
-                    };
-                    let method = if wire.over_tcp() && path == PathKind::Relay {
-                        "tcp"
-                    } else {
-                        "udp"
-                    };
-                    on_event(&Event::Connected {
-                        path: p,
-                        method,
-                        peer,
-                        elapsed_ms: t0.elapsed().as_millis() as u64,
-                        probes,
-                    });
+                    on_event(&switch_path(&link, &wire, relay, path, probes, t0));
                 }
             }
         }
@@ -658,33 +697,24 @@ where
     // Keep the control plane alive (relay keepalives and pings, late PAKE answers).
     let on_event = Arc::new(Mutex::new(on_event));
     let control_events = on_event.clone();
+    let path_changed = Arc::new(tokio::sync::Notify::new());
+    let nudge = path_changed.clone();
     let control = tokio::spawn(async move {
         loop {
-            // A direct path that stopped answering falls back to the relay; QUIC only sees a
-            // stall, never a new peer address.
-            let fell_back = match c.link.lock() {
-                Ok(mut l) => {
-                    let dead = matches!(l.path, PathKind::Direct(_))
-                        && l.monitor.is_stalled(Instant::now());
-                    if dead {
-                        l.path = PathKind::Relay;
-                        l.monitor = crate::punch::PathMonitor::new(Instant::now());
-                    }
-                    dead
-                }
-                Err(_) => false,
-            };
-            if fell_back {
-                c.puncher.refresh(Instant::now());
+            // A direct path that stopped answering falls back to the relay, and the puncher
+            // keeps trying to upgrade; QUIC only sees a stall, never a new peer address.
+            let now = Instant::now();
+            if c.link.lock().is_ok_and(|l| l.direct_is_dead(now)) {
+                c.puncher.path_failed(now);
                 c.flush().await;
-                if let Ok(mut f) = control_events.lock() {
-                    (*f)(&Event::Connected {
-                        path: "relay",
-                        method: "udp",
-                        peer: relay,
-                        elapsed_ms: t0.elapsed().as_millis() as u64,
-                        probes: 0,
-                    });
+            }
+            while let Some(e) = c.puncher.poll_event() {
+                if let PunchEvent::Path { path, probes } = e {
+                    let ev = switch_path(&c.link, &c.wire, relay, path, probes, t0);
+                    nudge.notify_one();
+                    if let Ok(mut f) = control_events.lock() {
+                        (*f)(&ev);
+                    }
                 }
             }
             let wake = c
@@ -727,6 +757,7 @@ where
         opts.keepalive,
         opts.mode,
         listener,
+        path_changed,
         input,
         output,
     )

@@ -163,6 +163,7 @@ pub async fn run<R, W>(
     keepalive: Duration,
     mode: Mode,
     listener: Option<tokio::net::TcpListener>,
+    path_changed: Arc<tokio::sync::Notify>,
     input: R,
     output: W,
 ) -> Result<(u64, u64), PunchError>
@@ -171,6 +172,18 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (conn, ep) = establish(role, socket, peer, cert, peer_fp, keepalive).await?;
+    // After a path change, send one ack-eliciting packet at once: its acknowledgement tells
+    // the peer where we are now and resets QUIC's probe timer, instead of waiting for a
+    // backed-off PTO (RFC 9002 §6.2) that may be seconds away after a stall.
+    let nudger = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            loop {
+                path_changed.notified().await;
+                let _ = conn.send_datagram(vec![0u8].into());
+            }
+        })
+    };
     let totals = Arc::new(Totals::default());
     let r = match mode {
         Mode::Pipe => {
@@ -192,6 +205,7 @@ where
             }
         },
     };
+    nudger.abort();
     conn.close(0u32.into(), b"done");
     ep.wait_idle().await;
     r?;

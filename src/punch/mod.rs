@@ -2,8 +2,10 @@
 //! the peers' candidate addresses ([`Checks`]), and the [`Puncher`] that runs both on one UDP
 //! socket and decides between a direct path and the relay.
 //!
-//! Only the building blocks exist so far: the `punch` binary (PAKE, QUIC transport, stdin/stdout
-//! piping) is not built yet.
+//! While the relay carries the session, the connector keeps asking the relay for new start
+//! signals ([`UPGRADE_FIRST`], doubling up to [`UPGRADE_MAX`]) and both sides re-run the
+//! checks; a check that succeeds moves the session to the direct path (RFC 8445 §9 "keepalive
+//! and upgrade" in spirit: the relay is the last resort, not a final state).
 
 pub mod code;
 pub mod pake;
@@ -31,6 +33,13 @@ pub const OPENING_TTLS: [u8; 2] = [2, 3];
 /// Time between the opening packets and the first full probe round: covers the start-time
 /// difference between the two sides.
 pub const OPENING_LEAD: Duration = Duration::from_millis(50);
+
+/// First retry of a direct path after falling back to the relay: a NAT that just forgot its
+/// bindings usually accepts a fresh punch at once.
+pub const UPGRADE_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between upgrade attempts: each costs a few probes per candidate, and a pair
+/// that failed several times (symmetric NATs) rarely changes quickly.
+pub const UPGRADE_MAX: Duration = Duration::from_secs(60);
 
 /// A datagram to send from the punch socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +374,13 @@ impl Checks {
         }
     }
 
+    /// Fresh checks towards the same targets (an upgrade attempt after a fallback).
+    pub fn renewed(&self) -> Checks {
+        let mut c = Checks::new(self.session, self.bound);
+        c.targets = self.targets.clone();
+        c
+    }
+
     /// Adds candidate addresses of the peer.
     pub fn add_targets(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
         for a in addrs {
@@ -546,6 +562,8 @@ pub struct Puncher {
     role: Role,
     path: Option<PathKind>,
     start_pending: Option<Instant>,
+    upgrade_at: Option<Instant>,
+    upgrade_wait: Duration,
     events: VecDeque<PunchEvent>,
 }
 
@@ -558,13 +576,54 @@ impl Puncher {
             rv: RvClient::new(cfg, now),
             path: None,
             start_pending: None,
+            upgrade_at: None,
+            upgrade_wait: UPGRADE_FIRST,
             events: VecDeque::new(),
         }
     }
 
+    /// While on the relay, the connector schedules the next upgrade attempt.
+    fn schedule_upgrade(&mut self, now: Instant) {
+        if self.role == Role::Connector && self.upgrade_at.is_none() {
+            self.upgrade_at = Some(now + self.upgrade_wait);
+            self.upgrade_wait = (self.upgrade_wait * 2).min(UPGRADE_MAX);
+        }
+    }
+
+    /// The driver saw the direct path die (the peer stopped answering, or answers only
+    /// through the relay): carry the session through the relay, re-register (our observed
+    /// address may have changed) and try a direct path again soon.
+    pub fn path_failed(&mut self, now: Instant) {
+        if self.path == Some(PathKind::Relay) {
+            return;
+        }
+        self.path = Some(PathKind::Relay);
+        self.events.push_back(PunchEvent::Path {
+            path: PathKind::Relay,
+            probes: 0,
+        });
+        self.rv.refresh(now);
+        self.upgrade_wait = UPGRADE_FIRST;
+        self.upgrade_at = None;
+        self.schedule_upgrade(now);
+    }
+
     fn drive(&mut self, now: Instant) {
+        if self.upgrade_at.is_some_and(|t| t <= now) {
+            self.upgrade_at = None;
+            if self.path == Some(PathKind::Relay) {
+                if self.checks.is_done() {
+                    self.rv.sync(now);
+                }
+                // Also covers a start signal that never comes.
+                self.schedule_upgrade(now);
+            }
+        }
         if self.start_pending.is_some_and(|t| t <= now) {
             self.start_pending = None;
+            if self.checks.is_done() && self.path == Some(PathKind::Relay) {
+                self.checks = self.checks.renewed();
+            }
             self.checks.start_at(now);
             self.checks.handle_timeout(now);
         }
@@ -611,6 +670,13 @@ impl Puncher {
             if self.path != Some(path) {
                 self.path = Some(path);
                 self.events.push_back(PunchEvent::Path { path, probes });
+            }
+            match path {
+                PathKind::Relay => self.schedule_upgrade(now),
+                PathKind::Direct(_) => {
+                    self.upgrade_at = None;
+                    self.upgrade_wait = UPGRADE_FIRST;
+                }
             }
         }
     }
@@ -666,6 +732,7 @@ impl Puncher {
             self.rv.poll_timeout(),
             self.checks.poll_timeout(),
             self.start_pending,
+            self.upgrade_at,
         ]
         .into_iter()
         .flatten()

@@ -297,3 +297,63 @@ fn path_monitor_needs_unanswered_sending_to_declare_a_stall() {
     m.on_rx(t1 + STALL * 2);
     assert!(!m.is_stalled(t1 + STALL * 3));
 }
+
+/// Regression (CI, conntrack flush mid-transfer): after the listener's NAT forgets its
+/// bindings and renumbers, the session falls back to the relay and then upgrades to a new
+/// direct path on its own.
+#[test]
+fn a_forgotten_binding_falls_back_then_upgrades_to_direct() {
+    let (mut n, took) = punch((Ei, Apd), (Ei, Apd));
+    assert!(is_direct(&n));
+    let t1 = Instant::now() + took + Duration::from_secs(5);
+    n.sides[0].nat.forget();
+    for s in n.sides.iter_mut() {
+        s.p.path_failed(t1);
+    }
+    let mut now = t1;
+    n.flush(now);
+    assert!(n
+        .sides
+        .iter()
+        .all(|s| matches!(s.path, Some((PathKind::Relay, _)))));
+    while !is_direct(&n) && now < t1 + Duration::from_secs(10) {
+        n.step(&mut now);
+    }
+    assert!(
+        is_direct(&n),
+        "{:?}",
+        n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
+    );
+    // The listener's new public port differs from the one it had before.
+    let Some((PathKind::Direct(p), _)) = n.sides[1].path else {
+        unreachable!()
+    };
+    assert_ne!(p.port(), 5000);
+    assert!(
+        now - t1 < UPGRADE_FIRST + Duration::from_secs(1),
+        "{:?}",
+        now - t1
+    );
+}
+
+/// A pair that cannot go direct keeps retrying, but less and less often.
+#[test]
+fn upgrade_attempts_back_off_on_a_pair_that_cannot_go_direct() {
+    let (mut n, took) = punch((Apd, Apd), (Ei, Apd));
+    let t1 = Instant::now() + took;
+    let mut now = t1;
+    let mut starts = 0;
+    while now < t1 + Duration::from_secs(120) {
+        let was_done = n.sides[1].p.checks.is_done();
+        n.step(&mut now);
+        if was_done && !n.sides[1].p.checks.is_done() {
+            starts += 1;
+        }
+    }
+    // 1, 2, 4, 8, 16, 32, 60 s gaps (+3 s of checks each): about 6 attempts in two minutes.
+    assert!((4..=8).contains(&starts), "{starts} attempts");
+    assert!(n
+        .sides
+        .iter()
+        .all(|s| matches!(s.path, Some((PathKind::Relay, _)))));
+}
