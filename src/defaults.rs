@@ -116,3 +116,25 @@ pub const RELAY_IDLE_SECS: u64 = 60;
 pub const RELAY_DIALBACKS_PER_MIN: u32 = 10;
 /// Relay: how long the relay waits for a pong before starting with the RTTs it has.
 pub const RELAY_PONG_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long portmap waits for a router before calling a protocol unavailable. Routers answer
+/// on the LAN within milliseconds; three retransmissions (125, 250 ms) fit, and `portmap
+/// probe` must say "none" within a second (natpmpc takes up to 128 s, upnpc 2 s).
+pub const PORTMAP_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// First NAT-PMP/PCP retransmission timeout on the LAN. RFC 6886 §3.1 and RFC 6887 §8.1.1 say
+/// 250 ms / 3 s for the general case; a gateway one hop away answers in well under 10 ms.
+pub const PORTMAP_RTO: Duration = Duration::from_millis(125);
+
+/// Default lease: RFC 6886 §3.3 recommends 7200 s for a new mapping.
+pub const PORTMAP_LIFETIME: Duration = Duration::from_secs(7200);
+
+/// Time for a UPnP SOAP call (HTTP on the LAN) before giving up on the router.
+pub const UPNP_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// With --keep, how often the router's epoch / the mapping is checked between renewals, so a
+/// restarted router is noticed quickly (the renewal itself is at half the lease, RFC 6886 §3.3).
+pub const PORTMAP_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long --verify waits for the relay's connection from outside.
+pub const PORTMAP_VERIFY_TIMEOUT: Duration = Duration::from_secs(3);

@@ -10,6 +10,8 @@ pub mod exit;
 pub mod netaddr;
 #[cfg(test)]
 pub(crate) mod netsim;
+pub mod portmap;
+pub mod portmap_io;
 pub mod probe;
 pub mod punch;
 pub mod punch_io;

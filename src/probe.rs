@@ -42,6 +42,8 @@ pub struct ProbeOptions {
     pub first_timeout: Duration,
     /// Search the binding lifetime up to this gap.
     pub lifetime_max: Option<Duration>,
+    /// Also ask the default gateway which port-mapping protocols it speaks.
+    pub portmap: bool,
 }
 
 /// One server in the report.
@@ -114,6 +116,9 @@ pub struct NatprobeReport {
     pub tried: Vec<String>,
     /// Datagrams ignored and why (junk, wrong transaction, bogus source).
     pub ignored: Vec<String>,
+    /// The router's port-mapping protocols (`portmap probe`; null with --no-portmap or
+    /// without a default gateway).
+    pub portmap: Option<crate::portmap_io::ProbeReport>,
     /// Wall time of the run.
     pub elapsed_ms: u64,
 }
@@ -256,15 +261,26 @@ pub async fn run(
     if let Some(first) = addrs.first().copied() {
         addrs.retain(|a| a.is_ipv4() == first.is_ipv4());
     }
-    let obs = if addrs.is_empty() {
-        None
-    } else {
-        let mut cfg = ProbeConfig::new(addrs.clone());
-        cfg.first_timeout = opts.first_timeout;
-        cfg.lifetime_max = opts.lifetime_max;
-        Some(drive(cfg, &mut tried, &mut progress).await?)
+    let stun = async {
+        if addrs.is_empty() {
+            Ok(None)
+        } else {
+            let mut cfg = ProbeConfig::new(addrs.clone());
+            cfg.first_timeout = opts.first_timeout;
+            cfg.lifetime_max = opts.lifetime_max;
+            drive(cfg, &mut tried, &mut progress).await.map(Some)
+        }
     };
-    Ok(build_report(obs, entries, tried, t0.elapsed()))
+    // The router's port-mapping protocols, asked at the same time (read-only).
+    let portmap = async {
+        if !opts.portmap {
+            return None;
+        }
+        let ctx = crate::portmap_io::Ctx::new(None, defaults::PORTMAP_TIMEOUT, None).ok()?;
+        Some(crate::portmap_io::probe(&ctx).await)
+    };
+    let (obs, portmap) = tokio::join!(stun, portmap);
+    Ok(build_report(obs?, entries, tried, t0.elapsed(), portmap))
 }
 
 /// Joins futures without pulling in the `futures` crate: spawn each on the local runtime.
@@ -516,6 +532,7 @@ fn build_report(
     mut entries: Vec<ServerEntry>,
     mut tried: Vec<String>,
     elapsed: Duration,
+    portmap: Option<crate::portmap_io::ProbeReport>,
 ) -> NatprobeReport {
     let obs = obs.unwrap_or_else(|| Observations {
         udp: false,
@@ -553,8 +570,12 @@ fn build_report(
     if obs.udp {
         tried.clear();
     }
-    let cg: CgnatFinding = verdict::cgnat(&obs, None);
-    let v = verdict::verdict(&obs, &cg);
+    let router_external = portmap.as_ref().and_then(|p| p.external_ip);
+    let cg: CgnatFinding = verdict::cgnat(&obs, router_external);
+    let mut v = verdict::verdict(&obs, &cg);
+    if let Some(p) = &portmap {
+        verdict::portmap_advice(&mut v, &cg, p);
+    }
     NatprobeReport {
         schema: SCHEMA,
         udp: obs.udp,
@@ -578,6 +599,7 @@ fn build_report(
         verdict: v,
         tried,
         ignored: obs.ignored,
+        portmap,
         elapsed_ms: elapsed.as_millis() as u64,
     }
 }

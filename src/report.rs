@@ -194,6 +194,18 @@ impl Human for crate::probe::NatprobeReport {
             for e in &self.cgnat_evidence {
                 writeln!(w, "                · {e}")?;
             }
+            if let Some(p) = &self.portmap {
+                let v = if p.available.is_empty() {
+                    "none answers".to_string()
+                } else {
+                    let ext = p
+                        .external_ip
+                        .map(|ip| format!(", router's external address {ip}"))
+                        .unwrap_or_default();
+                    format!("{}{ext}", p.available.join(", "))
+                };
+                row(w, "port mapping", v)?;
+            }
             if let Some(l) = &self.binding_lifetime {
                 let s = match (l.alive_s, l.expired_s) {
                     (Some(a), Some(e)) => format!("between {a} s and {e} s idle"),

@@ -72,6 +72,27 @@ pub fn cgnat(o: &Observations, router_external: Option<std::net::IpAddr>) -> Cgn
     f
 }
 
+/// What the router's port-mapping protocols add to the verdict: a way to host when the NAT
+/// filters, or the reason a mapping cannot help (a second NAT in front of the router).
+pub fn portmap_advice(v: &mut Verdict, cg: &CgnatFinding, p: &crate::portmap_io::ProbeReport) {
+    if p.available.is_empty() {
+        return;
+    }
+    let list = p.available.join(", ");
+    if let Some(why) = &p.why {
+        v.reasons
+            .push(format!("your router speaks {list}, but {why}"));
+    } else if cg.cgnat {
+        v.reasons.push(format!(
+            "your router speaks {list}, but a port mapping on it cannot make this host              reachable: a carrier-grade NAT sits in front of it"
+        ));
+    } else if !v.can_host {
+        v.advice.push(format!(
+            "your router speaks {list}: `portmap add PORT` asks it to forward a port to this              machine (add --verify --relay HOST to check from outside)"
+        ));
+    }
+}
+
 fn describe_filtering(f: Behaviour) -> &'static str {
     match f {
         Behaviour::EndpointIndependent => {

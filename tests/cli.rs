@@ -84,6 +84,7 @@ fn help_is_pinned() {
         ("natprobe", env!("CARGO_BIN_EXE_natprobe")),
         ("relay", env!("CARGO_BIN_EXE_relay")),
         ("punch", env!("CARGO_BIN_EXE_punch")),
+        ("portmap", env!("CARGO_BIN_EXE_portmap")),
     ] {
         let out = Command::new(exe)
             .arg("--help")
@@ -182,4 +183,30 @@ fn json_never_has_colour() {
         .output()
         .unwrap();
     assert!(!out.stdout.contains(&0x1b));
+}
+
+/// portmap: bad input is a usage error (exit 2) before anything is sent to a router.
+#[test]
+fn portmap_bad_input_exits_2() {
+    for args in [
+        &["add"][..],
+        &["add", "0"],
+        &["add", "70000"],
+        &["add", "80", "--proto", "sctp"],
+        &["add", "80", "--via", "smoke"],
+        &["add", "80", "--verify"],
+        &["delete"],
+        &["delete", "80", "--all-mine"],
+        &["--gateway", "not-an-ip", "probe"],
+        &["probe", "--timeout", "0"],
+        &["add", "80", "--verify", "--relay", "a b"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portmap"))
+            .args(args)
+            .env("NATKIT_PORTMAP_STATE", "/nonexistent/natkit-test/portmap.json")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
 }

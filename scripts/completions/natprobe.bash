@@ -23,7 +23,7 @@ _natprobe() {
 
     case "${cmd}" in
         natprobe)
-            opts="-s -v -h -V --server --json --timeout --lifetime --lifetime-max --color --verbose --help --version"
+            opts="-s -v -h -V --server --json --timeout --lifetime --lifetime-max --no-portmap --color --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

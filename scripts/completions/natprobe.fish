@@ -6,6 +6,7 @@ always\t'Always colour (never with `--json`)'
 never\t'Never colour'"
 complete -c natprobe -l json -d 'Print one JSON object (stable keys, `schema` version) instead of text'
 complete -c natprobe -l lifetime -d 'Also measure how long an idle mapping survives (takes up to --lifetime-max)'
+complete -c natprobe -l no-portmap -d 'Do not ask the router which port-mapping protocols (PCP, NAT-PMP, UPnP IGD) it speaks'
 complete -c natprobe -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c natprobe -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c natprobe -s V -l version -d 'Print version'

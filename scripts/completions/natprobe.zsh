@@ -24,6 +24,7 @@ always\:"Always colour (never with \`--json\`)"
 never\:"Never colour"))' \
 '--json[Print one JSON object (stable keys, \`schema\` version) instead of text]' \
 '--lifetime[Also measure how long an idle mapping survives (takes up to --lifetime-max)]' \
+'--no-portmap[Do not ask the router which port-mapping protocols (PCP, NAT-PMP, UPnP IGD) it speaks]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
 '-h[Print help (see more with '\''--help'\'')]' \
