@@ -141,6 +141,9 @@ pub enum ExternalKind {
     Private,
     /// RFC 6598 100.64.0.0/10: the carrier's NAT (CGNAT) sits in front of the router.
     Cgnat,
+    /// A public address that is not the router's own (it forwards packets sent to it): the
+    /// router learned it from outside (e.g. by STUN) and another NAT sits in front of it.
+    NotRouters,
 }
 
 impl ExternalKind {
@@ -170,6 +173,13 @@ impl ExternalKind {
                  it (double NAT), so a mapping here cannot make this host reachable; map the \
                  port on the outer router too, or use punch"
             )),
+            ExternalKind::NotRouters => Some(format!(
+                "the router reports {ip} as its external address, but {ip} is not the \
+                 router's own: it forwards packets sent there, so another NAT (e.g. the \
+                 provider's carrier-grade NAT) sits in front of it (double NAT), and a mapping \
+                 here cannot make this host reachable; use punch, or ask the provider for a \
+                 public address"
+            )),
             ExternalKind::Cgnat => Some(format!(
                 "the router's external address {ip} is in the carrier-grade NAT range \
                  100.64.0.0/10: the provider's NAT sits in front of it, so a mapping here \
@@ -177,6 +187,51 @@ impl ExternalKind {
                  (or PCP on its NAT), or use punch"
             )),
         }
+    }
+}
+
+/// Whether the router itself owns `ext` (RFC 792): a datagram to it with TTL 1 is delivered
+/// to the router (a port-unreachable from `ext`, or silence) when `ext` is the router's own
+/// address, and dies on the router with a Time Exceeded when the router has to forward it —
+/// then the address belongs to a NAT further out. Only the gateway sees these packets.
+/// `None` when nothing came back.
+async fn router_owns(ext: Ipv4Addr) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await.ok()?;
+    s.set_ttl(1).ok()?;
+    crate::probe::set_recverr(&s);
+    let fd = s.as_raw_fd();
+    let deadline = Instant::now() + Duration::from_millis(300);
+    for _ in 0..3 {
+        // Port 9 (discard): nothing should answer with data.
+        let _ = s.send_to(b"natkit", (ext, 9)).await;
+        while Instant::now() < deadline {
+            let r = tokio::time::timeout(
+                Duration::from_millis(100),
+                s.async_io(tokio::io::Interest::ERROR, || {
+                    crate::probe::read_errqueue(fd)
+                        .ok_or_else(|| std::io::ErrorKind::WouldBlock.into())
+                }),
+            )
+            .await;
+            match r {
+                Ok(Ok((_, 11, _))) => return Some(false),
+                Ok(Ok((ip, 3, _))) if ip == IpAddr::V4(ext) => return Some(true),
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    None
+}
+
+/// Classifies the router's external address, checking that a public one is its own.
+async fn classify_external(ip: IpAddr) -> ExternalKind {
+    match (ExternalKind::of(ip), ip) {
+        (ExternalKind::Public, IpAddr::V4(v4)) if router_owns(v4).await == Some(false) => {
+            ExternalKind::NotRouters
+        }
+        (k, _) => k,
     }
 }
 
@@ -528,7 +583,10 @@ pub async fn probe(ctx: &Ctx) -> ProbeReport {
         }
     }
     let external_ip = natpmp.external_ip.or(upnp.external_ip);
-    let external_kind = external_ip.map(ExternalKind::of);
+    let external_kind = match external_ip {
+        Some(ip) => Some(classify_external(ip).await),
+        None => None,
+    };
     let why = match (external_ip, external_kind) {
         _ if available.is_empty() => Some(
             "the router answers none of PCP, NAT-PMP and UPnP IGD: switch one on in its \
@@ -579,7 +637,10 @@ pub async fn external_ip(ctx: &Ctx) -> ExternalIpReport {
         (None, Some(ip)) => (Some(ip), Some("upnp")),
         _ => (None, None),
     };
-    let kind = ip.map(ExternalKind::of);
+    let kind = match ip {
+        Some(ip) => Some(classify_external(ip).await),
+        None => None,
+    };
     ExternalIpReport {
         schema: SCHEMA,
         gateway: ctx.gateway,
@@ -1027,10 +1088,15 @@ pub async fn add(ctx: &Ctx, req: MapRequest, via: Via) -> AddReport {
             notes.push(format!("could not record the mapping: {e}"));
         }
     }
-    let kind = mapping
-        .as_ref()
-        .and_then(|m| m.external_ip)
-        .map(|ip| (ip, ExternalKind::of(ip)));
+    let ext = match &mapping {
+        Some(m) => m.external_ip,
+        // Refused everywhere: the router's address may say why (double NAT).
+        None => probe_natpmp(ctx).await.external_ip,
+    };
+    let kind = match ext {
+        Some(ip) => Some((ip, classify_external(ip).await)),
+        None => None,
+    };
     AddReport {
         schema: SCHEMA,
         ok: mapping.is_some(),

@@ -415,7 +415,7 @@ async fn drive(
     Ok(obs)
 }
 
-fn set_recverr(s: &UdpSocket) {
+pub(crate) fn set_recverr(s: &UdpSocket) {
     let on: libc::c_int = 1;
     // SAFETY: setsockopt on a valid fd with a correctly sized int option.
     unsafe {
@@ -431,7 +431,7 @@ fn set_recverr(s: &UdpSocket) {
 
 /// Reads one entry of the socket's error queue (IP_RECVERR): the router that sent an ICMP
 /// Time Exceeded and the quoted payload of our datagram.
-fn read_errqueue(fd: i32) -> Option<(IpAddr, u8, Vec<u8>)> {
+pub(crate) fn read_errqueue(fd: i32) -> Option<(IpAddr, u8, Vec<u8>)> {
     let mut data = [0u8; defaults::MAX_DATAGRAM];
     let mut ctrl = [0u8; 512];
     // SAFETY: all pointers reference live stack buffers sized as declared; the kernel fills

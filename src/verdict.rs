@@ -80,15 +80,18 @@ pub fn portmap_advice(v: &mut Verdict, cg: &CgnatFinding, p: &crate::portmap_io:
     }
     let list = p.available.join(", ");
     if let Some(why) = &p.why {
-        v.reasons
-            .push(format!("your router speaks {list}, but {why}"));
+        v.reasons.push(format!(
+            "your router speaks {list}, but a port mapping there cannot help: {why}"
+        ));
     } else if cg.cgnat {
         v.reasons.push(format!(
-            "your router speaks {list}, but a port mapping on it cannot make this host              reachable: a carrier-grade NAT sits in front of it"
+            "your router speaks {list}, but a port mapping on it cannot make this host \
+             reachable: a carrier-grade NAT sits in front of it"
         ));
     } else if !v.can_host {
         v.advice.push(format!(
-            "your router speaks {list}: `portmap add PORT` asks it to forward a port to this              machine (add --verify --relay HOST to check from outside)"
+            "your router speaks {list}: `portmap add PORT` asks it to forward a port to this \
+             machine (add --verify --relay HOST to check from outside)"
         ));
     }
 }

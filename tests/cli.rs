@@ -203,7 +203,10 @@ fn portmap_bad_input_exits_2() {
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_portmap"))
             .args(args)
-            .env("NATKIT_PORTMAP_STATE", "/nonexistent/natkit-test/portmap.json")
+            .env(
+                "NATKIT_PORTMAP_STATE",
+                "/nonexistent/natkit-test/portmap.json",
+            )
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

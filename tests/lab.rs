@@ -1,12 +1,18 @@
 //! Tests of the NAT lab itself (`scripts/natlab`): each kind's mapping and
 //! filtering, hairpinning, UDP blocking, CGNAT, binding timeouts, loss,
-//! teardown and isolation — with plain std sockets, independent of natkit.
+//! teardown and isolation — with plain std sockets, independent of natkit —
+//! and the routers' real miniupnpd (`--portmap-a/-b`, tests named portmap_*)
+//! with the reference clients upnpc and natpmpc.
 //!
 //! Needs root; skipped loudly without (fails under CI=true).
 
 mod common;
 
 use common::lab::{accept_timeout, in_ns, tcp_connect_from, tcp_listen_reuse, Kind, Lab};
+use common::miniupnpd::{
+    daemon_pids, lab_processes, natpmp_epoch, natpmp_public, natpmp_public_of, natpmpc, pcp_map,
+    process_alive, upnpc, PCP_NETWORK_FAILURE, PCP_SUCCESS, UPNP_HTTP_PORT,
+};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
@@ -1020,4 +1026,394 @@ fn two_labs_do_not_interfere() {
         "lab 2 reached lab 1's host"
     );
     assert!(udp_inbound(&l1, v4(l1.ip("PUB_IP2"), 5000), m_b1, &b1, POS).is_some());
+}
+
+// ------------------------------------------------------------ portmap (miniupnpd)
+// The real miniupnpd on a home router (`--portmap-a`), driven by the reference
+// clients upnpc and natpmpc and a minimal PCP request.
+
+const GW_A: &str = "192.168.1.1";
+
+/// Can a TCP connection from `node` to `to` be opened?
+fn tcp_connects(lab: &Lab, node: &str, to: SocketAddrV4) -> bool {
+    in_ns(&lab.ns(node), || {
+        std::net::TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(1)).is_ok()
+    })
+}
+
+#[test]
+fn portmap_upnp_maps_tcp_on_port_restricted() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::PortRestricted)
+        .b(Kind::None)
+        .portmap_a("all"))
+    else {
+        return;
+    };
+    let url = lab.get("A_UPNP_URL").to_string();
+    assert_eq!(url, "http://192.168.1.1:5000/rootDesc.xml");
+    assert_eq!(lab.get("A_PORTMAP"), "all");
+    assert_eq!(lab.get("B_PORTMAP"), "");
+    assert_eq!(lab.get("B_UPNP_URL"), "");
+    assert_eq!(lab.get("PORTMAP_STUN"), "203.0.113.10:3490");
+    let wan = lab.ip("A_WAN");
+    let pub_ip = lab.ip("PUB_IP");
+
+    let (ok, out) = upnpc(&lab, "a", &url, &["-s"]);
+    assert!(ok, "upnpc -s: {out}");
+    assert!(out.contains("/ctl/IPConn"), "no IGD control URL: {out}");
+    assert!(
+        out.contains(&format!("ExternalIPAddress = {wan}")),
+        "external address is not A_WAN: {out}"
+    );
+
+    let listener = in_ns(&lab.ns("a"), || TcpListener::bind("0.0.0.0:8080").unwrap());
+    let ext = v4(wan, 18080);
+    assert!(
+        tcp_inbound(&lab, pub_ip, ext, &listener).is_none(),
+        "unmapped port reachable"
+    );
+    let (ok, out) = upnpc(
+        &lab,
+        "a",
+        &url,
+        &["-e", "test", "-a", "192.168.1.2", "8080", "18080", "TCP"],
+    );
+    assert!(ok, "upnpc -a: {out}");
+    assert!(
+        out.contains(&format!(
+            "external {wan}:18080 TCP is redirected to internal 192.168.1.2:8080"
+        )),
+        "{out}"
+    );
+    let peer = tcp_inbound(&lab, pub_ip, ext, &listener).expect("mapped port not reachable");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(pub_ip));
+    // Only the mapped port is open.
+    assert!(tcp_inbound(&lab, pub_ip, v4(wan, 18081), &listener).is_none());
+
+    let (ok, out) = upnpc(&lab, "a", &url, &["-l"]);
+    assert!(ok, "upnpc -l: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("TCP 18080->192.168.1.2:8080") && l.contains("'test'")),
+        "mapping not listed: {out}"
+    );
+
+    let (ok, out) = upnpc(&lab, "a", &url, &["-d", "18080", "TCP"]);
+    assert!(ok && out.contains("returned : 0"), "upnpc -d: {out}");
+    assert!(
+        tcp_inbound(&lab, pub_ip, ext, &listener).is_none(),
+        "deleted mapping still reachable"
+    );
+    let (_, out) = upnpc(&lab, "a", &url, &["-l"]);
+    assert!(!out.contains("18080->"), "deleted mapping listed: {out}");
+}
+
+#[test]
+fn portmap_natpmp_maps_udp_on_symmetric() {
+    // Symmetric: also shows that the router's own STUN check is not
+    // port-randomised (miniupnpd would otherwise refuse to map).
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::Symmetric)
+        .b(Kind::None)
+        .portmap_a("all"))
+    else {
+        return;
+    };
+    let wan = lab.ip("A_WAN");
+    let pub_ip = lab.ip("PUB_IP");
+    assert_eq!(natpmp_public_of(&lab, "a", GW_A), Some(wan));
+
+    let sock = in_ns(&lab.ns("a"), || UdpSocket::bind("0.0.0.0:9000").unwrap());
+    let ext = v4(wan, 19000);
+    assert!(udp_inbound(&lab, v4(pub_ip, 5000), ext, &sock, NEG).is_none());
+    // natpmpc -a PUBLIC PRIVATE PROTO LIFETIME
+    let (ok, out) = natpmpc(&lab, "a", GW_A, &["-a", "19000", "9000", "udp", "60"]);
+    assert!(ok, "natpmpc -a: {out}");
+    assert!(
+        out.contains("Mapped public port 19000 protocol UDP to local port 9000 liftime 60"),
+        "{out}"
+    );
+    assert_eq!(natpmp_public(&out), Some(wan));
+    let from = udp_inbound(&lab, v4(pub_ip, 5001), ext, &sock, POS)
+        .expect("datagram to the mapped port did not arrive");
+    assert_eq!(from, SocketAddr::V4(v4(pub_ip, 5001)));
+
+    let (ok, out) = natpmpc(&lab, "a", GW_A, &["-a", "19000", "9000", "udp", "0"]);
+    assert!(ok, "natpmpc delete: {out}");
+    // A new flow (the old one lives on in conntrack) no longer gets in.
+    assert!(
+        udp_inbound(&lab, v4(pub_ip, 5002), ext, &sock, NEG).is_none(),
+        "deleted mapping still forwards"
+    );
+}
+
+#[test]
+fn portmap_natpmp_mode_has_pcp_but_no_upnp() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::FullCone)
+        .b(Kind::None)
+        .portmap_a("natpmp"))
+    else {
+        return;
+    };
+    assert_eq!(lab.get("A_PORTMAP"), "natpmp");
+    assert_eq!(lab.get("A_UPNP_URL"), "");
+    let gw: Ipv4Addr = GW_A.parse().unwrap();
+    let wan = lab.ip("A_WAN");
+    assert!(
+        !tcp_connects(&lab, "a", v4(gw, UPNP_HTTP_PORT)),
+        "UPnP HTTP port open in natpmp mode"
+    );
+    let (ok, out) = upnpc(&lab, "a", "http://192.168.1.1:5000/rootDesc.xml", &["-s"]);
+    assert!(!ok, "upnpc found an IGD: {out}");
+    assert_eq!(natpmp_public_of(&lab, "a", GW_A), Some(wan));
+
+    // PCP MAP (UDP 9100 -> suggested 19100), then delete it.
+    let client = lab.ip("A_IP");
+    let m = pcp_map(&lab, "a", gw, client, 17, 9100, 19100, 60).expect("no PCP answer");
+    assert_eq!(m.result, PCP_SUCCESS, "{m:?}");
+    assert_eq!((m.external_ip, m.external_port), (wan, 19100), "{m:?}");
+    assert_eq!((m.protocol, m.internal_port, m.lifetime), (17, 9100, 60));
+    let sock = in_ns(&lab.ns("a"), || UdpSocket::bind("0.0.0.0:9100").unwrap());
+    let pub_ip = lab.ip("PUB_IP");
+    assert!(udp_inbound(&lab, v4(pub_ip, 5000), v4(wan, 19100), &sock, POS).is_some());
+    let d = pcp_map(&lab, "a", gw, client, 17, 9100, 0, 0).expect("no PCP answer to delete");
+    assert_eq!(d.result, PCP_SUCCESS, "{d:?}");
+    assert!(udp_inbound(&lab, v4(pub_ip, 5001), v4(wan, 19100), &sock, NEG).is_none());
+}
+
+#[test]
+fn portmap_miniupnpd_stop_and_start() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::PortRestricted)
+        .b(Kind::None)
+        .portmap_a("natpmp"))
+    else {
+        return;
+    };
+    let wan = lab.ip("A_WAN");
+    let pub_ip = lab.ip("PUB_IP");
+    let sock = in_ns(&lab.ns("a"), || UdpSocket::bind("0.0.0.0:9000").unwrap());
+    let (ok, out) = natpmpc(&lab, "a", GW_A, &["-a", "19000", "9000", "udp", "60"]);
+    assert!(ok, "{out}");
+
+    lab.miniupnpd("ra", "stop").unwrap();
+    let t = Instant::now();
+    let (ok, out) = natpmpc(&lab, "a", GW_A, &[]);
+    assert!(!ok, "NAT-PMP answered after stop: {out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "a stopped miniupnpd should be refused at once (ICMP port unreachable)"
+    );
+    // SIGTERM leaves miniupnpd's rules in place: the mapping still forwards.
+    assert!(udp_inbound(&lab, v4(pub_ip, 5000), v4(wan, 19000), &sock, POS).is_some());
+    lab.miniupnpd("ra", "stop").expect("stop is idempotent");
+
+    lab.miniupnpd("ra", "start").unwrap();
+    assert_eq!(natpmp_public_of(&lab, "a", GW_A), Some(wan));
+    let e = lab.miniupnpd("ra", "start").unwrap_err();
+    assert!(e.contains("already runs"), "{e}");
+    let e = lab.miniupnpd("rb", "start").unwrap_err();
+    assert!(e.contains("has no node"), "{e}");
+    let e = lab.miniupnpd("ra", "pause").unwrap_err();
+    assert!(e.contains("unknown miniupnpd action"), "{e}");
+}
+
+#[test]
+fn portmap_restart_keeps_mappings_reboot_forgets_them() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::PortRestricted)
+        .b(Kind::None)
+        .portmap_a("natpmp"))
+    else {
+        return;
+    };
+    let wan = lab.ip("A_WAN");
+    let pub_ip = lab.ip("PUB_IP");
+    let gw: Ipv4Addr = GW_A.parse().unwrap();
+    let client = lab.ip("A_IP");
+    let sock = in_ns(&lab.ns("a"), || UdpSocket::bind("0.0.0.0:9000").unwrap());
+    let m = pcp_map(&lab, "a", gw, client, 17, 9000, 19000, 120).expect("PCP");
+    assert_eq!((m.result, m.external_port), (PCP_SUCCESS, 19000), "{m:?}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let before = pcp_map(&lab, "a", gw, client, 17, 9000, 19000, 120).expect("PCP");
+    assert!(before.epoch >= 2, "{before:?}");
+
+    // kill -9 + start: the rules stay, the lease file brings the mapping back
+    // into the new daemon; its epoch (seconds since its start) starts again.
+    lab.miniupnpd("ra", "restart").unwrap();
+    let (ok, out) = natpmpc(&lab, "a", GW_A, &[]);
+    assert!(ok, "{out}");
+    let after = natpmp_epoch(&out).expect("no epoch");
+    assert!(after < before.epoch, "epoch {} -> {after}", before.epoch);
+    assert!(udp_inbound(&lab, v4(pub_ip, 5000), v4(wan, 19000), &sock, POS).is_some());
+    // ...and knows it: deleting it works and closes the port.
+    let del = pcp_map(&lab, "a", gw, client, 17, 9000, 0, 0).expect("PCP");
+    assert_eq!(del.result, PCP_SUCCESS, "{del:?}");
+    assert!(udp_inbound(&lab, v4(pub_ip, 5001), v4(wan, 19000), &sock, NEG).is_none());
+
+    // reboot: mappings, lease file and conntrack are gone.
+    let m = pcp_map(&lab, "a", gw, client, 17, 9000, 19000, 120).expect("PCP");
+    assert_eq!((m.result, m.external_port), (PCP_SUCCESS, 19000), "{m:?}");
+    assert!(udp_inbound(&lab, v4(pub_ip, 5002), v4(wan, 19000), &sock, POS).is_some());
+    lab.miniupnpd("ra", "reboot").unwrap();
+    // (Another source port: udp_inbound's second copy from 5002 is queued.)
+    assert!(
+        udp_inbound(&lab, v4(pub_ip, 5003), v4(wan, 19000), &sock, NEG).is_none(),
+        "mapping survived the reboot"
+    );
+    assert_eq!(natpmp_public_of(&lab, "a", GW_A), Some(wan));
+}
+
+#[test]
+fn portmap_cgnat_reports_carrier_address_and_refuses_mappings() {
+    // miniupnpd on the home router (WAN 100.64.1.2) behind the carrier NAT:
+    // its STUN check sees the carrier's filtering, so it reports the carrier's
+    // public address but refuses every mapping. (Start-up takes ~9 s.)
+    let Some(lab) = lab(Lab::builder().a(Kind::Cgnat).b(Kind::None).portmap_a("all")) else {
+        return;
+    };
+    let wan = lab.ip("A_WAN");
+    assert_eq!(wan, Ipv4Addr::new(203, 0, 113, 31));
+    let (_, out) = natpmpc(&lab, "a", GW_A, &[]);
+    assert_eq!(natpmp_public(&out), Some(wan), "{out}");
+
+    let (ok, out) = natpmpc(&lab, "a", GW_A, &["-a", "19000", "9000", "udp", "60"]);
+    assert!(!ok, "NAT-PMP mapping accepted behind cgnat: {out}");
+    // libnatpmp: -52 = NATPMP_ERR_NETWORKFAILURE (result code 3).
+    assert!(out.contains("returned -52"), "{out}");
+
+    let url = lab.get("A_UPNP_URL").to_string();
+    let (ok, out) = upnpc(&lab, "a", &url, &["-s"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("ExternalIPAddress = {wan}")), "{out}");
+    let (ok, out) = upnpc(
+        &lab,
+        "a",
+        &url,
+        &["-e", "t", "-a", "192.168.1.2", "8080", "18080", "TCP"],
+    );
+    assert!(!ok, "UPnP mapping accepted behind cgnat: {out}");
+    assert!(out.contains("failed with code 501"), "{out}");
+
+    let gw: Ipv4Addr = GW_A.parse().unwrap();
+    let m = pcp_map(&lab, "a", gw, lab.ip("A_IP"), 17, 9000, 19000, 60).expect("PCP");
+    assert_eq!(m.result, PCP_NETWORK_FAILURE, "{m:?}");
+    assert_eq!(m.external_ip, wan, "{m:?}");
+}
+
+#[test]
+fn portmap_down_kills_daemons() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::FullCone)
+        .b(Kind::PortRestricted)
+        .portmap_a("all")
+        .portmap_b("natpmp"))
+    else {
+        return;
+    };
+    let name = lab.name.clone();
+    assert_eq!(lab.get("B_PORTMAP"), "natpmp");
+    assert_eq!(
+        natpmp_public_of(&lab, "b", "192.168.2.1"),
+        Some(lab.ip("B_WAN"))
+    );
+    let pids = daemon_pids(&name);
+    let files: Vec<&str> = pids.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        files,
+        [
+            format!("{name}-ra-miniupnpd.pid"),
+            format!("{name}-rb-miniupnpd.pid"),
+            format!("{name}-stun.pid"),
+        ]
+    );
+    for (f, pid) in &pids {
+        let comm = process_alive(*pid).unwrap_or_else(|| panic!("{f}: {pid} not running"));
+        assert!(comm == "miniupnpd" || comm == "turnserver", "{f}: {comm}");
+    }
+    assert_eq!(lab_processes(&name).len(), 3, "{:?}", lab_processes(&name));
+
+    lab.down();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pids.iter().any(|(_, p)| process_alive(*p).is_some()) {
+        assert!(Instant::now() < deadline, "daemons survived down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        lab_processes(&name).is_empty(),
+        "{:?}",
+        lab_processes(&name)
+    );
+    assert!(
+        lab_namespaces(&name).is_empty(),
+        "{:?}",
+        lab_namespaces(&name)
+    );
+    let left: Vec<String> = std::fs::read_dir("/run/natlab")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&format!("{name}-")) || f.starts_with(&format!("{name}.")))
+        .collect();
+    assert!(left.is_empty(), "files left: {left:?}");
+}
+
+#[test]
+fn portmap_down_cleans_up_after_a_crash() {
+    // A lab whose namespaces vanished under its daemons: down still finds and
+    // kills them by their command lines.
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::PortRestricted)
+        .b(Kind::None)
+        .portmap_a("natpmp"))
+    else {
+        return;
+    };
+    let name = lab.name.clone();
+    for node in ["ra", "pub"] {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "del", &lab.ns(node)])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::fs::remove_file(format!("/run/natlab/{name}-stun.pid")).unwrap();
+    assert_eq!(lab_processes(&name).len(), 2, "{:?}", lab_processes(&name));
+    lab.down();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !lab_processes(&name).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left: {:?}",
+            lab_processes(&name)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab_namespaces(&name).is_empty());
+}
+
+#[test]
+fn portmap_needs_a_router() {
+    if !common::lab::require_lab() {
+        return;
+    }
+    for args in [
+        &["--a", "open", "--portmap-a", "all"][..],
+        &["--b", "none", "--portmap-b", "natpmp"],
+        &["--a", "offline", "--portmap-a=natpmp"],
+        &["--portmap-a", "upnp"],
+        &["--portmap-b"],
+    ] {
+        let out = std::process::Command::new(common::lab::NATLAB)
+            .arg("up")
+            .arg("zzpmfail")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty());
+        assert!(lab_namespaces("zzpmfail").is_empty());
+    }
 }

@@ -11,6 +11,8 @@
 //!
 //! Nodes: `inet` (the internet bridge), `pub` (203.0.113.10 and .11), `a`, `b`
 //! (hosts), `ra`, `rb` (their routers), `ca`, `cb` (carrier routers, cgnat only).
+//! With `portmap_a`/`portmap_b`, `ra`/`rb` run the real miniupnpd (UPnP IGD,
+//! NAT-PMP, PCP); see [`Lab::miniupnpd`] and `tests/common/miniupnpd.rs`.
 
 use std::collections::HashMap;
 use std::io;
@@ -94,6 +96,8 @@ pub struct LabBuilder {
     timeout_a: Option<u32>,
     timeout_b: Option<u32>,
     loss: u32,
+    portmap_a: String,
+    portmap_b: String,
 }
 
 impl Default for LabBuilder {
@@ -106,6 +110,8 @@ impl Default for LabBuilder {
             timeout_a: None,
             timeout_b: None,
             loss: 0,
+            portmap_a: "off".to_string(),
+            portmap_b: "off".to_string(),
         }
     }
 }
@@ -143,6 +149,20 @@ impl LabBuilder {
         self
     }
 
+    /// Run the real miniupnpd on A's home router (`natlab up --portmap-a`):
+    /// `"all"` (UPnP IGD + NAT-PMP + PCP), `"natpmp"` (NAT-PMP + PCP only) or
+    /// `"off"`. The lab's env then has `A_PORTMAP`, `A_UPNP_URL` (for `"all"`)
+    /// and `PORTMAP_STUN`; see `natlab --help`, PORT MAPPING.
+    pub fn portmap_a(mut self, mode: &str) -> Self {
+        self.portmap_a = mode.to_string();
+        self
+    }
+    /// Like [`LabBuilder::portmap_a`], for B's home router.
+    pub fn portmap_b(mut self, mode: &str) -> Self {
+        self.portmap_b = mode.to_string();
+        self
+    }
+
     /// The `natlab up NAME` options for this builder.
     pub fn args(&self) -> Vec<String> {
         let onoff = |b: bool| if b { "on" } else { "off" }.to_string();
@@ -163,6 +183,12 @@ impl LabBuilder {
         }
         if let Some(t) = self.timeout_b {
             v.extend(["--timeout-b".to_string(), t.to_string()]);
+        }
+        if self.portmap_a != "off" {
+            v.extend(["--portmap-a".to_string(), self.portmap_a.clone()]);
+        }
+        if self.portmap_b != "off" {
+            v.extend(["--portmap-b".to_string(), self.portmap_b.clone()]);
         }
         v
     }
@@ -313,6 +339,31 @@ impl Lab {
             .status()
             .expect("run natlab flush");
         assert!(st.success(), "natlab flush {} {node} failed", self.name);
+    }
+
+    /// `natlab miniupnpd NAME ROUTER ACTION`: control the miniupnpd of a lab
+    /// built with `portmap_a`/`portmap_b`. `router` is `"ra"` or `"rb"`;
+    /// `action` is `"start"`, `"stop"` (SIGTERM; its mappings stay in place),
+    /// `"restart"` (SIGKILL + start: mappings kept via its lease file) or
+    /// `"reboot"` (SIGKILL, mappings and conntrack wiped, start). start,
+    /// restart and reboot return once the daemon answers. Errors carry
+    /// natlab's stderr.
+    pub fn miniupnpd(&self, router: &str, action: &str) -> Result<(), String> {
+        let out = Command::new(NATLAB)
+            .args(["miniupnpd", &self.name, router, action])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {NATLAB}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "natlab miniupnpd {} {router} {action} failed ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
     }
 
     /// Tear the lab down now (Drop does it too).

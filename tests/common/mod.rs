@@ -4,4 +4,5 @@
 pub mod coturn;
 #[allow(dead_code)]
 pub mod lab;
+pub mod miniupnpd;
 pub mod relay;
