@@ -387,11 +387,41 @@ async fn upnp_find(ctx: &Ctx) -> Result<(Igd, Duration), String> {
         Ok(g) if g.addr.ip() == gw => Some(g),
         _ => None,
     };
+    // A gateway without an SSDP server answers a unicast datagram to port 1900 with ICMP port
+    // unreachable: on a connected socket that is an immediate "no UPnP here".
+    let refused = async {
+        let s = UdpSocket::bind(SocketAddr::from((ctx.local_ip, 0)))
+            .await
+            .ok()?;
+        s.connect((ctx.gateway, 1900)).await.ok()?;
+        let probe = format!(
+            "M-SEARCH * HTTP/1.1\r\nHOST: {}:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\n\
+             ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\r\n",
+            ctx.gateway
+        );
+        let mut buf = [0u8; 1500];
+        for _ in 0..3 {
+            if let Err(e) = s.send(probe.as_bytes()).await {
+                return (e.kind() == std::io::ErrorKind::ConnectionRefused).then_some(());
+            }
+            match tokio::time::timeout(Duration::from_millis(100), s.recv(&mut buf)).await {
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some(()),
+                // An answer, or silence: leave it to the real search.
+                Ok(_) => return std::future::pending().await,
+                Err(_) => {}
+            }
+        }
+        std::future::pending().await
+    };
     let found = tokio::time::timeout(ctx.timeout, async {
-        tokio::pin!(uni, multi);
-        let (mut uni_done, mut multi_done) = (false, false);
+        tokio::pin!(uni, multi, refused);
+        let (mut uni_done, mut multi_done, mut refused_done) = (false, false, false);
         while !(uni_done && multi_done) {
             tokio::select! {
+                r = &mut refused, if !refused_done => {
+                    refused_done = true;
+                    if r.is_some() { return None }
+                }
                 r = &mut uni, if !uni_done => { uni_done = true; if let Some(g) = ours(r) { return Some(g) } }
                 r = &mut multi, if !multi_done => { multi_done = true; if let Some(g) = ours(r) { return Some(g) } }
             }
