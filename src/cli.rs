@@ -321,6 +321,10 @@ pub struct PunchCommon {
     #[arg(long, value_name = "MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub direct_timeout: u64,
+    /// Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a
+    /// mapped port is offered to the peer as one more candidate and removed at exit.
+    #[arg(long)]
+    pub no_portmap: bool,
     /// Keepalive interval in seconds (keeps NAT mappings open).
     #[arg(long, value_name = "SECS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=300))]
@@ -425,6 +429,7 @@ impl PunchArgs {
                 keepalive: Duration::from_secs(common.keepalive),
                 token,
                 mode,
+                portmap: !common.no_portmap,
             },
             common.json,
             common.verbose,

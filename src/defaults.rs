@@ -138,3 +138,7 @@ pub const PORTMAP_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long --verify waits for the relay's connection from outside.
 pub const PORTMAP_VERIFY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Lease asked for the punch socket's port mapping: renewed at half while the session lasts
+/// (portmap's --keep logic) and removed at exit, so a crash leaves it for at most 10 minutes.
+pub const PUNCH_PORTMAP_LIFETIME: Duration = Duration::from_secs(600);

@@ -1659,6 +1659,29 @@ enum Check {
     Present(bool),
 }
 
+/// The socket on which routers announce a restart or a new external address to every host
+/// on the LAN: 224.0.0.1:5350 (RFC 6886 §3.2.1, RFC 6887 §14.1.3). Shared with other clients
+/// (SO_REUSEADDR); `None` when it cannot be bound, and then the periodic check alone notices.
+fn announce_socket(ctx: &Ctx) -> Option<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
+    s.set_reuse_address(true).ok()?;
+    s.set_reuse_port(true).ok()?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, natpmp::CLIENT_PORT)).into())
+        .ok()?;
+    let _ = s.join_multicast_v4(&Ipv4Addr::new(224, 0, 0, 1), &ctx.local_ip);
+    s.set_nonblocking(true).ok()?;
+    UdpSocket::from_std(s.into()).ok()
+}
+
+/// A PCP ANNOUNCE response or a NAT-PMP external-address announcement.
+fn is_announcement(b: &[u8]) -> bool {
+    matches!(pcp::Response::parse(b), Ok(r) if r.is_announce())
+        || matches!(
+            natpmp::Response::parse(b),
+            Ok(natpmp::Response::ExternalAddress { .. })
+        )
+}
+
 /// Holds a mapping until `shutdown` resolves: renews at half the lease (RFC 6886 §3.3),
 /// checks the router every [`defaults::PORTMAP_CHECK_INTERVAL`] and re-creates the mapping
 /// when the router restarted (epoch went back, RFC 6886 §3.6 / RFC 6887 §8.5) or the mapping
@@ -1675,6 +1698,9 @@ pub async fn keep(
     let mut epoch = m.epoch.map(|e| (e, granted));
     let mut troubled = false;
     let mut next_check = Instant::now() + defaults::PORTMAP_CHECK_INTERVAL;
+    let announcements = announce_socket(ctx);
+    let mut buf = [0u8; 1100];
+    let mut announced = false;
     loop {
         let renew_at = if m.lifetime == 0 {
             None
@@ -1682,13 +1708,30 @@ pub async fn keep(
             Some(granted + Duration::from_secs(u64::from(m.lifetime / 2).max(1)))
         };
         let wake = renew_at.map_or(next_check, |r| r.min(next_check));
+        let heard = async {
+            match &announcements {
+                Some(s) => s.recv_from(&mut buf).await.ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep_until(wake.into()) => {}
+            Some((n, from)) = heard => {
+                if from.ip() == IpAddr::V4(ctx.gateway) && is_announcement(&buf[..n]) {
+                    // The router says it (re)started or its address changed: map again now
+                    // (idempotent if the mapping survived; PCP keeps the same nonce).
+                    announced = true;
+                } else {
+                    continue;
+                }
+            }
         }
         let now = Instant::now();
         let mut redo: Option<String> = None;
-        if renew_at.is_some_and(|r| now >= r) {
+        if std::mem::take(&mut announced) {
+            redo = Some("the router announced a restart or a new address".into());
+        } else if renew_at.is_some_and(|r| now >= r) {
             redo = Some(String::new());
         } else if now >= next_check {
             next_check = now + defaults::PORTMAP_CHECK_INTERVAL;
@@ -1990,6 +2033,19 @@ mod tests {
             parse_route_table("x\n eth0 00000000 zz 0 0 0 0 00000000"),
             None
         );
+    }
+
+    /// Bytes miniupnpd 2.3.1 sent to 224.0.0.1:5350 when it started (captured in the lab).
+    #[test]
+    fn a_pcp_announce_from_a_restarted_router_is_recognised() {
+        let mut b = vec![2u8, 0x80, 0, 0];
+        b.extend_from_slice(&[0; 20]);
+        assert!(is_announcement(&b));
+        // A MAP response, junk and a request are not announcements.
+        assert!(!is_announcement(&[2, 0x81, 0, 0]));
+        assert!(!is_announcement(b"M-SEARCH * HTTP/1.1"));
+        b[1] = 0;
+        assert!(!is_announcement(&b));
     }
 
     #[test]

@@ -73,6 +73,14 @@ pub enum Event {
         /// Our address as the relay sees it.
         observed: SocketAddr,
     },
+    /// The router mapped the punch socket's port; the address is offered to the peer as a
+    /// candidate.
+    Mapped {
+        /// The mapped address strangers can reach.
+        external: SocketAddr,
+        /// Which protocol made it (`pcp`, `natpmp`, `upnp`).
+        via: &'static str,
+    },
     /// The path in use.
     Connected {
         /// "direct" or "relay".
@@ -124,6 +132,54 @@ pub struct PunchOptions {
     pub token: Vec<u8>,
     /// What to carry.
     pub mode: crate::punch_quic::Mode,
+    /// Ask the router to map the punch socket's port (PCP, NAT-PMP or UPnP) and offer the
+    /// mapped address as a candidate.
+    pub portmap: bool,
+}
+
+/// Maps the punch socket's UDP port on the router (PCP, then NAT-PMP, then UPnP) while the
+/// session lasts: the mapped address goes to `found` when the mapping can make us reachable;
+/// the mapping is renewed, and removed when `done` fires.
+async fn map_punch_port(
+    port: u16,
+    found: mpsc::Sender<(SocketAddr, &'static str)>,
+    done: tokio::sync::oneshot::Receiver<()>,
+) {
+    use crate::portmap_io as pm;
+    let Ok(ctx) = pm::Ctx::new(None, crate::defaults::PORTMAP_TIMEOUT, None) else {
+        return;
+    };
+    let req = pm::MapRequest {
+        proto: crate::portmap::Proto::Udp,
+        internal_port: port,
+        external_port: port,
+        lifetime: crate::defaults::PUNCH_PORTMAP_LIFETIME.as_secs() as u32,
+    };
+    let r = pm::add(&ctx, req, crate::cli::Via::Auto).await;
+    let Some(m) = r.mapping else {
+        tracing::debug!(attempts = ?r.attempts, "no port mapping for the punch socket");
+        return;
+    };
+    if let (Some(ip), true) = (m.external_ip, r.mapping_can_help == Some(true)) {
+        let via = match m.via {
+            pm::Method::Pcp => "pcp",
+            pm::Method::Natpmp => "natpmp",
+            pm::Method::Upnp => "upnp",
+        };
+        let _ = found
+            .send((SocketAddr::new(ip, m.external_port), via))
+            .await;
+    }
+    pm::keep(
+        &ctx,
+        req,
+        m,
+        |e| tracing::debug!(?e, "punch port mapping"),
+        async {
+            let _ = done.await;
+        },
+    )
+    .await;
 }
 
 #[derive(Debug)]
@@ -505,6 +561,12 @@ where
     if let Some(ip) = local_ip_towards(relay) {
         candidates.push(SocketAddr::new(ip, local.port()));
     }
+    // Ask the router for the punch port in the background; the rendezvous does not wait.
+    let (mapped_tx, mut mapped_rx) = mpsc::channel(1);
+    let (unmap_tx, unmap_rx) = tokio::sync::oneshot::channel();
+    let mapper = opts
+        .portmap
+        .then(|| tokio::spawn(map_punch_port(local.port(), mapped_tx, unmap_rx)));
     let session = opts.code.session_id();
     let peer_id: crate::rendezvous::PeerId = rand::random();
     let cfg = PunchConfig {
@@ -636,6 +698,11 @@ where
                 Some(Inbound::Control(from, b)) => c.on_inbound(Instant::now(), from, &b).await,
                 None => {}
             },
+            Some((external, via)) = mapped_rx.recv() => {
+                on_event(&Event::Mapped { external, via });
+                c.puncher.add_candidate(external, Instant::now());
+                c.flush().await;
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 c.puncher.handle_timeout(Instant::now());
                 c.flush().await;
@@ -727,6 +794,11 @@ where
                     Some(Inbound::Control(from, b)) => c.on_inbound(Instant::now(), from, &b).await,
                     None => return,
                 },
+                // A mapping that came late still helps later upgrade attempts.
+                Some((external, _)) = mapped_rx.recv() => {
+                    c.puncher.add_candidate(external, Instant::now());
+                    c.flush().await;
+                }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     c.puncher.handle_timeout(Instant::now());
                     c.flush().await;
@@ -764,6 +836,11 @@ where
     .await;
     control.abort();
     reader_task.abort();
+    // Remove the router mapping (bounded: the router may be gone).
+    if let Some(m) = mapper {
+        let _ = unmap_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
+    }
     // Leave the session so the code's nameplate is free again at once.
     let bye = Frame::Bye {
         session,

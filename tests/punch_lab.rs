@@ -531,3 +531,57 @@ fn udp_blocked_goes_through_the_relay_over_tcp() {
     assert_eq!(connected(&sa)["method"], "tcp");
     assert_eq!(connected(&sb)["path"], "relay");
 }
+
+/// A port the router maps (miniupnpd: PCP first) is offered as a candidate: symmetric ×
+/// port-restricted, which otherwise needs the relay, connects directly when the
+/// port-restricted side's router forwards the punch port; the mapping is gone after exit.
+fn mapped_port_pair(a: Kind, b: Kind, mapped_side: &str) {
+    let builder = Lab::builder().a(a).b(b);
+    let builder = if mapped_side == "a" {
+        builder.portmap_a("all")
+    } else {
+        builder.portmap_b("all")
+    };
+    let Some(lab) = Lab::up_or_skip(builder) else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
+    let (sa, sb) = exchange_1mib(
+        &lab,
+        &code,
+        &format!("{a:?} x {b:?} (mapped {mapped_side})"),
+    );
+    let mapped = if mapped_side == "a" { &sa } else { &sb };
+    let m = mapped
+        .events
+        .iter()
+        .find(|e| e["event"] == "mapped")
+        .unwrap_or_else(|| panic!("no mapped event: {}", mapped.stderr));
+    assert_eq!(m["via"], "pcp", "{m}");
+    for s in [&sa, &sb] {
+        assert_eq!(connected(s)["path"], "direct", "{}", s.stderr);
+    }
+    // The other side talks to the mapped address.
+    let other = if mapped_side == "a" { &sb } else { &sa };
+    assert_eq!(connected(other)["peer"], m["external"], "{}", other.stderr);
+    // Removed at exit: miniupnpd's table is empty again.
+    let router_gw = lab.get(if mapped_side == "a" { "A_GW" } else { "B_GW" });
+    let out = lab
+        .cmd(mapped_side, "upnpc")
+        .args(["-u", &format!("http://{router_gw}:5000/rootDesc.xml"), "-l"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(!list.contains(" UDP "), "mapping left behind:\n{list}");
+}
+
+#[test]
+fn symmetric_x_port_restricted_with_a_mapped_port_connects_directly() {
+    mapped_port_pair(Kind::Symmetric, Kind::PortRestricted, "b");
+}
+
+#[test]
+fn port_restricted_with_a_mapped_port_x_symmetric_connects_directly() {
+    mapped_port_pair(Kind::PortRestricted, Kind::Symmetric, "a");
+}

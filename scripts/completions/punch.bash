@@ -55,7 +55,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__connect)
-            opts="-v -h --relay --token --json --direct-timeout --keepalive --verbose --local --help"
+            opts="-v -h --relay --token --json --direct-timeout --no-portmap --keepalive --verbose --local --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,7 +145,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__listen)
-            opts="-v -h --relay --token --json --direct-timeout --keepalive --verbose --code --expose --help"
+            opts="-v -h --relay --token --json --direct-timeout --no-portmap --keepalive --verbose --code --expose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

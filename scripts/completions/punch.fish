@@ -36,6 +36,7 @@ complete -c punch -n "__fish_punch_using_subcommand listen" -l keepalive -d 'Kee
 complete -c punch -n "__fish_punch_using_subcommand listen" -l code -d 'Use this code instead of a random one' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l expose -d 'Host a local TCP service: each connection the other side makes (with --local) is carried to HOST:PORT here' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l json -d 'JSON lines on stderr instead of text'
+complete -c punch -n "__fish_punch_using_subcommand listen" -l no-portmap -d 'Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit'
 complete -c punch -n "__fish_punch_using_subcommand listen" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c punch -n "__fish_punch_using_subcommand listen" -s h -l help -d 'Print help'
 complete -c punch -n "__fish_punch_using_subcommand connect" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted)' -r
@@ -44,6 +45,7 @@ complete -c punch -n "__fish_punch_using_subcommand connect" -l direct-timeout -
 complete -c punch -n "__fish_punch_using_subcommand connect" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l local -d 'Listen on [HOST:]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side\'s --expose service, many at once' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l json -d 'JSON lines on stderr instead of text'
+complete -c punch -n "__fish_punch_using_subcommand connect" -l no-portmap -d 'Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit'
 complete -c punch -n "__fish_punch_using_subcommand connect" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c punch -n "__fish_punch_using_subcommand connect" -s h -l help -d 'Print help'
 complete -c punch -n "__fish_punch_using_subcommand help; and not __fish_seen_subcommand_from listen connect help" -f -a "listen" -d 'Wait for the other side; prints a code unless --code is given'

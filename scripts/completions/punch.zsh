@@ -37,6 +37,7 @@ _arguments "${_arguments_options[@]}" : \
 '--code=[Use this code instead of a random one]:CODE:_default' \
 '--expose=[Host a local TCP service\: each connection the other side makes (with --local) is carried to HOST\:PORT here]:HOST:PORT:_default' \
 '--json[JSON lines on stderr instead of text]' \
+'--no-portmap[Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
 '-h[Print help]' \
@@ -51,6 +52,7 @@ _arguments "${_arguments_options[@]}" : \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
 '--local=[Listen on \[HOST\:\]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side'\''s --expose service, many at once]:[HOST:]PORT:_default' \
 '--json[JSON lines on stderr instead of text]' \
+'--no-portmap[Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
 '-h[Print help]' \

@@ -15,6 +15,9 @@ fn human(e: &Event) -> String {
             format!("punch: code {code}  (on the other side: punch connect … {code})")
         }
         Event::Registered { observed } => format!("punch: at the relay, seen as {observed}"),
+        Event::Mapped { external, via } => {
+            format!("punch: the router forwards {external} to us ({via}); offered to the peer")
+        }
         Event::Connected {
             path: "direct",
             peer,

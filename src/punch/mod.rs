@@ -194,6 +194,15 @@ impl RvClient {
         }
     }
 
+    /// Adds a candidate address of ours (e.g. a port the router mapped for us) and
+    /// re-registers, so the relay passes it on to the peer.
+    pub fn add_candidate(&mut self, addr: SocketAddr, now: Instant) {
+        if !self.cfg.candidates.contains(&addr) {
+            self.cfg.candidates.push(addr);
+            self.refresh(now);
+        }
+    }
+
     /// Re-registers at once (after a path failure: our observed address may have changed).
     pub fn refresh(&mut self, now: Instant) {
         if self.register.is_none() {
@@ -687,6 +696,12 @@ impl Puncher {
             || self.checks.handle_datagram(now, from, data);
         self.drive(now);
         ours
+    }
+
+    /// Offers one more candidate address to the peer (see [`RvClient::add_candidate`]).
+    pub fn add_candidate(&mut self, addr: SocketAddr, now: Instant) {
+        self.rv.add_candidate(addr, now);
+        self.drive(now);
     }
 
     /// Re-registers at the relay now (see [`RvClient::refresh`]).
