@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::punch::code::Code;
 use crate::punch::pake::{Pake, PakeError};
+use crate::punch::nat::NatClass;
 use crate::punch::{PathKind, PunchConfig, PunchEvent, Puncher, DIRECT_TIMEOUT};
 use crate::rendezvous::{Frame, Role, SessionId};
 
@@ -80,6 +81,16 @@ pub enum Event {
         external: SocketAddr,
         /// Which protocol made it (`pcp`, `natpmp`, `upnp`).
         via: &'static str,
+    },
+    /// Both sides' NAT classifications (natprobe against the relay, run alongside the
+    /// punch) and the technique they predict.
+    Nat {
+        /// Ours.
+        mine: NatClass,
+        /// The peer's.
+        peer: NatClass,
+        /// What should work.
+        expect: crate::punch::nat::Expectation,
     },
     /// The path in use.
     Connected {
@@ -478,10 +489,91 @@ struct Control {
     session: SessionId,
     peer_fp: Option<[u8; 32]>,
     pake_error: Option<PakeError>,
+    nat: NatExchange,
+    /// Events for the user raised while handling input (drained by whichever phase runs).
+    pending: Vec<Event>,
 }
 
+/// The NAT classifications of both sides, exchanged through the relay.
+#[derive(Debug, Default)]
+struct NatExchange {
+    mine: Option<NatClass>,
+    peer: Option<NatClass>,
+    mapped_port: bool,
+    told: bool,
+    next_send: Option<Instant>,
+    sends: u32,
+    last_reply: Option<Instant>,
+}
+
+/// Sends of our classification before the peer's arrives (1 s apart): the peer may not
+/// have registered yet, and the relay drops data for an absent peer.
+const NAT_SENDS: u32 = 10;
+
 impl Control {
+    fn set_my_nat(&mut self, mut c: NatClass) {
+        c.mapped_port |= self.nat.mapped_port;
+        self.nat.mine = Some(c);
+        self.nat.told = false;
+        self.nat.sends = 0;
+        self.nat.next_send = Some(Instant::now());
+        self.check_nat();
+    }
+
+    fn set_mapped_port(&mut self) {
+        self.nat.mapped_port = true;
+        if let Some(c) = self.nat.mine {
+            self.set_my_nat(c);
+        }
+    }
+
+    fn send_nat(&mut self) {
+        if let Some(c) = self.nat.mine {
+            self.puncher
+                .send_relayed(c.to_frame(self.session).emit());
+        }
+    }
+
+    fn on_peer_nat(&mut self, c: NatClass) {
+        if self.nat.peer != Some(c) {
+            self.nat.peer = Some(c);
+            self.nat.told = false;
+        }
+        // The peer keeps sending until it has ours: answer (at most twice a second).
+        let now = Instant::now();
+        if self
+            .nat
+            .last_reply
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(500))
+        {
+            self.nat.last_reply = Some(now);
+            self.send_nat();
+        }
+        self.check_nat();
+    }
+
+    fn check_nat(&mut self) {
+        if let (Some(mine), Some(peer), false) = (self.nat.mine, self.nat.peer, self.nat.told) {
+            self.nat.told = true;
+            let expect = crate::punch::nat::expect(&mine, &peer);
+            if expect.path == "relay" {
+                self.puncher.prefer_relay(Instant::now());
+            }
+            self.pending.push(Event::Nat { mine, peer, expect });
+        }
+    }
+
+    fn nat_tick(&mut self, now: Instant) {
+        if self.nat.next_send.is_some_and(|t| t <= now) {
+            self.send_nat();
+            self.nat.sends += 1;
+            self.nat.next_send = (self.nat.peer.is_none() && self.nat.sends < NAT_SENDS)
+                .then(|| now + Duration::from_secs(1));
+        }
+    }
+
     async fn flush(&mut self) {
+        self.nat_tick(Instant::now());
         while let Some(d) = self.puncher.poll_transmit() {
             if let Some(ttl) = d.ttl {
                 let _ = self.sock.set_ttl(ttl as u32);
@@ -529,7 +621,14 @@ impl Control {
     }
 
     async fn on_inbound(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        if let Ok(f @ (Frame::Pake { .. } | Frame::Confirm { .. })) = Frame::parse(bytes) {
+        let parsed = Frame::parse(bytes);
+        if let Some(c) = parsed
+            .as_ref()
+            .ok()
+            .and_then(|f| NatClass::from_frame(f, self.session))
+        {
+            self.on_peer_nat(c);
+        } else if let Ok(f @ (Frame::Pake { .. } | Frame::Confirm { .. })) = parsed {
             self.on_pake_frame(f).await;
         } else {
             self.puncher.handle_datagram(now, from, bytes);
@@ -567,6 +666,32 @@ where
     let mapper = opts
         .portmap
         .then(|| tokio::spawn(map_punch_port(local.port(), mapped_tx, unmap_rx)));
+    // Classify our NAT against the relay on separate sockets, alongside the punch (it takes
+    // about half a second, ten times a direct punch: waiting for it first would only delay).
+    let (class_tx, mut class_rx) = mpsc::channel(1);
+    let classifier = {
+        let server = opts.relay.clone();
+        tokio::spawn(async move {
+            let o = crate::probe::ProbeOptions {
+                servers: vec![server],
+                first_timeout: Duration::from_millis(1500),
+                lifetime_max: None,
+                portmap: false,
+            };
+            if let Ok(r) = crate::probe::run(&o, |_, _| {}).await {
+                if r.udp {
+                    let _ = class_tx
+                        .send(NatClass {
+                            mapping: r.mapping,
+                            filtering: r.filtering,
+                            allocation: r.port_allocation.kind,
+                            mapped_port: false,
+                        })
+                        .await;
+                }
+            }
+        })
+    };
     let session = opts.code.session_id();
     let peer_id: crate::rendezvous::PeerId = rand::random();
     let cfg = PunchConfig {
@@ -624,6 +749,8 @@ where
         session,
         peer_fp: None,
         pake_error: None,
+        nat: NatExchange::default(),
+        pending: Vec::new(),
     };
     c.flush().await;
 
@@ -701,12 +828,20 @@ where
             Some((external, via)) = mapped_rx.recv() => {
                 on_event(&Event::Mapped { external, via });
                 c.puncher.add_candidate(external, Instant::now());
+                c.set_mapped_port();
+                c.flush().await;
+            }
+            Some(class) = class_rx.recv() => {
+                c.set_my_nat(class);
                 c.flush().await;
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 c.puncher.handle_timeout(Instant::now());
                 c.flush().await;
             }
+        }
+        for e in std::mem::take(&mut c.pending) {
+            on_event(&e);
         }
     }
     // Relayed frames that arrived before the path was chosen (the peer may be ahead).
@@ -735,10 +870,17 @@ where
             next_resend = Instant::now() + PAKE_RESEND;
         }
         let wake = next_resend.min(c.puncher.poll_timeout().unwrap_or(next_resend));
+        for e in std::mem::take(&mut c.pending) {
+            on_event(&e);
+        }
         tokio::select! {
             m = ctl_rx.recv() => if let Some(Inbound::Control(from, b)) = m {
                 c.on_inbound(Instant::now(), from, &b).await
             },
+            Some(class) = class_rx.recv() => {
+                c.set_my_nat(class);
+                c.flush().await;
+            }
             _ = tokio::time::sleep_until(wake.into()) => {
                 c.puncher.handle_timeout(Instant::now());
                 c.flush().await;
@@ -775,6 +917,13 @@ where
                 c.puncher.path_failed(now);
                 c.flush().await;
             }
+            if !c.pending.is_empty() {
+                if let Ok(mut f) = control_events.lock() {
+                    for e in std::mem::take(&mut c.pending) {
+                        (*f)(&e);
+                    }
+                }
+            }
             while let Some(e) = c.puncher.poll_event() {
                 if let PunchEvent::Path { path, probes } = e {
                     let ev = switch_path(&c.link, &c.wire, relay, path, probes, t0);
@@ -795,8 +944,16 @@ where
                     None => return,
                 },
                 // A mapping that came late still helps later upgrade attempts.
-                Some((external, _)) = mapped_rx.recv() => {
+                Some((external, via)) = mapped_rx.recv() => {
+                    if let Ok(mut f) = control_events.lock() {
+                        (*f)(&Event::Mapped { external, via });
+                    }
                     c.puncher.add_candidate(external, Instant::now());
+                    c.set_mapped_port();
+                    c.flush().await;
+                }
+                Some(class) = class_rx.recv() => {
+                    c.set_my_nat(class);
                     c.flush().await;
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
@@ -835,6 +992,7 @@ where
     )
     .await;
     control.abort();
+    classifier.abort();
     reader_task.abort();
     // Remove the router mapping (bounded: the router may be gone).
     if let Some(m) = mapper {

@@ -34,6 +34,13 @@
 //! | 14 | `PunchAck` | peer → peer | session id (16), transaction (8), the probe's source as seen |
 //! | 15 | `Pake` | peer → peer | session id (16), SPAKE2 message (rest) |
 //! | 16 | `Confirm` | peer → peer | session id (16), certificate fingerprint (32), MAC (32) |
+//! | 17 | `NatInfo` | peer → peer | session id (16), mapping (1), filtering (1), allocation (1), flags (1) |
+//!
+//! `NatInfo` carries the sender's NAT classification (RFC 4787 classes: 0 unknown,
+//! 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 no NAT;
+//! allocation 0 unknown, 1 preserving, 2 sequential, 3 random; flag bit 0: the router
+//! mapped the punch port), inside relayed `Data`, so both sides can say which technique
+//! should work.
 //!
 //! An address is `family (4 or 6) | ip (4 or 16) | port (u16)`.
 //!
@@ -228,6 +235,19 @@ pub enum Frame {
         fingerprint: [u8; 32],
         /// HMAC-SHA256 under the PAKE key.
         mac: [u8; 32],
+    },
+    /// The sender's NAT classification (see the table above for the codes).
+    NatInfo {
+        /// Session id.
+        session: SessionId,
+        /// Mapping behaviour code.
+        mapping: u8,
+        /// Filtering behaviour code.
+        filtering: u8,
+        /// Port allocation code.
+        allocation: u8,
+        /// Bit 0: the router mapped the punch port for the sender.
+        flags: u8,
     },
     /// Answer to a [`Frame::PunchProbe`].
     PunchAck {
@@ -463,6 +483,13 @@ impl Frame {
                 fingerprint: r.array()?,
                 mac: r.array()?,
             },
+            17 => Frame::NatInfo {
+                session: r.array()?,
+                mapping: r.u8()?,
+                filtering: r.u8()?,
+                allocation: r.u8()?,
+                flags: r.u8()?,
+            },
             t => return Err(ParseError::UnknownType(t)),
         };
         r.end()?;
@@ -577,6 +604,17 @@ impl Frame {
                 out.extend_from_slice(fingerprint);
                 out.extend_from_slice(mac);
             }
+            Frame::NatInfo {
+                session,
+                mapping,
+                filtering,
+                allocation,
+                flags,
+            } => {
+                out.push(17);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&[*mapping, *filtering, *allocation, *flags]);
+            }
             Frame::PunchAck {
                 session,
                 tx,
@@ -659,6 +697,13 @@ mod tests {
                 session: [1; 16],
                 fingerprint: [4; 32],
                 mac: [5; 32],
+            },
+            Frame::NatInfo {
+                session: [1; 16],
+                mapping: 1,
+                filtering: 3,
+                allocation: 1,
+                flags: 1,
             },
             Frame::PunchAck {
                 session: [1; 16],

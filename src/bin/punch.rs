@@ -15,6 +15,17 @@ fn human(e: &Event) -> String {
             format!("punch: code {code}  (on the other side: punch connect … {code})")
         }
         Event::Registered { observed } => format!("punch: at the relay, seen as {observed}"),
+        Event::Nat { mine, peer, expect } => format!(
+            "punch: our NAT: mapping {}, filtering {}; theirs: mapping {}, filtering {}; \
+             expected: {} ({}): {}",
+            mine.mapping.as_str(),
+            mine.filtering.as_str(),
+            peer.mapping.as_str(),
+            peer.filtering.as_str(),
+            expect.path,
+            expect.technique,
+            expect.why
+        ),
         Event::Mapped { external, via } => {
             format!("punch: the router forwards {external} to us ({via}); offered to the peer")
         }

@@ -8,6 +8,7 @@
 //! and upgrade" in spirit: the relay is the last resort, not a final state).
 
 pub mod code;
+pub mod nat;
 pub mod pake;
 
 use std::collections::{HashMap, VecDeque};
@@ -596,6 +597,20 @@ impl Puncher {
         if self.role == Role::Connector && self.upgrade_at.is_none() {
             self.upgrade_at = Some(now + self.upgrade_wait);
             self.upgrade_wait = (self.upgrade_wait * 2).min(UPGRADE_MAX);
+        }
+    }
+
+    /// Both NAT classifications say no direct path can work: carry the session through the
+    /// relay now instead of after the punching bound. The checks keep running, and upgrade
+    /// attempts follow, so a wrong prediction only costs the detour until they succeed.
+    pub fn prefer_relay(&mut self, now: Instant) {
+        if self.path.is_none() {
+            self.path = Some(PathKind::Relay);
+            self.events.push_back(PunchEvent::Path {
+                path: PathKind::Relay,
+                probes: self.checks.probes,
+            });
+            self.schedule_upgrade(now);
         }
     }
 
