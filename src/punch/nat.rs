@@ -85,9 +85,7 @@ impl NatClass {
     /// Strangers' packets reach the punch port once we have sent anywhere: no NAT, an
     /// endpoint-independent filter, or a port the router forwards.
     fn open_to_anyone(&self) -> bool {
-        self.mapped_port
-            || self.mapping == Behaviour::None && self.filtering == Behaviour::EndpointIndependent
-            || self.filtering == Behaviour::EndpointIndependent
+        self.mapped_port || self.filtering == Behaviour::EndpointIndependent
     }
 
     /// The address the peer learns from the relay is the one we use towards it (RFC 4787
