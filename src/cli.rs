@@ -308,9 +308,33 @@ pub enum PunchCmd {
 /// Options of both punch subcommands.
 #[derive(Debug, clap::Args)]
 pub struct PunchCommon {
-    /// natkit relay HOST[:PORT] to meet at (port 3478 when omitted).
-    #[arg(long, env = "NATKIT_RELAY", value_name = "HOST[:PORT]")]
-    pub relay: String,
+    /// natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual.
+    #[arg(
+        long,
+        env = "NATKIT_RELAY",
+        value_name = "HOST[:PORT]",
+        required_unless_present = "manual"
+    )]
+    pub relay: Option<String>,
+    /// Serverless: print a one-line offer to paste on the other side and take theirs (from
+    /// --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to.
+    #[arg(long)]
+    pub manual: bool,
+    /// With --manual: a STUN server HOST[:PORT] that tells this side's public address (put
+    /// in the offer; without it, the offer carries only local and router-mapped addresses).
+    #[arg(long, value_name = "HOST[:PORT]", requires = "manual")]
+    pub stun: Option<String>,
+    /// With --manual: the other side's offer.
+    #[arg(
+        long,
+        value_name = "OFFER",
+        requires = "manual",
+        conflicts_with = "peer_file"
+    )]
+    pub peer: Option<String>,
+    /// With --manual: wait for the other side's offer as the first line of FILE.
+    #[arg(long, value_name = "FILE", requires = "manual")]
+    pub peer_file: Option<std::path::PathBuf>,
     /// Relay token, hex (when the relay runs with --secret).
     #[arg(long, env = "NATKIT_RELAY_TOKEN", value_name = "HEX")]
     pub token: Option<String>,
@@ -321,6 +345,11 @@ pub struct PunchCommon {
     #[arg(long, value_name = "MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub direct_timeout: u64,
+    /// When both NATs pick a new port per destination (symmetric × symmetric), still try
+    /// birthday probing from both sides for 10 s before settling on the relay (it works only
+    /// with NATs whose ports are not fully random).
+    #[arg(long)]
+    pub hard: bool,
     /// Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a
     /// mapped port is offered to the peer as one more candidate and removed at exit.
     #[arg(long)]
@@ -349,6 +378,9 @@ pub enum PunchArgsError {
     /// Bad --expose / --local address.
     #[error("{0}: expected {1}")]
     Addr(String, &'static str),
+    /// Bad --peer offer.
+    #[error("--peer: {0}")]
+    Offer(#[from] crate::punch::offer::OfferError),
 }
 
 fn socket_addr(
@@ -404,7 +436,26 @@ impl PunchArgs {
                 )
             }
         };
-        crate::probe::parse_server(&common.relay)?;
+        let relay = common.relay.clone().unwrap_or_default();
+        let manual = if common.manual {
+            if let Some(s) = &common.stun {
+                crate::probe::parse_server(s)?;
+            }
+            if let Some(o) = &common.peer {
+                crate::punch::offer::parse(o)?;
+            }
+            Some(crate::punch_io::Manual {
+                stun: common.stun.clone(),
+                peer: match (&common.peer, &common.peer_file) {
+                    (Some(o), _) => crate::punch_io::PeerOffer::Given(o.clone()),
+                    (None, Some(f)) => crate::punch_io::PeerOffer::File(f.clone()),
+                    (None, None) => crate::punch_io::PeerOffer::Terminal,
+                },
+            })
+        } else {
+            crate::probe::parse_server(&relay)?;
+            None
+        };
         let token = match &common.token {
             None => Vec::new(),
             Some(h) => {
@@ -422,7 +473,8 @@ impl PunchArgs {
         };
         Ok((
             crate::punch_io::PunchOptions {
-                relay: common.relay,
+                relay,
+                manual,
                 role,
                 code,
                 direct_timeout: Duration::from_millis(common.direct_timeout),
@@ -430,6 +482,7 @@ impl PunchArgs {
                 token,
                 mode,
                 portmap: !common.no_portmap,
+                hard: common.hard,
             },
             common.json,
             common.verbose,

@@ -17,9 +17,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::punch::birthday::{Birthday, Outcome, Part};
 use crate::punch::code::Code;
-use crate::punch::pake::{Pake, PakeError};
 use crate::punch::nat::NatClass;
+use crate::punch::pake::{Pake, PakeError};
 use crate::punch::{PathKind, PunchConfig, PunchEvent, Puncher, DIRECT_TIMEOUT};
 use crate::rendezvous::{Frame, Role, SessionId};
 
@@ -58,6 +59,12 @@ pub enum PunchError {
     /// QUIC or TLS setup or connection failure.
     #[error("encrypted transport: {0}")]
     Transport(String),
+    /// The other side's `--manual` offer is unusable.
+    #[error("the other side's offer: {0}")]
+    Offer(#[from] crate::punch::offer::OfferError),
+    /// The other side's offer could not be read.
+    #[error("reading the other side's offer: {0}")]
+    OfferInput(String),
 }
 
 /// Progress events, printed by the binary (JSON lines with `--json`).
@@ -68,6 +75,23 @@ pub enum Event {
     Code {
         /// The code.
         code: String,
+    },
+    /// A technique ran out of budget without finding a path (the session stays where it is,
+    /// e.g. on the relay).
+    Tried {
+        /// Which (`birthday`).
+        method: &'static str,
+        /// Always false: a success is a `connected` event.
+        found: bool,
+        /// Probes sent.
+        probes: u32,
+        /// Since start.
+        elapsed_ms: u64,
+    },
+    /// `--manual`: the line to paste on the other side.
+    Offer {
+        /// The offer.
+        offer: String,
     },
     /// Registered at the relay.
     Registered {
@@ -146,6 +170,107 @@ pub struct PunchOptions {
     /// Ask the router to map the punch socket's port (PCP, NAT-PMP or UPnP) and offer the
     /// mapped address as a candidate.
     pub portmap: bool,
+    /// Serverless mode: offers pasted by the user instead of the relay (`relay` unused).
+    pub manual: Option<Manual>,
+    /// Symmetric × symmetric: attempt birthday probing from both sides within its budget.
+    pub hard: bool,
+}
+
+/// `--manual` settings.
+#[derive(Debug, Clone)]
+pub struct Manual {
+    /// STUN server `HOST[:PORT]` for our server-reflexive address.
+    pub stun: Option<String>,
+    /// Where the other side's offer comes from.
+    pub peer: PeerOffer,
+}
+
+/// Source of the other side's offer (stdin carries the data, so never stdin).
+#[derive(Debug, Clone)]
+pub enum PeerOffer {
+    /// Given on the command line.
+    Given(String),
+    /// The first line of a file, waited for (scripts, tests).
+    File(std::path::PathBuf),
+    /// Typed or pasted on the controlling terminal.
+    Terminal,
+}
+
+/// How long a `--manual` side waits for the other (offers travel by hand).
+pub const MANUAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Reads the other side's offer.
+async fn read_peer_offer(src: PeerOffer) -> Result<Vec<SocketAddr>, PunchError> {
+    let line = match src {
+        PeerOffer::Given(s) => s,
+        PeerOffer::File(path) => {
+            let deadline = Instant::now() + MANUAL_TIMEOUT;
+            loop {
+                if let Ok(text) = tokio::fs::read_to_string(&path).await {
+                    if let Some(l) = text.lines().find(|l| !l.trim().is_empty()) {
+                        if text.contains('\n') {
+                            break l.to_string();
+                        }
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(PunchError::OfferInput(format!(
+                        "nothing in {} after {} s",
+                        path.display(),
+                        MANUAL_TIMEOUT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        PeerOffer::Terminal => tokio::task::spawn_blocking(|| {
+            use std::io::{BufRead, Write};
+            let mut tty = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/tty")
+                .map_err(|e| {
+                    PunchError::OfferInput(format!(
+                        "no terminal to paste it on ({e}); give it with --peer OFFER or \
+                         --peer-file FILE"
+                    ))
+                })?;
+            let _ = write!(tty, "paste the other side's offer: ");
+            let _ = tty.flush();
+            let mut line = String::new();
+            std::io::BufReader::new(tty)
+                .read_line(&mut line)
+                .map_err(|e| PunchError::OfferInput(e.to_string()))?;
+            Ok::<_, PunchError>(line)
+        })
+        .await
+        .map_err(|e| PunchError::OfferInput(e.to_string()))??,
+    };
+    Ok(crate::punch::offer::parse(&line)?)
+}
+
+/// Our server-reflexive address from a STUN server, asked on the punch socket itself before
+/// anything else reads it (RFC 8489 Binding; three tries, 200 ms apart).
+async fn stun_reflexive(sock: &UdpSocket, server: SocketAddr) -> Option<SocketAddr> {
+    let tid = crate::stun::new_tid();
+    let req = crate::stun::binding_request(tid, crate::stun::Change::NONE);
+    let mut buf = [0u8; 1500];
+    for _ in 0..3 {
+        sock.send_to(&req, server).await.ok()?;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while let Ok(Ok((n, from))) =
+            tokio::time::timeout_at(deadline.into(), sock.recv_from(&mut buf)).await
+        {
+            if from == server {
+                if let Ok(m) = crate::stun::decode(&buf[..n]) {
+                    if m.tid == tid {
+                        return m.reflexive();
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Maps the punch socket's UDP port on the router (PCP, then NAT-PMP, then UPnP) while the
@@ -204,6 +329,8 @@ struct LinkState {
     /// The peer sends its QUIC packets through the relay although we are direct: its side of
     /// the direct path is dead, so ours is too.
     peer_left_direct: bool,
+    /// The socket of a direct path found by birthday probing (not the punch socket).
+    direct_sock: Option<Arc<UdpSocket>>,
 }
 
 impl LinkState {
@@ -212,6 +339,7 @@ impl LinkState {
         self.monitor = crate::punch::PathMonitor::new(now);
         self.since = now;
         self.peer_left_direct = false;
+        self.direct_sock = None;
     }
 
     /// Whether the direct path is dead: unanswered, or abandoned by the peer.
@@ -284,30 +412,91 @@ impl fmt::Debug for LinkSocket {
     }
 }
 
-#[derive(Debug)]
-struct AlwaysWritable;
+impl LinkSocket {
+    /// The kernel's UDP offloads, probed once per process on a socket of its own (quinn-udp
+    /// does the same): GSO, so that one `sendmsg` carries up to 10 QUIC packets to the direct
+    /// peer. `send` takes the socket to use each time, so one state serves every link.
+    fn offload() -> Option<&'static quinn::udp::UdpSocketState> {
+        static STATE: std::sync::OnceLock<Option<quinn::udp::UdpSocketState>> =
+            std::sync::OnceLock::new();
+        STATE
+            .get_or_init(|| {
+                let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+                quinn::udp::UdpSocketState::new((&probe).into()).ok()
+            })
+            .as_ref()
+    }
 
-impl quinn::UdpPoller for AlwaysWritable {
-    fn poll_writable(self: Pin<&mut Self>, _cx: &mut Context) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// quinn waits on this when the socket is full (direct sends report `WouldBlock` instead of
+/// losing the datagram, so a fast sender is paced by the socket, not by loss).
+#[derive(Debug)]
+struct Writable(Arc<UdpSocket>);
+
+impl quinn::UdpPoller for Writable {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<std::io::Result<()>> {
+        self.0.poll_send_ready(cx)
     }
 }
 
 impl quinn::AsyncUdpSocket for LinkSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        Box::pin(AlwaysWritable)
+        Box::pin(Writable(self.wire.sock.clone()))
     }
 
+    /// A transmit may hold several QUIC packets of `segment_size` bytes (GSO, see
+    /// [`Self::max_transmit_segments`]): the direct path hands it to the kernel whole; the
+    /// relay path wraps each packet in its own frame (the path may have changed since quinn
+    /// asked).
     fn try_send(&self, t: &quinn::udp::Transmit) -> std::io::Result<()> {
-        let (dst, bytes) = {
-            let mut s = match self.state.lock() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
-            s.monitor.on_tx(Instant::now());
-            s.wrap(t.contents)
+        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        let (path, direct_sock) = {
+            let mut s = self.lock_state();
+            let now = Instant::now();
+            for _ in t.contents.chunks(seg) {
+                s.monitor.on_tx(now);
+            }
+            (s.path, s.direct_sock.clone())
         };
-        self.wire.send(dst, bytes)
+        if let (PathKind::Direct(dst), Some(udp)) = (path, Self::offload()) {
+            let t = quinn::udp::Transmit {
+                destination: dst,
+                ecn: None,
+                contents: t.contents,
+                segment_size: t.segment_size.filter(|&s| s < t.contents.len()),
+                src_ip: None,
+            };
+            let sock = direct_sock.as_ref().unwrap_or(&self.wire.sock);
+            return sock.try_io(tokio::io::Interest::WRITABLE, || {
+                udp.send((&**sock).into(), &t)
+            });
+        }
+        for packet in t.contents.chunks(seg) {
+            let (dst, bytes) = self.lock_state().wrap(packet);
+            match (&direct_sock, path) {
+                // A birthday path: its own socket.
+                (Some(s), PathKind::Direct(_)) => match s.try_send_to(&bytes, dst) {
+                    Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return Err(e),
+                    _ => {}
+                },
+                _ => self.wire.send(dst, bytes)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        match (self.lock_state().path, Self::offload()) {
+            (PathKind::Direct(_), Some(udp)) => udp.max_gso_segments(),
+            _ => 1,
+        }
     }
 
     fn poll_recv(
@@ -320,21 +509,34 @@ impl quinn::AsyncUdpSocket for LinkSocket {
             Ok(r) => r,
             Err(p) => p.into_inner(),
         };
-        match rx.poll_recv(cx) {
-            Poll::Ready(Some(d)) => {
-                let n = d.len().min(bufs[0].len());
-                bufs[0][..n].copy_from_slice(&d[..n]);
-                meta[0] = quinn::udp::RecvMeta {
-                    addr: VIRTUAL_PEER,
-                    len: n,
-                    stride: n,
-                    ..Default::default()
-                };
-                Poll::Ready(Ok(1))
-            }
-            Poll::Ready(None) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
-            Poll::Pending => Poll::Pending,
+        // Everything already queued, up to quinn's batch: one wake-up, many datagrams.
+        let mut n = 0;
+        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
+            let d = if n == 0 {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(d)) => d,
+                    Poll::Ready(None) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                }
+            };
+            let len = d.len().min(buf.len());
+            buf[..len].copy_from_slice(&d[..len]);
+            *meta = quinn::udp::RecvMeta {
+                addr: VIRTUAL_PEER,
+                len,
+                stride: len,
+                ..Default::default()
+            };
+            n += 1;
         }
+        Poll::Ready(Ok(n))
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -352,6 +554,15 @@ enum Inbound {
     Control(SocketAddr, Vec<u8>),
 }
 
+/// Receive buffer asked for the punch socket, so that a burst from a fast QUIC sender (GSO
+/// hands the kernel 10 packets at once) is not dropped while the reader waits for a CPU. The
+/// kernel caps it at `net.core.rmem_max`.
+const RECV_BUFFER: usize = 4 << 20;
+/// One receive slot: a GRO batch of equal-size datagrams is at most 64 KiB.
+const RECV_SLOT: usize = 64 * 1024;
+
+/// Reads the UDP socket: many datagrams per system call (`recvmmsg`), and a burst of the
+/// peer's packets as one buffer (UDP GRO), where quinn-udp and the kernel allow.
 async fn reader(
     sock: Arc<UdpSocket>,
     relay: SocketAddr,
@@ -359,13 +570,48 @@ async fn reader(
     ctl: mpsc::Sender<Inbound>,
     quic: mpsc::Sender<Vec<u8>>,
 ) {
-    let mut buf = vec![0u8; 2048];
+    let udp = quinn::udp::UdpSocketState::new((&*sock).into()).ok();
+    if let Some(u) = &udp {
+        let _ = u.set_recv_buffer_size((&*sock).into(), RECV_BUFFER);
+    }
+    let slots = if udp.is_some() {
+        quinn::udp::BATCH_SIZE
+    } else {
+        1
+    };
+    let mut buf = vec![0u8; slots * RECV_SLOT];
+    let mut meta = vec![quinn::udp::RecvMeta::default(); slots];
     loop {
-        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+        let got = match &udp {
+            Some(u) => {
+                let mut iovs: Vec<IoSliceMut> =
+                    buf.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
+                sock.async_io(tokio::io::Interest::READABLE, || {
+                    u.recv((&*sock).into(), &mut iovs, &mut meta)
+                })
+                .await
+            }
+            None => sock.recv_from(&mut buf).await.map(|(len, addr)| {
+                meta[0] = quinn::udp::RecvMeta {
+                    addr,
+                    len,
+                    stride: len,
+                    ..Default::default()
+                };
+                1
+            }),
+        };
+        let Ok(n) = got else {
             continue;
         };
-        if !demux(from, &buf[..n], relay, &link, &ctl, &quic).await {
-            return;
+        for (m, b) in meta.iter().zip(buf.chunks(RECV_SLOT)).take(n) {
+            for d in b[..m.len].chunks(m.stride.max(1)) {
+                // Longer datagrams are truncated, then rejected by the decoder or QUIC.
+                let d = &d[..d.len().min(crate::defaults::MAX_DATAGRAM)];
+                if !demux(m.addr, d, relay, &link, &ctl, &quic).await {
+                    return;
+                }
+            }
         }
     }
 }
@@ -452,17 +698,33 @@ fn switch_path(
     probes: u32,
     t0: Instant,
 ) -> Event {
+    switch_path_by(link, wire, relay, path, probes, t0, None)
+}
+
+/// [`switch_path`], naming the technique that found a direct path (and its socket).
+fn switch_path_by(
+    link: &Mutex<LinkState>,
+    wire: &Wire,
+    relay: SocketAddr,
+    path: PathKind,
+    probes: u32,
+    t0: Instant,
+    found_by: Option<(&'static str, Option<Arc<UdpSocket>>)>,
+) -> Event {
     if let Ok(mut l) = link.lock() {
         l.set_path(path, Instant::now());
+        if let Some((_, sock)) = &found_by {
+            l.direct_sock = sock.clone();
+        }
     }
     let (p, peer) = match path {
         PathKind::Direct(a) => ("direct", a),
         PathKind::Relay => ("relay", relay),
     };
-    let method = if wire.over_tcp() && path == PathKind::Relay {
-        "tcp"
-    } else {
-        "udp"
+    let method = match found_by {
+        Some((m, _)) => m,
+        None if wire.over_tcp() && path == PathKind::Relay => "tcp",
+        None => "udp",
     };
     Event::Connected {
         path: p,
@@ -492,6 +754,38 @@ struct Control {
     nat: NatExchange,
     /// Events for the user raised while handling input (drained by whichever phase runs).
     pending: Vec<Event>,
+    /// Birthday probing wanted (from the NAT exchange), and in progress.
+    want_birthday: Option<Part>,
+    birthday: Option<BirthdayRun>,
+    /// `--hard`: try birthday probing between two symmetric NATs too.
+    hard: bool,
+    bday_tx: mpsc::Sender<(usize, SocketAddr, Vec<u8>)>,
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Birthday probing in progress ([`crate::punch::birthday`]).
+struct BirthdayRun {
+    b: Birthday,
+    part: Part,
+    /// The opener's sockets (the prober uses the punch socket).
+    sockets: Vec<Arc<UdpSocket>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for BirthdayRun {
+    fn drop(&mut self) {
+        for r in &self.readers {
+            r.abort();
+        }
+    }
 }
 
 /// The NAT classifications of both sides, exchanged through the relay.
@@ -529,8 +823,7 @@ impl Control {
 
     fn send_nat(&mut self) {
         if let Some(c) = self.nat.mine {
-            self.puncher
-                .send_relayed(c.to_frame(self.session).emit());
+            self.puncher.send_relayed(c.to_frame(self.session).emit());
         }
     }
 
@@ -556,8 +849,28 @@ impl Control {
         if let (Some(mine), Some(peer), false) = (self.nat.mine, self.nat.peer, self.nat.told) {
             self.nat.told = true;
             let expect = crate::punch::nat::expect(&mine, &peer);
-            if expect.path == "relay" {
+            if expect.path == "relay" || expect.technique == "birthday" {
+                // Data flows through the relay while birthday probing looks for a path.
                 self.puncher.prefer_relay(Instant::now());
+            }
+            let both_symmetric = [mine.mapping, peer.mapping].iter().all(|m| {
+                matches!(
+                    m,
+                    crate::classify::Behaviour::AddressDependent
+                        | crate::classify::Behaviour::AddressAndPortDependent
+                )
+            });
+            if expect.technique == "relay" && both_symmetric && self.hard {
+                self.want_birthday = Some(Part::Both);
+            }
+            if expect.technique == "birthday" && self.birthday.is_none() {
+                use crate::classify::Behaviour;
+                self.want_birthday = Some(match mine.mapping {
+                    Behaviour::AddressDependent | Behaviour::AddressAndPortDependent => {
+                        Part::Opener
+                    }
+                    _ => Part::Prober,
+                });
             }
             self.pending.push(Event::Nat { mine, peer, expect });
         }
@@ -570,6 +883,87 @@ impl Control {
             self.nat.next_send = (self.nat.peer.is_none() && self.nat.sends < NAT_SENDS)
                 .then(|| now + Duration::from_secs(1));
         }
+    }
+
+    /// Starts birthday probing towards the peer's relay-observed address.
+    async fn start_birthday(&mut self, part: Part) {
+        let Some(peer) = self.puncher.peer_observed() else {
+            self.want_birthday = Some(part);
+            return;
+        };
+        let now = Instant::now();
+        let b = Birthday::new(
+            self.session,
+            part,
+            peer,
+            crate::punch::birthday::SOCKETS,
+            if part == Part::Both {
+                crate::punch::birthday::HARD_BUDGET
+            } else {
+                crate::punch::birthday::BUDGET
+            },
+            now,
+        );
+        let mut run = BirthdayRun {
+            sockets: Vec::new(),
+            readers: Vec::new(),
+            part,
+            b,
+        };
+        if part != Part::Prober {
+            for i in 0..run.b.sockets() {
+                let Ok(sock) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+                    break;
+                };
+                let sock = Arc::new(sock);
+                let (s2, tx) = (sock.clone(), self.bday_tx.clone());
+                run.readers.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 2048];
+                    while let Ok((n, from)) = s2.recv_from(&mut buf).await {
+                        if tx.send((i, from, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                }));
+                run.sockets.push(sock);
+            }
+        }
+        tracing::info!(?part, %peer, sockets = run.sockets.len(), "birthday probing");
+        self.birthday = Some(run);
+        self.flush_birthday();
+    }
+
+    fn flush_birthday(&mut self) {
+        let Some(r) = &mut self.birthday else { return };
+        while let Some(t) = r.b.poll_transmit() {
+            let sock = match (r.part, t.socket) {
+                (Part::Prober, _) | (_, crate::punch::birthday::MAIN) => self.sock.clone(),
+                _ => match r.sockets.get(t.socket) {
+                    Some(s) => s.clone(),
+                    None => continue,
+                },
+            };
+            if let Some(ttl) = t.ttl {
+                let _ = sock.set_ttl(ttl as u32);
+            }
+            let _ = sock.try_send_to(&t.payload, t.dst);
+            if t.ttl.is_some() {
+                let _ = sock.set_ttl(DEFAULT_TTL);
+            }
+        }
+    }
+
+    /// The finished attempt, with the opener's winning socket.
+    fn birthday_done(&mut self) -> Option<(Outcome, Option<Arc<UdpSocket>>)> {
+        let o = self.birthday.as_ref()?.b.outcome()?.clone();
+        let r = self.birthday.take()?;
+        let chosen = match o {
+            Outcome::Connected { socket, .. } if r.part != Part::Prober => {
+                r.sockets.get(socket).cloned()
+            }
+            _ => None,
+        };
+        Some((o, chosen))
     }
 
     async fn flush(&mut self) {
@@ -621,6 +1015,16 @@ impl Control {
     }
 
     async fn on_inbound(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if let Some(r) = &mut self.birthday {
+            let main = match r.part {
+                Part::Both => crate::punch::birthday::MAIN,
+                _ => 0,
+            };
+            if r.part != Part::Opener && r.b.handle_datagram(now, main, from, bytes) {
+                self.flush_birthday();
+                return;
+            }
+        }
         let parsed = Frame::parse(bytes);
         if let Some(c) = parsed
             .as_ref()
@@ -650,14 +1054,36 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let t0 = Instant::now();
-    let (host, port) = crate::probe::parse_server(&opts.relay)?;
-    let relay = crate::probe::resolve(&host, port)
-        .await
-        .map_err(PunchError::Resolve)?;
+    let manual = opts.manual.clone();
+    // --manual has no relay: an address that matches no datagram stands in for it.
+    let relay = if manual.is_some() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        let (host, port) = crate::probe::parse_server(&opts.relay)?;
+        crate::probe::resolve(&host, port)
+            .await
+            .map_err(PunchError::Resolve)?
+    };
+    let stun = match manual.as_ref().and_then(|m| m.stun.as_ref()) {
+        Some(s) => {
+            let (host, port) = crate::probe::parse_server(s)?;
+            Some(
+                crate::probe::resolve(&host, port)
+                    .await
+                    .map_err(PunchError::Resolve)?,
+            )
+        }
+        None => None,
+    };
     let sock = Arc::new(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?);
     let local = sock.local_addr()?;
     let mut candidates = Vec::new();
-    if let Some(ip) = local_ip_towards(relay) {
+    let towards = if manual.is_some() {
+        stun.or_else(|| crate::portmap_io::default_gateway().map(|g| SocketAddr::from((g, 9))))
+    } else {
+        Some(relay)
+    };
+    if let Some(ip) = towards.and_then(local_ip_towards) {
         candidates.push(SocketAddr::new(ip, local.port()));
     }
     // Ask the router for the punch port in the background; the rendezvous does not wait.
@@ -671,7 +1097,11 @@ where
     let (class_tx, mut class_rx) = mpsc::channel(1);
     let classifier = {
         let server = opts.relay.clone();
+        let with_relay = manual.is_none();
         tokio::spawn(async move {
+            if !with_relay {
+                return;
+            }
             let o = crate::probe::ProbeOptions {
                 servers: vec![server],
                 first_timeout: Duration::from_millis(1500),
@@ -709,6 +1139,36 @@ where
             code: opts.code.to_string(),
         });
     }
+    // --manual: print our offer (server-reflexive first, then a router-mapped port, then
+    // the host address) and read the other side's in the background.
+    let mut cfg = cfg;
+    let (offer_tx, mut offer_rx) = mpsc::channel(1);
+    if let Some(m) = &manual {
+        let mut offer = Vec::new();
+        if let Some(server) = stun {
+            match stun_reflexive(&sock, server).await {
+                Some(a) => offer.push(a),
+                None => tracing::warn!(%server, "the STUN server did not answer"),
+            }
+        }
+        if opts.portmap {
+            let wait = crate::defaults::PORTMAP_TIMEOUT + Duration::from_millis(300);
+            if let Ok(Some((external, via))) = tokio::time::timeout(wait, mapped_rx.recv()).await {
+                on_event(&Event::Mapped { external, via });
+                offer.push(external);
+            }
+        }
+        offer.extend(cfg.candidates.iter().copied());
+        offer.dedup();
+        on_event(&Event::Offer {
+            offer: crate::punch::offer::format(&offer),
+        });
+        cfg.direct_timeout = MANUAL_TIMEOUT;
+        let src = m.peer.clone();
+        tokio::spawn(async move {
+            let _ = offer_tx.send(read_peer_offer(src).await).await;
+        });
+    }
     // Bind the --local port before anything else: a busy port is a clear error at once.
     let listener = match opts.mode {
         crate::punch_quic::Mode::Local(at) => Some(tokio::net::TcpListener::bind(at).await?),
@@ -726,6 +1186,7 @@ where
         monitor: crate::punch::PathMonitor::new(Instant::now()),
         since: Instant::now(),
         peer_left_direct: false,
+        direct_sock: None,
     }));
     let wire = Arc::new(Wire {
         sock: sock.clone(),
@@ -740,10 +1201,15 @@ where
         quic_tx.clone(),
     ));
     let mut tcp_tasks = Vec::new();
+    let (bday_tx, mut bday_rx) = mpsc::channel(1024);
     let mut c = Control {
         sock: sock.clone(),
         wire: wire.clone(),
-        puncher: Puncher::new(cfg.clone(), Instant::now()),
+        puncher: if manual.is_some() {
+            Puncher::serverless(cfg.clone(), Instant::now())
+        } else {
+            Puncher::new(cfg.clone(), Instant::now())
+        },
         link: link.clone(),
         pake: Pake::new(session, opts.role, &opts.code.password(), &cert_der),
         session,
@@ -751,6 +1217,10 @@ where
         pake_error: None,
         nat: NatExchange::default(),
         pending: Vec::new(),
+        want_birthday: None,
+        birthday: None,
+        hard: opts.hard,
+        bday_tx,
     };
     c.flush().await;
 
@@ -835,6 +1305,10 @@ where
                 c.set_my_nat(class);
                 c.flush().await;
             }
+            Some(peer) = offer_rx.recv() => {
+                c.puncher.peer_offer(&peer?, Instant::now());
+                c.flush().await;
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 c.puncher.handle_timeout(Instant::now());
                 c.flush().await;
@@ -908,7 +1382,10 @@ where
     let control_events = on_event.clone();
     let path_changed = Arc::new(tokio::sync::Notify::new());
     let nudge = path_changed.clone();
+    let (bday_ctl, bday_quic) = (ctl_tx.clone(), quic_tx.clone());
     let control = tokio::spawn(async move {
+        // Dropped with the control task, which stops the birthday socket's reader.
+        let mut _bday_reader: Option<AbortOnDrop> = None;
         loop {
             // A direct path that stopped answering falls back to the relay, and the puncher
             // keeps trying to upgrade; QUIC only sees a stall, never a new peer address.
@@ -933,16 +1410,70 @@ where
                     }
                 }
             }
+            if let Some(part) = c.want_birthday.take() {
+                c.start_birthday(part).await;
+            }
+            if let Some((outcome, chosen)) = c.birthday_done() {
+                match outcome {
+                    Outcome::Connected { peer, probes, .. } => {
+                        // The opener's winning socket now carries the session: read it
+                        // like the punch socket.
+                        if let Some(s) = &chosen {
+                            _bday_reader = Some(AbortOnDrop(tokio::spawn(reader(
+                                s.clone(),
+                                relay,
+                                c.link.clone(),
+                                bday_ctl.clone(),
+                                bday_quic.clone(),
+                            ))));
+                        }
+                        c.puncher.adopt_direct(peer);
+                        let ev = switch_path_by(
+                            &c.link,
+                            &c.wire,
+                            relay,
+                            PathKind::Direct(peer),
+                            probes,
+                            t0,
+                            Some(("birthday", chosen)),
+                        );
+                        nudge.notify_one();
+                        if let Ok(mut f) = control_events.lock() {
+                            (*f)(&ev);
+                        }
+                    }
+                    Outcome::Failed { probes } => {
+                        if let Ok(mut f) = control_events.lock() {
+                            (*f)(&Event::Tried {
+                                method: "birthday",
+                                found: false,
+                                probes,
+                                elapsed_ms: t0.elapsed().as_millis() as u64,
+                            });
+                        }
+                    }
+                }
+            }
             let wake = c
                 .puncher
                 .poll_timeout()
                 .unwrap_or(Instant::now() + Duration::from_secs(1))
                 .min(Instant::now() + Duration::from_millis(250));
+            let wake = match c.birthday.as_ref().and_then(|r| r.b.poll_timeout()) {
+                Some(t) => wake.min(t),
+                None => wake,
+            };
             tokio::select! {
                 m = ctl_rx.recv() => match m {
                     Some(Inbound::Control(from, b)) => c.on_inbound(Instant::now(), from, &b).await,
                     None => return,
                 },
+                Some((i, from, b)) = bday_rx.recv() => {
+                    if let Some(r) = &mut c.birthday {
+                        r.b.handle_datagram(Instant::now(), i, from, &b);
+                    }
+                    c.flush_birthday();
+                }
                 // A mapping that came late still helps later upgrade attempts.
                 Some((external, via)) = mapped_rx.recv() => {
                     if let Ok(mut f) = control_events.lock() {
@@ -958,6 +1489,10 @@ where
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     c.puncher.handle_timeout(Instant::now());
+                    if let Some(r) = &mut c.birthday {
+                        r.b.handle_timeout(Instant::now());
+                    }
+                    c.flush_birthday();
                     c.flush().await;
                 }
             }
@@ -1005,7 +1540,9 @@ where
         peer: peer_id,
     }
     .emit();
-    let _ = wire.send(relay, bye);
+    if manual.is_none() {
+        let _ = wire.send(relay, bye);
+    }
     // Give the TCP writer a moment to flush the goodbye.
     if wire.over_tcp() {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -20,6 +20,8 @@ use crate::rendezvous::Role;
 
 const ALPN: &[u8] = b"natkit-punch/1";
 const STREAM_VERSION: u8 = 1;
+/// Per-stream flow-control window (bytes the peer may send ahead of what we have read).
+const STREAM_WINDOW: u32 = 8 << 20;
 
 /// Accepts exactly one certificate, by SHA-256 fingerprint.
 #[derive(Debug)]
@@ -122,9 +124,21 @@ fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
     // Keepalives well under NAT binding lifetimes; a generous idle timeout so a NAT
     // rebinding or a path change is a stall, not a lost connection.
     t.keep_alive_interval(Some(keepalive));
-    // No path-MTU probing: the path may switch to the relay at any time, whose data frames
-    // carry at most 1400 bytes, and lost oversized probes would look like a dead path.
-    t.mtu_discovery_config(None);
+    // Start at QUIC's 1200 bytes and let path-MTU discovery raise it, but never beyond what
+    // a relay data frame carries: the path may switch to the relay at any time, and a packet
+    // that fits one path must fit the other. 1400 instead of 1200 is 14 % fewer packets (and
+    // per-packet costs) for bulk data. A lost probe is not counted as a dead path (the path
+    // monitor needs several unanswered sends over 2 s), and black-hole detection falls back
+    // to 1200 if large packets stop getting through.
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(crate::rendezvous::MAX_PAYLOAD as u16);
+    t.mtu_discovery_config(Some(mtud));
+    // Flow control: quinn's defaults (1.25 MB per stream) are sized for 100 Mbit/s at 100 ms;
+    // a receiver that is briefly descheduled would otherwise block a fast sender. These are
+    // limits, not allocations.
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(4 * STREAM_WINDOW));
+    t.send_window(4 * STREAM_WINDOW as u64);
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(60)).expect("60 s fits"),
     ));
@@ -188,8 +202,9 @@ where
     let r = match mode {
         Mode::Pipe => {
             let (send, recv) = open_or_accept(&conn, role).await?;
-            bridge(send, recv, input, output, totals.clone())
+            tokio::spawn(bridge(send, recv, input, output, totals.clone()))
                 .await
+                .map_err(terr)?
                 .map_err(terr)
         }
         Mode::Expose(target) => expose(&conn, target, totals.clone()).await,
@@ -206,6 +221,7 @@ where
         },
     };
     nudger.abort();
+    tracing::debug!(stats = ?conn.stats(), "QUIC connection statistics");
     conn.close(0u32.into(), b"done");
     ep.wait_idle().await;
     r?;
@@ -346,7 +362,7 @@ where
         Ok::<(), std::io::Error>(())
     };
     let down = async {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 1024 * 1024];
         while let Some(k) = recv.read(&mut buf).await.map_err(std::io::Error::other)? {
             match output.write_all(&buf[..k]).await {
                 Ok(()) => {}

@@ -159,3 +159,21 @@ fn bad_arguments_are_clear_errors() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// `--manual` with something that is not an offer: a clear error before any IO, exit 2.
+#[test]
+fn manual_offer_that_is_not_an_offer_is_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_punch"))
+        .args([
+            "connect",
+            "9-lantern-harbor",
+            "--manual",
+            "--peer",
+            "hello",
+            "--no-portmap",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a punch offer"));
+}

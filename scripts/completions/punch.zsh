@@ -30,13 +30,18 @@ _punch() {
         case $line[1] in
             (listen)
 _arguments "${_arguments_options[@]}" : \
-'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted)]:HOST[:PORT]:_default' \
+'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual]:HOST[:PORT]:_default' \
+'--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses)]:HOST[:PORT]:_default' \
+'(--peer-file)--peer=[With --manual\: the other side'\''s offer]:OFFER:_default' \
+'--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
 '--code=[Use this code instead of a random one]:CODE:_default' \
 '--expose=[Host a local TCP service\: each connection the other side makes (with --local) is carried to HOST\:PORT here]:HOST:PORT:_default' \
+'--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
+'--hard[When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)]' \
 '--no-portmap[Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
@@ -46,12 +51,17 @@ _arguments "${_arguments_options[@]}" : \
 ;;
 (connect)
 _arguments "${_arguments_options[@]}" : \
-'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted)]:HOST[:PORT]:_default' \
+'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual]:HOST[:PORT]:_default' \
+'--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses)]:HOST[:PORT]:_default' \
+'(--peer-file)--peer=[With --manual\: the other side'\''s offer]:OFFER:_default' \
+'--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
 '--local=[Listen on \[HOST\:\]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side'\''s --expose service, many at once]:[HOST:]PORT:_default' \
+'--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
+'--hard[When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)]' \
 '--no-portmap[Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \

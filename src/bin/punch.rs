@@ -15,6 +15,17 @@ fn human(e: &Event) -> String {
             format!("punch: code {code}  (on the other side: punch connect … {code})")
         }
         Event::Registered { observed } => format!("punch: at the relay, seen as {observed}"),
+        Event::Tried {
+            method,
+            probes,
+            elapsed_ms,
+            ..
+        } => format!(
+            "punch: {method} found no direct path ({probes} probes, {elapsed_ms} ms); staying on the relay"
+        ),
+        Event::Offer { offer } => {
+            format!("punch: your offer — paste it on the other side:\n{offer}")
+        }
         Event::Nat { mine, peer, expect } => format!(
             "punch: our NAT: mapping {}, filtering {}; theirs: mapping {}, filtering {}; \
              expected: {} ({}): {}",
@@ -31,12 +42,16 @@ fn human(e: &Event) -> String {
         }
         Event::Connected {
             path: "direct",
+            method,
             peer,
             elapsed_ms,
             probes,
-            ..
         } => {
-            format!("punch: connected directly to {peer} (UDP hole punch, {probes} probes, {elapsed_ms} ms)")
+            let how = match *method {
+                "birthday" => "birthday probing",
+                _ => "UDP hole punch",
+            };
+            format!("punch: connected directly to {peer} ({how}, {probes} probes, {elapsed_ms} ms)")
         }
         Event::Connected { elapsed_ms, .. } => {
             format!("punch: no direct path; connected through the relay ({elapsed_ms} ms)")

@@ -7,8 +7,10 @@
 //! checks; a check that succeeds moves the session to the direct path (RFC 8445 §9 "keepalive
 //! and upgrade" in spirit: the relay is the last resort, not a final state).
 
+pub mod birthday;
 pub mod code;
 pub mod nat;
+pub mod offer;
 pub mod pake;
 
 use std::collections::{HashMap, VecDeque};
@@ -123,6 +125,8 @@ pub struct RvClient {
     registered: bool,
     next_keepalive: Option<Instant>,
     sync: Option<Transaction>,
+    /// Never talks to a relay (`--manual`).
+    inert: bool,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<RvEvent>,
 }
@@ -136,12 +140,32 @@ impl RvClient {
             registered: false,
             next_keepalive: None,
             sync: None,
+            inert: false,
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
         c.register = Some(Transaction::new(now, Self::register_schedule()));
         c.pump(now);
         c
+    }
+
+    /// A client that never talks to a relay (serverless `--manual` mode): every request is a
+    /// no-op.
+    pub fn inert(cfg: PunchConfig) -> Self {
+        RvClient {
+            cfg,
+            register: None,
+            registered: false,
+            next_keepalive: None,
+            sync: None,
+            inert: true,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn is_inert(&self) -> bool {
+        self.inert
     }
 
     fn register_schedule() -> Schedule {
@@ -206,7 +230,7 @@ impl RvClient {
 
     /// Re-registers at once (after a path failure: our observed address may have changed).
     pub fn refresh(&mut self, now: Instant) {
-        if self.register.is_none() {
+        if self.register.is_none() && !self.is_inert() {
             self.register = Some(Transaction::new(now, Self::register_schedule()));
             self.pump(now);
         }
@@ -214,6 +238,9 @@ impl RvClient {
 
     /// Asks the relay for a simultaneous start (again, on every retry).
     pub fn sync(&mut self, now: Instant) {
+        if self.is_inert() {
+            return;
+        }
         self.sync = Some(Transaction::new(
             now,
             Schedule {
@@ -227,6 +254,9 @@ impl RvClient {
 
     /// Sends data through the relay.
     pub fn send_data(&mut self, payload: Vec<u8>) {
+        if self.inert {
+            return;
+        }
         let f = Frame::Data {
             session: self.cfg.session,
             payload,
@@ -361,9 +391,16 @@ pub struct Checks {
     probes: u32,
     done: bool,
     opened: bool,
+    /// Send only low-TTL packets (keeping our NAT open for the peer) until the peer's first
+    /// probe arrives: without a start signal, probes that reach the peer's NAT before the
+    /// peer has sent would make a Linux NAT move the peer's flow to another port.
+    quiet: bool,
     out: VecDeque<Datagram>,
     events: VecDeque<CheckEvent>,
 }
+
+/// Round interval while [`Checks`] are quiet: only keeps our own NAT binding open.
+pub const QUIET_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Checks {
     /// Checks for a session, giving up `bound` after they start.
@@ -379,9 +416,15 @@ impl Checks {
             probes: 0,
             done: false,
             opened: false,
+            quiet: false,
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Sends only low-TTL packets until the peer's first probe arrives.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     /// Fresh checks towards the same targets (an upgrade attempt after a fallback).
@@ -428,7 +471,23 @@ impl Checks {
             return;
         }
         if let Some(t) = self.next_round {
-            if t <= now && !self.opened {
+            if t <= now && self.quiet {
+                for &dst in &self.targets {
+                    for ttl in OPENING_TTLS {
+                        let f = Frame::PunchProbe {
+                            session: self.session,
+                            tx: rand::random(),
+                        }
+                        .emit();
+                        self.out.push_back(Datagram {
+                            dst,
+                            payload: f,
+                            ttl: Some(ttl),
+                        });
+                    }
+                }
+                self.next_round = Some(now + QUIET_INTERVAL);
+            } else if t <= now && !self.opened {
                 self.opened = true;
                 for &dst in &self.targets {
                     for ttl in OPENING_TTLS {
@@ -485,6 +544,13 @@ impl Checks {
                 });
                 if !self.done {
                     self.add_targets([from]);
+                    if self.quiet {
+                        // The peer is sending: answer with full probes at once.
+                        self.quiet = false;
+                        self.opened = true;
+                        self.next_round = Some(now);
+                        self.pump(now);
+                    }
                 }
                 true
             }
@@ -574,6 +640,10 @@ pub struct Puncher {
     start_pending: Option<Instant>,
     upgrade_at: Option<Instant>,
     upgrade_wait: Duration,
+    /// No relay (`--manual`): the peer's candidates come from its pasted offer.
+    serverless: bool,
+    /// The peer's address as the relay sees it.
+    peer_observed: Option<SocketAddr>,
     events: VecDeque<PunchEvent>,
 }
 
@@ -588,8 +658,31 @@ impl Puncher {
             start_pending: None,
             upgrade_at: None,
             upgrade_wait: UPGRADE_FIRST,
+            serverless: false,
+            peer_observed: None,
             events: VecDeque::new(),
         }
+    }
+
+    /// A puncher without a relay (`--manual`): it waits for [`Puncher::peer_offer`]; the
+    /// checks are bounded by `cfg.direct_timeout`, and failing them is fatal (there is no relay
+    /// to fall back to).
+    pub fn serverless(cfg: PunchConfig, now: Instant) -> Self {
+        let mut p = Puncher::new(cfg.clone(), now);
+        p.rv = RvClient::inert(cfg);
+        p.serverless = true;
+        p
+    }
+
+    /// The peer's candidates from its offer: start the checks now. The connector got the
+    /// listener's offer first and the listener is not probing yet, so it stays quiet (only
+    /// low-TTL packets that open its own NAT) until the listener's first probe arrives.
+    pub fn peer_offer(&mut self, targets: &[SocketAddr], now: Instant) {
+        self.checks.add_targets(targets.iter().copied());
+        self.checks.set_quiet(self.role == Role::Connector);
+        self.checks.start_at(now);
+        self.checks.handle_timeout(now);
+        self.drive(now);
     }
 
     /// While on the relay, the connector schedules the next upgrade attempt.
@@ -598,6 +691,13 @@ impl Puncher {
             self.upgrade_at = Some(now + self.upgrade_wait);
             self.upgrade_wait = (self.upgrade_wait * 2).min(UPGRADE_MAX);
         }
+    }
+
+    /// A direct path found outside the checks (birthday probing): stop upgrade attempts.
+    pub fn adopt_direct(&mut self, peer: SocketAddr) {
+        self.path = Some(PathKind::Direct(peer));
+        self.upgrade_at = None;
+        self.upgrade_wait = UPGRADE_FIRST;
     }
 
     /// Both NAT classifications say no direct path can work: carry the session through the
@@ -618,6 +718,16 @@ impl Puncher {
     /// through the relay): carry the session through the relay, re-register (our observed
     /// address may have changed) and try a direct path again soon.
     pub fn path_failed(&mut self, now: Instant) {
+        if self.serverless {
+            // No relay: look for the peer again (it may have a new mapping), both sides
+            // probing at once now that each knows the other's addresses.
+            if self.checks.is_done() {
+                self.checks = self.checks.renewed();
+                self.checks.start_at(now);
+                self.checks.handle_timeout(now);
+            }
+            return;
+        }
         if self.path == Some(PathKind::Relay) {
             return;
         }
@@ -667,6 +777,7 @@ impl Puncher {
                     observed,
                     candidates,
                 } => {
+                    self.peer_observed = Some(observed);
                     self.checks
                         .add_targets(std::iter::once(observed).chain(candidates));
                 }
@@ -689,6 +800,16 @@ impl Puncher {
         while let Some(e) = self.checks.poll_event() {
             let (path, probes) = match e {
                 CheckEvent::Connected { peer, probes, .. } => (PathKind::Direct(peer), probes),
+                CheckEvent::Failed { probes } if self.serverless => {
+                    if self.path.is_none() {
+                        self.events.push_back(PunchEvent::Failed(format!(
+                            "no direct path after {probes} probes, and --manual has no relay \
+                             to fall back to (is the other side running, with this side's \
+                             offer? behind a symmetric NAT on both sides?)"
+                        )));
+                    }
+                    continue;
+                }
                 CheckEvent::Failed { probes } => (PathKind::Relay, probes),
             };
             if self.path != Some(path) {
@@ -732,6 +853,11 @@ impl Puncher {
     /// The path in use, once decided.
     pub fn path(&self) -> Option<PathKind> {
         self.path
+    }
+
+    /// The peer's server-reflexive address, as the relay told us.
+    pub fn peer_observed(&self) -> Option<SocketAddr> {
+        self.peer_observed
     }
 
     /// Our role.

@@ -357,3 +357,55 @@ fn upgrade_attempts_back_off_on_a_pair_that_cannot_go_direct() {
         .iter()
         .all(|s| matches!(s.path, Some((PathKind::Relay, _)))));
 }
+
+fn serverless_cfg(role: Role, peer: u8) -> PunchConfig {
+    PunchConfig {
+        relay: sa("0.0.0.0:0"),
+        session: [7; 16],
+        role,
+        peer: [peer; 8],
+        token: vec![],
+        candidates: vec![],
+        direct_timeout: Duration::from_secs(60),
+        keepalive: KEEPALIVE,
+    }
+}
+
+/// `--manual`: no relay at all. The connector has the listener's offer first and stays quiet
+/// (low-TTL only) until the listener, pasting the connector's offer seconds later, starts
+/// probing; then both connect directly, and nothing was ever sent to a relay.
+#[test]
+fn serverless_offers_connect_port_restricted_pairs_without_a_relay() {
+    let t0 = Instant::now();
+    let mut n = Net::new(t0, (Ei, Apd), (Ei, Apd));
+    n.sides[0].p = Puncher::serverless(serverless_cfg(Role::Listener, 1), t0);
+    n.sides[1].p = Puncher::serverless(serverless_cfg(Role::Connector, 2), t0);
+    let mut now = t0;
+    n.sides[1].p.peer_offer(&[sa("203.0.113.21:5000")], now);
+    n.flush(now);
+    while now < t0 + Duration::from_secs(5) {
+        n.step(&mut now);
+    }
+    assert!(
+        n.sides.iter().all(|s| s.path.is_none()),
+        "connected too early"
+    );
+    n.sides[0].p.peer_offer(&[sa("203.0.113.22:6000")], now);
+    n.flush(now);
+    let t1 = now;
+    while !is_direct(&n) && now < t1 + Duration::from_secs(5) {
+        n.step(&mut now);
+    }
+    assert!(
+        is_direct(&n),
+        "{:?}",
+        n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
+    );
+    assert!(now - t1 < Duration::from_millis(200), "took {:?}", now - t1);
+    let m = n.relay.metrics();
+    assert_eq!(
+        (m.stun_requests, m.rendezvous_requests),
+        (0, 0),
+        "the relay was contacted"
+    );
+}

@@ -1,0 +1,228 @@
+//! punch's hard cases on the NAT lab: birthday probing through a symmetric NAT.
+mod common;
+
+use common::lab::{Kind, Lab};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A punch side whose stderr JSON events arrive while it runs; stdin stays open until
+/// [`Live::close_input`].
+struct Live {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    events: mpsc::Receiver<Value>,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    seen: Vec<Value>,
+}
+
+fn live(lab: &Lab, node: &str, args: &[&str]) -> Live {
+    let mut child = lab
+        .cmd(node, env!("CARGO_BIN_EXE_punch"))
+        .args(args)
+        .args(["--relay", lab.get("PUB_IP"), "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take();
+    let mut out = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let (tx, events) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            let v = serde_json::from_str(&l).unwrap_or(Value::String(l));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    Live {
+        child,
+        stdin,
+        events,
+        stdout,
+        seen: Vec::new(),
+    }
+}
+
+impl Live {
+    /// Waits up to `limit` for an event matching `want`.
+    fn wait_for(&mut self, limit: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if want(&v) {
+                        return Some(v);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn write(&mut self, b: &[u8]) {
+        if let Some(s) = &mut self.stdin {
+            let _ = s.write_all(b);
+        }
+    }
+
+    fn close_input(&mut self) {
+        self.stdin = None;
+    }
+
+    fn finish(mut self) -> (Option<i32>, Vec<u8>, Vec<Value>) {
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = self.stdout.join().unwrap();
+        self.seen.extend(self.events.iter());
+        (status.code(), out, self.seen)
+    }
+}
+
+fn is_direct(v: &Value) -> bool {
+    v["event"] == "connected" && v["path"] == "direct"
+}
+
+/// One session: both sides connect (through the relay first), birthday probing finds a
+/// direct path; then 64 KiB each way must arrive intact over it. Returns the time from
+/// `connect` to the direct `connected` event, or None when it never came.
+fn birthday_once(lab: &Lab, code: &str) -> Option<Duration> {
+    let mut l = live(lab, "a", &["listen", "--code", code]);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let mut c = live(lab, "b", &["connect", code]);
+    let got = c.wait_for(Duration::from_secs(20), is_direct);
+    let took = t.elapsed();
+    let lgot = l.wait_for(Duration::from_secs(5), is_direct);
+    let (da, db) = (vec![0xa5u8; 64 * 1024], vec![0x5au8; 64 * 1024]);
+    l.write(&da);
+    c.write(&db);
+    l.close_input();
+    c.close_input();
+    let (lc, lout, levs) = l.finish();
+    let (cc, cout, cevs) = c.finish();
+    assert_eq!(lc, Some(0), "{levs:?}");
+    assert_eq!(cc, Some(0), "{cevs:?}");
+    assert_eq!(Sha256::digest(&cout), Sha256::digest(&da));
+    assert_eq!(Sha256::digest(&lout), Sha256::digest(&db));
+    match (got, lgot) {
+        (Some(g), Some(lg)) => {
+            assert_eq!(g["method"], "birthday", "{g}");
+            assert_eq!(lg["method"], "birthday", "{lg}");
+            assert!(g["probes"].as_u64().unwrap() > 0);
+            Some(took)
+        }
+        _ => None,
+    }
+}
+
+fn birthday_series(a: Kind, b: Kind) {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b)) else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let mut times = Vec::new();
+    let mut failed = 0;
+    for i in 0..20 {
+        match birthday_once(&lab, &format!("{}-lantern-harbor", 100 + i)) {
+            Some(t) => times.push(t),
+            None => failed += 1,
+        }
+    }
+    times.sort();
+    let median = times.get(times.len() / 2).copied();
+    eprintln!(
+        "{a:?} x {b:?}: {} of 20 direct by birthday, median {median:?}",
+        times.len()
+    );
+    assert!(failed <= 1, "{a:?} x {b:?}: {failed} of 20 attempts failed");
+    let median = median.unwrap();
+    assert!(median <= Duration::from_secs(10), "median {median:?}");
+}
+
+#[test]
+fn birthday_symmetric_x_port_restricted() {
+    birthday_series(Kind::Symmetric, Kind::PortRestricted);
+}
+
+#[test]
+fn birthday_port_restricted_x_symmetric() {
+    birthday_series(Kind::PortRestricted, Kind::Symmetric);
+}
+
+/// Symmetric × symmetric with `--hard`: birthday probing from both sides runs within its
+/// budget, finds nothing in the lab (its NATs pick fully random ports), and the session
+/// stays on the relay, which carried the data all along.
+#[test]
+fn hard_symmetric_x_symmetric_tries_then_stays_on_the_relay() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Symmetric).b(Kind::Symmetric)) else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let mut l = live(
+        &lab,
+        "a",
+        &["listen", "--code", "77-lantern-harbor", "--hard"],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let mut c = live(&lab, "b", &["connect", "77-lantern-harbor", "--hard"]);
+    let first = c
+        .wait_for(Duration::from_secs(5), |v| v["event"] == "connected")
+        .expect("connected");
+    assert_eq!(first["path"], "relay", "{first}");
+    // Data flows through the relay while the attempt runs.
+    let (da, db) = (vec![0x11u8; 256 * 1024], vec![0x22u8; 256 * 1024]);
+    l.write(&da);
+    c.write(&db);
+    let tried = c
+        .wait_for(Duration::from_secs(20), |v| v["event"] == "tried")
+        .expect("the --hard attempt never ended");
+    let took = t.elapsed();
+    assert_eq!(tried["method"], "birthday", "{tried}");
+    assert!(tried["probes"].as_u64().unwrap() > 100, "{tried}");
+    // Budget 10 s after both classifications are in (about 1 s).
+    assert!(took < Duration::from_secs(14), "took {took:?}");
+    assert!(l
+        .wait_for(Duration::from_secs(5), |v| v["event"] == "tried")
+        .is_some());
+    l.close_input();
+    c.close_input();
+    let (lc, lout, levs) = l.finish();
+    let (cc, cout, cevs) = c.finish();
+    assert_eq!(lc, Some(0), "{levs:?}");
+    assert_eq!(cc, Some(0), "{cevs:?}");
+    assert_eq!(Sha256::digest(&cout), Sha256::digest(&da));
+    assert_eq!(Sha256::digest(&lout), Sha256::digest(&db));
+    for evs in [&levs, &cevs] {
+        let last = evs
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "connected")
+            .unwrap();
+        assert_eq!(last["path"], "relay", "{evs:?}");
+    }
+}
