@@ -4,102 +4,13 @@ mod common;
 use common::lab::{Kind, Lab};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::io::Write;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A punch side whose stderr JSON events arrive while it runs; stdin stays open until
-/// [`Live::close_input`].
-struct Live {
-    child: Child,
-    stdin: Option<std::process::ChildStdin>,
-    events: mpsc::Receiver<Value>,
-    stdout: std::thread::JoinHandle<Vec<u8>>,
-    seen: Vec<Value>,
-}
-
-fn live(lab: &Lab, node: &str, args: &[&str]) -> Live {
-    let mut child = lab
-        .cmd(node, env!("CARGO_BIN_EXE_punch"))
-        .args(args)
-        .args(["--relay", lab.get("PUB_IP"), "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take();
-    let mut out = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut v);
-        v
-    });
-    let (tx, events) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
-            let v = serde_json::from_str(&l).unwrap_or(Value::String(l));
-            if tx.send(v).is_err() {
-                return;
-            }
-        }
-    });
-    Live {
-        child,
-        stdin,
-        events,
-        stdout,
-        seen: Vec::new(),
-    }
-}
-
-impl Live {
-    /// Waits up to `limit` for an event matching `want`.
-    fn wait_for(&mut self, limit: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if want(&v) {
-                        return Some(v);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn write(&mut self, b: &[u8]) {
-        if let Some(s) = &mut self.stdin {
-            let _ = s.write_all(b);
-        }
-    }
-
-    fn close_input(&mut self) {
-        self.stdin = None;
-    }
-
-    fn finish(mut self) -> (Option<i32>, Vec<u8>, Vec<Value>) {
-        self.stdin = None;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let out = self.stdout.join().unwrap();
-        self.seen.extend(self.events.iter());
-        (status.code(), out, self.seen)
-    }
+/// A punch side meeting at the lab's relay, JSON events while it runs.
+fn live(lab: &Lab, node: &str, args: &[&str]) -> common::punch::Live {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--relay", lab.get("PUB_IP"), "--json"]);
+    common::punch::live(lab, node, &all)
 }
 
 fn is_direct(v: &Value) -> bool {

@@ -622,74 +622,22 @@ fn port_restricted_with_a_mapped_port_x_symmetric_connects_directly() {
     mapped_port_pair(Kind::PortRestricted, Kind::Symmetric, "a");
 }
 
-/// A `punch --manual` side: its stderr JSON lines arrive on a channel while it runs.
-struct ManualSide {
-    child: std::process::Child,
-    events: std::sync::mpsc::Receiver<Value>,
-    stdout: std::thread::JoinHandle<Vec<u8>>,
+/// A `punch --manual --json` side, with `input` written to its stdin.
+fn manual_side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> common::punch::Live {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--manual", "--json"]);
+    let mut s = common::punch::live(lab, node, &all);
+    s.feed(input);
+    s
 }
 
-fn manual_side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> ManualSide {
-    let mut child = lab
-        .cmd(node, env!("CARGO_BIN_EXE_punch"))
-        .args(args)
-        .args(["--manual", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let mut out = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut v);
-        v
-    });
-    let (tx, events) = std::sync::mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
-            let v = serde_json::from_str(&l).unwrap_or(Value::String(l));
-            if tx.send(v).is_err() {
-                return;
-            }
-        }
-    });
-    ManualSide {
-        child,
-        events,
-        stdout,
-    }
-}
-
-impl ManualSide {
-    /// Events until (and including) the first `want`, within 10 s.
-    fn until(&self, want: &str) -> Vec<Value> {
-        let mut seen = Vec::new();
-        loop {
-            match self.events.recv_timeout(Duration::from_secs(10)) {
-                Ok(v) => {
-                    let done = v["event"] == want;
-                    seen.push(v);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("no {want} event; saw {seen:?}"),
-            }
-        }
-    }
-
-    fn finish(mut self) -> (Option<i32>, Vec<u8>, Vec<Value>) {
-        let status = self.child.wait().unwrap();
-        let out = self.stdout.join().unwrap();
-        let rest: Vec<Value> = self.events.iter().collect();
-        (status.code(), out, rest)
-    }
+/// The `offer` event of a manual side.
+fn offer_of(s: &mut common::punch::Live) -> String {
+    s.wait_for(Duration::from_secs(10), |v| v["event"] == "offer")
+        .expect("no offer event")["offer"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// `--manual`: no relay anywhere; each side prints an offer that the other takes (the
@@ -712,7 +660,7 @@ fn manual_offers_punch_two_port_restricted_nats_without_any_server() {
     let offer_file = dir.join("connector-offer");
     let (da, db) = (random(1 << 20), random(1 << 20));
     let stun = lab.get("PUB_IP").to_string();
-    let l = manual_side(
+    let mut l = manual_side(
         &lab,
         "a",
         &[
@@ -726,10 +674,9 @@ fn manual_offers_punch_two_port_restricted_nats_without_any_server() {
         ],
         da.clone(),
     );
-    let lo = l.until("offer");
-    let offer_l = lo.last().unwrap()["offer"].as_str().unwrap().to_string();
+    let offer_l = offer_of(&mut l);
     assert!(offer_l.contains(lab.get("A_WAN")), "{offer_l}");
-    let c = manual_side(
+    let mut c = manual_side(
         &lab,
         "b",
         &[
@@ -742,8 +689,7 @@ fn manual_offers_punch_two_port_restricted_nats_without_any_server() {
         ],
         db.clone(),
     );
-    let co = c.until("offer");
-    let offer_c = co.last().unwrap()["offer"].as_str().unwrap().to_string();
+    let offer_c = offer_of(&mut c);
     // The person takes a moment to paste it.
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&offer_file, format!("{offer_c}\n")).unwrap();

@@ -458,6 +458,25 @@ impl Checks {
         self.done
     }
 
+    /// Low-TTL packets to every target: they open our own NAT (and a carrier NAT behind it)
+    /// and die before the peer's.
+    fn send_opening(&mut self) {
+        for &dst in &self.targets {
+            for ttl in OPENING_TTLS {
+                let f = Frame::PunchProbe {
+                    session: self.session,
+                    tx: rand::random(),
+                }
+                .emit();
+                self.out.push_back(Datagram {
+                    dst,
+                    payload: f,
+                    ttl: Some(ttl),
+                });
+            }
+        }
+    }
+
     fn pump(&mut self, now: Instant) {
         if self.done {
             return;
@@ -472,37 +491,11 @@ impl Checks {
         }
         if let Some(t) = self.next_round {
             if t <= now && self.quiet {
-                for &dst in &self.targets {
-                    for ttl in OPENING_TTLS {
-                        let f = Frame::PunchProbe {
-                            session: self.session,
-                            tx: rand::random(),
-                        }
-                        .emit();
-                        self.out.push_back(Datagram {
-                            dst,
-                            payload: f,
-                            ttl: Some(ttl),
-                        });
-                    }
-                }
+                self.send_opening();
                 self.next_round = Some(now + QUIET_INTERVAL);
             } else if t <= now && !self.opened {
                 self.opened = true;
-                for &dst in &self.targets {
-                    for ttl in OPENING_TTLS {
-                        let f = Frame::PunchProbe {
-                            session: self.session,
-                            tx: rand::random(),
-                        }
-                        .emit();
-                        self.out.push_back(Datagram {
-                            dst,
-                            payload: f,
-                            ttl: Some(ttl),
-                        });
-                    }
-                }
+                self.send_opening();
                 self.next_round = Some(now + OPENING_LEAD);
             } else if t <= now {
                 for &dst in &self.targets {

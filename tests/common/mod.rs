@@ -5,4 +5,5 @@ pub mod coturn;
 #[allow(dead_code)]
 pub mod lab;
 pub mod miniupnpd;
+pub mod punch;
 pub mod relay;
