@@ -394,6 +394,15 @@ impl Wire {
             Ok(_) => Ok(()),
         }
     }
+
+    /// [`Wire::send`] for QUIC: a full UDP socket is reported (`WouldBlock`), and quinn waits
+    /// until it has room instead of losing the datagram.
+    fn send_quic(&self, dst: SocketAddr, bytes: Vec<u8>) -> std::io::Result<()> {
+        if dst == self.relay && self.over_tcp() {
+            return self.send(dst, bytes);
+        }
+        self.sock.try_send_to(&bytes, dst).map(|_| ())
+    }
 }
 
 /// quinn's view of the link: a socket whose only peer is [`VIRTUAL_PEER`].
@@ -436,19 +445,28 @@ impl LinkSocket {
 }
 
 /// quinn waits on this when the socket is full (direct sends report `WouldBlock` instead of
-/// losing the datagram, so a fast sender is paced by the socket, not by loss).
+/// losing the datagram, so a fast sender is paced by the socket, not by loss). It watches the
+/// socket the path sends from: a birthday path's own, or the punch socket.
 #[derive(Debug)]
-struct Writable(Arc<UdpSocket>);
+struct Writable(Arc<LinkSocket>);
 
 impl quinn::UdpPoller for Writable {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<std::io::Result<()>> {
-        self.0.poll_send_ready(cx)
+        let sock = match &*self.0.lock_state() {
+            LinkState {
+                path: PathKind::Direct(_),
+                direct_sock: Some(s),
+                ..
+            } => s.clone(),
+            _ => self.0.wire.sock.clone(),
+        };
+        sock.poll_send_ready(cx)
     }
 }
 
 impl quinn::AsyncUdpSocket for LinkSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        Box::pin(Writable(self.wire.sock.clone()))
+        Box::pin(Writable(self))
     }
 
     /// A transmit may hold several QUIC packets of `segment_size` bytes (GSO, see
@@ -482,11 +500,10 @@ impl quinn::AsyncUdpSocket for LinkSocket {
             let (dst, bytes) = self.lock_state().wrap(packet);
             match (&direct_sock, path) {
                 // A birthday path: its own socket.
-                (Some(s), PathKind::Direct(_)) => match s.try_send_to(&bytes, dst) {
-                    Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return Err(e),
-                    _ => {}
-                },
-                _ => self.wire.send(dst, bytes)?,
+                (Some(s), PathKind::Direct(_)) => {
+                    s.try_send_to(&bytes, dst)?;
+                }
+                _ => self.wire.send_quic(dst, bytes)?,
             }
         }
         Ok(())
@@ -511,7 +528,7 @@ impl quinn::AsyncUdpSocket for LinkSocket {
         };
         // Everything already queued, up to quinn's batch: one wake-up, many datagrams.
         let mut n = 0;
-        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
+        while n < bufs.len().min(meta.len()) {
             let d = if n == 0 {
                 match rx.poll_recv(cx) {
                     Poll::Ready(Some(d)) => d,
@@ -526,17 +543,33 @@ impl quinn::AsyncUdpSocket for LinkSocket {
                     Err(_) => break,
                 }
             };
-            let len = d.len().min(buf.len());
+            // One item of the queue (see `quic_item`): a stride, then datagrams.
+            let Some((stride, d)) = d.split_first_chunk::<2>() else {
+                continue;
+            };
+            let stride = usize::from(u16::from_be_bytes(*stride)).max(1);
+            let buf = &mut bufs[n];
+            // Whole datagrams only (quinn's buffers hold `max_receive_segments` of them).
+            let len = if d.len() <= buf.len() {
+                d.len()
+            } else {
+                buf.len() / stride * stride
+            };
             buf[..len].copy_from_slice(&d[..len]);
-            *meta = quinn::udp::RecvMeta {
+            meta[n] = quinn::udp::RecvMeta {
                 addr: VIRTUAL_PEER,
                 len,
-                stride: len,
+                stride,
                 ..Default::default()
             };
             n += 1;
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// A GRO batch from the socket reaches quinn whole (64 is the kernel's UDP_GRO_CNT_MAX).
+    fn max_receive_segments(&self) -> usize {
+        64
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -605,10 +638,17 @@ async fn reader(
             continue;
         };
         for (m, b) in meta.iter().zip(buf.chunks(RECV_SLOT)).take(n) {
-            for d in b[..m.len].chunks(m.stride.max(1)) {
+            let d = &b[..m.len];
+            if m.stride <= crate::defaults::MAX_DATAGRAM {
+                if !demux(m.addr, d, m.stride, relay, &link, &ctl, &quic).await {
+                    return;
+                }
+                continue;
+            }
+            for d in d.chunks(m.stride) {
                 // Longer datagrams are truncated, then rejected by the decoder or QUIC.
                 let d = &d[..d.len().min(crate::defaults::MAX_DATAGRAM)];
-                if !demux(m.addr, d, relay, &link, &ctl, &quic).await {
+                if !demux(m.addr, d, d.len(), relay, &link, &ctl, &quic).await {
                     return;
                 }
             }
@@ -634,31 +674,65 @@ async fn tcp_reader(
         if rd.read_exact(&mut f).await.is_err() {
             return;
         }
-        if !demux(relay, &f, relay, &link, &ctl, &quic).await {
+        if !demux(relay, &f, f.len(), relay, &link, &ctl, &quic).await {
             return;
         }
     }
 }
 
-/// Sorts one datagram: natkit frames to the control plane, QUIC to the QUIC queue (relayed
-/// data unwrapped first). False when the receivers are gone.
+/// Sorts what the socket delivered — one datagram, or a GRO batch of datagrams of `stride`
+/// bytes (the last may be shorter) from one source: natkit frames to the control plane, QUIC
+/// to the QUIC queue (relayed data unwrapped first). A batch of QUIC packets from the peer
+/// goes on as one item. False when the receivers are gone.
 async fn demux(
     from: SocketAddr,
     d: &[u8],
+    stride: usize,
     relay: SocketAddr,
     link: &Arc<Mutex<LinkState>>,
     ctl: &mpsc::Sender<Inbound>,
     quic: &mpsc::Sender<Vec<u8>>,
 ) -> bool {
-    // Relayed datagrams arrive inside Data frames from the relay.
-    let (from, d) = match Frame::parse(d) {
-        Ok(Frame::Data { payload, .. }) if from == relay => (VIRTUAL_PEER, payload),
-        _ => (from, d.to_vec()),
-    };
-    if crate::rendezvous::is_frame(&d) {
-        let src = if from == VIRTUAL_PEER { relay } else { from };
-        return ctl.send(Inbound::Control(src, d)).await.is_ok();
+    let stride = stride.max(1);
+    if from != relay && !d.chunks(stride).any(crate::rendezvous::is_frame) {
+        if !d.is_empty() {
+            heard(link, from, relay);
+            // A full QUIC queue drops the datagrams rather than stalling control traffic.
+            let _ = quic.try_send(quic_item(d, stride));
+        }
+        return true;
     }
+    for d in d.chunks(stride) {
+        // Relayed datagrams arrive inside Data frames from the relay.
+        let (from, d) = match Frame::parse(d) {
+            Ok(Frame::Data { payload, .. }) if from == relay => (VIRTUAL_PEER, payload),
+            _ => (from, d.to_vec()),
+        };
+        if crate::rendezvous::is_frame(&d) {
+            let src = if from == VIRTUAL_PEER { relay } else { from };
+            if ctl.send(Inbound::Control(src, d)).await.is_err() {
+                return false;
+            }
+            continue;
+        }
+        heard(link, from, relay);
+        let _ = quic.try_send(quic_item(&d, d.len()));
+    }
+    true
+}
+
+/// One item of the QUIC queue, as [`LinkSocket::poll_recv`] reads it: the stride (2 bytes,
+/// big-endian), then datagrams of that many bytes (the last may be shorter).
+fn quic_item(d: &[u8], stride: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(2 + d.len());
+    v.extend_from_slice(&(stride.min(u16::MAX as usize) as u16).to_be_bytes());
+    v.extend_from_slice(d);
+    v
+}
+
+/// QUIC arrived from `from` (the peer directly, or [`VIRTUAL_PEER`] through the relay): the
+/// path monitor hears it, and a direct peer that changed address is followed.
+fn heard(link: &Mutex<LinkState>, from: SocketAddr, relay: SocketAddr) {
     if let Ok(mut l) = link.lock() {
         let direct = from != VIRTUAL_PEER && from != relay;
         let now = Instant::now();
@@ -680,9 +754,6 @@ async fn demux(
             _ => {}
         }
     }
-    // A full QUIC queue drops the datagram rather than stalling control traffic.
-    let _ = quic.try_send(d);
-    true
 }
 
 /// How long after a switch to the direct path relayed packets from the peer are still
@@ -759,6 +830,8 @@ struct Control {
     birthday: Option<BirthdayRun>,
     /// `--hard`: try birthday probing between two symmetric NATs too.
     hard: bool,
+    /// When we last answered a PAKE message (see `on_pake_frame`).
+    last_pake_answer: Option<Instant>,
     bday_tx: mpsc::Sender<(usize, SocketAddr, Vec<u8>)>,
 }
 
@@ -991,11 +1064,24 @@ impl Control {
     async fn on_pake_frame(&mut self, f: Frame) {
         match f {
             Frame::Pake { session, msg } if session == self.session => {
+                let first = !self.pake.has_key();
                 match self.pake.handle_message(&msg) {
                     Ok(confirm) => {
-                        let mine = self.pake.message();
-                        self.send_link(&mine).await;
-                        self.send_link(&confirm).await;
+                        // Answer the first message at once. A repeat means the peer lacks
+                        // ours (lost): answer again, but at most twice a second — answering
+                        // every repeat made the two sides bounce PAKE frames forever
+                        // (~57 000/s through the relay on an idle session).
+                        let now = Instant::now();
+                        let due = first
+                            || self.last_pake_answer.is_none_or(|t| {
+                                now.saturating_duration_since(t) >= Duration::from_millis(500)
+                            });
+                        if due {
+                            self.last_pake_answer = Some(now);
+                            let mine = self.pake.message();
+                            self.send_link(&mine).await;
+                            self.send_link(&confirm).await;
+                        }
                     }
                     Err(e) => self.pake_error = Some(e),
                 }
@@ -1220,6 +1306,7 @@ where
         want_birthday: None,
         birthday: None,
         hard: opts.hard,
+        last_pake_answer: None,
         bday_tx,
     };
     c.flush().await;

@@ -202,9 +202,8 @@ where
     let r = match mode {
         Mode::Pipe => {
             let (send, recv) = open_or_accept(&conn, role).await?;
-            tokio::spawn(bridge(send, recv, input, output, totals.clone()))
+            bridge(send, recv, input, output, totals.clone())
                 .await
-                .map_err(terr)?
                 .map_err(terr)
         }
         Mode::Expose(target) => expose(&conn, target, totals.clone()).await,
@@ -330,6 +329,18 @@ async fn accept(
     Ok((send, recv))
 }
 
+/// Copy buffers of [`bridge`] start at this size…
+const COPY_BUF_MIN: usize = 64 * 1024;
+/// …and double, up to this, while reads fill them: a bulk transfer then moves large chunks
+/// (each write to stdout is a hop to tokio's blocking pool), a trickle keeps a small buffer.
+const COPY_BUF_MAX: usize = 1024 * 1024;
+
+fn grow(buf: &mut Vec<u8>, filled: usize) {
+    if filled == buf.len() && buf.len() < COPY_BUF_MAX {
+        buf.resize(2 * buf.len(), 0);
+    }
+}
+
 /// Copies `input` into the stream and the stream into `output`, both at once, with
 /// half-close both ways; returns once both directions are done and the peer has read all.
 async fn bridge<R, W>(
@@ -345,7 +356,7 @@ where
 {
     use std::sync::atomic::Ordering::Relaxed;
     let up = async {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; COPY_BUF_MIN];
         loop {
             let k = input.read(&mut buf).await?;
             if k == 0 {
@@ -355,6 +366,7 @@ where
                 .await
                 .map_err(std::io::Error::other)?;
             totals.sent.fetch_add(k as u64, Relaxed);
+            grow(&mut buf, k);
         }
         send.finish().map_err(std::io::Error::other)?;
         // Wait until the peer has read everything before anyone closes the connection.
@@ -362,7 +374,7 @@ where
         Ok::<(), std::io::Error>(())
     };
     let down = async {
-        let mut buf = vec![0u8; 1024 * 1024];
+        let mut buf = vec![0u8; COPY_BUF_MIN];
         while let Some(k) = recv.read(&mut buf).await.map_err(std::io::Error::other)? {
             match output.write_all(&buf[..k]).await {
                 Ok(()) => {}
@@ -375,6 +387,7 @@ where
                 Err(e) => return Err(e),
             }
             totals.received.fetch_add(k as u64, Relaxed);
+            grow(&mut buf, k);
         }
         output.flush().await?;
         output.shutdown().await?;
