@@ -279,7 +279,7 @@ async fn stun_reflexive(sock: &UdpSocket, server: SocketAddr) -> Option<SocketAd
 async fn map_punch_port(
     port: u16,
     found: mpsc::Sender<(SocketAddr, &'static str)>,
-    done: tokio::sync::oneshot::Receiver<()>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
 ) {
     use crate::portmap_io as pm;
     let Ok(ctx) = pm::Ctx::new(None, crate::defaults::PORTMAP_TIMEOUT, None) else {
@@ -291,7 +291,12 @@ async fn map_punch_port(
         external_port: port,
         lifetime: crate::defaults::PUNCH_PORTMAP_LIFETIME.as_secs() as u32,
     };
-    let r = pm::add(&ctx, req, crate::cli::Via::Auto).await;
+    // A session that ends while the router is still being asked (one that drops the
+    // requests can take the three protocols' timeouts) must not wait for it to exit.
+    let r = tokio::select! {
+        r = pm::add(&ctx, req, crate::cli::Via::Auto) => r,
+        _ = &mut done => return,
+    };
     let Some(m) = r.mapping else {
         tracing::debug!(attempts = ?r.attempts, "no port mapping for the punch socket");
         return;
