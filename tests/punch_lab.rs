@@ -313,6 +313,16 @@ fn capture(
                     &tv as *const _ as *const libc::c_void,
                     std::mem::size_of::<libc::timeval>() as u32,
                 );
+                // Regression (CI, after punch got faster): with the default receive buffer
+                // the capture dropped packets of a fast relayed transfer.
+                let rcvbuf: libc::c_int = 64 << 20;
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    &rcvbuf as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
                 let mut all = Vec::new();
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -328,12 +338,13 @@ fn capture(
     })
 }
 
-/// Through the relay (symmetric × port-restricted has no direct path), the relay's node sees
-/// only ciphertext: none of the plaintext appears in any packet it handles.
+/// Through the relay (symmetric × symmetric has no direct path; symmetric × port-restricted,
+/// used here before birthday probing existed, may now move to a direct path mid-transfer),
+/// the relay's node sees only ciphertext: none of the plaintext appears in any packet it
+/// handles.
 #[test]
 fn relay_forwards_only_ciphertext() {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Symmetric).b(Kind::PortRestricted))
-    else {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Symmetric).b(Kind::Symmetric)) else {
         return;
     };
     let _r = common::relay::start(&lab, 3478);
