@@ -353,6 +353,31 @@ impl Transact for PcpTx {
     }
 }
 
+/// One NAT-PMP request, its answer or why there is none, in words.
+async fn ask_natpmp(ctx: &Ctx, req: natpmp::Request) -> Result<natpmp::Response, String> {
+    let c = natpmp::Client::new(Instant::now(), req, schedule(ctx.timeout));
+    match exchange(ctx, NatpmpTx(c))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Exchange::Answer(r, _) => Ok(r),
+        Exchange::Refused => Err(REFUSED.into()),
+        Exchange::Silent => Err("no answer".into()),
+    }
+}
+
+/// One PCP request, its answer or why there is none, in words.
+async fn ask_pcp(ctx: &Ctx, req: pcp::Request) -> Result<pcp::Response, String> {
+    let c = pcp::Client::new(Instant::now(), req, schedule(ctx.timeout));
+    match exchange(ctx, PcpTx(c)).await.map_err(|e| e.to_string())? {
+        Exchange::Answer(r, _) => r,
+        Exchange::Refused => Err(REFUSED.into()),
+        Exchange::Silent => Err("no answer".into()),
+    }
+}
+
+const REFUSED: &str = "refused (nothing listens on port 5351)";
+
 fn schedule(timeout: Duration) -> crate::stun::Schedule {
     crate::stun::Schedule {
         rto: defaults::PORTMAP_RTO,
@@ -552,7 +577,7 @@ async fn probe_natpmp(ctx: &Ctx) -> ProtocolStatus {
         Ok(Exchange::Answer(other, _)) => {
             ProtocolStatus::no(format!("unexpected answer {other:?}"))
         }
-        Ok(Exchange::Refused) => ProtocolStatus::no("refused (nothing listens on port 5351)"),
+        Ok(Exchange::Refused) => ProtocolStatus::no(REFUSED),
         Ok(Exchange::Silent) => ProtocolStatus::no("no answer"),
         Err(e) => ProtocolStatus::no(e.to_string()),
     }
@@ -577,7 +602,7 @@ async fn probe_pcp(ctx: &Ctx) -> ProtocolStatus {
             },
         },
         Ok(Exchange::Answer(Err(why), _)) => ProtocolStatus::no(why),
-        Ok(Exchange::Refused) => ProtocolStatus::no("refused (nothing listens on port 5351)"),
+        Ok(Exchange::Refused) => ProtocolStatus::no(REFUSED),
         Ok(Exchange::Silent) => ProtocolStatus::no("no answer"),
         Err(e) => ProtocolStatus::no(e.to_string()),
     }
@@ -812,20 +837,15 @@ async fn map_once(
                 pcp::Map::new(nonce, req.proto, req.internal_port, req.external_port),
                 req.lifetime,
             );
-            let c = pcp::Client::new(Instant::now(), r, schedule(ctx.timeout));
-            match exchange(ctx, PcpTx(c)).await.map_err(|e| e.to_string())? {
-                Exchange::Answer(Ok(r), _) if r.result == pcp::ResultCode::Success => {
-                    let (port, ip) = match r.op {
-                        pcp::Op::Map(m) => (m.external_port, Some(m.external_ip)),
-                        pcp::Op::Announce => (0, None),
-                    };
-                    Ok(base(port, r.lifetime, ip, Some(nonce), Some(r.epoch)))
-                }
-                Exchange::Answer(Ok(r), _) => Err(format!("the router refused: {}", r.result)),
-                Exchange::Answer(Err(why), _) => Err(why),
-                Exchange::Refused => Err("refused (nothing listens on port 5351)".into()),
-                Exchange::Silent => Err("no answer".into()),
+            let r = ask_pcp(ctx, r).await?;
+            if r.result != pcp::ResultCode::Success {
+                return Err(format!("the router refused: {}", r.result));
             }
+            let (port, ip) = match r.op {
+                pcp::Op::Map(m) => (m.external_port, Some(m.external_ip)),
+                pcp::Op::Announce => (0, None),
+            };
+            Ok(base(port, r.lifetime, ip, Some(nonce), Some(r.epoch)))
         }
         Method::Natpmp => {
             if req.lifetime == 0 {
@@ -840,30 +860,21 @@ async fn map_once(
                 external_port: req.external_port,
                 lifetime: req.lifetime,
             };
-            let c = natpmp::Client::new(Instant::now(), r, schedule(ctx.timeout));
-            let ans = exchange(ctx, NatpmpTx(c))
-                .await
-                .map_err(|e| e.to_string())?;
-            match ans {
-                Exchange::Answer(
-                    natpmp::Response::Map {
-                        result,
-                        epoch,
-                        external_port,
-                        lifetime,
-                        ..
-                    },
-                    _,
-                ) => {
+            match ask_natpmp(ctx, r).await? {
+                natpmp::Response::Map {
+                    result,
+                    epoch,
+                    external_port,
+                    lifetime,
+                    ..
+                } => {
                     if result != natpmp::ResultCode::Success {
                         return Err(format!("the router refused: {result}"));
                     }
                     let ip = probe_natpmp(ctx).await.external_ip;
                     Ok(base(external_port, lifetime, ip, None, Some(epoch)))
                 }
-                Exchange::Answer(other, _) => Err(format!("unexpected answer {other:?}")),
-                Exchange::Refused => Err("refused (nothing listens on port 5351)".into()),
-                Exchange::Silent => Err("no answer".into()),
+                other => Err(format!("unexpected answer {other:?}")),
             }
         }
         Method::Upnp => {
@@ -919,13 +930,9 @@ async fn unmap(ctx: &Ctx, m: &Mapping) -> Result<(), String> {
                 // answers NOT_AUTHORIZED.
                 pcp::Map::new(nonce, m.proto, m.internal.port(), m.external_port),
             );
-            let c = pcp::Client::new(Instant::now(), r, schedule(ctx.timeout));
-            match exchange(ctx, PcpTx(c)).await.map_err(|e| e.to_string())? {
-                Exchange::Answer(Ok(r), _) if r.result == pcp::ResultCode::Success => Ok(()),
-                Exchange::Answer(Ok(r), _) => Err(format!("the router refused: {}", r.result)),
-                Exchange::Answer(Err(why), _) => Err(why),
-                Exchange::Refused => Err("refused (nothing listens on port 5351)".into()),
-                Exchange::Silent => Err("no answer".into()),
+            match ask_pcp(ctx, r).await?.result {
+                pcp::ResultCode::Success => Ok(()),
+                refused => Err(format!("the router refused: {refused}")),
             }
         }
         Method::Natpmp => {
@@ -936,24 +943,15 @@ async fn unmap(ctx: &Ctx, m: &Mapping) -> Result<(), String> {
                 external_port: 0,
                 lifetime: 0,
             };
-            let c = natpmp::Client::new(Instant::now(), r, schedule(ctx.timeout));
-            match exchange(ctx, NatpmpTx(c))
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Exchange::Answer(
-                    natpmp::Response::Map {
-                        result: natpmp::ResultCode::Success,
-                        ..
-                    },
-                    _,
-                ) => Ok(()),
-                Exchange::Answer(natpmp::Response::Map { result, .. }, _) => {
+            match ask_natpmp(ctx, r).await? {
+                natpmp::Response::Map {
+                    result: natpmp::ResultCode::Success,
+                    ..
+                } => Ok(()),
+                natpmp::Response::Map { result, .. } => {
                     Err(format!("the router refused: {result}"))
                 }
-                Exchange::Answer(other, _) => Err(format!("unexpected answer {other:?}")),
-                Exchange::Refused => Err("refused (nothing listens on port 5351)".into()),
-                Exchange::Silent => Err("no answer".into()),
+                other => Err(format!("unexpected answer {other:?}")),
             }
         }
         Method::Upnp => {
@@ -1597,36 +1595,13 @@ fn router_restarted(via: Method, prev: (u32, Instant), now: (u32, Instant)) -> b
 /// whether the mapping is still in its table. `Err` when the router does not answer.
 async fn check(ctx: &Ctx, m: &Mapping) -> Result<Check, String> {
     match m.via {
-        Method::Natpmp => {
-            let c = natpmp::Client::new(
-                Instant::now(),
-                natpmp::Request::ExternalAddress,
-                schedule(ctx.timeout),
-            );
-            match exchange(ctx, NatpmpTx(c))
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Exchange::Answer(natpmp::Response::ExternalAddress { epoch, .. }, _) => {
-                    Ok(Check::Epoch(epoch))
-                }
-                Exchange::Answer(..) => Err("unexpected answer".into()),
-                Exchange::Refused => Err("refused (nothing listens on port 5351)".into()),
-                Exchange::Silent => Err("no answer".into()),
-            }
-        }
+        Method::Natpmp => match ask_natpmp(ctx, natpmp::Request::ExternalAddress).await? {
+            natpmp::Response::ExternalAddress { epoch, .. } => Ok(Check::Epoch(epoch)),
+            _ => Err("unexpected answer".into()),
+        },
         Method::Pcp => {
-            let c = pcp::Client::new(
-                Instant::now(),
-                pcp::Request::announce(IpAddr::V4(ctx.local_ip)),
-                schedule(ctx.timeout),
-            );
-            match exchange(ctx, PcpTx(c)).await.map_err(|e| e.to_string())? {
-                Exchange::Answer(Ok(r), _) => Ok(Check::Epoch(r.epoch)),
-                Exchange::Answer(Err(e), _) => Err(e),
-                Exchange::Refused => Err("refused (nothing listens on port 5351)".into()),
-                Exchange::Silent => Err("no answer".into()),
-            }
+            let r = ask_pcp(ctx, pcp::Request::announce(IpAddr::V4(ctx.local_ip))).await?;
+            Ok(Check::Epoch(r.epoch))
         }
         Method::Upnp => {
             let (g, _) = upnp_find(ctx).await?;
