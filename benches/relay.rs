@@ -83,6 +83,17 @@ async fn main() {
             "--sessions-per-source",
             "100000",
         ])
+        // The per-session quotas too: the throughput run pushes everything through one
+        // session, and at the default 512 MiB a machine relaying faster than ~180 MB/s would
+        // use it up within the 3 s run, so the relay would end the session mid-measurement
+        // and the ratio would under-report. The time quota is raised likewise for long
+        // BENCH_SECS. Nothing measured depends on either quota.
+        .args([
+            "--session-bytes",
+            &u64::MAX.to_string(),
+            "--session-secs",
+            &u64::MAX.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

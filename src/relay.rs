@@ -7,7 +7,9 @@
 //!   *observed* address of a registered peer; never to an address a client names;
 //! - sources in the deny list ([`crate::netaddr::is_unroutable`] after IPv4-mapped folding)
 //!   get nothing unless `allow_private`;
-//! - every unauthenticated answer is at most [`MAX_AMPLIFICATION`] times the request;
+//! - everything sent because of one unauthenticated request (all answers together, to every
+//!   recipient) is at most [`MAX_AMPLIFICATION`] times the request; for a `Register` this
+//!   bounds how many of the other peer's candidates go out (see [`MAX_AMPLIFICATION`]);
 //! - PADDING (RFC 5780 §7.6) is refused: it exists to make responses bigger.
 
 use std::collections::{HashMap, VecDeque};
@@ -22,8 +24,27 @@ use crate::netaddr;
 use crate::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId};
 use crate::stun::{self, Class};
 
-/// Largest ratio of answer bytes to request bytes (UDP payloads) for any request that carries
-/// no valid token. A minimal 20-byte Binding request gets at most an 80-byte answer.
+/// Largest ratio of answer bytes to request bytes (UDP payloads, or TCP frames without their
+/// length prefix) for any request that carries no valid token, counting everything the relay
+/// sends because of that one request, to whomever. A minimal 20-byte Binding request gets at
+/// most an 80-byte answer.
+///
+/// A `Register` that joins a session whose other peer is present makes three frames:
+/// `Registered` and `Peer` (the other peer's observed address and candidates) to the sender,
+/// and `Peer` (the sender's) to the other peer. The sender's `Register` carries its own
+/// candidates, so the frame to the other peer is always smaller than the request; the other
+/// peer's candidates are not bounded by the request, though (a 31-byte `Register` could fetch
+/// 8 IPv6 candidates, 176 bytes). So the `Peer` frame to the sender carries the other peer's
+/// observed address always, then its candidates in their order as far as the budget allows
+/// (one that does not fit is left out, a smaller one after it may still go), and the relay
+/// counts those left out (`natkit_relay_peer_candidates_trimmed_total`). What always fits:
+/// 8 IPv4 candidates when both observed addresses are IPv4, and at least 7 IPv4 or 2 IPv6
+/// candidates in any case; punch announces 1 to 3 IPv4 candidates, which always go whole. A
+/// client that announces many addresses can pad its `Register`'s token field (the relay ignores
+/// it without `--secret`) to raise its budget; with `--secret`, a request with a valid token is
+/// authenticated and not bounded. A trimmed list is completed when the other peer next
+/// registers (punch refreshes every 15 s): the `Peer` frame a `Register` sends to the other
+/// peer always carries the sender's whole list.
 pub const MAX_AMPLIFICATION: usize = 4;
 
 /// A TCP connection, numbered by the driver.
@@ -202,6 +223,8 @@ pub struct Metrics {
     pub relayed_bytes: u64,
     /// Dial-back probes sent.
     pub dialbacks: u64,
+    /// Candidates left out of a `Peer` frame to keep within [`MAX_AMPLIFICATION`].
+    pub peer_candidates_trimmed: u64,
     /// Drops by reason.
     pub drops: std::collections::BTreeMap<Drop, u64>,
 }
@@ -250,6 +273,11 @@ impl Metrics {
             self.relayed_bytes,
         );
         c("dialbacks_total", "Dial-back probes sent.", self.dialbacks);
+        c(
+            "peer_candidates_trimmed_total",
+            "Candidates left out of a Peer frame to keep the amplification bound.",
+            self.peer_candidates_trimmed,
+        );
         s.push_str(
             "# HELP natkit_relay_sessions Sessions now.\n# TYPE natkit_relay_sessions gauge\n",
         );
@@ -369,6 +397,31 @@ fn token_valid(secret: &[u8], token: &[u8], unix_now: u64) -> bool {
     m.verify_truncated_left(&token[8..]).is_ok()
 }
 
+/// Wire size of an address in a frame: family (1), IP (4 or 16), port (2).
+fn addr_wire_len(a: &SocketAddr) -> usize {
+    if a.is_ipv4() {
+        7
+    } else {
+        19
+    }
+}
+
+/// The candidates that fit in `budget` bytes, in their order (one that does not fit is left
+/// out, a smaller one after it may still go), and how many were left out.
+fn candidates_within(budget: usize, candidates: &[SocketAddr]) -> (Vec<SocketAddr>, usize) {
+    let mut left = budget;
+    let mut fit = Vec::new();
+    for a in candidates.iter().take(crate::rendezvous::MAX_CANDIDATES) {
+        let n = addr_wire_len(a);
+        if n <= left {
+            left -= n;
+            fit.push(*a);
+        }
+    }
+    let left_out = candidates.len().min(crate::rendezvous::MAX_CANDIDATES) - fit.len();
+    (fit, left_out)
+}
+
 /// First bytes of a session id, for logs (never the whole id).
 fn hex8(s: &SessionId) -> String {
     s[..4].iter().map(|b| format!("{b:02x}")).collect()
@@ -413,19 +466,38 @@ impl Relay {
         self.out.pop_front()
     }
 
-    /// When to call [`Relay::handle_timeout`].
+    /// When a session reaches its time quota (None: beyond what an `Instant` can hold).
+    fn session_end(&self, s: &Session) -> Option<Instant> {
+        s.created
+            .checked_add(Duration::from_secs(self.cfg.limits.session_secs))
+    }
+
+    /// When to call [`Relay::handle_timeout`]: the next sweep, late pong or session end.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_sweep;
         for s in self.sessions.values() {
             if let Some(st) = s.sync_started {
                 t = t.min(st + defaults::RELAY_PONG_TIMEOUT);
             }
+            if let Some(end) = self.session_end(s) {
+                t = t.min(end);
+            }
         }
         t
     }
 
-    /// Expires idle registrations and sessions, and starts syncs whose pongs are late.
+    /// Expires idle registrations and sessions, and starts syncs whose pongs are late. A
+    /// session ends at exactly `created + session_secs` (its time quota); idle registrations
+    /// are swept once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let life = Duration::from_secs(self.cfg.limits.session_secs);
+        self.sessions.retain(|_, s| {
+            let keep = now.saturating_duration_since(s.created) < life;
+            if !keep {
+                tracing::info!(bytes = s.bytes, "session reached its time quota");
+            }
+            keep
+        });
         let late: Vec<SessionId> = self
             .sessions
             .iter()
@@ -443,7 +515,6 @@ impl Relay {
         }
         self.next_sweep = now + Duration::from_secs(1);
         let idle = Duration::from_secs(self.cfg.limits.idle_secs);
-        let life = Duration::from_secs(self.cfg.limits.session_secs);
         let mut closed = Vec::new();
         self.sessions.retain(|_, s| {
             for slot in s.slots.iter_mut() {
@@ -459,10 +530,9 @@ impl Relay {
                     }
                 }
             }
-            let keep = s.slots.iter().any(|x| x.is_some())
-                && now.saturating_duration_since(s.created) < life;
+            let keep = s.slots.iter().any(|x| x.is_some());
             if !keep {
-                tracing::info!(bytes = s.bytes, "session expired");
+                tracing::info!(bytes = s.bytes, "session expired (idle)");
             }
             keep
         });
@@ -640,7 +710,10 @@ impl Relay {
     }
 
     fn reply(&mut self, path: Path, to: SocketAddr, f: &Frame) {
-        let payload = f.emit();
+        self.send(path, to, f.emit());
+    }
+
+    fn send(&mut self, path: Path, to: SocketAddr, payload: Vec<u8>) {
         self.out.push_back(match path {
             Path::Udp { local } => Output::Udp {
                 src: local,
@@ -671,7 +744,9 @@ impl Relay {
                 peer,
                 token,
                 candidates,
-            } => self.on_register(now, path, from, session, role, peer, &token, candidates),
+            } => self.on_register(
+                now, path, from, len, session, role, peer, &token, candidates,
+            ),
             Frame::Data { session, payload } => self.on_data(now, path, from, session, payload),
             Frame::Sync { session, peer } => {
                 if self.find_slot(&session, &peer, from, path).is_none() {
@@ -728,10 +803,7 @@ impl Relay {
                 self.on_dialback(now.mono, path, from, proto, port, nonce)
             }
             // Relay-to-client frames are never accepted from clients.
-            _ => {
-                let _ = len;
-                self.metrics.drop(Drop::Malformed)
-            }
+            _ => self.metrics.drop(Drop::Malformed),
         }
     }
 
@@ -758,6 +830,7 @@ impl Relay {
         now: Now,
         path: Path,
         from: SocketAddr,
+        len: usize,
         session: SessionId,
         role: Role,
         peer: PeerId,
@@ -847,32 +920,49 @@ impl Relay {
         self.metrics.rendezvous_requests += 1;
         let other = s.slots[1 - i].clone();
         let me = s.slots[i].clone().expect("set above");
-        self.reply(
-            path,
-            from,
-            &Frame::Registered {
-                observed: from,
-                peer_present: other.is_some(),
-            },
-        );
-        if let Some(o) = other {
-            self.reply(
-                me.path,
-                me.observed,
-                &Frame::Peer {
-                    observed: o.observed,
-                    candidates: o.candidates.clone(),
-                },
-            );
-            self.reply(
-                o.path,
-                o.observed,
-                &Frame::Peer {
-                    observed: me.observed,
-                    candidates: me.candidates,
-                },
-            );
+        let registered = Frame::Registered {
+            observed: from,
+            peer_present: other.is_some(),
         }
+        .emit();
+        let Some(o) = other else {
+            return self.send(path, from, registered);
+        };
+        let to_other = Frame::Peer {
+            observed: me.observed,
+            candidates: me.candidates,
+        }
+        .emit();
+        // With --secret, reaching here means the token was valid: authenticated, unbounded.
+        let theirs = if self.cfg.secret.is_some() {
+            o.candidates
+        } else {
+            let bare = Frame::Peer {
+                observed: o.observed,
+                candidates: vec![],
+            }
+            .emit()
+            .len();
+            let spent = registered.len() + to_other.len() + bare;
+            let budget = (len * MAX_AMPLIFICATION).saturating_sub(spent);
+            let (fit, left_out) = candidates_within(budget, &o.candidates);
+            if left_out > 0 {
+                self.metrics.peer_candidates_trimmed += left_out as u64;
+                tracing::debug!(
+                    session = %hex8(&session), left_out,
+                    "peer candidates trimmed to the amplification bound"
+                );
+            }
+            fit
+        };
+        let to_me = Frame::Peer {
+            observed: o.observed,
+            candidates: theirs,
+        }
+        .emit();
+        self.send(path, from, registered);
+        self.send(me.path, me.observed, to_me);
+        self.send(o.path, o.observed, to_other);
     }
 
     fn start_sync(&mut self, now: Instant, session: SessionId) {
@@ -958,8 +1048,10 @@ impl Relay {
         if let Some(me) = s.slots[i].as_mut() {
             me.last_seen = now.mono;
         }
-        s.bytes += len as u64;
-        if s.bytes > max_bytes || now.mono.saturating_duration_since(s.created) > max_life {
+        s.bytes = s.bytes.saturating_add(len as u64);
+        // Quotas: at most `session_bytes` relayed, and nothing from `created + session_secs`
+        // on. The datagram that would go beyond either ends the session; its sender is told.
+        if s.bytes > max_bytes || now.mono.saturating_duration_since(s.created) >= max_life {
             self.sessions.remove(session);
             self.error(
                 path,

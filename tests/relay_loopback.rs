@@ -350,28 +350,188 @@ fn amplification_of_every_unauthenticated_request_is_bounded() {
         ),
         ("junk", b"NK\x01\xff".to_vec()),
     ];
-    let mut b = [0u8; 2048];
     for (name, req) in requests {
-        c.send_to(&req, r.addr()).unwrap();
-        let mut got = 0;
-        let until = Instant::now() + Duration::from_millis(300);
-        c.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        while Instant::now() < until {
-            if let Ok((n, _)) = c.recv_from(&mut b) {
+        let got = answered(&c, &[], &req, r.addr()).0;
+        check_factor(name, req.len(), got);
+    }
+    // A minimal Register that joins a session whose other peer announced the most candidates
+    // there may be, all IPv6: everything the relay sends because of it, to the sender and to
+    // the other peer, counts (unbounded, this was 176 + 12 bytes for 31).
+    let other = client("127.0.0.1");
+    let many: Vec<SocketAddr> = (0..natkit::rendezvous::MAX_CANDIDATES)
+        .map(|i| {
+            format!("[2001:db8::{:x}]:{}", i + 1, 40000 + i)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let first = Frame::Register {
+        session: [10; 16],
+        role: Role::Listener,
+        peer: [10; 8],
+        token: vec![],
+        candidates: many.clone(),
+    };
+    other.send_to(&first.emit(), r.addr()).unwrap();
+    assert!(matches!(
+        recv_frame(&other),
+        Some(Frame::Registered {
+            peer_present: false,
+            ..
+        })
+    ));
+    let join = reg(10, Role::Connector, 11);
+    assert_eq!(join.len(), 31);
+    let (got, frames) = answered(&c, &[&other], &join, r.addr());
+    check_factor(
+        "register (joins a peer with 8 IPv6 candidates)",
+        join.len(),
+        got,
+    );
+    // The sender still learns the other peer's observed address and, within the bound, the
+    // first of its candidates.
+    let peer = frames.iter().find_map(|f| match f {
+        Frame::Peer {
+            observed,
+            candidates,
+        } if *observed == other.local_addr().unwrap() => Some(candidates.clone()),
+        _ => None,
+    });
+    let peer = peer.expect("a Peer frame to the joining client");
+    assert!(!peer.is_empty() && many.starts_with(&peer), "{peer:?}");
+    assert!(r.metrics().contains(&format!(
+        "natkit_relay_peer_candidates_trimmed_total {}",
+        many.len() - peer.len()
+    )));
+}
+
+/// Sends `req` from `c` and counts, for 300 ms, every byte that comes back to `c` and to
+/// `others`; also returns the frames `c` got.
+fn answered(
+    c: &UdpSocket,
+    others: &[&UdpSocket],
+    req: &[u8],
+    to: SocketAddr,
+) -> (usize, Vec<Frame>) {
+    c.send_to(req, to).unwrap();
+    let mut b = [0u8; 2048];
+    let mut got = 0;
+    let mut frames = Vec::new();
+    let until = Instant::now() + Duration::from_millis(300);
+    for s in std::iter::once(c).chain(others.iter().copied()) {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    }
+    while Instant::now() < until {
+        if let Ok((n, _)) = c.recv_from(&mut b) {
+            got += n;
+            frames.extend(Frame::parse(&b[..n]).ok());
+        }
+        for s in others {
+            if let Ok((n, _)) = s.recv_from(&mut b) {
                 got += n;
             }
         }
-        let factor = got as f64 / req.len() as f64;
-        eprintln!(
-            "{name}: {} bytes in, {got} bytes out, factor {factor:.2}",
-            req.len()
-        );
-        assert!(
-            factor <= natkit::relay::MAX_AMPLIFICATION as f64,
-            "{name}: {factor}"
-        );
     }
+    (got, frames)
+}
+
+fn check_factor(name: &str, asked: usize, got: usize) {
+    let factor = got as f64 / asked as f64;
+    eprintln!("{name}: {asked} bytes in, {got} bytes out, factor {factor:.2}");
+    assert!(got > 0 || name.contains("junk"), "{name}: no answer");
+    assert!(
+        factor <= natkit::relay::MAX_AMPLIFICATION as f64,
+        "{name}: {factor}"
+    );
+}
+
+/// Reads the first line the relay prints on stdout.
+fn startup_line(child: &mut Child) -> String {
+    let mut line = [0u8; 1];
+    let mut out = Vec::new();
+    let stdout = child.stdout.as_mut().unwrap();
+    while stdout.read(&mut line).unwrap() == 1 && line[0] != b'\n' {
+        out.push(line[0]);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Without --alt-addr the relay serves plain STUN, and both startup lines say that behaviour
+/// discovery is off.
+#[test]
+fn without_alt_addr_the_startup_lines_say_behaviour_discovery_is_off() {
+    let (port, _) = free_ports();
+    let spawn = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
+        cmd.args([
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--allow-private",
+        ]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let line = startup_line(&mut child);
+        (
+            Relay {
+                child,
+                port,
+                metrics: "127.0.0.1:9".parse().unwrap(),
+            },
+            line,
+        )
+    };
+    let (r, human) = spawn(false);
+    assert!(
+        human.contains("RFC 5780 behaviour discovery off (no --alt-addr)"),
+        "{human}"
+    );
+    assert!(
+        human.starts_with(&format!("relay: STUN on udp 127.0.0.1:{port};")),
+        "one address only: {human}"
+    );
+    drop(r);
+    let (r, json) = spawn(true);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON startup line");
+    assert_eq!(v["event"], "listening", "{v}");
+    assert_eq!(v["schema"], 1, "{v}");
+    assert_eq!(v["rfc5780"], false, "{v}");
+    assert_eq!(
+        v["stun_udp"],
+        serde_json::json!([format!("127.0.0.1:{port}")]),
+        "{v}"
+    );
+    assert_eq!(v["tcp"], format!("127.0.0.1:{port}"), "{v}");
+    assert_eq!(v["rendezvous_udp"], format!("127.0.0.1:{port}"), "{v}");
+    assert_eq!(v["secret"], false, "{v}");
+    assert_eq!(v["allow_private"], true, "{v}");
+    assert_eq!(v["metrics"], serde_json::Value::Null, "{v}");
+    // And it behaves so: plain Binding answered without OTHER-ADDRESS, CHANGE-REQUEST 420.
+    let c = client("127.0.0.1");
+    let mut b = [0u8; 512];
+    c.send_to(
+        &stun::binding_request([1; 12], stun::Change::NONE),
+        r.addr(),
+    )
+    .unwrap();
+    let (n, _) = c.recv_from(&mut b).expect("plain STUN is served");
+    let m = stun::decode(&b[..n]).unwrap();
+    assert_eq!(m.reflexive(), Some(c.local_addr().unwrap()));
+    assert_eq!(m.other_address, None);
+    c.send_to(
+        &stun::binding_request([2; 12], stun::Change::PORT),
+        r.addr(),
+    )
+    .unwrap();
+    let (n, _) = c.recv_from(&mut b).expect("an error answer");
+    assert_eq!(stun::decode(&b[..n]).unwrap().error.unwrap().0, 420);
 }
 
 #[test]
