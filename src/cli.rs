@@ -350,6 +350,11 @@ pub struct PunchCommon {
     /// with NATs whose ports are not fully random).
     #[arg(long)]
     pub hard: bool,
+    /// Punch TCP too: after authenticating, try a direct TCP connection (simultaneous open
+    /// from the port the relay saw) and carry the pipe over TLS on it when it works; else go
+    /// on over UDP. Carries the pipe only (not --expose / --local).
+    #[arg(long, conflicts_with = "manual")]
+    pub tcp: bool,
     /// Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a
     /// mapped port is offered to the peer as one more candidate and removed at exit.
     #[arg(long)]
@@ -375,6 +380,9 @@ pub enum PunchArgsError {
     /// Token not hex.
     #[error("--token must be hex")]
     Token,
+    /// --tcp with --expose / --local.
+    #[error("--tcp carries the pipe (stdin/stdout) only; --expose and --local go over QUIC (drop --tcp)")]
+    TcpHosting,
     /// Bad --expose / --local address.
     #[error("{0}: expected {1}")]
     Addr(String, &'static str),
@@ -436,6 +444,9 @@ impl PunchArgs {
                 )
             }
         };
+        if common.tcp && mode != Mode::Pipe {
+            return Err(PunchArgsError::TcpHosting);
+        }
         let relay = common.relay.clone().unwrap_or_default();
         let manual = if common.manual {
             if let Some(s) = &common.stun {
@@ -483,6 +494,7 @@ impl PunchArgs {
                 mode,
                 portmap: !common.no_portmap,
                 hard: common.hard,
+                tcp: common.tcp,
             },
             common.json,
             common.verbose,

@@ -142,3 +142,22 @@ pub const PORTMAP_VERIFY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Lease asked for the punch socket's port mapping: renewed at half while the session lasts
 /// (portmap's --keep logic) and removed at exit, so a crash leaves it for at most 10 minutes.
 pub const PUNCH_PORTMAP_LIFETIME: Duration = Duration::from_secs(600);
+
+/// TCP hole punching: the whole attempt, from exchanging endpoints to a connection. A
+/// direct TCP connection needs a few round trips through the relay; beyond that the pair
+/// cannot punch TCP (symmetric NAT, a firewall), and the session goes on over UDP/QUIC.
+pub const TCP_PUNCH_BUDGET: Duration = Duration::from_secs(5);
+
+/// Between repeats of our TCP offer through the relay (relayed UDP frames may be lost).
+pub const TCP_OFFER_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Pause after a failed TCP attempt (refused, reset) before the next: the peer's arming SYN
+/// may still be on its way, and a Linux NAT needs the reset connection's entry closed.
+pub const TCP_RETRY: Duration = Duration::from_millis(250);
+
+/// One TCP connection attempt (a SYN that is dropped is only resent after Linux's 1 s
+/// initial RTO, RFC 6298 §2): give it one retransmission.
+pub const TCP_ATTEMPT: Duration = Duration::from_millis(1500);
+
+/// The relay's TCP STUN answer that tells us our public TCP endpoint.
+pub const TCP_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(2);

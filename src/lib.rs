@@ -16,6 +16,7 @@ pub mod probe;
 pub mod punch;
 pub mod punch_io;
 pub mod punch_quic;
+pub mod punch_tcp;
 pub mod relay;
 pub mod relay_server;
 pub mod rendezvous;

@@ -21,6 +21,7 @@ use crate::punch::birthday::{Birthday, Outcome, Part};
 use crate::punch::code::Code;
 use crate::punch::nat::NatClass;
 use crate::punch::pake::{Pake, PakeError};
+use crate::punch::tcp::{Action as TcpAction, Outcome as TcpOutcome, TcpPunch};
 use crate::punch::{PathKind, PunchConfig, PunchEvent, Puncher, DIRECT_TIMEOUT};
 use crate::rendezvous::{Frame, Role, SessionId};
 
@@ -79,7 +80,7 @@ pub enum Event {
     /// A technique ran out of budget without finding a path (the session stays where it is,
     /// e.g. on the relay).
     Tried {
-        /// Which (`birthday`).
+        /// Which (`birthday`, `tcp`).
         method: &'static str,
         /// Always false: a success is a `connected` event.
         found: bool,
@@ -120,7 +121,8 @@ pub enum Event {
     Connected {
         /// "direct" or "relay".
         path: &'static str,
-        /// How: "udp" (hole punch, or UDP to the relay).
+        /// How: "udp" (hole punch, or UDP to the relay), "tcp" (a punched TCP connection
+        /// when direct; the relay over TCP when relayed), "birthday".
         method: &'static str,
         /// The peer's address on a direct path, or the relay's.
         peer: SocketAddr,
@@ -174,6 +176,9 @@ pub struct PunchOptions {
     pub manual: Option<Manual>,
     /// Symmetric × symmetric: attempt birthday probing from both sides within its budget.
     pub hard: bool,
+    /// After authenticating, try TCP hole punching ([`crate::punch::tcp`]) and carry the
+    /// pipe over TLS on the TCP connection when it works.
+    pub tcp: bool,
 }
 
 /// `--manual` settings.
@@ -838,6 +843,34 @@ struct Control {
     /// When we last answered a PAKE message (see `on_pake_frame`).
     last_pake_answer: Option<Instant>,
     bday_tx: mpsc::Sender<(usize, SocketAddr, Vec<u8>)>,
+    /// TCP hole punching (`--tcp`), once authenticated.
+    tcp: Option<TcpRun>,
+}
+
+/// What a TCP connection attempt reports to the control task.
+enum TcpNote {
+    /// The arming SYN has gone.
+    Armed,
+    /// The attempt failed or timed out.
+    Failed,
+    /// Connected to the peer.
+    Connected(tokio::net::TcpStream, SocketAddr),
+}
+
+/// The TCP punch's result for the main flow: the stream, the peer and attempts made, or
+/// attempts made and why there is no stream.
+type TcpResult = Result<(tokio::net::TcpStream, SocketAddr, u32), (u32, &'static str)>;
+
+/// TCP hole punching in progress.
+struct TcpRun {
+    p: TcpPunch,
+    /// The punch port (every attempt binds it).
+    local: SocketAddr,
+    notes: mpsc::Sender<TcpNote>,
+    /// The attempt in flight (aborted when replaced or when the run ends).
+    attempt: Option<AbortOnDrop>,
+    stream: Option<tokio::net::TcpStream>,
+    done: Option<tokio::sync::oneshot::Sender<TcpResult>>,
 }
 
 /// A task that ends with its owner.
@@ -1044,6 +1077,67 @@ impl Control {
         Some((o, chosen))
     }
 
+    /// Carries out what the TCP punch asks for: offers to the peer (relayed), connection
+    /// attempts, and the result for the main flow.
+    fn flush_tcp(&mut self) {
+        let Some(t) = &mut self.tcp else { return };
+        while let Some(f) = t.p.poll_transmit() {
+            self.puncher.send_relayed(f);
+        }
+        while let Some(a) = t.p.poll_action() {
+            let (dst, ttl) = match a {
+                TcpAction::Arm(d) => (d, Some(crate::punch_tcp::ARM_TTL)),
+                TcpAction::Connect(d) => (d, None),
+            };
+            let (notes, local) = (t.notes.clone(), t.local);
+            tracing::debug!(%dst, ?ttl, "TCP attempt");
+            t.attempt = Some(AbortOnDrop(tokio::spawn(async move {
+                let armed = notes.clone();
+                let r = tokio::time::timeout(
+                    crate::defaults::TCP_ATTEMPT,
+                    crate::punch_tcp::attempt(local, dst, ttl, move || {
+                        let _ = armed.try_send(TcpNote::Armed);
+                    }),
+                )
+                .await;
+                let note = match r {
+                    Ok(Ok(s)) => TcpNote::Connected(s, dst),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%dst, "TCP attempt: {e}");
+                        TcpNote::Failed
+                    }
+                    Err(_) => TcpNote::Failed,
+                };
+                let _ = notes.send(note).await;
+            })));
+        }
+        if let Some(o) = t.p.outcome().cloned() {
+            if let Some(done) = t.done.take() {
+                t.attempt = None;
+                let r = match (o, t.stream.take()) {
+                    (TcpOutcome::Connected { peer, attempts }, Some(s)) => Ok((s, peer, attempts)),
+                    (TcpOutcome::Connected { attempts, .. }, None) => Err((attempts, "lost")),
+                    (TcpOutcome::Failed { attempts, why }, _) => Err((attempts, why)),
+                };
+                let _ = done.send(r);
+            }
+        }
+    }
+
+    fn on_tcp_note(&mut self, n: TcpNote) {
+        let Some(t) = &mut self.tcp else { return };
+        let now = Instant::now();
+        match n {
+            TcpNote::Armed => t.p.armed(now),
+            TcpNote::Failed => t.p.attempt_failed(now),
+            TcpNote::Connected(s, peer) => {
+                t.stream = Some(s);
+                t.p.attempt_connected(peer);
+            }
+        }
+        self.flush_tcp();
+    }
+
     async fn flush(&mut self) {
         self.nat_tick(Instant::now());
         while let Some(d) = self.puncher.poll_transmit() {
@@ -1123,6 +1217,11 @@ impl Control {
             .and_then(|f| NatClass::from_frame(f, self.session))
         {
             self.on_peer_nat(c);
+        } else if let Ok(f @ Frame::TcpOffer { .. }) = &parsed {
+            if let Some(t) = &mut self.tcp {
+                t.p.handle_frame(now, f);
+            }
+            self.flush_tcp();
         } else if let Ok(f @ (Frame::Pake { .. } | Frame::Confirm { .. })) = parsed {
             self.on_pake_frame(f).await;
         } else {
@@ -1213,6 +1312,10 @@ where
             }
         })
     };
+    // --tcp: bind the TCP punch port and learn its public endpoint from the relay while we
+    // meet; the TCP punch itself starts once the peer is authenticated.
+    let tcp_endpoint =
+        (opts.tcp && manual.is_none()).then(|| tokio::spawn(crate::punch_tcp::endpoint(relay)));
     let session = opts.code.session_id();
     let peer_id: crate::rendezvous::PeerId = rand::random();
     let cfg = PunchConfig {
@@ -1313,6 +1416,7 @@ where
         hard: opts.hard,
         last_pake_answer: None,
         bday_tx,
+        tcp: None,
     };
     c.flush().await;
 
@@ -1469,6 +1573,40 @@ where
         elapsed_ms: t0.elapsed().as_millis() as u64,
     });
 
+    // 2b. --tcp: punch TCP (the control task runs it; the result comes back here).
+    let (tcp_notes, mut tcp_notes_rx) = mpsc::channel(16);
+    let mut tcp_done = None;
+    if let Some(ep) = tcp_endpoint {
+        let now = Instant::now();
+        let mut p = TcpPunch::new(session, opts.role, now, crate::defaults::TCP_PUNCH_BUDGET);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let ep = match ep.await {
+            Ok(Ok(ep)) => Some(ep),
+            Ok(Err(e)) => {
+                tracing::warn!("TCP punching: the relay's TCP port: {e}");
+                None
+            }
+            Err(_) => None,
+        };
+        p.set_mine(now, ep.as_ref().map(|e| e.public));
+        c.tcp = Some(TcpRun {
+            p,
+            local: ep
+                .as_ref()
+                .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |e| e.local),
+            notes: tcp_notes,
+            attempt: None,
+            stream: None,
+            done: Some(done_tx),
+        });
+        c.flush_tcp();
+        c.flush().await;
+        tcp_done = Some((done_rx, ep));
+    }
+    // Once a punched TCP connection carries the data, UDP path changes are not news.
+    let tcp_chosen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quiet = tcp_chosen.clone();
+
     // Keep the control plane alive (relay keepalives and pings, late PAKE answers).
     let on_event = Arc::new(Mutex::new(on_event));
     let control_events = on_event.clone();
@@ -1493,11 +1631,12 @@ where
                     }
                 }
             }
+            let quiet = quiet.load(std::sync::atomic::Ordering::Relaxed);
             while let Some(e) = c.puncher.poll_event() {
                 if let PunchEvent::Path { path, probes } = e {
                     let ev = switch_path(&c.link, &c.wire, relay, path, probes, t0);
                     nudge.notify_one();
-                    if let Ok(mut f) = control_events.lock() {
+                    if let (false, Ok(mut f)) = (quiet, control_events.lock()) {
                         (*f)(&ev);
                     }
                 }
@@ -1555,11 +1694,19 @@ where
                 Some(t) => wake.min(t),
                 None => wake,
             };
+            let wake = match c.tcp.as_ref().and_then(|t| t.p.poll_timeout()) {
+                Some(t) => wake.min(t),
+                None => wake,
+            };
             tokio::select! {
                 m = ctl_rx.recv() => match m {
                     Some(Inbound::Control(from, b)) => c.on_inbound(Instant::now(), from, &b).await,
                     None => return,
                 },
+                Some(n) = tcp_notes_rx.recv() => {
+                    c.on_tcp_note(n);
+                    c.flush().await;
+                }
                 Some((i, from, b)) = bday_rx.recv() => {
                     if let Some(r) = &mut c.birthday {
                         r.b.handle_datagram(Instant::now(), i, from, &b);
@@ -1584,6 +1731,10 @@ where
                     if let Some(r) = &mut c.birthday {
                         r.b.handle_timeout(Instant::now());
                     }
+                    if let Some(t) = &mut c.tcp {
+                        t.p.handle_timeout(Instant::now());
+                    }
+                    c.flush_tcp();
                     c.flush_birthday();
                     c.flush().await;
                 }
@@ -1591,33 +1742,74 @@ where
         }
     });
 
-    // 3. QUIC over the link, certificates pinned by the PAKE.
-    let link_sock = Arc::new(LinkSocket {
-        wire: wire.clone(),
-        state: link,
-        rx: Mutex::new(quic_rx),
-        local,
-    });
-    if let Some(l) = &listener {
-        let local = l.local_addr()?;
+    // 3. The punched TCP connection (--tcp) when there is one, else QUIC over the link;
+    // certificates pinned by the PAKE either way.
+    let mut tcp_stream = None;
+    if let Some((done, ep)) = tcp_done {
+        let r = tokio::time::timeout(crate::defaults::TCP_PUNCH_BUDGET * 2, done)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(Err((0, "the TCP punch did not finish")));
+        let ev = match r {
+            Ok((s, peer, attempts)) => {
+                tcp_chosen.store(true, std::sync::atomic::Ordering::Relaxed);
+                tcp_stream = Some(s);
+                Event::Connected {
+                    path: "direct",
+                    method: "tcp",
+                    peer,
+                    elapsed_ms: t0.elapsed().as_millis() as u64,
+                    probes: attempts,
+                }
+            }
+            Err((attempts, why)) => {
+                tracing::info!("TCP punching: {why}");
+                Event::Tried {
+                    method: "tcp",
+                    found: false,
+                    probes: attempts,
+                    elapsed_ms: t0.elapsed().as_millis() as u64,
+                }
+            }
+        };
         if let Ok(mut f) = on_event.lock() {
-            (*f)(&Event::Listening { local });
+            (*f)(&ev);
         }
+        // The relay connection kept our NAT's TCP mapping until now.
+        drop(ep);
     }
-    let result = crate::punch_quic::run(
-        opts.role,
-        link_sock,
-        VIRTUAL_PEER,
-        cert,
-        peer_fp,
-        opts.keepalive,
-        opts.mode,
-        listener,
-        path_changed,
-        input,
-        output,
-    )
-    .await;
+    let result = match tcp_stream {
+        Some(s) => crate::punch_tcp::run(opts.role, s, &cert, peer_fp, input, output).await,
+        None => {
+            let link_sock = Arc::new(LinkSocket {
+                wire: wire.clone(),
+                state: link,
+                rx: Mutex::new(quic_rx),
+                local,
+            });
+            if let Some(l) = &listener {
+                let local = l.local_addr()?;
+                if let Ok(mut f) = on_event.lock() {
+                    (*f)(&Event::Listening { local });
+                }
+            }
+            crate::punch_quic::run(
+                opts.role,
+                link_sock,
+                VIRTUAL_PEER,
+                cert,
+                peer_fp,
+                opts.keepalive,
+                opts.mode,
+                listener,
+                path_changed,
+                input,
+                output,
+            )
+            .await
+        }
+    };
     control.abort();
     classifier.abort();
     reader_task.abort();

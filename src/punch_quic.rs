@@ -115,7 +115,7 @@ impl ClientCertVerifier for Pinned {
     }
 }
 
-fn terr(e: impl std::fmt::Display) -> PunchError {
+pub(crate) fn terr(e: impl std::fmt::Display) -> PunchError {
     PunchError::Transport(e.to_string())
 }
 
@@ -160,9 +160,9 @@ pub enum Mode {
 
 /// Totals carried, for the `done` event.
 #[derive(Debug, Default)]
-struct Totals {
-    sent: std::sync::atomic::AtomicU64,
-    received: std::sync::atomic::AtomicU64,
+pub(crate) struct Totals {
+    pub(crate) sent: std::sync::atomic::AtomicU64,
+    pub(crate) received: std::sync::atomic::AtomicU64,
 }
 
 /// Connects (connector) or accepts (listener), then carries data as `mode` says. Returns
@@ -228,6 +228,59 @@ where
     Ok((totals.sent.load(Relaxed), totals.received.load(Relaxed)))
 }
 
+/// TLS 1.3 for the listener (server): our certificate, and the connector's pinned by the
+/// fingerprint confirmed with the code. Shared by QUIC and by TLS over a punched TCP stream.
+pub(crate) fn tls_server(
+    cert: &rcgen::CertifiedKey,
+    peer_fp: [u8; 32],
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, PunchError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pinned = Arc::new(Pinned {
+        fp: peer_fp,
+        algs: provider.signature_verification_algorithms,
+    });
+    let (chain, key) = identity(cert);
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(terr)?
+        .with_client_cert_verifier(pinned)
+        .with_single_cert(chain, key)
+        .map_err(terr)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// TLS 1.3 for the connector (client): the listener's certificate pinned, ours presented.
+pub(crate) fn tls_client(
+    cert: &rcgen::CertifiedKey,
+    peer_fp: [u8; 32],
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, PunchError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pinned = Arc::new(Pinned {
+        fp: peer_fp,
+        algs: provider.signature_verification_algorithms,
+    });
+    let (chain, key) = identity(cert);
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(terr)?
+        .dangerous()
+        .with_custom_certificate_verifier(pinned)
+        .with_client_auth_cert(chain, key)
+        .map_err(terr)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+fn identity(cert: &rcgen::CertifiedKey) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    (
+        vec![cert.cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der())),
+    )
+}
+
 async fn establish(
     role: Role,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
@@ -236,23 +289,10 @@ async fn establish(
     peer_fp: [u8; 32],
     keepalive: Duration,
 ) -> Result<(quinn::Connection, quinn::Endpoint), PunchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pinned = Arc::new(Pinned {
-        fp: peer_fp,
-        algs: provider.signature_verification_algorithms,
-    });
-    let chain = vec![cert.cert.der().clone()];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
     let runtime = Arc::new(quinn::TokioRuntime);
     Ok(match role {
         Role::Listener => {
-            let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(terr)?
-                .with_client_cert_verifier(pinned)
-                .with_single_cert(chain, key)
-                .map_err(terr)?;
-            tls.alpn_protocols = vec![ALPN.to_vec()];
+            let tls = tls_server(&cert, peer_fp, ALPN)?;
             let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(terr)?;
             let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
             sc.transport_config(transport(keepalive));
@@ -269,14 +309,7 @@ async fn establish(
             (incoming.await.map_err(terr)?, ep)
         }
         Role::Connector => {
-            let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(terr)?
-                .dangerous()
-                .with_custom_certificate_verifier(pinned)
-                .with_client_auth_cert(chain, key)
-                .map_err(terr)?;
-            tls.alpn_protocols = vec![ALPN.to_vec()];
+            let tls = tls_client(&cert, peer_fp, ALPN)?;
             let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(terr)?;
             let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
             cc.transport_config(transport(keepalive));
@@ -330,12 +363,12 @@ async fn accept(
 }
 
 /// Copy buffers of [`bridge`] start at this size…
-const COPY_BUF_MIN: usize = 64 * 1024;
+pub(crate) const COPY_BUF_MIN: usize = 64 * 1024;
 /// …and double, up to this, while reads fill them: a bulk transfer then moves large chunks
 /// (each write to stdout is a hop to tokio's blocking pool), a trickle keeps a small buffer.
 const COPY_BUF_MAX: usize = 1024 * 1024;
 
-fn grow(buf: &mut Vec<u8>, filled: usize) {
+pub(crate) fn grow(buf: &mut Vec<u8>, filled: usize) {
     if filled == buf.len() && buf.len() < COPY_BUF_MAX {
         buf.resize(2 * buf.len(), 0);
     }

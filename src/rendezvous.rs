@@ -35,12 +35,17 @@
 //! | 15 | `Pake` | peer → peer | session id (16), SPAKE2 message (rest) |
 //! | 16 | `Confirm` | peer → peer | session id (16), certificate fingerprint (32), MAC (32) |
 //! | 17 | `NatInfo` | peer → peer | session id (16), mapping (1), filtering (1), allocation (1), flags (1) |
+//! | 18 | `TcpOffer` | peer → peer | session id (16), armed (1), address: the sender's TCP endpoint as the relay saw it |
 //!
 //! `NatInfo` carries the sender's NAT classification (RFC 4787 classes: 0 unknown,
 //! 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 no NAT;
 //! allocation 0 unknown, 1 preserving, 2 sequential, 3 random; flag bit 0: the router
 //! mapped the punch port), inside relayed `Data`, so both sides can say which technique
 //! should work.
+//!
+//! `TcpOffer` (inside relayed `Data`) carries the sender's public TCP endpoint for TCP hole
+//! punching ([`crate::punch::tcp`]); `armed` 1 says the sender's NAT now holds a mapping
+//! towards the receiver (its low-TTL SYN has gone out), so the receiver may connect.
 //!
 //! An address is `family (4 or 6) | ip (4 or 16) | port (u16)`.
 //!
@@ -248,6 +253,15 @@ pub enum Frame {
         allocation: u8,
         /// Bit 0: the router mapped the punch port for the sender.
         flags: u8,
+    },
+    /// The sender's public TCP endpoint, for TCP hole punching.
+    TcpOffer {
+        /// Session id.
+        session: SessionId,
+        /// The sender's NAT holds a mapping towards the receiver's offer.
+        armed: bool,
+        /// The sender's TCP endpoint as the relay saw it.
+        addr: SocketAddr,
     },
     /// Answer to a [`Frame::PunchProbe`].
     PunchAck {
@@ -490,6 +504,15 @@ impl Frame {
                 allocation: r.u8()?,
                 flags: r.u8()?,
             },
+            18 => Frame::TcpOffer {
+                session: r.array()?,
+                armed: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ParseError::Malformed),
+                },
+                addr: r.addr()?,
+            },
             t => return Err(ParseError::UnknownType(t)),
         };
         r.end()?;
@@ -615,6 +638,16 @@ impl Frame {
                 out.extend_from_slice(session);
                 out.extend_from_slice(&[*mapping, *filtering, *allocation, *flags]);
             }
+            Frame::TcpOffer {
+                session,
+                armed,
+                addr,
+            } => {
+                out.push(18);
+                out.extend_from_slice(session);
+                out.push(u8::from(*armed));
+                put_addr(&mut out, addr);
+            }
             Frame::PunchAck {
                 session,
                 tx,
@@ -704,6 +737,11 @@ mod tests {
                 filtering: 3,
                 allocation: 1,
                 flags: 1,
+            },
+            Frame::TcpOffer {
+                session: [1; 16],
+                armed: true,
+                addr: b,
             },
             Frame::PunchAck {
                 session: [1; 16],

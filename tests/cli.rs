@@ -188,6 +188,45 @@ fn json_never_has_colour() {
     assert!(!out.stdout.contains(&0x1b));
 }
 
+/// punch --tcp carries the pipe only: with --expose / --local it is a clear error, before any
+/// network traffic.
+#[test]
+fn punch_tcp_with_hosting_is_a_clear_error() {
+    for args in [
+        &[
+            "listen",
+            "--relay",
+            "127.0.0.1",
+            "--tcp",
+            "--expose",
+            "127.0.0.1:80",
+        ][..],
+        &[
+            "connect",
+            "7-lantern-harbor",
+            "--relay",
+            "127.0.0.1",
+            "--tcp",
+            "--local",
+            "8080",
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_punch"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--tcp carries the pipe"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_punch"))
+        .args(["connect", "7-lantern-harbor", "--manual", "--tcp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--tcp needs the relay");
+}
+
 /// portmap: bad input is a usage error (exit 2) before anything is sent to a router.
 #[test]
 fn portmap_bad_input_exits_2() {

@@ -138,10 +138,20 @@ fn connected(s: &Side) -> Value {
 /// Listener in host a, connector in host b, 1 MiB of random data each way; both must exit 0
 /// with the other's bytes intact. Returns both sides for further checks.
 fn exchange_1mib(lab: &Lab, code: &str, what: &str) -> (Side, Side) {
+    exchange_1mib_with(lab, code, what, &[])
+}
+
+/// [`exchange_1mib`] with `extra` arguments on both sides.
+fn exchange_1mib_with(lab: &Lab, code: &str, what: &str, extra: &[&str]) -> (Side, Side) {
     let (da, db) = (random(1 << 20), random(1 << 20));
-    let la = side(lab, "a", &["listen", "--code", code], da.clone());
+    let la = side(
+        lab,
+        "a",
+        &[&["listen", "--code", code], extra].concat(),
+        da.clone(),
+    );
     std::thread::sleep(Duration::from_millis(200));
-    let lb = side(lab, "b", &["connect", code], db.clone());
+    let lb = side(lab, "b", &[&["connect", code], extra].concat(), db.clone());
     let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
     assert_eq!(sa.code, Some(0), "{what} listener: {}", sa.stderr);
     assert_eq!(sb.code, Some(0), "{what} connector: {}", sb.stderr);
@@ -718,5 +728,86 @@ fn manual_offers_punch_two_port_restricted_nats_without_any_server() {
             .unwrap_or_else(|| panic!("{evs:?}"));
         assert_eq!(conn["path"], "direct", "{evs:?}");
         assert!(!evs.iter().any(|e| e["event"] == "registered"), "{evs:?}");
+    }
+}
+
+/// The last `connected` event: the path the data ended on.
+fn last_connected(s: &Side) -> Value {
+    s.events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "connected")
+        .cloned()
+        .unwrap_or_else(|| panic!("no connected event: {}", s.stderr))
+}
+
+/// `--tcp`: TCP hole punching (simultaneous open from the port the relay saw, the listener's
+/// SYN armed with a low TTL) carries 1 MiB each way directly, `method: tcp`, and the peer is
+/// the other side's public TCP endpoint.
+fn tcp_pair(a: Kind, b: Kind) {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b)) else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
+    let what = format!("--tcp {a:?} x {b:?}");
+    let (sa, sb) = exchange_1mib_with(&lab, &code, &what, &["--tcp"]);
+    for (s, other_wan) in [(&sa, lab.get("B_WAN")), (&sb, lab.get("A_WAN"))] {
+        let c = last_connected(s);
+        assert_eq!(c["path"], "direct", "{what}: {}", s.stderr);
+        assert_eq!(c["method"], "tcp", "{what}: {}", s.stderr);
+        let peer = c["peer"].as_str().unwrap();
+        assert!(peer.starts_with(&format!("{other_wan}:")), "{what}: {c}");
+        let done = s.events.iter().find(|e| e["event"] == "done").unwrap();
+        assert_eq!(done["bytes_sent"], 1 << 20);
+        assert_eq!(done["bytes_received"], 1 << 20);
+    }
+}
+
+#[test]
+fn tcp_port_restricted_x_port_restricted_is_direct() {
+    tcp_pair(Kind::PortRestricted, Kind::PortRestricted);
+}
+
+#[test]
+fn tcp_full_cone_x_port_restricted_is_direct() {
+    tcp_pair(Kind::FullCone, Kind::PortRestricted);
+}
+
+#[test]
+fn tcp_port_restricted_x_full_cone_is_direct() {
+    tcp_pair(Kind::PortRestricted, Kind::FullCone);
+}
+
+/// A side whose UDP is blocked: with --tcp the pair still goes direct, over TCP.
+#[test]
+fn tcp_udp_blocked_x_port_restricted_is_direct() {
+    tcp_pair(Kind::UdpBlocked, Kind::PortRestricted);
+}
+
+/// A symmetric NAT gives the peer a TCP port that is never used again: the TCP punch says
+/// it found nothing (`tried`) and the data goes on over UDP/QUIC through the relay, intact.
+#[test]
+fn tcp_through_a_symmetric_nat_is_tried_then_the_relay_carries_the_data() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Symmetric).b(Kind::PortRestricted))
+    else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let (sa, sb) = exchange_1mib_with(
+        &lab,
+        "37-lantern-harbor",
+        "--tcp symmetric x port-restricted",
+        &["--tcp"],
+    );
+    for s in [&sa, &sb] {
+        let tried = s
+            .events
+            .iter()
+            .find(|e| e["event"] == "tried" && e["method"] == "tcp")
+            .unwrap_or_else(|| panic!("no tried tcp event: {}", s.stderr));
+        assert_eq!(tried["found"], false);
+        assert!(tried["elapsed_ms"].as_u64().unwrap() < 15_000, "{tried}");
+        assert_ne!(last_connected(s)["method"], "tcp", "{}", s.stderr);
     }
 }

@@ -55,7 +55,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__connect)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --no-portmap --keepalive --verbose --local --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --no-portmap --keepalive --verbose --local --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -157,7 +157,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__listen)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --no-portmap --keepalive --verbose --code --expose --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --no-portmap --keepalive --verbose --code --expose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

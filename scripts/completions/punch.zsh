@@ -42,6 +42,7 @@ _arguments "${_arguments_options[@]}" : \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
 '--hard[When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)]' \
+'(--manual)--tcp[Punch TCP too\: after authenticating, try a direct TCP connection (simultaneous open from the port the relay saw) and carry the pipe over TLS on it when it works; else go on over UDP. Carries the pipe only (not --expose / --local)]' \
 '--no-portmap[Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
@@ -62,6 +63,7 @@ _arguments "${_arguments_options[@]}" : \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
 '--hard[When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)]' \
+'(--manual)--tcp[Punch TCP too\: after authenticating, try a direct TCP connection (simultaneous open from the port the relay saw) and carry the pipe over TLS on it when it works; else go on over UDP. Carries the pipe only (not --expose / --local)]' \
 '--no-portmap[Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \

@@ -9,9 +9,11 @@
 
 pub mod birthday;
 pub mod code;
+pub mod icmp;
 pub mod nat;
 pub mod offer;
 pub mod pake;
+pub mod tcp;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
