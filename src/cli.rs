@@ -290,6 +290,12 @@ pub enum PunchCmd {
         /// carried to HOST:PORT here.
         #[arg(long, value_name = "HOST:PORT")]
         expose: Option<String>,
+        /// No server at all (the pwnat technique; needs CAP_NET_RAW): send ICMP echo requests
+        /// to --echo-target and wait for a connector's ICMP Time Exceeded, which the NAT lets
+        /// in and which tells where to punch UDP. Works when the connector has a public
+        /// address.
+        #[arg(long, conflicts_with_all = ["relay", "manual"])]
+        icmp: bool,
     },
     /// Join the side that printed CODE.
     Connect {
@@ -302,6 +308,11 @@ pub enum PunchCmd {
         /// TCP connection to the other side's --expose service, many at once.
         #[arg(long, value_name = "[HOST:]PORT")]
         local: Option<String>,
+        /// No server at all (the pwnat technique; needs CAP_NET_RAW): send the listener at
+        /// LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for
+        /// an answer to its echo requests, then punch UDP.
+        #[arg(long, value_name = "LISTENER_HOST", conflicts_with_all = ["relay", "manual"])]
+        icmp: Option<String>,
     },
 }
 
@@ -313,7 +324,7 @@ pub struct PunchCommon {
         long,
         env = "NATKIT_RELAY",
         value_name = "HOST[:PORT]",
-        required_unless_present = "manual"
+        required_unless_present_any = ["manual", "icmp"]
     )]
     pub relay: Option<String>,
     /// Serverless: print a one-line offer to paste on the other side and take theirs (from
@@ -353,8 +364,12 @@ pub struct PunchCommon {
     /// Punch TCP too: after authenticating, try a direct TCP connection (simultaneous open
     /// from the port the relay saw) and carry the pipe over TLS on it when it works; else go
     /// on over UDP. Carries the pipe only (not --expose / --local).
-    #[arg(long, conflicts_with = "manual")]
+    #[arg(long, conflicts_with_all = ["manual", "icmp"])]
     pub tcp: bool,
+    /// With --icmp: where the listener's echo requests go — an address where nothing
+    /// answers, the same on both sides (default 3.3.3.3, pwnat's).
+    #[arg(long, value_name = "IP", requires = "icmp")]
+    pub echo_target: Option<std::net::Ipv4Addr>,
     /// Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a
     /// mapped port is offered to the peer as one more candidate and removed at exit.
     #[arg(long)]
@@ -411,11 +426,12 @@ impl PunchArgs {
     /// Validates before any IO; returns the options, JSON flag and verbosity.
     pub fn into_options(self) -> Result<(crate::punch_io::PunchOptions, bool, u8), PunchArgsError> {
         use crate::punch_quic::Mode;
-        let (common, role, code, mode) = match self.cmd {
+        let (common, role, code, mode, icmp) = match self.cmd {
             PunchCmd::Listen {
                 common,
                 code,
                 expose,
+                icmp,
             } => {
                 let c = match code {
                     Some(c) => crate::punch::code::Code::parse(&c)?,
@@ -425,22 +441,37 @@ impl PunchArgs {
                     Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
                     None => Mode::Pipe,
                 };
-                (common, crate::rendezvous::Role::Listener, c, mode)
+                let target = common
+                    .echo_target
+                    .unwrap_or(crate::defaults::ICMP_ECHO_TARGET);
+                let icmp = icmp.then_some(crate::punch_io::PeerOffer::IcmpListen {
+                    echo_target: target,
+                });
+                (common, crate::rendezvous::Role::Listener, c, mode, icmp)
             }
             PunchCmd::Connect {
                 common,
                 code,
                 local,
+                icmp,
             } => {
                 let mode = match local {
                     Some(l) => Mode::Local(socket_addr(&l, Some("127.0.0.1"), "[HOST:]PORT")?),
                     None => Mode::Pipe,
                 };
+                let target = common
+                    .echo_target
+                    .unwrap_or(crate::defaults::ICMP_ECHO_TARGET);
+                let icmp = icmp.map(|listener| crate::punch_io::PeerOffer::IcmpConnect {
+                    listener,
+                    echo_target: target,
+                });
                 (
                     common,
                     crate::rendezvous::Role::Connector,
                     crate::punch::code::Code::parse(&code)?,
                     mode,
+                    icmp,
                 )
             }
         };
@@ -448,7 +479,9 @@ impl PunchArgs {
             return Err(PunchArgsError::TcpHosting);
         }
         let relay = common.relay.clone().unwrap_or_default();
-        let manual = if common.manual {
+        let manual = if let Some(peer) = icmp {
+            Some(crate::punch_io::Manual { stun: None, peer })
+        } else if common.manual {
             if let Some(s) = &common.stun {
                 crate::probe::parse_server(s)?;
             }

@@ -161,3 +161,17 @@ pub const TCP_ATTEMPT: Duration = Duration::from_millis(1500);
 
 /// The relay's TCP STUN answer that tells us our public TCP endpoint.
 pub const TCP_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--icmp`: the listener's echo requests to the echo target. They keep the NAT's query
+/// mapping alive (Linux keeps an ICMP mapping 30 s, RFC 5508 §3.2 asks for at least 60 s)
+/// and must be out before the connector's first Time Exceeded arrives.
+pub const ICMP_ECHO_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `--icmp`: the connector repeats its Time Exceeded this often until the listener's UDP
+/// arrives (the first may come before the listener's NAT has the mapping).
+pub const ICMP_KNOCK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `--icmp`: the default echo target, pwnat's: an address where nothing answers, so the
+/// echo requests never get replies that would close the NAT's mapping. Tests point it into
+/// the lab.
+pub const ICMP_ECHO_TARGET: std::net::Ipv4Addr = std::net::Ipv4Addr::new(3, 3, 3, 3);

@@ -14,6 +14,7 @@ pub mod portmap;
 pub mod portmap_io;
 pub mod probe;
 pub mod punch;
+pub mod punch_icmp;
 pub mod punch_io;
 pub mod punch_quic;
 pub mod punch_tcp;

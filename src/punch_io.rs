@@ -63,6 +63,9 @@ pub enum PunchError {
     /// The other side's `--manual` offer is unusable.
     #[error("the other side's offer: {0}")]
     Offer(#[from] crate::punch::offer::OfferError),
+    /// `--icmp` cannot use raw sockets.
+    #[error("{0}")]
+    RawSocket(String),
     /// The other side's offer could not be read.
     #[error("reading the other side's offer: {0}")]
     OfferInput(String),
@@ -199,6 +202,19 @@ pub enum PeerOffer {
     File(std::path::PathBuf),
     /// Typed or pasted on the controlling terminal.
     Terminal,
+    /// `listen --icmp`: from the connector's ICMP Time Exceeded ([`crate::punch::icmp`]).
+    IcmpListen {
+        /// Where our echo requests go.
+        echo_target: Ipv4Addr,
+    },
+    /// `connect --icmp HOST`: the listener is heard from when its punch arrives; we knock
+    /// with ICMP until then.
+    IcmpConnect {
+        /// The listener's public address (IPv4 literal or host name).
+        listener: String,
+        /// The listener's echo target.
+        echo_target: Ipv4Addr,
+    },
 }
 
 /// How long a `--manual` side waits for the other (offers travel by hand).
@@ -250,6 +266,8 @@ async fn read_peer_offer(src: PeerOffer) -> Result<Vec<SocketAddr>, PunchError> 
         })
         .await
         .map_err(|e| PunchError::OfferInput(e.to_string()))??,
+        // Handled by `run` (no offer to read).
+        PeerOffer::IcmpListen { .. } | PeerOffer::IcmpConnect { .. } => return Ok(Vec::new()),
     };
     Ok(crate::punch::offer::parse(&line)?)
 }
@@ -1265,6 +1283,31 @@ where
         }
         None => None,
     };
+    // --icmp: raw sockets first, so a missing capability is the first thing the user hears.
+    let icmp = manual.as_ref().and_then(|m| match &m.peer {
+        PeerOffer::IcmpListen { .. } | PeerOffer::IcmpConnect { .. } => Some(m.peer.clone()),
+        _ => None,
+    });
+    let mut icmp_raw = match &icmp {
+        Some(_) => Some(crate::punch_icmp::open()?),
+        None => None,
+    };
+    let icmp_listener = match &icmp {
+        Some(PeerOffer::IcmpConnect { listener, .. }) => {
+            match crate::probe::resolve(listener, 0)
+                .await
+                .map_err(PunchError::Resolve)?
+            {
+                SocketAddr::V4(a) => Some(*a.ip()),
+                SocketAddr::V6(_) => {
+                    return Err(PunchError::Rendezvous(
+                        "--icmp needs the listener's IPv4 address".into(),
+                    ))
+                }
+            }
+        }
+        _ => None,
+    };
     let sock = Arc::new(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?);
     let local = sock.local_addr()?;
     let mut candidates = Vec::new();
@@ -1337,31 +1380,65 @@ where
     // the host address) and read the other side's in the background.
     let mut cfg = cfg;
     let (offer_tx, mut offer_rx) = mpsc::channel(1);
-    if let Some(m) = &manual {
-        let mut offer = Vec::new();
-        if let Some(server) = stun {
-            match stun_reflexive(&sock, server).await {
-                Some(a) => offer.push(a),
-                None => tracing::warn!(%server, "the STUN server did not answer"),
-            }
+    let mut knocking = None;
+    match (&manual, &icmp) {
+        (Some(_), Some(PeerOffer::IcmpListen { echo_target })) => {
+            let (raw, target) = (icmp_raw.take(), *echo_target);
+            cfg.direct_timeout = MANUAL_TIMEOUT;
+            tokio::spawn(async move {
+                let r = match raw {
+                    Some(raw) => {
+                        crate::punch_icmp::await_connector(raw, session, target, MANUAL_TIMEOUT)
+                            .await
+                    }
+                    None => Err(PunchError::RawSocket("no raw socket".into())),
+                };
+                let _ = offer_tx.send(r.map(|a| vec![a])).await;
+            });
         }
-        if opts.portmap {
-            let wait = crate::defaults::PORTMAP_TIMEOUT + Duration::from_millis(300);
-            if let Ok(Some((external, via))) = tokio::time::timeout(wait, mapped_rx.recv()).await {
-                on_event(&Event::Mapped { external, via });
-                offer.push(external);
+        (Some(_), Some(PeerOffer::IcmpConnect { echo_target, .. })) => {
+            if let (Some(raw), Some(listener)) = (icmp_raw.take(), icmp_listener) {
+                knocking = Some(crate::punch_icmp::knock(
+                    raw,
+                    session,
+                    listener,
+                    *echo_target,
+                    local.port(),
+                ));
             }
+            cfg.direct_timeout = MANUAL_TIMEOUT;
+            // No offer: the listener's first probe tells us where it is.
+            let _ = offer_tx.send(Ok(Vec::new())).await;
         }
-        offer.extend(cfg.candidates.iter().copied());
-        offer.dedup();
-        on_event(&Event::Offer {
-            offer: crate::punch::offer::format(&offer),
-        });
-        cfg.direct_timeout = MANUAL_TIMEOUT;
-        let src = m.peer.clone();
-        tokio::spawn(async move {
-            let _ = offer_tx.send(read_peer_offer(src).await).await;
-        });
+        (Some(m), _) => {
+            let mut offer = Vec::new();
+            if let Some(server) = stun {
+                match stun_reflexive(&sock, server).await {
+                    Some(a) => offer.push(a),
+                    None => tracing::warn!(%server, "the STUN server did not answer"),
+                }
+            }
+            if opts.portmap {
+                let wait = crate::defaults::PORTMAP_TIMEOUT + Duration::from_millis(300);
+                if let Ok(Some((external, via))) =
+                    tokio::time::timeout(wait, mapped_rx.recv()).await
+                {
+                    on_event(&Event::Mapped { external, via });
+                    offer.push(external);
+                }
+            }
+            offer.extend(cfg.candidates.iter().copied());
+            offer.dedup();
+            on_event(&Event::Offer {
+                offer: crate::punch::offer::format(&offer),
+            });
+            cfg.direct_timeout = MANUAL_TIMEOUT;
+            let src = m.peer.clone();
+            tokio::spawn(async move {
+                let _ = offer_tx.send(read_peer_offer(src).await).await;
+            });
+        }
+        (None, _) => {}
     }
     // Bind the --local port before anything else: a busy port is a clear error at once.
     let listener = match opts.mode {
@@ -1472,7 +1549,11 @@ where
                 }
                 PunchEvent::RelayData(d) => early.push_back(d),
                 PunchEvent::Path { path, probes } => {
-                    on_event(&switch_path(&link, &wire, relay, path, probes, t0));
+                    let mut ev = switch_path(&link, &wire, relay, path, probes, t0);
+                    if let (Some(_), Event::Connected { method, .. }) = (&icmp, &mut ev) {
+                        *method = "icmp";
+                    }
+                    on_event(&ev);
                 }
             }
         }
@@ -1514,6 +1595,8 @@ where
             on_event(&e);
         }
     }
+    // --icmp: the listener has heard us; stop knocking.
+    drop(knocking.take());
     // Relayed frames that arrived before the path was chosen (the peer may be ahead).
     for d in early {
         if let Ok(f) = Frame::parse(&d) {

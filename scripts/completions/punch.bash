@@ -55,7 +55,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__connect)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --no-portmap --keepalive --verbose --local --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --verbose --local --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,11 +85,19 @@ _punch() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --echo-target)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keepalive)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --local)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --icmp)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -157,7 +165,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__listen)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --no-portmap --keepalive --verbose --code --expose --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --verbose --code --expose --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -184,6 +192,10 @@ _punch() {
                     return 0
                     ;;
                 --direct-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --echo-target)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

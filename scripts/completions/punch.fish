@@ -35,6 +35,7 @@ complete -c punch -n "__fish_punch_using_subcommand listen" -l peer -d 'With --m
 complete -c punch -n "__fish_punch_using_subcommand listen" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE' -r -F
 complete -c punch -n "__fish_punch_using_subcommand listen" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l echo-target -d 'With --icmp: where the listener\'s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat\'s)' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l code -d 'Use this code instead of a random one' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l expose -d 'Host a local TCP service: each connection the other side makes (with --local) is carried to HOST:PORT here' -r
@@ -44,6 +45,7 @@ complete -c punch -n "__fish_punch_using_subcommand listen" -l hard -d 'When bot
 complete -c punch -n "__fish_punch_using_subcommand listen" -l tcp -d 'Punch TCP too: after authenticating, try a direct TCP connection (simultaneous open from the port the relay saw) and carry the pipe over TLS on it when it works; else go on over UDP. Carries the pipe only (not --expose / --local)'
 complete -c punch -n "__fish_punch_using_subcommand listen" -l no-portmap -d 'Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit'
 complete -c punch -n "__fish_punch_using_subcommand listen" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
+complete -c punch -n "__fish_punch_using_subcommand listen" -l icmp -d 'No server at all (the pwnat technique; needs CAP_NET_RAW): send ICMP echo requests to --echo-target and wait for a connector\'s ICMP Time Exceeded, which the NAT lets in and which tells where to punch UDP. Works when the connector has a public address'
 complete -c punch -n "__fish_punch_using_subcommand listen" -s h -l help -d 'Print help'
 complete -c punch -n "__fish_punch_using_subcommand connect" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l stun -d 'With --manual: a STUN server HOST[:PORT] that tells this side\'s public address (put in the offer; without it, the offer carries only local and router-mapped addresses)' -r
@@ -51,8 +53,10 @@ complete -c punch -n "__fish_punch_using_subcommand connect" -l peer -d 'With --
 complete -c punch -n "__fish_punch_using_subcommand connect" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE' -r -F
 complete -c punch -n "__fish_punch_using_subcommand connect" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l echo-target -d 'With --icmp: where the listener\'s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat\'s)' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l local -d 'Listen on [HOST:]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side\'s --expose service, many at once' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l icmp -d 'No server at all (the pwnat technique; needs CAP_NET_RAW): send the listener at LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for an answer to its echo requests, then punch UDP' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l manual -d 'Serverless: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to'
 complete -c punch -n "__fish_punch_using_subcommand connect" -l json -d 'JSON lines on stderr instead of text'
 complete -c punch -n "__fish_punch_using_subcommand connect" -l hard -d 'When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)'

@@ -36,16 +36,18 @@ _arguments "${_arguments_options[@]}" : \
 '--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
+'--echo-target=[With --icmp\: where the listener'\''s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat'\''s)]:IP:_default' \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
 '--code=[Use this code instead of a random one]:CODE:_default' \
 '--expose=[Host a local TCP service\: each connection the other side makes (with --local) is carried to HOST\:PORT here]:HOST:PORT:_default' \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
 '--hard[When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)]' \
-'(--manual)--tcp[Punch TCP too\: after authenticating, try a direct TCP connection (simultaneous open from the port the relay saw) and carry the pipe over TLS on it when it works; else go on over UDP. Carries the pipe only (not --expose / --local)]' \
+'(--manual --icmp)--tcp[Punch TCP too\: after authenticating, try a direct TCP connection (simultaneous open from the port the relay saw) and carry the pipe over TLS on it when it works; else go on over UDP. Carries the pipe only (not --expose / --local)]' \
 '--no-portmap[Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
+'(--relay --manual)--icmp[No server at all (the pwnat technique; needs CAP_NET_RAW)\: send ICMP echo requests to --echo-target and wait for a connector'\''s ICMP Time Exceeded, which the NAT lets in and which tells where to punch UDP. Works when the connector has a public address]' \
 '-h[Print help]' \
 '--help[Print help]' \
 && ret=0
@@ -58,12 +60,14 @@ _arguments "${_arguments_options[@]}" : \
 '--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
+'--echo-target=[With --icmp\: where the listener'\''s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat'\''s)]:IP:_default' \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
 '--local=[Listen on \[HOST\:\]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side'\''s --expose service, many at once]:[HOST:]PORT:_default' \
+'(--relay --manual)--icmp=[No server at all (the pwnat technique; needs CAP_NET_RAW)\: send the listener at LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for an answer to its echo requests, then punch UDP]:LISTENER_HOST:_default' \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
 '--hard[When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)]' \
-'(--manual)--tcp[Punch TCP too\: after authenticating, try a direct TCP connection (simultaneous open from the port the relay saw) and carry the pipe over TLS on it when it works; else go on over UDP. Carries the pipe only (not --expose / --local)]' \
+'(--manual --icmp)--tcp[Punch TCP too\: after authenticating, try a direct TCP connection (simultaneous open from the port the relay saw) and carry the pipe over TLS on it when it works; else go on over UDP. Carries the pipe only (not --expose / --local)]' \
 '--no-portmap[Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \

@@ -23,7 +23,6 @@ use std::net::Ipv4Addr;
 
 use pnet::packet::icmp::{IcmpPacket, IcmpTypes};
 use pnet::packet::ipv4::Ipv4Packet;
-use pnet::packet::Packet;
 
 use crate::rendezvous::SessionId;
 
@@ -68,7 +67,7 @@ pub fn time_exceeded(
     echo_target: Ipv4Addr,
     port: u16,
 ) -> Vec<u8> {
-    let (id, tag) = ids(session);
+    let (id, _) = ids(session);
     // The quoted echo request (its checksum as the listener computed it: same bytes but the
     // port, which the listener sent as zero).
     let mut echo = echo_request(session);
@@ -93,11 +92,7 @@ pub fn time_exceeded(
 /// Checks an ICMP message the listener received (without its IP header): a Time Exceeded
 /// quoting our echo request to `echo_target`, with our tag. Returns the connector's UDP port.
 /// Anything else (other ICMP, other sessions, truncated or malformed) is `None`.
-pub fn parse_time_exceeded(
-    session: &SessionId,
-    echo_target: Ipv4Addr,
-    icmp: &[u8],
-) -> Option<u16> {
+pub fn parse_time_exceeded(session: &SessionId, echo_target: Ipv4Addr, icmp: &[u8]) -> Option<u16> {
     let (id, tag) = ids(session);
     let p = IcmpPacket::new(icmp)?;
     if p.get_icmp_type() != IcmpTypes::TimeExceeded || icmp.len() < 8 {
@@ -124,7 +119,6 @@ pub fn parse_time_exceeded(
     let port = u16::from_be_bytes([extra[12], extra[13]]);
     (port != 0).then_some(port)
 }
-
 
 #[cfg(test)]
 mod tests {

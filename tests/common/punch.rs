@@ -105,4 +105,13 @@ impl Live {
         self.seen.extend(self.events.iter());
         (status.code(), out, self.seen)
     }
+
+    /// Kills the side now; returns every event it printed.
+    #[allow(dead_code)]
+    pub fn kill(mut self) -> Vec<Value> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.seen.extend(self.events.iter());
+        self.seen
+    }
 }
