@@ -28,16 +28,24 @@ pub struct SocketId(pub u16);
 
 /// The socket every server's Binding request and the mapping tests use (RFC 5780 §4.3).
 const S_MAIN: SocketId = SocketId(0);
-/// Filtering test II (change IP and port), its own socket.
-const S_FILTER_BOTH: SocketId = SocketId(1);
-/// Filtering test III (change port), its own socket.
-const S_FILTER_PORT: SocketId = SocketId(2);
+/// Filtering test II (change IP and port), on a socket of its own; an answer is confirmed on
+/// a second fresh socket before filtering counts as open. A fresh socket can get the local
+/// port of an earlier run's socket whose mapping, and the filter state it opened, the NAT
+/// still keeps (the lab's restricted NAT admits the alternate IP for 2 minutes after the
+/// mapping tests sent there). Only an answer is confirmed: a filtered CHANGE-REQUEST answer
+/// leaves a conntrack entry on a Linux NAT's own address that moves a later flow of that port
+/// elsewhere, and a second one would leave twice as many.
+const S_FILTER_BOTH: [SocketId; 2] = [SocketId(1), SocketId(12)];
+/// Filtering test III (change port), likewise.
+const S_FILTER_PORT: [SocketId; 2] = [SocketId(2), SocketId(13)];
 /// TTL-limited probes that reveal the routers on the path: one socket per TTL, so an ICMP
 /// error that quotes too little of the probe to carry its transaction id still tells its TTL.
 const S_HOPS_BASE: u16 = 3;
 /// First socket of the binding-lifetime search; each gap uses two (the kept mapping and the
 /// one that asks the server to answer it).
 const S_LIFETIME_BASE: u16 = 16;
+// The hop sockets must not run into the second filtering sockets.
+const _: () = assert!(S_HOPS_BASE + defaults::MAX_HOP_TTL as u16 <= 11);
 
 /// How a transmit leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +84,9 @@ pub enum Input<'a> {
         from: SocketAddr,
         /// Its bytes (possibly truncated by the driver; then decoding fails).
         data: &'a [u8],
+        /// The IP TTL (IPv6 hop limit) it arrived with, when the driver could read it: tells
+        /// how many routers the server's answers cross.
+        ttl: Option<u8>,
     },
     /// An ICMP error about a datagram this socket sent.
     IcmpError {
@@ -174,7 +185,8 @@ pub struct ServerReport {
     pub addr: SocketAddr,
     /// Round-trip time of the first Binding, when it was not retransmitted.
     pub rtt_ms: Option<f64>,
-    /// Whether the server answered and supports behaviour discovery (a valid OTHER-ADDRESS).
+    /// Whether the server answered and is trusted for behaviour discovery: a valid
+    /// OTHER-ADDRESS, and a RESPONSE-ORIGIN equal to the address the answer came from.
     pub rfc5780: bool,
     /// Whether it answered over UDP.
     pub answered: bool,
@@ -222,17 +234,29 @@ pub fn port_allocation(local_port: Option<u16>, mappings: &[u16]) -> PortAllocat
         .windows(2)
         .map(|w| w[1] as i32 - w[0] as i32)
         .collect();
-    // Small equal steps: a sequential allocator (possibly with other hosts' mappings in
-    // between it would differ; two equal steps out of two is the evidence asked for).
-    if deltas.iter().all(|&d| d == deltas[0]) && deltas[0] != 0 && deltas[0].abs() <= 64 {
+    // Small steps, all in one direction: a sequential allocator. natprobe's other sockets
+    // (and other hosts behind the NAT) take ports in between, so the steps are multiples of
+    // the allocator's step, which is their greatest common divisor. A random allocator gives
+    // three ports within 64 of each other, in order, about once in 10^6 runs.
+    let same_sign = deltas.iter().all(|&d| d.signum() == deltas[0].signum());
+    if same_sign && deltas.iter().all(|&d| d != 0 && d.abs() <= 64) {
+        let step = deltas.iter().fold(0, |g, &d| gcd(g, d.abs()));
         return PortAllocation {
             kind: "sequential",
-            delta: Some(deltas[0]),
+            delta: Some(step * deltas[0].signum()),
         };
     }
     PortAllocation {
         kind: "random",
         delta: None,
+    }
+}
+
+fn gcd(a: i32, b: i32) -> i32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -298,8 +322,10 @@ enum Test {
     Binding(usize),
     MapII,
     MapIII,
-    FilterBoth,
-    FilterPort,
+    /// On `S_FILTER_BOTH[k]`; k = 1 confirms an answer to k = 0.
+    FilterBoth(usize),
+    /// On `S_FILTER_PORT[k]`; likewise.
+    FilterPort(usize),
     Hairpin,
     Hop(u8),
     Tcp(usize),
@@ -352,14 +378,21 @@ pub struct Prober {
     tcp_ok: Option<bool>,
     map2: Outcome<SocketAddr>,
     map3: Outcome<SocketAddr>,
-    filter_both: Outcome<()>,
-    filter_port: Outcome<()>,
+    filter_both: [Outcome<()>; 2],
+    filter_port: [Outcome<()>; 2],
     hairpin: Outcome<()>,
     hops: Vec<Hop>,
     lifetime: Vec<LifetimeSlot>,
     ignored: Vec<String>,
     notes_filtering: Option<String>,
     hop_retried: Vec<u8>,
+    /// Routers between this host and the first server, from the TTL its answer arrived with.
+    server_hops: Option<u8>,
+    /// Where the hairpin probe goes once the path probes are done (see
+    /// [`Prober::maybe_start_hairpin`]).
+    hairpin_to: Option<SocketAddr>,
+    /// Servers that sent an OTHER-ADDRESS but are not trusted for behaviour discovery, and why.
+    distrusted: Vec<String>,
 }
 
 fn clamp_rto(rtt: Duration) -> Duration {
@@ -397,14 +430,17 @@ impl Prober {
             tcp_ok: None,
             map2: Outcome::Waiting,
             map3: Outcome::Waiting,
-            filter_both: Outcome::Waiting,
-            filter_port: Outcome::Waiting,
+            filter_both: [Outcome::Waiting; 2],
+            filter_port: [Outcome::Waiting; 2],
             hairpin: Outcome::Waiting,
             hops: Vec::new(),
             lifetime: Vec::new(),
             ignored: Vec::new(),
             notes_filtering: None,
             hop_retried: Vec::new(),
+            server_hops: None,
+            hairpin_to: None,
+            distrusted: Vec::new(),
             cfg,
         };
         let first = Schedule {
@@ -487,24 +523,13 @@ impl Prober {
         }
     }
 
-    /// Moves due sends to the output queue and expires transactions.
+    /// Expires transactions, starts what became due, and moves due sends to the output queue.
     fn pump(&mut self, now: Instant) {
         let mut expired = Vec::new();
         for p in &mut self.pending {
-            if p.txn.is_done() {
-                continue;
-            }
-            if p.txn.timed_out(now) {
+            if !p.txn.is_done() && p.txn.timed_out(now) {
                 p.txn.cancel();
                 expired.push(p.test);
-                continue;
-            }
-            if p.txn.poll_send(now) {
-                self.out.push_back(Transmit {
-                    via: p.via,
-                    dst: p.dst,
-                    payload: p.payload.clone(),
-                });
             }
         }
         self.pending.retain(|p| !p.txn.is_done());
@@ -547,8 +572,42 @@ impl Prober {
                     txn,
                 });
             }
-            self.pump(now);
         }
+        self.maybe_start_hairpin(now);
+        for p in &mut self.pending {
+            if p.txn.poll_send(now) {
+                self.out.push_back(Transmit {
+                    via: p.via,
+                    dst: p.dst,
+                    payload: p.payload.clone(),
+                });
+            }
+        }
+    }
+
+    /// Starts the hairpin probe once no path probe to a router beyond the first hop is under
+    /// way (hops at or beyond the server's distance are not waited for).
+    ///
+    /// A NAT that does not hairpin answers the probe to its own public address with ICMP port
+    /// unreachable, and that error draws on the same ICMP budget (Linux: 1/s per destination,
+    /// burst 6) as the Time Exceeded that reveals a carrier-grade NAT on the path — the carrier
+    /// NAT is the one that owns the mapped address. Sent together, back-to-back runs had the
+    /// hairpin probe spend the token the path probe needed, and CGNAT went unseen. Hop 1 is
+    /// not waited for: it is the home router, or, when the carrier's NAT is the first hop, this
+    /// host's own address is in 100.64.0.0/10 and says so (`verdict::cgnat`); waiting for a
+    /// silent home router would slow every run.
+    fn maybe_start_hairpin(&mut self, now: Instant) {
+        let Some(dst) = self.hairpin_to else { return };
+        let path_busy = self.pending.iter().any(|p| {
+            matches!(p.test, Test::Hop(t) if t >= 2 && self.hop_is_router(t) != Some(false))
+                && !p.txn.is_done()
+        });
+        if path_busy {
+            return;
+        }
+        self.hairpin_to = None;
+        let sched = self.followup();
+        self.add(now, Test::Hairpin, S_MAIN, None, dst, Change::NONE, sched);
     }
 
     /// The next datagram or TCP exchange to perform.
@@ -607,7 +666,12 @@ impl Prober {
                 self.locals.retain(|(s, _)| *s != socket);
                 self.locals.push((socket, addr));
             }
-            Input::Datagram { socket, from, data } => self.on_datagram(now, socket, from, data),
+            Input::Datagram {
+                socket,
+                from,
+                data,
+                ttl,
+            } => self.on_datagram(now, socket, from, data, ttl),
             Input::IcmpError {
                 socket,
                 kind,
@@ -698,7 +762,14 @@ impl Prober {
         }
     }
 
-    fn on_datagram(&mut self, now: Instant, socket: SocketId, from: SocketAddr, data: &[u8]) {
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+        ttl: Option<u8>,
+    ) {
         let m = match stun::decode(data) {
             Ok(m) => m,
             Err(e) => {
@@ -739,7 +810,14 @@ impl Prober {
             return;
         };
         match test {
-            Test::Binding(s) => self.on_binding(now, s, from, dst, rtt, &m, mapped, socket),
+            Test::Binding(s) => {
+                if s == 0 && from == dst {
+                    // The path probes go to the first server: how far it is tells which silent
+                    // hops are routers (see `hop_is_router`).
+                    self.server_hops = ttl.map(routers_crossed);
+                }
+                self.on_binding(now, s, from, dst, rtt, &m, mapped, socket)
+            }
             Test::MapII | Test::MapIII => {
                 let r = if from == dst {
                     Outcome::Got(mapped)
@@ -753,7 +831,7 @@ impl Prober {
                     self.map3 = r
                 }
             }
-            Test::FilterBoth | Test::FilterPort => {
+            Test::FilterBoth(_) | Test::FilterPort(_) => {
                 let expect = self.expected_change_source(test);
                 let r = if Some(from) == expect {
                     Outcome::Got(())
@@ -765,11 +843,7 @@ impl Prober {
                     ));
                     Outcome::Bogus
                 };
-                if test == Test::FilterBoth {
-                    self.filter_both = r
-                } else {
-                    self.filter_port = r
-                }
+                self.set_filter(now, test, r);
             }
             Test::Hop(_) => {
                 // The probe reached the server: no router at this distance.
@@ -795,11 +869,59 @@ impl Prober {
         }
     }
 
+    fn set_filter(&mut self, now: Instant, test: Test, r: Outcome<()>) {
+        let (k, pair, sockets, what) = match test {
+            Test::FilterBoth(k) => {
+                self.filter_both[k] = r;
+                (k, self.filter_both, S_FILTER_BOTH, "IP and port")
+            }
+            Test::FilterPort(k) => {
+                self.filter_port[k] = r;
+                (k, self.filter_port, S_FILTER_PORT, "port")
+            }
+            _ => return,
+        };
+        match (k, r) {
+            (0, Outcome::Got(())) => {
+                let Some(p) = self.primary.map(|i| self.cfg.servers[i]) else {
+                    return;
+                };
+                let (again, change) = match test {
+                    Test::FilterBoth(_) => (Test::FilterBoth(1), Change::IP_AND_PORT),
+                    _ => (Test::FilterPort(1), Change::PORT),
+                };
+                let sched = self.followup();
+                self.add(now, again, sockets[1], None, p, change, sched);
+            }
+            (1, Outcome::NoAnswer) if pair[0] == Outcome::Got(()) => {
+                let port = self.local_of(sockets[0]).map(|a| a.port());
+                self.ignore(format!(
+                    "the answer to CHANGE-REQUEST ({what}) on local port {} was not confirmed \
+                     on a fresh socket: the NAT still kept an earlier flow's mapping of that \
+                     port, so it does not count",
+                    port.map_or("?".to_string(), |p| p.to_string())
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    /// One filtering test: open only when the answer to the first socket was confirmed on the
+    /// second. A first socket answered and a second not means the first's port still had an
+    /// earlier flow's mapping and filter state at the NAT (a previous run's): the fresh one
+    /// tells the truth.
+    fn filter_outcome(o: [Outcome<()>; 2]) -> Outcome<()> {
+        match o {
+            [Outcome::Got(()), second] => second,
+            [first, _] => first,
+        }
+    }
+
     fn expected_change_source(&self, test: Test) -> Option<SocketAddr> {
         let p = self.primary.map(|i| self.cfg.servers[i])?;
         let o = self.other?;
         Some(match test {
-            Test::FilterBoth => o,
+            Test::FilterBoth(_) => o,
             _ => SocketAddr::new(p.ip(), o.port()),
         })
     }
@@ -812,16 +934,12 @@ impl Prober {
                     .push(format!("answered a Binding request with {what}"));
                 self.binding_finished(now);
             }
-            Test::FilterBoth | Test::FilterPort => {
+            Test::FilterBoth(_) | Test::FilterPort(_) => {
                 self.notes_filtering = Some(format!(
                     "the server answered CHANGE-REQUEST with {what}: it does not support \
                      RFC 5780 behaviour discovery"
                 ));
-                if test == Test::FilterBoth {
-                    self.filter_both = Outcome::Bogus
-                } else {
-                    self.filter_port = Outcome::Bogus
-                }
+                self.set_filter(now, test, Outcome::Bogus);
             }
             Test::MapII => self.map2 = Outcome::Bogus,
             Test::MapIII => self.map3 = Outcome::Bogus,
@@ -857,36 +975,51 @@ impl Prober {
         srv.software = m.software.clone();
         srv.rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
         srv.other_address = m.other_address;
-        match m.response_origin {
-            None if m.other_address.is_some() => srv
-                .problems
-                .push("sent OTHER-ADDRESS but no RESPONSE-ORIGIN".into()),
-            Some(o) if o != dst && o != from => srv.problems.push(format!(
-                "RESPONSE-ORIGIN says {o} but the request went to {dst} \
+        // RFC 5780 §7.3: RESPONSE-ORIGIN is where the server says it sent the answer from. A
+        // server that leaves it out, or names another address than the one the answer came
+        // from (a server behind NAT, or one that does not know its own addresses), cannot be
+        // trusted to answer CHANGE-REQUEST from the addresses it claims: its behaviour
+        // discovery is not used, only reported.
+        let origin_problem = match m.response_origin {
+            None if m.other_address.is_some() => {
+                Some("sent OTHER-ADDRESS but no RESPONSE-ORIGIN".to_string())
+            }
+            Some(o) if o != from => Some(format!(
+                "RESPONSE-ORIGIN says {o} but the answer came from {from} \
                  (server behind NAT or misconfigured)"
             )),
-            _ => {}
-        }
-        if let Some(o) = m.other_address {
+            _ => None,
+        };
+        let other_problem = m.other_address.and_then(|o| {
             if o.ip() == dst.ip() {
-                srv.problems.push(format!(
-                    "OTHER-ADDRESS {o} has the same IP as the server: not trusted \
+                Some(format!(
+                    "OTHER-ADDRESS {o} has the same IP as the server \
                      (behaviour discovery needs two addresses)"
-                ));
+                ))
             } else if o.port() == dst.port() {
-                srv.problems.push(format!(
-                    "OTHER-ADDRESS {o} has the same port as the server: not trusted"
-                ));
+                Some(format!("OTHER-ADDRESS {o} has the same port as the server"))
             } else if o.is_ipv4() != dst.is_ipv4() {
-                srv.problems
-                    .push(format!("OTHER-ADDRESS {o} is of another address family"));
+                Some(format!("OTHER-ADDRESS {o} is of another address family"))
             } else if netaddr::is_unroutable(o.ip()) && !netaddr::is_unroutable(dst.ip()) {
-                srv.problems.push(format!(
+                Some(format!(
                     "OTHER-ADDRESS {o} is not a public address although the server's is"
-                ));
+                ))
             } else {
-                srv.rfc5780 = true;
+                None
             }
+        });
+        let why_not: Vec<String> = origin_problem.into_iter().chain(other_problem).collect();
+        if m.other_address.is_some() && why_not.is_empty() {
+            srv.rfc5780 = true;
+        } else if m.other_address.is_some() {
+            let why = why_not.join("; ");
+            srv.problems.push(format!(
+                "{why}: not trusted for RFC 5780 behaviour discovery"
+            ));
+            self.distrusted.push(format!("{dst}: {why}"));
+        } else {
+            // No OTHER-ADDRESS: no behaviour discovery claimed; a wrong origin is still odd.
+            srv.problems.extend(why_not);
         }
         if let Some(r) = rtt {
             self.srtt = Some(match self.srtt {
@@ -914,8 +1047,9 @@ impl Prober {
             Test::Binding(_) => self.binding_finished(now),
             Test::MapII => self.map2 = Outcome::NoAnswer,
             Test::MapIII => self.map3 = Outcome::NoAnswer,
-            Test::FilterBoth => self.filter_both = Outcome::NoAnswer,
-            Test::FilterPort => self.filter_port = Outcome::NoAnswer,
+            Test::FilterBoth(_) | Test::FilterPort(_) => {
+                self.set_filter(now, test, Outcome::NoAnswer)
+            }
             Test::Hairpin => self.hairpin = Outcome::NoAnswer,
             Test::Hop(ttl) => self.retry_silent_hop(now, ttl),
             Test::Tcp(_) => {
@@ -933,15 +1067,19 @@ impl Prober {
         }
     }
 
-    /// A hop that stayed silent while a farther one answered is a router that rate-limits its
-    /// ICMP errors (Linux: 1/s per destination, burst 6). Ask it once more, slowly, so that
-    /// repeated runs still see a carrier-grade NAT hop. Only hops 2 and 3: hop 1 is the home
-    /// router, and a CGNAT sits right behind it. Costs up to ~1.1 s, and only on such paths.
+    /// A router that stayed silent probably rate-limits its ICMP errors (Linux: 1/s per
+    /// destination, burst 6: back-to-back runs spend it). Ask it once more, slowly, so that
+    /// repeated runs still see a carrier-grade NAT hop: retries at 0, 350 and 1050 ms span
+    /// more than the 1 s in which its next token comes (nothing else of ours draws on it
+    /// meanwhile: the hairpin probe waits, see [`Prober::maybe_start_hairpin`]). Only hops 2
+    /// and 3: hop 1 is the home router, and a CGNAT sits right behind it. Costs up to ~1.25 s,
+    /// and only on such paths.
     fn retry_silent_hop(&mut self, now: Instant, ttl: u8) {
-        // Only a farther *router* counts: a silent hop right before the server may just be a
-        // router that never sends Time Exceeded, and waiting for it would slow every run.
-        let farther_answered = self.hops.iter().any(|h| h.ttl > ttl);
-        if !(2..=3).contains(&ttl) || !farther_answered || self.hop_retried.contains(&ttl) {
+        // It is a router: a farther one answered, or the server's answers crossed more routers
+        // than this hop's distance. A silent hop at or beyond the server's distance is not
+        // waited for (a path element that never sends Time Exceeded would slow every run).
+        let router = self.hops.iter().any(|h| h.ttl > ttl) || self.hop_is_router(ttl) == Some(true);
+        if !(2..=3).contains(&ttl) || !router || self.hop_retried.contains(&ttl) {
             return;
         }
         self.hop_retried.push(ttl);
@@ -997,27 +1135,22 @@ impl Prober {
                 sched,
             );
             self.add(now, Test::MapIII, S_MAIN, None, o, Change::NONE, sched);
+            // The second sockets only confirm an answer (`set_filter`).
+            let (both, port) = (Test::FilterBoth(0), Test::FilterPort(0));
             self.add(
                 now,
-                Test::FilterBoth,
-                S_FILTER_BOTH,
+                both,
+                S_FILTER_BOTH[0],
                 None,
                 p,
                 Change::IP_AND_PORT,
                 sched,
             );
-            self.add(
-                now,
-                Test::FilterPort,
-                S_FILTER_PORT,
-                None,
-                p,
-                Change::PORT,
-                sched,
-            );
+            self.add(now, port, S_FILTER_PORT[0], None, p, Change::PORT, sched);
         }
         if let (Some(m), Some(true)) = (mapped, behind) {
-            self.add(now, Test::Hairpin, S_MAIN, None, m, Change::NONE, sched);
+            // Sent by `pump` once the path probes are done.
+            self.hairpin_to = Some(m);
         }
         if let Some(max) = self.cfg.lifetime_max {
             for (k, &g) in defaults::LIFETIME_GAPS_S
@@ -1086,6 +1219,12 @@ impl Prober {
         }
     }
 
+    /// Whether a router (not the server) sits `ttl` hops away, judged from how many routers the
+    /// first server's answer crossed; None when that is not known.
+    fn hop_is_router(&self, ttl: u8) -> Option<bool> {
+        self.server_hops.map(|r| ttl <= r)
+    }
+
     fn local_of(&self, s: SocketId) -> Option<SocketAddr> {
         self.locals.iter().find(|(id, _)| *id == s).map(|x| x.1)
     }
@@ -1129,6 +1268,15 @@ impl Prober {
         let (filtering, filtering_note) =
             if mapped.is_none() {
                 (Behaviour::Unknown, Some("no server answered".to_string()))
+            } else if !rfc5780 && !self.distrusted.is_empty() {
+                (
+                    Behaviour::Unknown,
+                    Some(format!(
+                        "no server can be trusted for RFC 5780 behaviour discovery ({}), so \
+                         filtering was not tested; give another server with --server",
+                        self.distrusted.join("; ")
+                    )),
+                )
             } else if !rfc5780 {
                 (
                     Behaviour::Unknown,
@@ -1139,7 +1287,10 @@ impl Prober {
                     ),
                 )
             } else {
-                match (self.filter_both, self.filter_port) {
+                match (
+                    Self::filter_outcome(self.filter_both),
+                    Self::filter_outcome(self.filter_port),
+                ) {
                     (Outcome::Got(()), _) => (Behaviour::EndpointIndependent, None),
                     (Outcome::NoAnswer, Outcome::Got(())) => (Behaviour::AddressDependent, None),
                     (Outcome::NoAnswer, Outcome::NoAnswer) => {
@@ -1172,14 +1323,20 @@ impl Prober {
                 seq.push(m.port());
             }
         }
-        let port_allocation = if behind == Some(true) {
-            port_allocation(local.map(|l| l.port()), &seq)
-        } else {
-            PortAllocation {
-                kind: "preserving",
-                delta: None,
-            }
-        };
+        // An endpoint-independent mapping that kept the local port has shown how this NAT
+        // allocates. A third mapping that moved anyway is a Linux NAT avoiding a clash with a
+        // conntrack entry that an earlier run's filtered answer left on the NAT's own address
+        // (about 1 in 300 back-to-back runs in the lab), not another allocation pattern.
+        let kept_port = matches!((mapped, local), (Some(m), Some(l)) if m.port() == l.port());
+        let port_allocation =
+            if behind == Some(true) && !(mapping == Behaviour::EndpointIndependent && kept_port) {
+                port_allocation(local.map(|l| l.port()), &seq)
+            } else {
+                PortAllocation {
+                    kind: "preserving",
+                    delta: None,
+                }
+            };
         let lifetime = (!self.lifetime.is_empty()).then(|| Lifetime {
             alive_s: self
                 .lifetime
@@ -1226,13 +1383,17 @@ impl Prober {
             .filter_map(|s| s.mapped.map(|m| (s.addr, m)))
             .collect();
         if seen.len() < 2 {
+            let why = if self.distrusted.is_empty() {
+                "it does not support RFC 5780"
+            } else {
+                "it is not trusted for RFC 5780 behaviour discovery (see its problems)"
+            };
             return (
                 Behaviour::Unknown,
-                Some(
-                    "only one server answered and it does not support RFC 5780: mapping \
-                     needs two servers or one with two addresses"
-                        .into(),
-                ),
+                Some(format!(
+                    "only one server answered and {why}: mapping needs two servers or one \
+                     with two addresses"
+                )),
             );
         }
         if seen.iter().all(|(_, m)| *m == seen[0].1) {
@@ -1254,6 +1415,17 @@ impl Prober {
         };
         (Behaviour::AddressAndPortDependent, Some(note))
     }
+}
+
+/// How many routers a datagram crossed, from the TTL it arrived with: senders start at 64
+/// (Linux, macOS), 128 (Windows) or 255, and every router takes one off.
+fn routers_crossed(ttl: u8) -> u8 {
+    let initial: u8 = match ttl {
+        0..=64 => 64,
+        65..=128 => 128,
+        _ => 255,
+    };
+    initial - ttl
 }
 
 #[cfg(test)]

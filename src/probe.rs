@@ -55,7 +55,8 @@ pub struct ServerEntry {
     pub addr: Option<SocketAddr>,
     /// Round-trip time in milliseconds (null when not measured).
     pub rtt_ms: Option<f64>,
-    /// Supports RFC 5780 behaviour discovery with a trustworthy OTHER-ADDRESS.
+    /// Trusted for RFC 5780 behaviour discovery: a valid OTHER-ADDRESS and a RESPONSE-ORIGIN
+    /// equal to the address the answer came from.
     pub rfc5780: bool,
     /// Answered over UDP.
     pub answered: bool,
@@ -82,8 +83,10 @@ pub struct NatprobeReport {
     pub local_addr: Option<SocketAddr>,
     /// The address strangers see.
     pub mapped_addr: Option<SocketAddr>,
-    /// Whether an address translation happens (null when nothing answered).
-    pub behind_nat: Option<bool>,
+    /// Whether an address translation happens: true only when a server saw this host at
+    /// another address than its own. Always a bool (the contract); `false` together
+    /// with `udp: false` means nothing is known, not "no NAT".
+    pub behind_nat: bool,
     /// Carrier-grade NAT detected.
     pub cgnat: bool,
     /// Why natprobe thinks there is a CGNAT.
@@ -193,7 +196,7 @@ pub(crate) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String>
 }
 
 enum Event {
-    Datagram(SocketId, SocketAddr, Vec<u8>, Instant),
+    Datagram(SocketId, SocketAddr, Vec<u8>, Option<u8>, Instant),
     Icmp(SocketId, IcmpKind, IpAddr, Vec<u8>, Instant),
     Tcp(SocketAddr, Result<Vec<u8>, String>, Instant),
 }
@@ -335,6 +338,7 @@ async fn drive(
                             // probes, Destination Unreachable for a quick "no" (hairpin
                             // probe, closed server port).
                             set_recverr(&s);
+                            set_recvttl(&s, t.dst.is_ipv4());
                             let port = s.local_addr().map_err(ProbeError::Socket)?.port();
                             let ip = local_ip.unwrap_or(bind.ip());
                             prober.handle_input(
@@ -385,7 +389,7 @@ async fn drive(
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 match ev {
-                    Event::Datagram(socket, from, data, at) => prober.handle_input(at, Input::Datagram { socket, from, data: &data }),
+                    Event::Datagram(socket, from, data, ttl, at) => prober.handle_input(at, Input::Datagram { socket, from, data: &data, ttl }),
                     Event::Icmp(socket, kind, offender, original, at) => prober.handle_input(at, Input::IcmpError { socket, kind, offender, original: &original }),
                     Event::Tcp(server, result, at) => {
                         let r = match &result { Ok(b) => Ok(b.as_slice()), Err(e) => Err(e.as_str()) };
@@ -426,6 +430,83 @@ pub(crate) fn set_recverr(s: &UdpSocket) {
             &on as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+    }
+}
+
+/// Asks the kernel for the TTL (IPv6: hop limit) of every datagram received, read by
+/// [`recv_with_ttl`]: it tells how many routers the server's answers crossed.
+fn set_recvttl(s: &UdpSocket, v4: bool) {
+    let on: libc::c_int = 1;
+    let (level, opt) = if v4 {
+        (libc::SOL_IP, libc::IP_RECVTTL)
+    } else {
+        (libc::SOL_IPV6, libc::IPV6_RECVHOPLIMIT)
+    };
+    // SAFETY: setsockopt on a valid fd with a correctly sized int option.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            &on as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Receives one datagram without blocking: its length, source and, when the kernel attached
+/// it ([`set_recvttl`]), the TTL it arrived with.
+fn recv_with_ttl(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<u8>)> {
+    let mut ctrl = [0u8; 128];
+    // SAFETY: all pointers reference live buffers sized as declared; the kernel fills at most
+    // those sizes, and CMSG_* walk only within msg_controllen.
+    unsafe {
+        let mut name: libc::sockaddr_storage = std::mem::zeroed();
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = ctrl.len();
+        let n = libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let from = match name.ss_family as i32 {
+            libc::AF_INET => {
+                let a = &*(&name as *const _ as *const libc::sockaddr_in);
+                SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
+                    u16::from_be(a.sin_port),
+                )
+            }
+            libc::AF_INET6 => {
+                let a = &*(&name as *const _ as *const libc::sockaddr_in6);
+                SocketAddr::new(
+                    IpAddr::V6(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr)),
+                    u16::from_be(a.sin6_port),
+                )
+            }
+            _ => return Err(std::io::ErrorKind::InvalidData.into()),
+        };
+        let mut ttl = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if (level == libc::SOL_IP && kind == libc::IP_TTL)
+                || (level == libc::SOL_IPV6 && kind == libc::IPV6_HOPLIMIT)
+            {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                ttl = u8::try_from(v).ok();
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n as usize, from, ttl))
     }
 }
 
@@ -478,8 +559,8 @@ async fn recv_loop(id: SocketId, s: Arc<UdpSocket>, errqueue: bool, tx: mpsc::Se
     let fd = s.as_raw_fd();
     loop {
         let ev = tokio::select! {
-            r = s.recv_from(&mut buf) => match r {
-                Ok((n, from)) => Event::Datagram(id, from, buf[..n].to_vec(), Instant::now()),
+            r = s.async_io(tokio::io::Interest::READABLE, || recv_with_ttl(fd, &mut buf)) => match r {
+                Ok((n, from, ttl)) => Event::Datagram(id, from, buf[..n].to_vec(), ttl, Instant::now()),
                 // With IP_RECVERR an ICMP error also surfaces here once (and is consumed);
                 // its details are read from the error queue below.
                 Err(_) => continue,
@@ -582,7 +663,7 @@ fn build_report(
         tcp: obs.tcp,
         local_addr: obs.local_addr,
         mapped_addr: obs.mapped_addr,
-        behind_nat: obs.behind_nat,
+        behind_nat: obs.behind_nat == Some(true),
         cgnat: cg.cgnat,
         cgnat_evidence: cg.evidence,
         mapping: obs.mapping,

@@ -153,7 +153,7 @@ impl Human for crate::probe::NatprobeReport {
             row(w, "address", format!("{l} → {m}"))?;
         }
         if self.udp {
-            row(w, "NAT", yes_no(self.behind_nat))?;
+            row(w, "NAT", yes_no(Some(self.behind_nat)))?;
             let b = |x: crate::classify::Behaviour, mapping: bool, note: &Option<String>| {
                 let words = behaviour_words(x, mapping);
                 let mut s = x.as_str().to_string();

@@ -45,6 +45,18 @@ pub fn cgnat(o: &Observations, router_external: Option<std::net::IpAddr>) -> Cgn
             ));
         }
     }
+    // Our own address in the shared space, translated to another: the first NAT is the
+    // carrier's (a phone or a modem without a router of its own behind it).
+    if let (Some(l), Some(m), Some(true)) = (o.local_addr, o.mapped_addr, o.behind_nat) {
+        if netaddr::is_cgnat(l.ip()) && m.ip() != l.ip() {
+            f.evidence.push(format!(
+                "this machine's own address {} is in 100.64.0.0/10 (RFC 6598 shared address \
+                 space) and the internet sees {}: the NAT in front of it is your provider's",
+                l.ip(),
+                m.ip()
+            ));
+        }
+    }
     // A router in 100.64.0.0/10 only means CGNAT when we are translated at all: some providers
     // number the routers in front of a public customer address from that range too.
     for h in o.hops.iter().filter(|_| o.behind_nat == Some(true)) {
@@ -292,6 +304,15 @@ mod tests {
         assert!(cgnat(&obs("203.0.113.31:4000", true, &hops), None).cgnat);
         assert!(!cgnat(&obs("203.0.113.31:4000", false, &hops), None).cgnat);
         assert!(!cgnat(&obs("203.0.113.31:4000", true, &hops[..1]), None).cgnat);
+    }
+
+    #[test]
+    fn own_address_in_shared_space_is_cgnat() {
+        let mut o = obs("203.0.113.31:4000", true, &[]);
+        o.local_addr = Some("100.70.1.2:4000".parse().unwrap());
+        assert!(cgnat(&o, None).cgnat);
+        o.behind_nat = Some(false);
+        assert!(!cgnat(&o, None).cgnat);
     }
 
     #[test]

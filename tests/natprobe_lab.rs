@@ -4,6 +4,7 @@ mod common;
 
 use common::coturn;
 use common::lab::{Kind, Lab};
+use common::natprobe_json::assert_contract;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ fn natprobe(lab: &Lab, node: &str, args: &[&str]) -> Run {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let json = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("natprobe printed no JSON ({e}): {stderr}"));
+    // Every run, whatever it found, keeps the JSON contract (key types).
+    assert_contract(&json);
     Run {
         json,
         code: out.status.code().unwrap_or(-1),
@@ -42,6 +45,21 @@ fn class(v: &Value) -> (String, String) {
     )
 }
 
+/// Acceptance: "20 consecutive runs on each kind give the same classification".
+const RUNS: usize = 20;
+
+/// Prints the wall times of a kind's runs (min / median / max), for `--nocapture`.
+fn report_times(kind: Kind, times: &mut [Duration]) {
+    times.sort();
+    eprintln!(
+        "{kind}: {} runs, wall time min {:?} / median {:?} / max {:?}",
+        times.len(),
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}
+
 /// natprobe equals the kind's definition and coturn's verdict, 20 runs in a row.
 fn kind_matches(kind: Kind, mapping: &str, filtering: &str) {
     let Some(lab) = Lab::up_or_skip(Lab::builder().a(kind).b(Kind::None)) else {
@@ -55,8 +73,10 @@ fn kind_matches(kind: Kind, mapping: &str, filtering: &str) {
         (mapping, filtering),
         "coturn's client on {kind:?}"
     );
-    for i in 0..20 {
+    let mut times = Vec::new();
+    for i in 0..RUNS {
         let r = natprobe(&lab, "a", &["--server", &server]);
+        times.push(r.took);
         assert_eq!(
             class(&r.json),
             (mapping.to_string(), filtering.to_string()),
@@ -93,6 +113,7 @@ fn kind_matches(kind: Kind, mapping: &str, filtering: &str) {
             r.took
         );
     }
+    report_times(kind, &mut times);
 }
 
 #[test]
@@ -162,31 +183,41 @@ fn udp_blocked_is_udp_false_exit_2_within_3s() {
         return;
     };
     let _srv = coturn::start(&lab);
-    let r = natprobe(&lab, "a", &["--server", lab.get("PUB_IP")]);
-    assert_eq!(r.json["udp"], false);
-    // coturn also listens on TCP 3478: natprobe tells "UDP blocked" from "no server".
-    assert_eq!(r.json["tcp"], true, "{}", r.json);
-    assert_eq!(r.code, 2);
-    assert!(r.took < Duration::from_secs(3), "took {:?}", r.took);
-    assert!(r.stderr.contains("UDP is blocked"), "{}", r.stderr);
+    let mut times = Vec::new();
+    for i in 0..RUNS {
+        let r = natprobe(&lab, "a", &["--server", lab.get("PUB_IP")]);
+        times.push(r.took);
+        assert_eq!(r.json["udp"], false, "run {i}: {}", r.json);
+        assert_eq!(r.json["behind_nat"], false, "run {i}: nothing known");
+        assert_eq!(
+            class(&r.json),
+            ("unknown".into(), "unknown".into()),
+            "run {i}"
+        );
+        // coturn also listens on TCP 3478: natprobe tells "UDP blocked" from "no server".
+        assert_eq!(r.json["tcp"], true, "run {i}: {}", r.json);
+        assert_eq!(r.code, 2, "run {i}");
+        assert!(r.took < Duration::from_secs(3), "run {i} took {:?}", r.took);
+        assert!(r.stderr.contains("UDP is blocked"), "run {i}: {}", r.stderr);
+    }
+    report_times(Kind::UdpBlocked, &mut times);
 }
 
+/// CGNAT is found on every run, also back to back: the carrier router's ICMP budget (1/s,
+/// burst 6) is spent after a few runs, and natprobe waits for its next token (see
+/// `Prober::retry_silent_hop` and `Prober::maybe_start_hairpin`).
 #[test]
 fn cgnat_is_detected() {
     let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Cgnat).b(Kind::None)) else {
         return;
     };
     let _srv = coturn::start(&lab);
-    let r = natprobe(&lab, "a", &["--server", lab.get("PUB_IP")]);
-    assert_eq!(r.json["cgnat"], true, "{}", r.json);
-    assert_eq!(r.json["behind_nat"], true);
-    assert_eq!(r.code, 1);
-    let advice = r.json["verdict"]["advice"].to_string();
-    assert!(advice.contains("cannot help"), "{advice}");
-    // The classification stays the same run after run (the CGNAT hop may hide behind ICMP
-    // rate limits in back-to-back runs; see README).
-    for i in 0..19 {
+    let mut times = Vec::new();
+    for i in 0..RUNS {
         let r = natprobe(&lab, "a", &["--server", lab.get("PUB_IP")]);
+        times.push(r.took);
+        assert_eq!(r.json["cgnat"], true, "run {i}: {}", r.json);
+        assert_eq!(r.json["behind_nat"], true, "run {i}");
         assert_eq!(
             class(&r.json),
             (
@@ -195,7 +226,11 @@ fn cgnat_is_detected() {
             ),
             "run {i}"
         );
+        assert_eq!(r.code, 1, "run {i}");
+        let advice = r.json["verdict"]["advice"].to_string();
+        assert!(advice.contains("cannot help"), "run {i}: {advice}");
     }
+    report_times(Kind::Cgnat, &mut times);
 }
 
 #[test]
@@ -204,11 +239,18 @@ fn open_host_can_host() {
         return;
     };
     let _srv = coturn::start(&lab);
-    let r = natprobe(&lab, "a", &["--server", lab.get("PUB_IP")]);
-    assert_eq!(r.json["behind_nat"], false);
-    assert_eq!(r.json["mapping"], "none");
-    assert_eq!(r.json["filtering"], "endpoint-independent");
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut times = Vec::new();
+    for i in 0..RUNS {
+        let r = natprobe(&lab, "a", &["--server", lab.get("PUB_IP")]);
+        times.push(r.took);
+        assert_eq!(r.json["behind_nat"], false, "run {i}");
+        assert_eq!(r.json["cgnat"], false, "run {i}");
+        assert_eq!(r.json["mapping"], "none", "run {i}");
+        assert_eq!(r.json["filtering"], "endpoint-independent", "run {i}");
+        assert_eq!(r.json["servers"][0]["rfc5780"], true, "run {i}");
+        assert_eq!(r.code, 0, "run {i}: {}", r.stderr);
+    }
+    report_times(Kind::Open, &mut times);
     let (cm, _) = coturn::natdiscovery_from(&lab, "a", lab.get("PUB_IP"), Some(lab.get("A_IP")));
     assert_eq!(cm, "none");
 }

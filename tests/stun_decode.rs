@@ -88,7 +88,7 @@ proptest! {
         let server: SocketAddr = "203.0.113.10:3478".parse().unwrap();
         let mut p = Prober::new(ProbeConfig::new(vec![server]), t0);
         while p.poll_transmit().is_some() {}
-        p.handle_input(t0, Input::Datagram { socket: SocketId(0), from: server, data: &data });
+        p.handle_input(t0, Input::Datagram { socket: SocketId(0), from: server, data: &data, ttl: None });
         p.handle_input(t0, Input::IcmpError { socket: SocketId(4), kind: IcmpKind::TimeExceeded, offender: server.ip(), original: &data });
         p.handle_input(t0, Input::TcpAnswer { server, result: Ok(&data) });
         p.handle_timeout(t0 + Duration::from_secs(5));

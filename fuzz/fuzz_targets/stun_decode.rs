@@ -10,6 +10,14 @@ fuzz_target!(|data: &[u8]| {
     let server = "203.0.113.10:3478".parse().unwrap();
     let mut p = Prober::new(ProbeConfig::new(vec![server]), t0);
     while p.poll_transmit().is_some() {}
-    p.handle_input(t0, Input::Datagram { socket: SocketId(0), from: server, data });
+    p.handle_input(
+        t0,
+        Input::Datagram {
+            socket: SocketId(0),
+            from: server,
+            data,
+            ttl: data.first().copied(),
+        },
+    );
     let _ = p.observations();
 });

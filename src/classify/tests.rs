@@ -12,6 +12,9 @@ const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const NAT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
 const S1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const S2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+/// A second RFC 5780 server (S3, S4 its two addresses).
+const S3: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 12);
+const S4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 13);
 
 fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
@@ -26,7 +29,21 @@ enum Server {
     BogusOther,
     /// Claims RFC 5780 but answers CHANGE-REQUEST from its primary address.
     IgnoresChange,
+    /// Honours CHANGE-REQUEST but sends no RESPONSE-ORIGIN.
+    NoOrigin,
+    /// Honours CHANGE-REQUEST but names a private RESPONSE-ORIGIN (a server behind NAT).
+    WrongOrigin,
     Silent,
+}
+
+/// The other IP of the server pair `ip` belongs to.
+fn partner(ip: Ipv4Addr) -> Ipv4Addr {
+    match ip {
+        S1 => S2,
+        S2 => S1,
+        S3 => S4,
+        _ => S3,
+    }
 }
 
 fn ip4(ip: IpAddr) -> Ipv4Addr {
@@ -39,6 +56,8 @@ fn ip4(ip: IpAddr) -> Ipv4Addr {
 struct World {
     nat: Nat,
     server: Server,
+    /// Servers that behave otherwise than `server`, by IP.
+    per_ip: BTreeMap<Ipv4Addr, Server>,
     latency: Duration,
     loss: f64,
     rng: StdRng,
@@ -70,11 +89,11 @@ fn server_answer(kind: Server, to: SocketAddr, from: SocketAddr, data: &[u8]) ->
     }
     let change = m.change.unwrap_or_default();
     let (other_ip, other_port) = (
-        if to.ip() == IpAddr::V4(S1) { S2 } else { S1 },
+        partner(ip4(to.ip())),
         if to.port() == 3478 { 3479 } else { 3478 },
     );
     let src = match kind {
-        Server::Rfc5780 => sa(
+        Server::Rfc5780 | Server::NoOrigin | Server::WrongOrigin => sa(
             if change.ip { other_ip } else { ip4(to.ip()) },
             if change.port { other_port } else { to.port() },
         ),
@@ -90,14 +109,19 @@ fn server_answer(kind: Server, to: SocketAddr, from: SocketAddr, data: &[u8]) ->
     };
     let other = match kind {
         Server::Plain => None,
-        Server::BogusOther => Some(sa(S1, 3479)),
-        _ => Some(sa(S2, 3479)),
+        Server::BogusOther => Some(sa(ip4(to.ip()), 3479)),
+        _ => Some(sa(other_ip, other_port)),
+    };
+    let origin = match kind {
+        Server::NoOrigin => None,
+        Server::WrongOrigin => Some(sa(Ipv4Addr::new(10, 0, 0, 5), src.port())),
+        _ => Some(src),
     };
     let r = stun::BindingResponse {
         tid: m.tid,
         mapped: from,
         other_address: other,
-        response_origin: Some(src),
+        response_origin: origin,
         software: None,
     };
     // RFC 5780 §7.5: RESPONSE-PORT redirects the answer to another port of the same IP.
@@ -177,7 +201,12 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
             let key = *queue.keys().next().unwrap();
             match queue.remove(&key).unwrap() {
                 Ev::ToServer { from, to, data } => {
-                    if let Some((src, dest, resp)) = server_answer(world.server, to, from, &data) {
+                    let kind = world
+                        .per_ip
+                        .get(&ip4(to.ip()))
+                        .copied()
+                        .unwrap_or(world.server);
+                    if let Some((src, dest, resp)) = server_answer(kind, to, from, &data) {
                         if !world.rng.gen_bool(world.loss) {
                             seq += 1;
                             let to = dest.unwrap_or(from);
@@ -207,6 +236,7 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
                                     socket,
                                     from,
                                     data: &data,
+                                    ttl: None,
                                 },
                             );
                         }
@@ -224,6 +254,7 @@ fn world(mapping: Behaviour, filtering: Behaviour) -> World {
     World {
         nat: Nat::new(IpAddr::V4(NAT_IP), mapping, filtering),
         server: Server::Rfc5780,
+        per_ip: BTreeMap::new(),
         latency: Duration::from_millis(5),
         loss: 0.0,
         rng: StdRng::seed_from_u64(7),
@@ -284,6 +315,28 @@ fn port_allocation_patterns() {
             kind: "sequential",
             delta: Some(-2)
         }
+    );
+    // Other sockets' flows in between (the lab's sequential NAT under natprobe's concurrent
+    // tests): the step is what the gaps have in common.
+    assert_eq!(
+        port_allocation(Some(5), &[30000, 30003, 30005]),
+        PortAllocation {
+            kind: "sequential",
+            delta: Some(1)
+        }
+    );
+    assert_eq!(
+        port_allocation(Some(5), &[30000, 30006, 30010]).delta,
+        Some(2)
+    );
+    // Not monotonic, or too far apart: random.
+    assert_eq!(
+        port_allocation(Some(5), &[30000, 30003, 30001]).kind,
+        "random"
+    );
+    assert_eq!(
+        port_allocation(Some(5), &[30000, 30100, 30200]).kind,
+        "random"
     );
 }
 
@@ -387,6 +440,7 @@ fn junk_is_ignored_and_counted() {
             socket: S_MAIN,
             from: sa(S1, 3478),
             data: b"garbage",
+            ttl: None,
         },
     );
     let wrong = stun::BindingResponse {
@@ -402,6 +456,7 @@ fn junk_is_ignored_and_counted() {
             socket: S_MAIN,
             from: sa(S1, 3478),
             data: &wrong.encode().unwrap(),
+            ttl: None,
         },
     );
     p.handle_input(
@@ -410,6 +465,7 @@ fn junk_is_ignored_and_counted() {
             socket: S_MAIN,
             from: sa(S1, 3478),
             data: &vec![0u8; 70_000],
+            ttl: None,
         },
     );
     let o = p.observations();
@@ -441,4 +497,305 @@ fn lifetime_search_brackets_the_timeout() {
             "took {took:?}"
         );
     }
+}
+
+/// RFC 5780 §7.3: a server whose RESPONSE-ORIGIN is missing, or names another address than
+/// the one its answer came from, is reported and not used for behaviour discovery — although
+/// (here) it honours CHANGE-REQUEST well enough that trusting it would give a class.
+#[test]
+fn missing_or_wrong_response_origin_is_reported_not_trusted() {
+    for (server, says) in [
+        (Server::NoOrigin, "no RESPONSE-ORIGIN"),
+        (Server::WrongOrigin, "RESPONSE-ORIGIN says 10.0.0.5:3478"),
+    ] {
+        let mut w = world(EndpointIndependent, AddressDependent);
+        w.server = server;
+        let (o, _) = run(&mut w, cfg());
+        assert!(o.udp);
+        assert!(!o.servers[0].rfc5780, "{server:?}: {o:#?}");
+        assert!(
+            o.servers[0]
+                .problems
+                .iter()
+                .any(|p| p.contains(says) && p.contains("not trusted")),
+            "{server:?}: {o:#?}"
+        );
+        assert_eq!(o.filtering, Unknown, "{server:?}: {o:#?}");
+        let note = o.filtering_note.clone().unwrap();
+        assert!(note.contains("RESPONSE-ORIGIN"), "{note}");
+        // Its alternate address is not used for the mapping either; one server cannot tell.
+        assert_eq!(o.mapping, Unknown, "{server:?}: {o:#?}");
+        assert!(o.mapping_note.unwrap().contains("not trusted"));
+    }
+    // The same server with a right RESPONSE-ORIGIN is trusted: the simulation can tell.
+    let (o, _) = run(&mut world(EndpointIndependent, AddressDependent), cfg());
+    assert_eq!(
+        (o.mapping, o.filtering),
+        (EndpointIndependent, AddressDependent)
+    );
+    assert!(o.servers[0].problems.is_empty(), "{o:#?}");
+}
+
+/// An untrusted server first in the list does not stop a trustworthy one from classifying.
+#[test]
+fn another_trustworthy_server_gives_filtering() {
+    for bad in [Server::NoOrigin, Server::WrongOrigin] {
+        let mut w = world(EndpointIndependent, AddressDependent);
+        w.server = bad;
+        w.per_ip.insert(S3, Server::Rfc5780);
+        w.per_ip.insert(S4, Server::Rfc5780);
+        let mut c = cfg();
+        c.servers = vec![sa(S1, 3478), sa(S3, 3478)];
+        let (o, _) = run(&mut w, c);
+        assert_eq!(
+            (o.mapping, o.filtering),
+            (EndpointIndependent, AddressDependent),
+            "{bad:?}: {o:#?}"
+        );
+        assert_eq!(o.primary, Some(sa(S3, 3478)));
+        assert!(!o.servers[0].rfc5780);
+        assert!(o.servers[1].rfc5780);
+        assert!(o.servers[0]
+            .problems
+            .iter()
+            .any(|p| p.contains("RESPONSE-ORIGIN")));
+    }
+}
+
+/// One run's path probes, as in the lab: a home router at hop 1; with `carrier`, the carrier's
+/// NAT at hop 2 (100.64.1.1), whose ICMP budget earlier runs have spent (Linux: a token per
+/// second per destination, burst 6) and whose one token comes `token_at` after the start;
+/// then "the internet", which drops what has fewer than two hops left without a word. The
+/// server's answers arrive with TTL 64 minus the routers crossed. Returns the observations,
+/// the run's length, and when (after the start) the carrier's Time Exceeded came and the
+/// hairpin probe went out.
+fn path_run(
+    carrier: bool,
+    token_at: Duration,
+) -> (Observations, Duration, Option<Duration>, Option<Duration>) {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.hops = true;
+    let mut p = Prober::new(c, t0);
+    let server = sa(S1, 3478);
+    let mapped = sa(NAT_IP, 40000);
+    let routers: u8 = if carrier { 2 } else { 1 };
+    let carrier_ip = IpAddr::V4(Ipv4Addr::new(100, 64, 1, 1));
+    let mut tokens = 0u32;
+    let mut token_time = Some(t0 + token_at);
+    let (mut hop2_found_at, mut hairpin_sent_at) = (None, None);
+    let mut now = t0;
+    for step in 0.. {
+        assert!(step < 10_000, "prober did not finish");
+        if token_time.is_some_and(|t| t <= now) {
+            tokens += 1;
+            token_time = None;
+        }
+        while let Some(t) = p.poll_transmit() {
+            let Via::Udp { socket, ttl } = t.via else {
+                continue;
+            };
+            let addr = sa(LOCAL_IP, 50000 + socket.0);
+            p.handle_input(now, Input::LocalAddr { socket, addr });
+            let req = stun::decode(&t.payload).unwrap();
+            let answer = |other: Option<SocketAddr>| {
+                stun::BindingResponse {
+                    tid: req.tid,
+                    mapped: sa(NAT_IP, 40000 + socket.0),
+                    other_address: other,
+                    response_origin: Some(t.dst),
+                    software: None,
+                }
+                .encode()
+                .unwrap()
+            };
+            let icmp = |p: &mut Prober, kind, offender| {
+                p.handle_input(
+                    now,
+                    Input::IcmpError {
+                        socket,
+                        kind,
+                        offender,
+                        original: &t.payload,
+                    },
+                )
+            };
+            match ttl {
+                Some(1) => icmp(
+                    &mut p,
+                    IcmpKind::TimeExceeded,
+                    IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)),
+                ),
+                Some(2) if carrier && tokens > 0 => {
+                    tokens -= 1;
+                    hop2_found_at.get_or_insert(now - t0);
+                    icmp(&mut p, IcmpKind::TimeExceeded, carrier_ip);
+                }
+                // The internet takes two more hops off, silently.
+                Some(t) if t <= routers + 2 => {}
+                Some(_) => {
+                    let data = answer(None);
+                    let ttl = Some(64 - routers);
+                    p.handle_input(
+                        now,
+                        Input::Datagram {
+                            socket,
+                            from: server,
+                            data: &data,
+                            ttl,
+                        },
+                    );
+                }
+                None if t.dst == mapped => {
+                    // Not hairpinned: the NAT that owns the address answers port unreachable,
+                    // from the same budget, when it has a token.
+                    hairpin_sent_at.get_or_insert(now - t0);
+                    if !carrier || tokens > 0 {
+                        tokens = tokens.saturating_sub(1);
+                        icmp(&mut p, IcmpKind::Unreachable, mapped.ip());
+                    }
+                }
+                None if t.dst == server && socket == S_MAIN => {
+                    let data = answer(Some(sa(S2, 3479)));
+                    let ttl = Some(64 - routers);
+                    p.handle_input(
+                        now,
+                        Input::Datagram {
+                            socket,
+                            from: server,
+                            data: &data,
+                            ttl,
+                        },
+                    );
+                }
+                // The other tests get no answer: port-restricted NATs.
+                None => {}
+            }
+        }
+        if p.is_done() {
+            break;
+        }
+        let mut next = p.poll_timeout().expect("not done, so a timer is set");
+        if let Some(t) = token_time {
+            next = next.min(t);
+        }
+        now = next.max(now);
+        p.handle_timeout(now);
+    }
+    (p.observations(), now - t0, hop2_found_at, hairpin_sent_at)
+}
+
+/// The lab's `cgnat` kind, run after run: the carrier's one token in the next second must go
+/// to the TTL-2 path probe — retried until it comes, although nothing beyond the carrier
+/// answers — and not to the port unreachable that the hairpin probe to the carrier's own
+/// public address draws.
+#[test]
+fn carrier_hop_behind_a_spent_icmp_budget_is_still_found() {
+    for ms in [0u64, 100, 300, 400, 600, 999] {
+        let (o, took, found, hairpin) = path_run(true, Duration::from_millis(ms));
+        let hop = Hop {
+            ttl: 2,
+            addr: IpAddr::V4(Ipv4Addr::new(100, 64, 1, 1)),
+        };
+        assert!(o.hops.contains(&hop), "token at {ms} ms: {:?}", o.hops);
+        assert!(crate::verdict::cgnat(&o, None).cgnat, "token at {ms} ms");
+        assert!(
+            hairpin.expect("hairpin tested") >= found.unwrap(),
+            "token at {ms} ms: the hairpin probe went out before the path probe was done"
+        );
+        assert_eq!(o.hairpinning, Some(false));
+        // The wait is bounded: the retries span just over the second a token takes.
+        assert!(took < Duration::from_millis(2200), "took {took:?}");
+    }
+}
+
+/// Behind one NAT the silent hops are at or beyond the server's distance (the lab's internet
+/// drops low-TTL datagrams without a word): nothing is retried, nothing waits, and the run
+/// stays as fast as its filtering tests.
+#[test]
+fn silent_hops_beyond_the_server_are_not_waited_for() {
+    let (o, took, _, hairpin) = path_run(false, Duration::ZERO);
+    assert_eq!(o.hops.len(), 1, "{:?}", o.hops);
+    assert!(!crate::verdict::cgnat(&o, None).cgnat);
+    assert_eq!(o.hairpinning, Some(false));
+    // The hairpin probe goes out with the other follow-up tests, not after the hop probes.
+    assert!(hairpin.unwrap() < Duration::from_millis(50), "{hairpin:?}");
+    assert!(took < Duration::from_millis(600), "took {took:?}");
+}
+
+/// A fresh socket may get the local port of an earlier run's socket whose mapping — and the
+/// filter state it opened towards where a CHANGE-REQUEST answer comes from — the NAT still
+/// keeps (the lab's restricted NAT: 2 minutes). Each filtering test's second fresh socket keeps
+/// such a run from claiming a more open filter than the NAT has.
+#[test]
+fn an_earlier_runs_mapping_on_a_reused_port_does_not_open_the_filter() {
+    for (f, earlier_dst) in [
+        (AddressDependent, sa(S2, 3479)),
+        (AddressAndPortDependent, sa(S1, 3479)),
+    ] {
+        for port in 50000..50006 {
+            let mut w = world(EndpointIndependent, f);
+            w.nat
+                .outbound(Instant::now(), sa(LOCAL_IP, port), earlier_dst);
+            let (o, _) = run(&mut w, cfg());
+            assert_eq!(
+                (o.mapping, o.filtering),
+                (EndpointIndependent, f),
+                "earlier flow on port {port}: {o:#?}"
+            );
+        }
+    }
+}
+
+/// A Linux NAT moves one flow of an endpoint-independent, port-preserving mapping to another
+/// port when a conntrack entry (left by an earlier run's filtered answer on the NAT's own
+/// address) holds the tuple: the allocation is still "preserving", not "random".
+#[test]
+fn one_moved_flow_of_a_preserving_nat_is_still_preserving() {
+    let t0 = Instant::now();
+    let mut p = Prober::new(cfg(), t0);
+    let mut now = t0;
+    for step in 0.. {
+        assert!(step < 1000, "prober did not finish");
+        while let Some(t) = p.poll_transmit() {
+            let Via::Udp { socket, .. } = t.via else {
+                continue;
+            };
+            let addr = sa(LOCAL_IP, 50000 + socket.0);
+            p.handle_input(now, Input::LocalAddr { socket, addr });
+            if socket != S_MAIN || t.dst.ip() == IpAddr::V4(NAT_IP) {
+                continue; // filtering tests and hairpin: filtered
+            }
+            let req = stun::decode(&t.payload).unwrap();
+            // Test III (the alternate address and port) found its tuple taken.
+            let port = if t.dst == sa(S2, 3479) { 50007 } else { 50000 };
+            let data = stun::BindingResponse {
+                tid: req.tid,
+                mapped: sa(NAT_IP, port),
+                other_address: Some(sa(S2, 3479)),
+                response_origin: Some(t.dst),
+                software: None,
+            }
+            .encode()
+            .unwrap();
+            let (from, ttl) = (t.dst, None);
+            p.handle_input(
+                now,
+                Input::Datagram {
+                    socket,
+                    from,
+                    data: &data,
+                    ttl,
+                },
+            );
+        }
+        if p.is_done() {
+            break;
+        }
+        now = p.poll_timeout().unwrap().max(now);
+        p.handle_timeout(now);
+    }
+    let o = p.observations();
+    assert_eq!(o.mapping, EndpointIndependent, "{o:#?}");
+    assert_eq!(o.port_allocation.kind, "preserving", "{o:#?}");
 }

@@ -5,5 +5,6 @@ pub mod coturn;
 #[allow(dead_code)]
 pub mod lab;
 pub mod miniupnpd;
+pub mod natprobe_json;
 pub mod punch;
 pub mod relay;
