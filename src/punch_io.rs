@@ -83,7 +83,7 @@ pub enum Event {
     /// A technique ran out of budget without finding a path (the session stays where it is,
     /// e.g. on the relay).
     Tried {
-        /// Which (`birthday`, `tcp`).
+        /// Which (`birthday`, `prediction`, `tcp`).
         method: &'static str,
         /// Always false: a success is a `connected` event.
         found: bool,
@@ -125,7 +125,7 @@ pub enum Event {
         /// "direct" or "relay".
         path: &'static str,
         /// How: "udp" (hole punch, or UDP to the relay), "tcp" (a punched TCP connection
-        /// when direct; the relay over TCP when relayed), "birthday".
+        /// when direct; the relay over TCP when relayed), "birthday", "prediction", "icmp".
         method: &'static str,
         /// The peer's address on a direct path, or the relay's.
         peer: SocketAddr,
@@ -359,6 +359,9 @@ struct LinkState {
     peer_left_direct: bool,
     /// The socket of a direct path found by birthday probing (not the punch socket).
     direct_sock: Option<Arc<UdpSocket>>,
+    /// How a direct path found by the connectivity checks was made possible, when not by a
+    /// plain UDP punch (`icmp`; `prediction` on the sequential NAT's side).
+    method_hint: Option<&'static str>,
 }
 
 impl LinkState {
@@ -416,11 +419,7 @@ impl Wire {
                 }
             }
         }
-        match self.sock.try_send_to(&bytes, dst) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e),
-            Ok(_) => Ok(()),
-        }
+        send_now(&self.sock, &bytes, dst)
     }
 
     /// [`Wire::send`] for QUIC: a full UDP socket is reported (`WouldBlock`), and quinn waits
@@ -430,6 +429,19 @@ impl Wire {
             return self.send(dst, bytes);
         }
         self.sock.try_send_to(&bytes, dst).map(|_| ())
+    }
+}
+
+/// Sends a datagram at once, dropping it when the socket is full. Straight to the kernel:
+/// tokio's `try_send_to` answers `WouldBlock` without trying until its reactor has seen the
+/// socket become writable, which on a fresh socket in a single-threaded runtime costs the
+/// first datagrams (regression: the first registration was lost, and connecting took one
+/// retransmission timeout, ~100 ms, longer).
+fn send_now(sock: &UdpSocket, bytes: &[u8], dst: SocketAddr) -> std::io::Result<()> {
+    match socket2::SockRef::from(sock).send_to(bytes, &dst.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -820,8 +832,10 @@ fn switch_path_by(
         PathKind::Direct(a) => ("direct", a),
         PathKind::Relay => ("relay", relay),
     };
+    let hint = link.lock().ok().and_then(|l| l.method_hint);
     let method = match found_by {
         Some((m, _)) => m,
+        None if p == "direct" && hint.is_some() => hint.unwrap_or("udp"),
         None if wire.over_tcp() && path == PathKind::Relay => "tcp",
         None => "udp",
     };
@@ -855,6 +869,14 @@ struct Control {
     pending: Vec<Event>,
     /// Birthday probing wanted (from the NAT exchange), and in progress.
     want_birthday: Option<Part>,
+    /// Port prediction wanted (the peer's NAT is sequential, with this step); it starts
+    /// when the peer's [`Frame::Predict`] gives the port to start from.
+    want_prediction: Option<i32>,
+    prediction_base: Option<u16>,
+    /// Our NAT is the sequential one: open the mapping the peer will predict.
+    want_prediction_opener: bool,
+    /// Our `Predict` frame, repeated (relayed UDP may be lost): frame, sends left, next.
+    predict_resend: Option<(Vec<u8>, u32, Instant)>,
     birthday: Option<BirthdayRun>,
     /// `--hard`: try birthday probing between two symmetric NATs too.
     hard: bool,
@@ -904,6 +926,8 @@ impl Drop for AbortOnDrop {
 struct BirthdayRun {
     b: Birthday,
     part: Part,
+    /// `birthday`, or `prediction` (a prober over a sequential NAT's next ports).
+    method: &'static str,
     /// The opener's sockets (the prober uses the punch socket).
     sockets: Vec<Arc<UdpSocket>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
@@ -978,7 +1002,17 @@ impl Control {
         if let (Some(mine), Some(peer), false) = (self.nat.mine, self.nat.peer, self.nat.told) {
             self.nat.told = true;
             let expect = crate::punch::nat::expect(&mine, &peer);
-            if expect.path == "relay" || expect.technique == "birthday" {
+            if expect.technique == "prediction" && self.birthday.is_none() {
+                if peer.predictable() && !mine.predictable() {
+                    self.want_prediction = Some(i32::from(peer.delta));
+                } else {
+                    self.want_prediction_opener = true;
+                }
+            }
+            if expect.path == "relay"
+                || expect.technique == "birthday"
+                || expect.technique == "prediction"
+            {
                 // Data flows through the relay while birthday probing looks for a path.
                 self.puncher.prefer_relay(Instant::now());
             }
@@ -1038,6 +1072,7 @@ impl Control {
             readers: Vec::new(),
             part,
             b,
+            method: "birthday",
         };
         if part != Part::Prober {
             for i in 0..run.b.sockets() {
@@ -1045,15 +1080,7 @@ impl Control {
                     break;
                 };
                 let sock = Arc::new(sock);
-                let (s2, tx) = (sock.clone(), self.bday_tx.clone());
-                run.readers.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 2048];
-                    while let Ok((n, from)) = s2.recv_from(&mut buf).await {
-                        if tx.send((i, from, buf[..n].to_vec())).await.is_err() {
-                            return;
-                        }
-                    }
-                }));
+                run.readers.push(self.read_birthday_socket(i, sock.clone()));
                 run.sockets.push(sock);
             }
         }
@@ -1075,15 +1102,100 @@ impl Control {
             if let Some(ttl) = t.ttl {
                 let _ = sock.set_ttl(ttl as u32);
             }
-            let _ = sock.try_send_to(&t.payload, t.dst);
+            let _ = send_now(&sock, &t.payload, t.dst);
             if t.ttl.is_some() {
                 let _ = sock.set_ttl(DEFAULT_TTL);
             }
         }
     }
 
-    /// The finished attempt, with the opener's winning socket.
-    fn birthday_done(&mut self) -> Option<(Outcome, Option<Arc<UdpSocket>>)> {
+    /// Port prediction towards the peer's sequential NAT, from the port its `Predict` named.
+    fn start_prediction(&mut self, delta: i32, base: u16) {
+        let Some(peer) = self.puncher.peer_observed() else {
+            self.want_prediction = Some(delta);
+            return;
+        };
+        let seen = SocketAddr::new(peer.ip(), base);
+        let b = Birthday::predicting(
+            self.session,
+            seen,
+            delta,
+            crate::punch::birthday::PREDICTION_BUDGET,
+            Instant::now(),
+        );
+        tracing::info!(%seen, delta, "port prediction");
+        self.birthday = Some(BirthdayRun {
+            b,
+            part: Part::Prober,
+            method: "prediction",
+            sockets: Vec::new(),
+            readers: Vec::new(),
+        });
+        self.flush_birthday();
+    }
+
+    /// Our NAT allocates ports in order: on a fresh socket, learn the port of a new mapping
+    /// from the relay's STUN, open the next mapping towards the peer with a low-TTL packet
+    /// (it must not reach the peer's NAT: arriving first, it would make that NAT move the
+    /// peer's flows to another port), and tell the peer where to start. A fresh socket,
+    /// because the punch socket's own checks have long reached the peer's NAT, which now
+    /// holds a conntrack entry that clashes with the peer's probes to that mapping.
+    async fn start_prediction_opener(&mut self) {
+        let Some(peer) = self.puncher.peer_observed() else {
+            self.want_prediction_opener = true;
+            return;
+        };
+        let Ok(sock) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+            return;
+        };
+        let Some(seen) = stun_reflexive(&sock, self.wire.relay).await else {
+            tracing::warn!("port prediction: the relay's STUN did not answer");
+            return;
+        };
+        let sock = Arc::new(sock);
+        let b = Birthday::new(
+            self.session,
+            Part::Opener,
+            peer,
+            1,
+            crate::punch::birthday::PREDICTION_BUDGET + Duration::from_secs(2),
+            Instant::now(),
+        );
+        tracing::info!(%seen, %peer, "port prediction: opening the next port");
+        let mut b = b;
+        // The low-TTL packet goes out now, before the peer hears where to probe.
+        b.handle_timeout(Instant::now());
+        self.birthday = Some(BirthdayRun {
+            b,
+            part: Part::Opener,
+            method: "prediction",
+            readers: vec![self.read_birthday_socket(0, sock.clone())],
+            sockets: vec![sock],
+        });
+        self.flush_birthday();
+        let f = Frame::Predict {
+            session: self.session,
+            port: seen.port(),
+        }
+        .emit();
+        self.predict_resend = Some((f, 3, Instant::now()));
+    }
+
+    /// Feeds what birthday socket `i` receives to the control task.
+    fn read_birthday_socket(&self, i: usize, sock: Arc<UdpSocket>) -> tokio::task::JoinHandle<()> {
+        let tx = self.bday_tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                if tx.send((i, from, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// The finished attempt (and how it was made), with the opener's winning socket.
+    fn birthday_done(&mut self) -> Option<(Outcome, &'static str, Option<Arc<UdpSocket>>)> {
         let o = self.birthday.as_ref()?.b.outcome()?.clone();
         let r = self.birthday.take()?;
         let chosen = match o {
@@ -1092,7 +1204,7 @@ impl Control {
             }
             _ => None,
         };
-        Some((o, chosen))
+        Some((o, r.method, chosen))
     }
 
     /// Carries out what the TCP punch asks for: offers to the peer (relayed), connection
@@ -1157,7 +1269,18 @@ impl Control {
     }
 
     async fn flush(&mut self) {
-        self.nat_tick(Instant::now());
+        let now = Instant::now();
+        self.nat_tick(now);
+        if let Some((f, left, next)) = &mut self.predict_resend {
+            if *next <= now {
+                self.puncher.send_relayed(f.clone());
+                *left -= 1;
+                *next = now + Duration::from_millis(400);
+                if *left == 0 {
+                    self.predict_resend = None;
+                }
+            }
+        }
         while let Some(d) = self.puncher.poll_transmit() {
             if let Some(ttl) = d.ttl {
                 let _ = self.sock.set_ttl(ttl as u32);
@@ -1235,6 +1358,10 @@ impl Control {
             .and_then(|f| NatClass::from_frame(f, self.session))
         {
             self.on_peer_nat(c);
+        } else if let Ok(Frame::Predict { session, port }) = &parsed {
+            if *session == self.session {
+                self.prediction_base = Some(*port);
+            }
         } else if let Ok(f @ Frame::TcpOffer { .. }) = &parsed {
             if let Some(t) = &mut self.tcp {
                 t.p.handle_frame(now, f);
@@ -1349,6 +1476,11 @@ where
                             filtering: r.filtering,
                             allocation: r.port_allocation.kind,
                             mapped_port: false,
+                            delta: r
+                                .port_allocation
+                                .delta
+                                .map_or(0, |d| d.clamp(-128, 127) as i8),
+                            udp_blocked: false,
                         })
                         .await;
                 }
@@ -1458,6 +1590,7 @@ where
         since: Instant::now(),
         peer_left_direct: false,
         direct_sock: None,
+        method_hint: icmp.is_some().then_some("icmp"),
     }));
     let wire = Arc::new(Wire {
         sock: sock.clone(),
@@ -1489,6 +1622,10 @@ where
         nat: NatExchange::default(),
         pending: Vec::new(),
         want_birthday: None,
+        want_prediction: None,
+        prediction_base: None,
+        want_prediction_opener: false,
+        predict_resend: None,
         birthday: None,
         hard: opts.hard,
         last_pake_answer: None,
@@ -1543,17 +1680,24 @@ where
                         *t = Some(tx);
                     }
                     c.puncher = Puncher::new(cfg.clone(), Instant::now());
+                    // Tell the peer: no UDP technique can work, the relay over TCP will
+                    // carry the data (at once, not after the punching bound), and a pipe
+                    // tries TCP hole punching.
+                    c.set_my_nat(NatClass {
+                        mapping: crate::classify::Behaviour::Unknown,
+                        filtering: crate::classify::Behaviour::Unknown,
+                        allocation: "unknown",
+                        mapped_port: false,
+                        delta: 0,
+                        udp_blocked: true,
+                    });
                 }
                 PunchEvent::RelayUnreachable => {
                     return Err(PunchError::Rendezvous("the relay does not answer".into()))
                 }
                 PunchEvent::RelayData(d) => early.push_back(d),
                 PunchEvent::Path { path, probes } => {
-                    let mut ev = switch_path(&link, &wire, relay, path, probes, t0);
-                    if let (Some(_), Event::Connected { method, .. }) = (&icmp, &mut ev) {
-                        *method = "icmp";
-                    }
-                    on_event(&ev);
+                    on_event(&switch_path(&link, &wire, relay, path, probes, t0));
                 }
             }
         }
@@ -1659,6 +1803,17 @@ where
     // 2b. --tcp: punch TCP (the control task runs it; the result comes back here).
     let (tcp_notes, mut tcp_notes_rx) = mpsc::channel(16);
     let mut tcp_done = None;
+    // UDP blocked on either side: a pipe tries TCP hole punching without being asked.
+    let udp_blocked = [c.nat.mine, c.nat.peer]
+        .iter()
+        .any(|n| n.is_some_and(|n| n.udp_blocked));
+    let tcp_endpoint = match tcp_endpoint {
+        None if udp_blocked && opts.mode == crate::punch_quic::Mode::Pipe && manual.is_none() => {
+            tracing::info!("UDP is blocked on one side: trying TCP hole punching");
+            Some(tokio::spawn(crate::punch_tcp::endpoint(relay)))
+        }
+        e => e,
+    };
     if let Some(ep) = tcp_endpoint {
         let now = Instant::now();
         let mut p = TcpPunch::new(session, opts.role, now, crate::defaults::TCP_PUNCH_BUDGET);
@@ -1727,7 +1882,14 @@ where
             if let Some(part) = c.want_birthday.take() {
                 c.start_birthday(part).await;
             }
-            if let Some((outcome, chosen)) = c.birthday_done() {
+            if let (Some(delta), Some(base)) = (c.want_prediction, c.prediction_base) {
+                c.want_prediction = None;
+                c.start_prediction(delta, base);
+            }
+            if std::mem::take(&mut c.want_prediction_opener) {
+                c.start_prediction_opener().await;
+            }
+            if let Some((outcome, method, chosen)) = c.birthday_done() {
                 match outcome {
                     Outcome::Connected { peer, probes, .. } => {
                         // The opener's winning socket now carries the session: read it
@@ -1749,7 +1911,7 @@ where
                             PathKind::Direct(peer),
                             probes,
                             t0,
-                            Some(("birthday", chosen)),
+                            Some((method, chosen)),
                         );
                         nudge.notify_one();
                         if let Ok(mut f) = control_events.lock() {
@@ -1759,7 +1921,7 @@ where
                     Outcome::Failed { probes } => {
                         if let Ok(mut f) = control_events.lock() {
                             (*f)(&Event::Tried {
-                                method: "birthday",
+                                method,
                                 found: false,
                                 probes,
                                 elapsed_ms: t0.elapsed().as_millis() as u64,

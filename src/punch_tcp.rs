@@ -198,10 +198,25 @@ where
     let down = async {
         let mut buf = vec![0u8; COPY_BUF_MIN];
         let mut reader_gone = false;
-        loop {
-            let k = rd.read(&mut buf).await?;
+        let mut eof = false;
+        while !eof {
+            // One TLS record (16 KiB) per read: gather what has already arrived before
+            // writing, so a bulk transfer writes large chunks (a write to a non-pipe stdout
+            // is a hop to tokio's blocking pool) and a trickle is written at once.
+            let mut k = rd.read(&mut buf).await?;
             if k == 0 {
                 break;
+            }
+            while k < buf.len() {
+                match tokio::time::timeout(Duration::ZERO, rd.read(&mut buf[k..])).await {
+                    Ok(Ok(0)) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(Ok(n)) => k += n,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => break,
+                }
             }
             totals.received.fetch_add(k as u64, Relaxed);
             if reader_gone {

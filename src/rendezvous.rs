@@ -34,18 +34,24 @@
 //! | 14 | `PunchAck` | peer → peer | session id (16), transaction (8), the probe's source as seen |
 //! | 15 | `Pake` | peer → peer | session id (16), SPAKE2 message (rest) |
 //! | 16 | `Confirm` | peer → peer | session id (16), certificate fingerprint (32), MAC (32) |
-//! | 17 | `NatInfo` | peer → peer | session id (16), mapping (1), filtering (1), allocation (1), flags (1) |
+//! | 17 | `NatInfo` | peer → peer | session id (16), mapping (1), filtering (1), allocation (1), flags (1), step (1, signed) |
 //! | 18 | `TcpOffer` | peer → peer | session id (16), armed (1), address: the sender's TCP endpoint as the relay saw it |
+//! | 19 | `Predict` | peer → peer | session id (16), port (u16): the sender's sequential NAT gave this port to its last mapping |
 //!
 //! `NatInfo` carries the sender's NAT classification (RFC 4787 classes: 0 unknown,
 //! 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 no NAT;
 //! allocation 0 unknown, 1 preserving, 2 sequential, 3 random; flag bit 0: the router
-//! mapped the punch port), inside relayed `Data`, so both sides can say which technique
-//! should work.
+//! mapped the punch port, bit 1: the sender's UDP is blocked (it reached the relay over
+//! TCP); step: a sequential allocator's step between ports), inside relayed `Data`, so both
+//! sides can say which technique should work.
 //!
 //! `TcpOffer` (inside relayed `Data`) carries the sender's public TCP endpoint for TCP hole
 //! punching ([`crate::punch::tcp`]); `armed` 1 says the sender's NAT now holds a mapping
 //! towards the receiver (its low-TTL SYN has gone out), so the receiver may connect.
+//!
+//! `Predict` (inside relayed `Data`) starts port prediction ([`crate::punch::birthday`]): the
+//! sender's NAT allocates ports in order, the sender has just learned (by STUN) the port of
+//! one new mapping and opened the next one towards the receiver, which probes the ports after.
 //!
 //! An address is `family (4 or 6) | ip (4 or 16) | port (u16)`.
 //!
@@ -251,8 +257,11 @@ pub enum Frame {
         filtering: u8,
         /// Port allocation code.
         allocation: u8,
-        /// Bit 0: the router mapped the punch port for the sender.
+        /// Bit 0: the router mapped the punch port for the sender; bit 1: its UDP is
+        /// blocked.
         flags: u8,
+        /// A sequential allocator's step (0 when not sequential).
+        step: i8,
     },
     /// The sender's public TCP endpoint, for TCP hole punching.
     TcpOffer {
@@ -262,6 +271,13 @@ pub enum Frame {
         armed: bool,
         /// The sender's TCP endpoint as the relay saw it.
         addr: SocketAddr,
+    },
+    /// Port prediction: the port the sender's sequential NAT gave its last mapping.
+    Predict {
+        /// Session id.
+        session: SessionId,
+        /// That port.
+        port: u16,
     },
     /// Answer to a [`Frame::PunchProbe`].
     PunchAck {
@@ -503,6 +519,7 @@ impl Frame {
                 filtering: r.u8()?,
                 allocation: r.u8()?,
                 flags: r.u8()?,
+                step: r.u8()? as i8,
             },
             18 => Frame::TcpOffer {
                 session: r.array()?,
@@ -512,6 +529,10 @@ impl Frame {
                     _ => return Err(ParseError::Malformed),
                 },
                 addr: r.addr()?,
+            },
+            19 => Frame::Predict {
+                session: r.array()?,
+                port: r.u16()?,
             },
             t => return Err(ParseError::UnknownType(t)),
         };
@@ -633,10 +654,11 @@ impl Frame {
                 filtering,
                 allocation,
                 flags,
+                step,
             } => {
                 out.push(17);
                 out.extend_from_slice(session);
-                out.extend_from_slice(&[*mapping, *filtering, *allocation, *flags]);
+                out.extend_from_slice(&[*mapping, *filtering, *allocation, *flags, *step as u8]);
             }
             Frame::TcpOffer {
                 session,
@@ -647,6 +669,11 @@ impl Frame {
                 out.extend_from_slice(session);
                 out.push(u8::from(*armed));
                 put_addr(&mut out, addr);
+            }
+            Frame::Predict { session, port } => {
+                out.push(19);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&port.to_be_bytes());
             }
             Frame::PunchAck {
                 session,
@@ -737,11 +764,16 @@ mod tests {
                 filtering: 3,
                 allocation: 1,
                 flags: 1,
+                step: -2,
             },
             Frame::TcpOffer {
                 session: [1; 16],
                 armed: true,
                 addr: b,
+            },
+            Frame::Predict {
+                session: [1; 16],
+                port: 30009,
             },
             Frame::PunchAck {
                 session: [1; 16],

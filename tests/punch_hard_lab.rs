@@ -1,4 +1,5 @@
-//! punch's hard cases on the NAT lab: birthday probing through a symmetric NAT.
+//! punch's hard cases on the NAT lab: birthday probing through a symmetric NAT, and port
+//! prediction through a sequential one.
 mod common;
 
 use common::lab::{Kind, Lab};
@@ -17,10 +18,11 @@ fn is_direct(v: &Value) -> bool {
     v["event"] == "connected" && v["path"] == "direct"
 }
 
-/// One session: both sides connect (through the relay first), birthday probing finds a
-/// direct path; then 64 KiB each way must arrive intact over it. Returns the time from
-/// `connect` to the direct `connected` event, or None when it never came.
-fn birthday_once(lab: &Lab, code: &str) -> Option<Duration> {
+/// One session: both sides connect (through the relay first), `method` (birthday probing or
+/// port prediction) finds a direct path; then 64 KiB each way must arrive intact over it.
+/// Returns the time from `connect` to the direct `connected` event, or None when it never
+/// came.
+fn hard_once(lab: &Lab, code: &str, method: &str) -> Option<Duration> {
     let mut l = live(lab, "a", &["listen", "--code", code]);
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
@@ -41,12 +43,17 @@ fn birthday_once(lab: &Lab, code: &str) -> Option<Duration> {
     assert_eq!(Sha256::digest(&lout), Sha256::digest(&db));
     match (got, lgot) {
         (Some(g), Some(lg)) => {
-            assert_eq!(g["method"], "birthday", "{g}");
-            assert_eq!(lg["method"], "birthday", "{lg}");
+            assert_eq!(g["method"], method, "{g}");
+            assert_eq!(lg["method"], method, "{lg}");
             assert!(g["probes"].as_u64().unwrap() > 0);
             Some(took)
         }
-        _ => None,
+        _ => {
+            eprintln!(
+                "{code}: no direct path by {method}\nlistener: {levs:?}\nconnector: {cevs:?}"
+            );
+            None
+        }
     }
 }
 
@@ -55,10 +62,17 @@ fn birthday_series(a: Kind, b: Kind) {
         return;
     };
     let _r = common::relay::start(&lab, 3478);
+    hard_series(&lab, "birthday", 20, 1, Duration::from_secs(10));
+}
+
+/// `runs` sessions on one lab; at most `misses` may stay on the relay; the median time to
+/// the direct path must be within `median_max`.
+fn hard_series(lab: &Lab, method: &str, runs: u16, misses: usize, median_max: Duration) {
+    let (a, b) = (lab.get("A_KIND"), lab.get("B_KIND"));
     let mut times = Vec::new();
     let mut failed = 0;
-    for i in 0..20 {
-        match birthday_once(&lab, &format!("{}-lantern-harbor", 100 + i)) {
+    for i in 0..runs {
+        match hard_once(lab, &format!("{}-lantern-harbor", 100 + i), method) {
             Some(t) => times.push(t),
             None => failed += 1,
         }
@@ -66,12 +80,15 @@ fn birthday_series(a: Kind, b: Kind) {
     times.sort();
     let median = times.get(times.len() / 2).copied();
     eprintln!(
-        "{a:?} x {b:?}: {} of 20 direct by birthday, median {median:?}",
+        "{a} x {b}: {} of {runs} direct by {method}, median {median:?}",
         times.len()
     );
-    assert!(failed <= 1, "{a:?} x {b:?}: {failed} of 20 attempts failed");
+    assert!(
+        failed <= misses,
+        "{a} x {b}: {failed} of {runs} attempts failed"
+    );
     let median = median.unwrap();
-    assert!(median <= Duration::from_secs(10), "median {median:?}");
+    assert!(median <= median_max, "median {median:?}");
 }
 
 #[test]
@@ -82,6 +99,37 @@ fn birthday_symmetric_x_port_restricted() {
 #[test]
 fn birthday_port_restricted_x_symmetric() {
     birthday_series(Kind::PortRestricted, Kind::Symmetric);
+}
+
+/// The lab's sequential NAT (a new port per destination, in order) is reported as such by
+/// natprobe, and punch predicts its next port: the other side probes the ports after the one
+/// the sequential side learned by STUN on a fresh socket, and the first usually hits.
+fn prediction_series(a: Kind, b: Kind) {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b)) else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let node = if a == Kind::Sequential { "a" } else { "b" };
+    let out = lab
+        .cmd(node, env!("CARGO_BIN_EXE_natprobe"))
+        .args(["--server", lab.get("PUB_IP"), "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mapping"], "address-and-port-dependent", "{v}");
+    assert_eq!(v["port_allocation"]["kind"], "sequential", "{v}");
+    assert_eq!(v["port_allocation"]["delta"], 1, "{v}");
+    hard_series(&lab, "prediction", 10, 1, Duration::from_secs(2));
+}
+
+#[test]
+fn prediction_sequential_x_port_restricted() {
+    prediction_series(Kind::Sequential, Kind::PortRestricted);
+}
+
+#[test]
+fn prediction_port_restricted_x_sequential() {
+    prediction_series(Kind::PortRestricted, Kind::Sequential);
 }
 
 /// Symmetric × symmetric with `--hard`: birthday probing from both sides runs within its

@@ -16,6 +16,24 @@ fn random(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
 }
 
+/// `punch listen --icmp` in host a.
+fn icmp_listener(lab: &Lab, code: &str) -> common::punch::Live {
+    let args = ["listen", "--icmp", "--echo-target", ECHO_TARGET];
+    live(lab, "a", &[&args[..], &["--code", code, "--json"]].concat())
+}
+
+/// `punch connect --icmp A_WAN` in host b.
+fn icmp_connector(lab: &Lab, code: &str) -> common::punch::Live {
+    let args = [
+        "connect",
+        "--icmp",
+        lab.get("A_WAN"),
+        "--echo-target",
+        ECHO_TARGET,
+    ];
+    live(lab, "b", &[&args[..], &[code, "--json"]].concat())
+}
+
 fn event<'a>(events: &'a [Value], name: &str) -> Option<&'a Value> {
     events.iter().find(|e| e["event"] == name)
 }
@@ -29,34 +47,10 @@ fn icmp_reaches_a_listener_behind_port_restricted_nat_without_any_server() {
     };
     let code = "41-lantern-harbor";
     let (da, db) = (random(1 << 20), random(1 << 20));
-    let mut l = live(
-        &lab,
-        "a",
-        &[
-            "listen",
-            "--icmp",
-            "--echo-target",
-            ECHO_TARGET,
-            "--code",
-            code,
-            "--json",
-        ],
-    );
+    let mut l = icmp_listener(&lab, code);
     l.feed(da.clone());
     std::thread::sleep(Duration::from_millis(300));
-    let mut c = live(
-        &lab,
-        "b",
-        &[
-            "connect",
-            "--icmp",
-            lab.get("A_WAN"),
-            "--echo-target",
-            ECHO_TARGET,
-            code,
-            "--json",
-        ],
-    );
+    let mut c = icmp_connector(&lab, code);
     c.feed(db.clone());
     let (la, oa, ea) = l.finish();
     let (lc, oc, ec) = c.finish();
@@ -98,33 +92,9 @@ fn icmp_with_the_connector_behind_a_nat_does_not_connect_and_the_listener_says_w
         return;
     };
     let code = "42-lantern-harbor";
-    let l = live(
-        &lab,
-        "a",
-        &[
-            "listen",
-            "--icmp",
-            "--echo-target",
-            ECHO_TARGET,
-            "--code",
-            code,
-            "--json",
-        ],
-    );
+    let l = icmp_listener(&lab, code);
     std::thread::sleep(Duration::from_millis(300));
-    let c = live(
-        &lab,
-        "b",
-        &[
-            "connect",
-            "--icmp",
-            lab.get("A_WAN"),
-            "--echo-target",
-            ECHO_TARGET,
-            code,
-            "--json",
-        ],
-    );
+    let c = icmp_connector(&lab, code);
     std::thread::sleep(Duration::from_secs(5));
     let (ea, ec) = (l.kill(), c.kill());
     assert!(event(&ea, "connected").is_none(), "{ea:?}");

@@ -560,7 +560,9 @@ fn keepalives_carry_a_session_through_60s_of_silence() {
     assert_eq!(connected(&sb)["path"], "direct");
 }
 
-/// A side whose UDP is blocked meets over TCP and its data goes through the relay over TCP.
+/// A side whose UDP is blocked meets over TCP and goes through the relay over TCP at once
+/// (its NAT classification says UDP is blocked, so nobody waits for the UDP punching bound);
+/// then, without --tcp, TCP hole punching finds a direct path for the pipe.
 #[test]
 fn udp_blocked_goes_through_the_relay_over_tcp() {
     let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::UdpBlocked).b(Kind::PortRestricted))
@@ -572,6 +574,30 @@ fn udp_blocked_goes_through_the_relay_over_tcp() {
     assert_eq!(connected(&sa)["path"], "relay");
     assert_eq!(connected(&sa)["method"], "tcp");
     assert_eq!(connected(&sb)["path"], "relay");
+    for s in [&sa, &sb] {
+        // UDP detection (3 s of unanswered sends to the relay), then the relay at once.
+        let first = connected(s)["elapsed_ms"].as_u64().unwrap();
+        assert!(first < 5_500, "relayed after {first} ms: {}", s.stderr);
+        let last = last_connected(s);
+        assert_eq!(last["path"], "direct", "{}", s.stderr);
+        assert_eq!(last["method"], "tcp", "{}", s.stderr);
+    }
+}
+
+/// UDP blocked on one side and a symmetric NAT on the other: TCP hole punching cannot work
+/// either (`tried`), and the data goes through the relay over TCP, intact.
+#[test]
+fn udp_blocked_x_symmetric_stays_on_the_relay_over_tcp() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::UdpBlocked).b(Kind::Symmetric)) else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let (sa, sb) = exchange_1mib(&lab, "36-lantern-harbor", "udp-blocked x symmetric");
+    for s in [&sa, &sb] {
+        tcp_tried(s);
+        assert_eq!(last_connected(s)["path"], "relay", "{}", s.stderr);
+    }
+    assert_eq!(last_connected(&sa)["method"], "tcp");
 }
 
 /// A port the router maps (miniupnpd: PCP first) is offered as a candidate: symmetric ×
@@ -731,6 +757,17 @@ fn manual_offers_punch_two_port_restricted_nats_without_any_server() {
     }
 }
 
+/// The `tried` event of a TCP punch that found nothing.
+fn tcp_tried(s: &Side) -> &Value {
+    let t = s
+        .events
+        .iter()
+        .find(|e| e["event"] == "tried" && e["method"] == "tcp")
+        .unwrap_or_else(|| panic!("no tried tcp event: {}", s.stderr));
+    assert_eq!(t["found"], false);
+    t
+}
+
 /// The last `connected` event: the path the data ended on.
 fn last_connected(s: &Side) -> Value {
     s.events
@@ -764,25 +801,18 @@ fn tcp_pair(a: Kind, b: Kind) {
     }
 }
 
-#[test]
-fn tcp_port_restricted_x_port_restricted_is_direct() {
-    tcp_pair(Kind::PortRestricted, Kind::PortRestricted);
+macro_rules! tcp_pairs {
+    ($($name:ident: $a:ident x $b:ident;)*) => {
+        $(#[test] fn $name() { tcp_pair(Kind::$a, Kind::$b); })*
+    };
 }
 
-#[test]
-fn tcp_full_cone_x_port_restricted_is_direct() {
-    tcp_pair(Kind::FullCone, Kind::PortRestricted);
-}
-
-#[test]
-fn tcp_port_restricted_x_full_cone_is_direct() {
-    tcp_pair(Kind::PortRestricted, Kind::FullCone);
-}
-
-/// A side whose UDP is blocked: with --tcp the pair still goes direct, over TCP.
-#[test]
-fn tcp_udp_blocked_x_port_restricted_is_direct() {
-    tcp_pair(Kind::UdpBlocked, Kind::PortRestricted);
+tcp_pairs! {
+    tcp_port_restricted_x_port_restricted_is_direct: PortRestricted x PortRestricted;
+    tcp_full_cone_x_port_restricted_is_direct: FullCone x PortRestricted;
+    tcp_port_restricted_x_full_cone_is_direct: PortRestricted x FullCone;
+    // A side whose UDP is blocked: with --tcp the pair still goes direct, over TCP.
+    tcp_udp_blocked_x_port_restricted_is_direct: UdpBlocked x PortRestricted;
 }
 
 /// A symmetric NAT gives the peer a TCP port that is never used again: the TCP punch says
@@ -801,12 +831,7 @@ fn tcp_through_a_symmetric_nat_is_tried_then_the_relay_carries_the_data() {
         &["--tcp"],
     );
     for s in [&sa, &sb] {
-        let tried = s
-            .events
-            .iter()
-            .find(|e| e["event"] == "tried" && e["method"] == "tcp")
-            .unwrap_or_else(|| panic!("no tried tcp event: {}", s.stderr));
-        assert_eq!(tried["found"], false);
+        let tried = tcp_tried(s);
         assert!(tried["elapsed_ms"].as_u64().unwrap() < 15_000, "{tried}");
         assert_ne!(last_connected(s)["method"], "tcp", "{}", s.stderr);
     }

@@ -51,6 +51,14 @@ pub enum Part {
     Both,
 }
 
+/// Port prediction ([`Birthday::predicting`]): how many of a sequential NAT's next ports
+/// are probed, in order, before starting over. The mapping towards us is one of the first
+/// few after the one the relay saw (the peer's own classification and checks take some in
+/// between); at [`PROBE_RATE`] a pass takes 0.64 s.
+pub const PREDICTION_WINDOW: u32 = 64;
+/// Port prediction's budget: several passes over the window.
+pub const PREDICTION_BUDGET: Duration = Duration::from_secs(6);
+
 /// Socket index of the punch socket in [`Part::Both`] transmits.
 pub const MAIN: usize = usize::MAX;
 
@@ -101,6 +109,8 @@ pub struct Birthday {
     sent: HashSet<u64>,
     outcome: Option<Outcome>,
     out: VecDeque<Transmit>,
+    /// Port prediction: the sequential NAT's port the relay saw, and its step.
+    predict: Option<(u16, i32)>,
 }
 
 impl Birthday {
@@ -130,7 +140,25 @@ impl Birthday {
             sent: HashSet::new(),
             outcome: None,
             out: VecDeque::new(),
+            predict: None,
         }
+    }
+
+    /// Port prediction against a sequential NAT (a new port per destination, each the last
+    /// plus `delta`): a prober that tries `seen + delta`, `seen + 2·delta`, … up to
+    /// [`PREDICTION_WINDOW`] steps, in order and again, where `seen` is the peer's port as the
+    /// relay saw it. The peer's punch socket answers the probe that lands on its mapping
+    /// towards us (its connectivity checks answer any probe of the session).
+    pub fn predicting(
+        session: SessionId,
+        seen: SocketAddr,
+        delta: i32,
+        budget: Duration,
+        now: Instant,
+    ) -> Birthday {
+        let mut b = Birthday::new(session, Part::Prober, seen, 1, budget, now);
+        b.predict = Some((seen.port(), delta));
+        b
     }
 
     /// How many sockets the driver must open.
@@ -180,22 +208,33 @@ impl Birthday {
                             self.probe(s, self.peer, Some(OPEN_TTL));
                         }
                     }
-                    // A port not tried yet: every probe is a fresh chance.
-                    let span = u32::from(u16::MAX - LOW_PORT) + 1;
-                    if self.tried.len() as u32 >= span {
-                        self.tried.clear();
-                    }
-                    let port = loop {
-                        let p = LOW_PORT + (rand::random::<u32>() % span) as u16;
-                        if self.tried.insert(p) {
-                            break p;
+                    let port = match self.predict {
+                        Some((seen, delta)) => {
+                            let k = 1 + (self.probes % PREDICTION_WINDOW) as i32;
+                            // Ports wrap within 1..=65535.
+                            ((i32::from(seen) - 1 + k * delta).rem_euclid(65535) + 1) as u16
                         }
+                        None => self.random_port(),
                     };
                     self.probes += 1;
                     let from = if self.part == Part::Both { MAIN } else { 0 };
                     self.probe(from, SocketAddr::new(self.peer.ip(), port), None);
                     self.next += Duration::from_secs(1) / PROBE_RATE;
                 }
+            }
+        }
+    }
+
+    /// A port not tried yet: every probe is a fresh chance.
+    fn random_port(&mut self) -> u16 {
+        let span = u32::from(u16::MAX - LOW_PORT) + 1;
+        if self.tried.len() as u32 >= span {
+            self.tried.clear();
+        }
+        loop {
+            let p = LOW_PORT + (rand::random::<u32>() % span) as u16;
+            if self.tried.insert(p) {
+                break p;
             }
         }
     }
@@ -375,5 +414,68 @@ mod tests {
         assert!(sent <= max, "{sent} probes > {max}");
         // Junk and other sessions' frames are left alone.
         assert!(!p.handle_datagram(now, 0, sa("203.0.113.21:5"), b"junk"));
+    }
+
+    /// Port prediction against the simulated sequential NAT (a new port per destination, step
+    /// 7): the peer's punch socket sent to a few other places first, then to us; probing the
+    /// next ports after the one the relay saw finds its mapping on the first pass.
+    #[test]
+    fn prediction_finds_a_sequential_nat_s_mapping_on_the_first_pass() {
+        let t0 = Instant::now();
+        let mut seq = Nat::new("203.0.113.21".parse().unwrap(), Apd, Apd);
+        let mut pr = Nat::new("203.0.113.22".parse().unwrap(), Ei, Apd);
+        let (seq_local, pr_local) = (sa("192.168.1.2:5000"), sa("192.168.2.2:6000"));
+        let pr_pub = pr.outbound(t0, pr_local, sa("203.0.113.10:3478"));
+        let seen = seq.outbound(t0, seq_local, sa("203.0.113.10:3478"));
+        let delta = 7;
+        for other in [
+            "203.0.113.10:3479",
+            "203.0.113.11:3478",
+            "203.0.113.11:3479",
+        ] {
+            seq.outbound(t0, seq_local, sa(other));
+        }
+        // The peer's checks towards us: its mapping exists before we probe.
+        let mapped = seq.outbound(t0, seq_local, pr_pub);
+        assert_eq!(i32::from(mapped.port()), i32::from(seen.port()) + 4 * delta);
+        let mut p = Birthday::predicting([1; 16], seen, delta, PREDICTION_BUDGET, t0);
+        let mut now = t0;
+        let mut ports = Vec::new();
+        while p.outcome().is_none() {
+            p.handle_timeout(now);
+            while let Some(t) = p.poll_transmit() {
+                ports.push(t.dst.port());
+                let src = pr.outbound(now, pr_local, t.dst);
+                if seq.inbound(now, src, t.dst.port()) == Some(seq_local) {
+                    // The peer's checks answer from the punch socket.
+                    let Ok(Frame::PunchProbe { session, tx }) = Frame::parse(&t.payload) else {
+                        panic!("not a probe");
+                    };
+                    let ack = Frame::PunchAck {
+                        session,
+                        tx,
+                        observed: src,
+                    }
+                    .emit();
+                    let from = seq.outbound(now, seq_local, src);
+                    assert!(pr.inbound(now, from, pr_pub.port()).is_some());
+                    p.handle_datagram(now, 0, from, &ack);
+                }
+            }
+            now = p.poll_timeout().unwrap_or(now);
+        }
+        assert_eq!(
+            p.outcome(),
+            Some(&Outcome::Connected {
+                socket: 0,
+                peer: mapped,
+                probes: 4
+            })
+        );
+        let want: Vec<u16> = (1..=4)
+            .map(|k| (i32::from(seen.port()) + k * delta) as u16)
+            .collect();
+        assert_eq!(ports, want, "in order, from the port after the one seen");
+        assert!(now - t0 <= Duration::from_secs(1) / PROBE_RATE * 4);
     }
 }

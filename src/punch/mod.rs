@@ -805,6 +805,12 @@ impl Puncher {
                     }
                     continue;
                 }
+                // A direct path found by another technique (birthday probing, prediction)
+                // stays: these checks ran on the punch socket, not on that path, and a dead
+                // direct path is the path monitor's to notice.
+                CheckEvent::Failed { .. } if matches!(self.path, Some(PathKind::Direct(_))) => {
+                    continue
+                }
                 CheckEvent::Failed { probes } => (PathKind::Relay, probes),
             };
             if self.path != Some(path) {

@@ -21,6 +21,11 @@ pub struct NatClass {
     pub allocation: &'static str,
     /// The router forwards the punch port (PCP, NAT-PMP or UPnP).
     pub mapped_port: bool,
+    /// The step between consecutive public ports, for `sequential` allocation (0
+    /// otherwise).
+    pub delta: i8,
+    /// UDP is blocked here (the relay was reached over TCP): no UDP technique can work.
+    pub udp_blocked: bool,
 }
 
 fn behaviour_code(b: Behaviour) -> u8 {
@@ -56,7 +61,8 @@ impl NatClass {
                 .iter()
                 .position(|a| *a == self.allocation)
                 .unwrap_or(0) as u8,
-            flags: u8::from(self.mapped_port),
+            flags: u8::from(self.mapped_port) | (u8::from(self.udp_blocked) << 1),
+            step: self.delta,
         }
     }
 
@@ -69,15 +75,21 @@ impl NatClass {
                 filtering,
                 allocation,
                 flags,
-            } if s == session => Some(NatClass {
-                mapping: behaviour_of(mapping),
-                filtering: behaviour_of(filtering),
-                allocation: ALLOCATIONS
+                step,
+            } if s == session => {
+                let allocation = ALLOCATIONS
                     .get(allocation as usize)
                     .copied()
-                    .unwrap_or("unknown"),
-                mapped_port: flags & 1 != 0,
-            }),
+                    .unwrap_or("unknown");
+                Some(NatClass {
+                    mapping: behaviour_of(mapping),
+                    filtering: behaviour_of(filtering),
+                    allocation,
+                    mapped_port: flags & 1 != 0,
+                    delta: if allocation == "sequential" { step } else { 0 },
+                    udp_blocked: flags & 2 != 0,
+                })
+            }
             _ => None,
         }
     }
@@ -97,6 +109,11 @@ impl NatClass {
         ) || self.mapped_port
     }
 
+    /// A new port per destination, but in order: the next ones can be predicted.
+    pub fn predictable(&self) -> bool {
+        !self.stable_address() && self.allocation == "sequential" && self.delta != 0
+    }
+
     /// Lets in a peer whose port it cannot know in advance, once it has sent to the peer's
     /// IP (endpoint-independent or address-dependent filtering).
     fn accepts_any_port_of_a_contacted_ip(&self) -> bool {
@@ -114,7 +131,8 @@ pub struct Expectation {
     /// `direct` or `relay`.
     pub path: &'static str,
     /// The technique: `udp` (simultaneous hole punch), `portmap` (a router-forwarded port),
-    /// `birthday` (probing a symmetric NAT's random ports, relayed meanwhile) or `relay`.
+    /// `birthday` (probing a symmetric NAT's random ports, relayed meanwhile), `prediction`
+    /// (probing a sequential NAT's next ports) or `relay`.
     pub technique: &'static str,
     /// Why, in words.
     pub why: String,
@@ -122,6 +140,15 @@ pub struct Expectation {
 
 /// Which technique should work for this pair.
 pub fn expect(mine: &NatClass, peer: &NatClass) -> Expectation {
+    if mine.udp_blocked || peer.udp_blocked {
+        return Expectation {
+            path: "relay",
+            technique: "tcp",
+            why: "UDP is blocked on one side: the relay carries the data over TCP, and a \
+                  pipe tries TCP hole punching for a direct path"
+                .into(),
+        };
+    }
     let unknown = |c: &NatClass| c.mapping == Behaviour::Unknown;
     if unknown(mine) || unknown(peer) {
         return Expectation {
@@ -165,6 +192,17 @@ pub fn expect(mine: &NatClass, peer: &NatClass) -> Expectation {
                      peer-reflexive address"
                         .into(),
                 )
+            } else if !mine.stable_address() && mine.predictable()
+                || !peer.stable_address() && peer.predictable()
+            {
+                Expectation {
+                    path: "direct",
+                    technique: "prediction",
+                    why: "one NAT picks a new port per destination, but in order (sequential \
+                          allocation): the other side probes the next ports after the one the \
+                          relay saw, and the one that lets it in is the path"
+                        .into(),
+                }
             } else {
                 Expectation {
                     path: "direct",
@@ -201,6 +239,8 @@ mod tests {
             filtering,
             allocation: "preserving",
             mapped_port: false,
+            delta: 0,
+            udp_blocked: false,
         }
     }
 
@@ -254,12 +294,52 @@ mod tests {
             mapping: 200,
             filtering: 9,
             allocation: 77,
-            flags: 0xfe,
+            flags: 0xfc,
+            step: 9,
         };
+        let mut seq = c(Apd, Apd);
+        seq.allocation = "sequential";
+        seq.delta = -3;
+        let back = Frame::parse(&seq.to_frame([3; 16]).emit()).unwrap();
+        assert_eq!(NatClass::from_frame(&back, [3; 16]), Some(seq));
         let u = NatClass::from_frame(&odd, [3; 16]).unwrap();
         assert_eq!(u.mapping, Behaviour::Unknown);
         assert_eq!(u.allocation, "unknown");
         assert!(!u.mapped_port);
+        assert!(!u.udp_blocked);
+        assert_eq!(
+            u.delta, 0,
+            "a step without sequential allocation means nothing"
+        );
         assert_eq!(expect(&u, &a).technique, "udp");
+    }
+
+    /// A sequential symmetric NAT (the lab's `sequential` kind) with a port-restricted one:
+    /// prediction; with a random one, or two unpredictable ones, nothing changes.
+    #[test]
+    fn a_sequential_nat_is_predicted() {
+        let mut seq = c(Apd, Apd);
+        seq.allocation = "sequential";
+        seq.delta = 1;
+        let pr = c(Ei, Apd);
+        for (a, b) in [(&seq, &pr), (&pr, &seq)] {
+            let e = expect(a, b);
+            assert_eq!((e.path, e.technique), ("direct", "prediction"));
+        }
+        assert_eq!(expect(&seq, &seq).technique, "relay");
+        assert_eq!(expect(&seq, &c(Ei, Ei)).technique, "udp");
+        assert_eq!(expect(&c(Apd, Apd), &pr).technique, "birthday");
+    }
+
+    #[test]
+    fn blocked_udp_means_the_relay_over_tcp_and_a_tcp_punch() {
+        let mut blocked = c(Behaviour::Unknown, Behaviour::Unknown);
+        blocked.udp_blocked = true;
+        let back = Frame::parse(&blocked.to_frame([3; 16]).emit()).unwrap();
+        assert_eq!(NatClass::from_frame(&back, [3; 16]), Some(blocked));
+        for (a, b) in [(&blocked, &c(Ei, Apd)), (&c(Ei, Ei), &blocked)] {
+            let e = expect(a, b);
+            assert_eq!((e.path, e.technique), ("relay", "tcp"));
+        }
     }
 }

@@ -409,3 +409,31 @@ fn serverless_offers_connect_port_restricted_pairs_without_a_relay() {
         "the relay was contacted"
     );
 }
+
+/// Regression (a birthday or prediction path dropped at the checks' bound): a direct path
+/// adopted from another technique survives the punch socket's own checks failing.
+#[test]
+fn an_adopted_direct_path_survives_the_checks_failing() {
+    let t0 = Instant::now();
+    let mut net = Net::new(t0, (Apd, Apd), (Ei, Apd));
+    let mut now = t0;
+    while now < t0 + Duration::from_millis(300) {
+        net.step(&mut now);
+    }
+    let found = sa("203.0.113.99:30011");
+    for s in &mut net.sides {
+        s.p.adopt_direct(found);
+    }
+    while now < t0 + DIRECT_TIMEOUT + Duration::from_secs(2) {
+        net.step(&mut now);
+    }
+    for s in &mut net.sides {
+        assert_eq!(s.p.path(), Some(PathKind::Direct(found)));
+        while let Some(e) = s.p.poll_event() {
+            assert!(
+                !matches!(e, PunchEvent::Path { .. }),
+                "no path change after adoption: {e:?}"
+            );
+        }
+    }
+}

@@ -37,6 +37,7 @@ pub enum Kind {
     Restricted,
     PortRestricted,
     Symmetric,
+    Sequential,
     UdpBlocked,
     Cgnat,
     Offline,
@@ -44,12 +45,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Open,
         Kind::FullCone,
         Kind::Restricted,
         Kind::PortRestricted,
         Kind::Symmetric,
+        Kind::Sequential,
         Kind::UdpBlocked,
         Kind::Cgnat,
         Kind::Offline,
@@ -64,6 +66,7 @@ impl Kind {
             Kind::Restricted => "restricted",
             Kind::PortRestricted => "port-restricted",
             Kind::Symmetric => "symmetric",
+            Kind::Sequential => "sequential",
             Kind::UdpBlocked => "udp-blocked",
             Kind::Cgnat => "cgnat",
             Kind::Offline => "offline",
