@@ -864,7 +864,7 @@ struct Control {
     session: SessionId,
     peer_fp: Option<[u8; 32]>,
     pake_error: Option<PakeError>,
-    nat: NatExchange,
+    nat: crate::punch::nat::Exchange,
     /// Events for the user raised while handling input (drained by whichever phase runs).
     pending: Vec<Event>,
     /// Birthday probing wanted (from the NAT exchange), and in progress.
@@ -878,8 +878,6 @@ struct Control {
     /// Our `Predict` frame, repeated (relayed UDP may be lost): frame, sends left, next.
     predict_resend: Option<(Vec<u8>, u32, Instant)>,
     birthday: Option<BirthdayRun>,
-    /// `--hard`: try birthday probing between two symmetric NATs too.
-    hard: bool,
     /// When we last answered a PAKE message (see `on_pake_frame`).
     last_pake_answer: Option<Instant>,
     bday_tx: mpsc::Sender<(usize, SocketAddr, Vec<u8>)>,
@@ -941,110 +939,41 @@ impl Drop for BirthdayRun {
     }
 }
 
-/// The NAT classifications of both sides, exchanged through the relay.
-#[derive(Debug, Default)]
-struct NatExchange {
-    mine: Option<NatClass>,
-    peer: Option<NatClass>,
-    mapped_port: bool,
-    told: bool,
-    next_send: Option<Instant>,
-    sends: u32,
-    last_reply: Option<Instant>,
-}
-
-/// Sends of our classification before the peer's arrives (1 s apart): the peer may not
-/// have registered yet, and the relay drops data for an absent peer.
-const NAT_SENDS: u32 = 10;
-
 impl Control {
-    fn set_my_nat(&mut self, mut c: NatClass) {
-        c.mapped_port |= self.nat.mapped_port;
-        self.nat.mine = Some(c);
-        self.nat.told = false;
-        self.nat.sends = 0;
-        self.nat.next_send = Some(Instant::now());
-        self.check_nat();
+    fn set_my_nat(&mut self, c: NatClass) {
+        self.nat.set_mine(Instant::now(), c);
+        self.apply_nat();
     }
 
     fn set_mapped_port(&mut self) {
-        self.nat.mapped_port = true;
-        if let Some(c) = self.nat.mine {
-            self.set_my_nat(c);
-        }
-    }
-
-    fn send_nat(&mut self) {
-        if let Some(c) = self.nat.mine {
-            self.puncher.send_relayed(c.to_frame(self.session).emit());
-        }
-    }
-
-    fn on_peer_nat(&mut self, c: NatClass) {
-        if self.nat.peer != Some(c) {
-            self.nat.peer = Some(c);
-            self.nat.told = false;
-        }
-        // The peer keeps sending until it has ours: answer (at most twice a second).
-        let now = Instant::now();
-        if self
-            .nat
-            .last_reply
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(500))
-        {
-            self.nat.last_reply = Some(now);
-            self.send_nat();
-        }
-        self.check_nat();
-    }
-
-    fn check_nat(&mut self) {
-        if let (Some(mine), Some(peer), false) = (self.nat.mine, self.nat.peer, self.nat.told) {
-            self.nat.told = true;
-            let expect = crate::punch::nat::expect(&mine, &peer);
-            if expect.technique == "prediction" && self.birthday.is_none() {
-                if peer.predictable() && !mine.predictable() {
-                    self.want_prediction = Some(i32::from(peer.delta));
-                } else {
-                    self.want_prediction_opener = true;
-                }
-            }
-            if expect.path == "relay"
-                || expect.technique == "birthday"
-                || expect.technique == "prediction"
-            {
-                // Data flows through the relay while birthday probing looks for a path.
-                self.puncher.prefer_relay(Instant::now());
-            }
-            let both_symmetric = [mine.mapping, peer.mapping].iter().all(|m| {
-                matches!(
-                    m,
-                    crate::classify::Behaviour::AddressDependent
-                        | crate::classify::Behaviour::AddressAndPortDependent
-                )
-            });
-            if expect.technique == "relay" && both_symmetric && self.hard {
-                self.want_birthday = Some(Part::Both);
-            }
-            if expect.technique == "birthday" && self.birthday.is_none() {
-                use crate::classify::Behaviour;
-                self.want_birthday = Some(match mine.mapping {
-                    Behaviour::AddressDependent | Behaviour::AddressAndPortDependent => {
-                        Part::Opener
-                    }
-                    _ => Part::Prober,
-                });
-            }
-            self.pending.push(Event::Nat { mine, peer, expect });
-        }
+        self.nat.set_mapped_port(Instant::now());
+        self.apply_nat();
     }
 
     fn nat_tick(&mut self, now: Instant) {
-        if self.nat.next_send.is_some_and(|t| t <= now) {
-            self.send_nat();
-            self.nat.sends += 1;
-            self.nat.next_send = (self.nat.peer.is_none() && self.nat.sends < NAT_SENDS)
-                .then(|| now + Duration::from_secs(1));
+        self.nat.handle_timeout(now);
+        self.apply_nat();
+    }
+
+    /// Carries out what the classification exchange ([`crate::punch::nat::Exchange`]) asks.
+    fn apply_nat(&mut self) {
+        use crate::punch::nat::Plan;
+        while let Some(f) = self.nat.poll_transmit() {
+            self.puncher.send_relayed(f);
+        }
+        while let Some(p) = self.nat.poll_plan() {
+            match p {
+                Plan::Told { mine, peer, expect } => {
+                    self.pending.push(Event::Nat { mine, peer, expect })
+                }
+                Plan::PreferRelay => self.puncher.prefer_relay(Instant::now()),
+                Plan::Birthday(part) if self.birthday.is_none() => self.want_birthday = Some(part),
+                Plan::PredictProbe(delta) if self.birthday.is_none() => {
+                    self.want_prediction = Some(delta)
+                }
+                Plan::PredictOpen if self.birthday.is_none() => self.want_prediction_opener = true,
+                _ => {}
+            }
         }
     }
 
@@ -1352,12 +1281,8 @@ impl Control {
             }
         }
         let parsed = Frame::parse(bytes);
-        if let Some(c) = parsed
-            .as_ref()
-            .ok()
-            .and_then(|f| NatClass::from_frame(f, self.session))
-        {
-            self.on_peer_nat(c);
+        if parsed.as_ref().is_ok_and(|f| self.nat.handle_frame(now, f)) {
+            self.apply_nat();
         } else if let Ok(Frame::Predict { session, port }) = &parsed {
             if *session == self.session {
                 self.prediction_base = Some(*port);
@@ -1619,7 +1544,7 @@ where
         session,
         peer_fp: None,
         pake_error: None,
-        nat: NatExchange::default(),
+        nat: crate::punch::nat::Exchange::new(session, opts.hard),
         pending: Vec::new(),
         want_birthday: None,
         want_prediction: None,
@@ -1627,7 +1552,6 @@ where
         want_prediction_opener: false,
         predict_resend: None,
         birthday: None,
-        hard: opts.hard,
         last_pake_answer: None,
         bday_tx,
         tcp: None,
@@ -1804,9 +1728,7 @@ where
     let (tcp_notes, mut tcp_notes_rx) = mpsc::channel(16);
     let mut tcp_done = None;
     // UDP blocked on either side: a pipe tries TCP hole punching without being asked.
-    let udp_blocked = [c.nat.mine, c.nat.peer]
-        .iter()
-        .any(|n| n.is_some_and(|n| n.udp_blocked));
+    let udp_blocked = c.nat.udp_blocked();
     let tcp_endpoint = match tcp_endpoint {
         None if udp_blocked && opts.mode == crate::punch_quic::Mode::Pipe && manual.is_none() => {
             tracing::info!("UDP is blocked on one side: trying TCP hole punching");

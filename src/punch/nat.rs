@@ -5,9 +5,13 @@
 //! relayed data ([`crate::rendezvous::Frame::NatInfo`]). From the pair, [`expect`] says which
 //! technique should work and why.
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 
 use crate::classify::Behaviour;
+use crate::punch::birthday::Part;
 use crate::rendezvous::{Frame, SessionId};
 
 /// One side's NAT, as far as punching cares.
@@ -226,6 +230,185 @@ pub fn expect(mine: &NatClass, peer: &NatClass) -> Expectation {
     }
 }
 
+/// Sends of our classification before the peer's arrives, [`EXCHANGE_RESEND`] apart: the
+/// peer may not have registered yet, and the relay drops data for an absent peer.
+pub const EXCHANGE_SENDS: u32 = 10;
+/// Between those sends.
+pub const EXCHANGE_RESEND: Duration = Duration::from_secs(1);
+/// A peer that repeats its classification lacks ours: answer, but at most this often (two
+/// sides answering every repeat would bounce frames through the relay forever).
+pub const EXCHANGE_ANSWER_GAP: Duration = Duration::from_millis(500);
+
+/// What the pair of classifications asks the driver to do, once both are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Tell the user (the `nat` event).
+    Told {
+        /// Ours.
+        mine: NatClass,
+        /// The peer's.
+        peer: NatClass,
+        /// What should work.
+        expect: Expectation,
+    },
+    /// Carry the data through the relay now: no direct path to wait for, or one that
+    /// another technique looks for meanwhile.
+    PreferRelay,
+    /// Birthday probing, as this part.
+    Birthday(Part),
+    /// Probe the peer's sequential NAT's next ports, this step apart (when its `Predict`
+    /// frame says where to start).
+    PredictProbe(i32),
+    /// Our NAT is the sequential one: open the mapping the peer will predict.
+    PredictOpen,
+}
+
+/// The exchange of both sides' classifications through the relay, and the techniques they
+/// call for, sans-IO: classifications and frames in, frames to relay and [`Plan`]s out.
+#[derive(Debug)]
+pub struct Exchange {
+    session: SessionId,
+    /// `--hard`: birthday probing between two symmetric NATs too.
+    hard: bool,
+    mine: Option<NatClass>,
+    peer: Option<NatClass>,
+    mapped_port: bool,
+    told: bool,
+    next_send: Option<Instant>,
+    sends: u32,
+    last_answer: Option<Instant>,
+    out: VecDeque<Vec<u8>>,
+    plans: VecDeque<Plan>,
+}
+
+impl Exchange {
+    /// Nothing known yet.
+    pub fn new(session: SessionId, hard: bool) -> Exchange {
+        Exchange {
+            session,
+            hard,
+            mine: None,
+            peer: None,
+            mapped_port: false,
+            told: false,
+            next_send: None,
+            sends: 0,
+            last_answer: None,
+            out: VecDeque::new(),
+            plans: VecDeque::new(),
+        }
+    }
+
+    /// Our classification (again, when it changed): send it, and keep sending until the
+    /// peer's arrives.
+    pub fn set_mine(&mut self, now: Instant, mut c: NatClass) {
+        c.mapped_port |= self.mapped_port;
+        self.mine = Some(c);
+        self.told = false;
+        self.sends = 0;
+        self.next_send = Some(now);
+        self.handle_timeout(now);
+        self.decide();
+    }
+
+    /// The router now forwards our punch port: the peer should know.
+    pub fn set_mapped_port(&mut self, now: Instant) {
+        self.mapped_port = true;
+        if let Some(c) = self.mine {
+            self.set_mine(now, c);
+        }
+    }
+
+    /// A relayed frame from the peer; true when it was its classification.
+    pub fn handle_frame(&mut self, now: Instant, f: &Frame) -> bool {
+        let Some(c) = NatClass::from_frame(f, self.session) else {
+            return false;
+        };
+        if self.peer != Some(c) {
+            self.peer = Some(c);
+            self.told = false;
+        }
+        if self
+            .last_answer
+            .is_none_or(|t| now.saturating_duration_since(t) >= EXCHANGE_ANSWER_GAP)
+        {
+            self.last_answer = Some(now);
+            self.send();
+        }
+        self.decide();
+        true
+    }
+
+    /// Time passed: resend ours while the peer's is missing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_send.is_some_and(|t| t <= now) {
+            self.send();
+            self.sends += 1;
+            self.next_send =
+                (self.peer.is_none() && self.sends < EXCHANGE_SENDS).then(|| now + EXCHANGE_RESEND);
+        }
+    }
+
+    fn send(&mut self) {
+        if let Some(c) = self.mine {
+            self.out.push_back(c.to_frame(self.session).emit());
+        }
+    }
+
+    fn decide(&mut self) {
+        let (Some(mine), Some(peer), false) = (self.mine, self.peer, self.told) else {
+            return;
+        };
+        self.told = true;
+        let expect = expect(&mine, &peer);
+        let symmetric = |c: &NatClass| {
+            matches!(
+                c.mapping,
+                Behaviour::AddressDependent | Behaviour::AddressAndPortDependent
+            )
+        };
+        if expect.path == "relay" || matches!(expect.technique, "birthday" | "prediction") {
+            self.plans.push_back(Plan::PreferRelay);
+        }
+        match expect.technique {
+            "prediction" if peer.predictable() && !mine.predictable() => self
+                .plans
+                .push_back(Plan::PredictProbe(i32::from(peer.delta))),
+            "prediction" => self.plans.push_back(Plan::PredictOpen),
+            // The symmetric side opens many mappings; the other probes them.
+            "birthday" if symmetric(&mine) => self.plans.push_back(Plan::Birthday(Part::Opener)),
+            "birthday" => self.plans.push_back(Plan::Birthday(Part::Prober)),
+            "relay" if self.hard && symmetric(&mine) && symmetric(&peer) => {
+                self.plans.push_back(Plan::Birthday(Part::Both))
+            }
+            _ => {}
+        }
+        self.plans.push_back(Plan::Told { mine, peer, expect });
+    }
+
+    /// A frame to relay to the peer.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    /// What to do next.
+    pub fn poll_plan(&mut self) -> Option<Plan> {
+        self.plans.pop_front()
+    }
+
+    /// When to call [`Exchange::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_send
+    }
+
+    /// Either side reported its UDP blocked.
+    pub fn udp_blocked(&self) -> bool {
+        [self.mine, self.peer]
+            .iter()
+            .any(|c| c.is_some_and(|c| c.udp_blocked))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +524,80 @@ mod tests {
             let e = expect(a, b);
             assert_eq!((e.path, e.technique), ("relay", "tcp"));
         }
+    }
+
+    fn exchange_pair(a: NatClass, b: NatClass, hard: bool) -> (Vec<Plan>, Vec<Plan>) {
+        let t0 = Instant::now();
+        let (mut x, mut y) = (Exchange::new([5; 16], hard), Exchange::new([5; 16], hard));
+        x.set_mine(t0, a);
+        y.set_mine(t0, b);
+        for _ in 0..3 {
+            while let Some(f) = x.poll_transmit() {
+                y.handle_frame(t0, &Frame::parse(&f).unwrap());
+            }
+            while let Some(f) = y.poll_transmit() {
+                x.handle_frame(t0, &Frame::parse(&f).unwrap());
+            }
+        }
+        let drain = |e: &mut Exchange| std::iter::from_fn(|| e.poll_plan()).collect::<Vec<_>>();
+        (drain(&mut x), drain(&mut y))
+    }
+
+    /// Each side gets its half of the technique, and the `nat` event last.
+    #[test]
+    fn the_exchange_gives_each_side_its_part() {
+        let (sym, pr) = (c(Apd, Apd), c(Ei, Apd));
+        let (a, b) = exchange_pair(sym, pr, false);
+        assert_eq!(a[..2], [Plan::PreferRelay, Plan::Birthday(Part::Opener)]);
+        assert_eq!(b[..2], [Plan::PreferRelay, Plan::Birthday(Part::Prober)]);
+        assert!(matches!(a[2], Plan::Told { .. }) && a.len() == 3);
+        let mut seq = sym;
+        seq.allocation = "sequential";
+        seq.delta = 2;
+        let (a, b) = exchange_pair(seq, pr, false);
+        assert_eq!(a[..2], [Plan::PreferRelay, Plan::PredictOpen]);
+        assert_eq!(b[..2], [Plan::PreferRelay, Plan::PredictProbe(2)]);
+        let (a, _) = exchange_pair(sym, sym, false);
+        assert_eq!(a[0], Plan::PreferRelay);
+        assert!(matches!(a[1], Plan::Told { .. }));
+        let (a, b) = exchange_pair(sym, sym, true);
+        assert_eq!(a[1], Plan::Birthday(Part::Both));
+        assert_eq!(b[1], Plan::Birthday(Part::Both));
+        let (a, _) = exchange_pair(pr, pr, false);
+        assert!(matches!(a[..], [Plan::Told { .. }]), "{a:?}");
+    }
+
+    /// Ours is resent every second until the peer's arrives (at most 10 times), and a peer
+    /// that repeats itself gets an answer at most twice a second.
+    #[test]
+    fn resends_until_answered_and_answers_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut x = Exchange::new([5; 16], false);
+        x.set_mine(t0, c(Ei, Apd));
+        let mut sent = 0;
+        let mut now = t0;
+        while let Some(t) = x.poll_timeout() {
+            now = t;
+            x.handle_timeout(now);
+            while x.poll_transmit().is_some() {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, EXCHANGE_SENDS);
+        assert_eq!(now, t0 + EXCHANGE_RESEND * (EXCHANGE_SENDS - 1));
+        let theirs = c(Ei, Ei).to_frame([5; 16]);
+        let mut answers = 0;
+        for i in 0..10 {
+            assert!(x.handle_frame(now + Duration::from_millis(100) * i, &theirs));
+            while x.poll_transmit().is_some() {
+                answers += 1;
+            }
+        }
+        assert_eq!(answers, 2, "one second of repeats, one answer per 500 ms");
+        assert!(
+            !x.handle_frame(now, &c(Ei, Ei).to_frame([6; 16])),
+            "another session"
+        );
+        assert!(!x.udp_blocked());
     }
 }
