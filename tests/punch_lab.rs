@@ -143,15 +143,24 @@ fn exchange_1mib(lab: &Lab, code: &str, what: &str) -> (Side, Side) {
 
 /// [`exchange_1mib`] with `extra` arguments on both sides.
 fn exchange_1mib_with(lab: &Lab, code: &str, what: &str, extra: &[&str]) -> (Side, Side) {
+    exchange_1mib_paced(lab, code, what, extra, Duration::ZERO)
+}
+
+/// [`exchange_1mib_with`], each side writing its input in 16 KiB chunks `pace` apart (a
+/// session that lasts, for what arrives later than a fast transfer ends).
+fn exchange_1mib_paced(
+    lab: &Lab,
+    code: &str,
+    what: &str,
+    extra: &[&str],
+    pace: Duration,
+) -> (Side, Side) {
     let (da, db) = (random(1 << 20), random(1 << 20));
-    let la = side(
-        lab,
-        "a",
-        &[&["listen", "--code", code], extra].concat(),
-        da.clone(),
-    );
+    let args = [&["listen", "--code", code], extra].concat();
+    let la = side_paced(lab, "a", &args, da.clone(), pace);
     std::thread::sleep(Duration::from_millis(200));
-    let lb = side(lab, "b", &[&["connect", code], extra].concat(), db.clone());
+    let args = [&["connect", code], extra].concat();
+    let lb = side_paced(lab, "b", &args, db.clone(), pace);
     let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
     assert_eq!(sa.code, Some(0), "{what} listener: {}", sa.stderr);
     assert_eq!(sb.code, Some(0), "{what} connector: {}", sb.stderr);
@@ -615,10 +624,14 @@ fn mapped_port_pair(a: Kind, b: Kind, mapped_side: &str) {
     };
     let _r = common::relay::start(&lab, 3478);
     let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
-    let (sa, sb) = exchange_1mib(
+    // The session lasts ~1.3 s: the router's answer (and so the `mapped` event) may come
+    // after a direct 1 MiB transfer would have ended.
+    let (sa, sb) = exchange_1mib_paced(
         &lab,
         &code,
         &format!("{a:?} x {b:?} (mapped {mapped_side})"),
+        &[],
+        Duration::from_millis(20),
     );
     let mapped = if mapped_side == "a" { &sa } else { &sb };
     let m = mapped
