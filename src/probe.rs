@@ -454,10 +454,16 @@ fn set_recvttl(s: &UdpSocket, v4: bool) {
     }
 }
 
-/// Receives one datagram without blocking: its length, source and, when the kernel attached
-/// it ([`set_recvttl`]), the TTL it arrived with.
-fn recv_with_ttl(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<u8>)> {
-    let mut ctrl = [0u8; 128];
+/// One `recvmsg(2)` without blocking (plus `flags`) into `buf`; `each` sees every control
+/// message (level, type, data). Returns the length and the sender's raw address.
+fn recvmsg_nb(
+    fd: i32,
+    buf: &mut [u8],
+    flags: i32,
+    mut each: impl FnMut(i32, i32, *const u8),
+) -> std::io::Result<(usize, libc::sockaddr_storage)> {
+    // Control messages start with a cmsghdr: the buffer must be aligned for it.
+    let mut ctrl = [0u64; 64];
     // SAFETY: all pointers reference live buffers sized as declared; the kernel fills at most
     // those sizes, and CMSG_* walk only within msg_controllen.
     unsafe {
@@ -472,12 +478,36 @@ fn recv_with_ttl(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr,
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = ctrl.len();
-        let n = libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT);
+        msg.msg_controllen = std::mem::size_of_val(&ctrl);
+        let n = libc::recvmsg(fd, &mut msg, flags | libc::MSG_DONTWAIT);
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let from = match name.ss_family as i32 {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            each((*cmsg).cmsg_level, (*cmsg).cmsg_type, libc::CMSG_DATA(cmsg));
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n as usize, name))
+    }
+}
+
+/// Receives one datagram without blocking: its length, source and, when the kernel attached
+/// it ([`set_recvttl`]), the TTL it arrived with.
+fn recv_with_ttl(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<u8>)> {
+    let mut ttl = None;
+    let (n, name) = recvmsg_nb(fd, buf, 0, |level, kind, data| {
+        if (level == libc::SOL_IP && kind == libc::IP_TTL)
+            || (level == libc::SOL_IPV6 && kind == libc::IPV6_HOPLIMIT)
+        {
+            // SAFETY: the kernel's TTL / hop limit control message carries one c_int.
+            let v = unsafe { std::ptr::read_unaligned(data as *const libc::c_int) };
+            ttl = u8::try_from(v).ok();
+        }
+    })?;
+    // SAFETY: the family field says which sockaddr the kernel wrote into the storage.
+    let from = unsafe {
+        match name.ss_family as i32 {
             libc::AF_INET => {
                 let a = &*(&name as *const _ as *const libc::sockaddr_in);
                 SocketAddr::new(
@@ -493,52 +523,22 @@ fn recv_with_ttl(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr,
                 )
             }
             _ => return Err(std::io::ErrorKind::InvalidData.into()),
-        };
-        let mut ttl = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
-            if (level == libc::SOL_IP && kind == libc::IP_TTL)
-                || (level == libc::SOL_IPV6 && kind == libc::IPV6_HOPLIMIT)
-            {
-                let v = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
-                ttl = u8::try_from(v).ok();
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        Ok((n as usize, from, ttl))
-    }
+    };
+    Ok((n, from, ttl))
 }
 
 /// Reads one entry of the socket's error queue (IP_RECVERR): the router that sent an ICMP
 /// Time Exceeded and the quoted payload of our datagram.
 pub(crate) fn read_errqueue(fd: i32) -> Option<(IpAddr, u8, Vec<u8>)> {
     let mut data = [0u8; defaults::MAX_DATAGRAM];
-    let mut ctrl = [0u8; 512];
-    // SAFETY: all pointers reference live stack buffers sized as declared; the kernel fills
-    // at most those sizes, and CMSG_* walk only within msg_controllen.
-    unsafe {
-        let mut name: libc::sockaddr_storage = std::mem::zeroed();
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = ctrl.len();
-        let n = libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT);
-        if n < 0 {
-            return None;
-        }
-        let mut found = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
-                let ee = libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err;
+    let mut found = None;
+    let (n, _) = recvmsg_nb(fd, &mut data, libc::MSG_ERRQUEUE, |level, kind, p| {
+        if level == libc::SOL_IP && kind == libc::IP_RECVERR {
+            // SAFETY: an IP_RECVERR control message is a sock_extended_err followed by the
+            // offender's sockaddr (ip(7)).
+            unsafe {
+                let ee = p as *const libc::sock_extended_err;
                 if (*ee).ee_origin == libc::SO_EE_ORIGIN_ICMP {
                     let off = ee.add(1) as *const libc::sockaddr_in;
                     if (*off).sin_family as i32 == libc::AF_INET {
@@ -547,10 +547,10 @@ pub(crate) fn read_errqueue(fd: i32) -> Option<(IpAddr, u8, Vec<u8>)> {
                     }
                 }
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        found.map(|(ip, t)| (ip, t, data[..n as usize].to_vec()))
-    }
+    })
+    .ok()?;
+    found.map(|(ip, t)| (ip, t, data[..n].to_vec()))
 }
 
 async fn recv_loop(id: SocketId, s: Arc<UdpSocket>, errqueue: bool, tx: mpsc::Sender<Event>) {

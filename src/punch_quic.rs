@@ -235,11 +235,7 @@ pub(crate) fn tls_server(
     peer_fp: [u8; 32],
     alpn: &[u8],
 ) -> Result<rustls::ServerConfig, PunchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pinned = Arc::new(Pinned {
-        fp: peer_fp,
-        algs: provider.signature_verification_algorithms,
-    });
+    let (provider, pinned) = pinned(peer_fp);
     let (chain, key) = identity(cert);
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -257,11 +253,7 @@ pub(crate) fn tls_client(
     peer_fp: [u8; 32],
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, PunchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pinned = Arc::new(Pinned {
-        fp: peer_fp,
-        algs: provider.signature_verification_algorithms,
-    });
+    let (provider, pinned) = pinned(peer_fp);
     let (chain, key) = identity(cert);
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -272,6 +264,17 @@ pub(crate) fn tls_client(
         .map_err(terr)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
     Ok(tls)
+}
+
+/// The crypto provider, and a verifier that accepts only the certificate the peer confirmed
+/// with the code.
+fn pinned(peer_fp: [u8; 32]) -> (Arc<rustls::crypto::CryptoProvider>, Arc<Pinned>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pinned = Arc::new(Pinned {
+        fp: peer_fp,
+        algs: provider.signature_verification_algorithms,
+    });
+    (provider, pinned)
 }
 
 fn identity(cert: &rcgen::CertifiedKey) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
