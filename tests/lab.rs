@@ -1,6 +1,6 @@
 //! Tests of the NAT lab itself (`scripts/natlab`): each kind's mapping and
 //! filtering, hairpinning, UDP blocking, CGNAT, binding timeouts, loss,
-//! teardown and isolation — with plain std sockets, independent of natkit —
+//! line rate, teardown and isolation — with plain std sockets, independent of natkit —
 //! and the routers' real miniupnpd (`--portmap-a/-b`, tests named portmap_*)
 //! with the reference clients upnpc and natpmpc.
 //!
@@ -887,6 +887,62 @@ fn no_loss_by_default() {
     assert_eq!(sink.count(), 200);
 }
 
+// ------------------------------------------------------------ rate
+
+/// MB/s of a TCP stream of `bytes` from host A to a sink on the pub node, timed from
+/// connect to the sink's close (so what sits in buffers counts).
+fn tcp_stream_mbs(lab: &Lab, port: u16, bytes: usize) -> f64 {
+    let to = v4(lab.ip("PUB_IP"), port);
+    let l = in_ns(&lab.ns("pub"), || TcpListener::bind(to).expect("bind sink"));
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        while s.read(&mut buf).map(|k| k > 0).unwrap_or(false) {}
+    });
+    let t = Instant::now();
+    in_ns(&lab.ns("a"), || {
+        let mut s = std::net::TcpStream::connect(to).expect("connect");
+        let chunk = vec![0u8; 1 << 16];
+        for _ in 0..bytes / chunk.len() {
+            s.write_all(&chunk).expect("send");
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = s.read(&mut [0u8; 1]);
+    });
+    sink.join().unwrap();
+    bytes as f64 / 1e6 / t.elapsed().as_secs_f64()
+}
+
+#[test]
+fn rate_shapes_a_stream_to_the_line_rate() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::PortRestricted)
+        .b(Kind::None)
+        .rate("100mbit"))
+    else {
+        return;
+    };
+    assert_eq!(lab.get("RATE"), "100mbit");
+    // 100 Mbit/s is 12.5 MB/s; TCP over a 20 ms-buffer token bucket gets most of it.
+    let mbs = tcp_stream_mbs(&lab, 4010, 8 << 20);
+    eprintln!("--rate 100mbit: {mbs:.1} MB/s");
+    assert!(
+        (8.0..=12.6).contains(&mbs),
+        "{mbs:.1} MB/s across a 100 Mbit/s lab"
+    );
+}
+
+#[test]
+fn unshaped_by_default() {
+    let Some(lab) = lab(Lab::builder().a(Kind::PortRestricted).b(Kind::None)) else {
+        return;
+    };
+    assert_eq!(lab.get("RATE"), "");
+    let mbs = tcp_stream_mbs(&lab, 4011, 32 << 20);
+    eprintln!("unshaped: {mbs:.1} MB/s");
+    assert!(mbs > 50.0, "{mbs:.1} MB/s across an unshaped lab");
+}
+
 // ------------------------------------------------------------ lifecycle
 
 fn lab_namespaces(name: &str) -> Vec<String> {
@@ -976,6 +1032,8 @@ fn failed_up_exits_nonzero_and_leaves_nothing() {
     for args in [
         &["--a", "bogus"][..],
         &["--loss", "101"],
+        &["--rate", "fast"],
+        &["--rate", "100"],
         &["--timeout-a", "0"],
         &["--hairpin-a", "maybe"],
     ] {

@@ -99,6 +99,7 @@ pub struct LabBuilder {
     timeout_a: Option<u32>,
     timeout_b: Option<u32>,
     loss: u32,
+    rate: Option<String>,
     portmap_a: String,
     portmap_b: String,
 }
@@ -113,6 +114,7 @@ impl Default for LabBuilder {
             timeout_a: None,
             timeout_b: None,
             loss: 0,
+            rate: None,
             portmap_a: "off".to_string(),
             portmap_b: "off".to_string(),
         }
@@ -151,6 +153,12 @@ impl LabBuilder {
         self.loss = pct;
         self
     }
+    /// Shape every node's link from the internet to `rate` (`natlab up --rate`, e.g.
+    /// `"100mbit"`).
+    pub fn rate(mut self, rate: &str) -> Self {
+        self.rate = Some(rate.to_string());
+        self
+    }
 
     /// Run the real miniupnpd on A's home router (`natlab up --portmap-a`):
     /// `"all"` (UPnP IGD + NAT-PMP + PCP), `"natpmp"` (NAT-PMP + PCP only) or
@@ -186,6 +194,9 @@ impl LabBuilder {
         }
         if let Some(t) = self.timeout_b {
             v.extend(["--timeout-b".to_string(), t.to_string()]);
+        }
+        if let Some(r) = &self.rate {
+            v.extend(["--rate".to_string(), r.clone()]);
         }
         if self.portmap_a != "off" {
             v.extend(["--portmap-a".to_string(), self.portmap_a.clone()]);
