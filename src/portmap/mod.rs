@@ -1,6 +1,7 @@
 //! Asking the router for a port: NAT-PMP (RFC 6886) and PCP (RFC 6887) as sans-IO codecs of
 //! natkit's own ([`natpmp`], [`pcp`]).
 
+pub mod exchange;
 pub mod natpmp;
 pub mod pcp;
 

@@ -9,10 +9,10 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+pub use super::exchange::{Exchange, Protocol};
 use super::Proto;
 /// Retransmission schedule shared with STUN (initial RTO, doubling, number of sends).
 pub use crate::stun::Schedule;
-use crate::stun::Transaction;
 
 /// RFC 6886 §3: the gateway listens on UDP 5351 (shared with PCP, RFC 6887 §19).
 pub const PORT: u16 = 5351;
@@ -388,101 +388,46 @@ pub enum Event {
     TimedOut,
 }
 
-/// One request/response exchange with retransmissions (RFC 6886 §3.1), on a caller-supplied
-/// [`Schedule`] and clock.
-#[derive(Debug, Clone)]
-pub struct Client {
-    request: Request,
-    bytes: Vec<u8>,
-    tx: Transaction,
-    rtt: Option<Duration>,
-    event: Option<Event>,
-}
+/// NAT-PMP's side of an [`Exchange`].
+#[derive(Debug, Clone, Copy)]
+pub struct NatPmp;
 
-impl Client {
-    /// Starts the exchange; the first send is due at `now`.
-    pub fn new(now: Instant, request: Request, schedule: Schedule) -> Self {
-        Client {
-            bytes: request.emit(),
-            request,
-            tx: Transaction::new(now, schedule),
-            rtt: None,
-            event: None,
-        }
+impl Protocol for NatPmp {
+    type Request = Request;
+    type Event = Event;
+
+    fn emit(request: &Request) -> Vec<u8> {
+        request.emit()
     }
 
-    /// The request being sent.
-    pub fn request(&self) -> &Request {
-        &self.request
-    }
-
-    /// Gives up no later than `at` (e.g. the run's overall deadline).
-    pub fn cap_deadline(&mut self, at: Instant) {
-        self.tx.cap_deadline(at);
-    }
-
-    /// Bytes to send to the gateway's [`PORT`] if a (re)transmission is due at `now`.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.tx.poll_send(now).then(|| self.bytes.clone())
-    }
-
-    /// Feeds a datagram from the gateway. True if it is the first answer to this request
-    /// (opcode matches, and for mappings the internal port, §3.3); anything else is left
-    /// to other consumers of the socket.
-    pub fn handle_input(&mut self, now: Instant, buf: &[u8]) -> bool {
-        if self.tx.is_done() {
-            return false;
-        }
-        let Ok(resp) = Response::parse(buf) else {
-            return false;
-        };
-        if resp.opcode() != self.request.opcode() {
-            return false;
+    /// An answer has the request's opcode and, for mappings, its internal port (§3.3).
+    fn answer(request: &Request, buf: &[u8]) -> Option<Event> {
+        let resp = Response::parse(buf).ok()?;
+        if resp.opcode() != request.opcode() {
+            return None;
         }
         if let (
             Request::Map { internal_port, .. },
             Response::Map {
                 internal_port: got, ..
             },
-        ) = (&self.request, &resp)
+        ) = (request, &resp)
         {
             if internal_port != got {
-                return false;
+                return None;
             }
         }
-        self.rtt = self.tx.answered(now);
-        self.event = Some(Event::Response(resp));
-        true
+        Some(Event::Response(resp))
     }
 
-    /// Next instant [`Client::handle_timeout`] or [`Client::poll_transmit`] has work.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.tx.poll_timeout()
-    }
-
-    /// Advances the clock; produces [`Event::TimedOut`] once the schedule is exhausted.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.tx.timed_out(now) {
-            self.tx.cancel();
-            self.event = Some(Event::TimedOut);
-        }
-    }
-
-    /// The outcome, once.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.event.take()
-    }
-
-    /// Answered or timed out.
-    pub fn is_done(&self) -> bool {
-        self.tx.is_done()
-    }
-
-    /// Round-trip time, if answered after a single send (Karn's rule).
-    pub fn rtt(&self) -> Option<Duration> {
-        self.rtt
+    fn timed_out() -> Event {
+        Event::TimedOut
     }
 }
+
+/// One request/response exchange with retransmissions (RFC 6886 §3.1) to the gateway's
+/// [`PORT`], on a caller-supplied [`Schedule`] and clock.
+pub type Client = Exchange<NatPmp>;
 
 #[cfg(test)]
 mod tests {

@@ -7,12 +7,12 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+pub use super::exchange::{Exchange, Protocol};
 use super::Proto;
 /// Retransmission schedule shared with STUN (initial RTO, doubling, number of sends).
 pub use crate::stun::Schedule;
-use crate::stun::Transaction;
 
 /// RFC 6887 §19: server port, shared with NAT-PMP.
 pub const PORT: u16 = 5351;
@@ -515,106 +515,51 @@ pub enum Event {
     TimedOut,
 }
 
-/// One request/response exchange with retransmissions (§8.1.1), on a caller-supplied
-/// [`Schedule`] and clock. The RFC's own schedule (3 s initial, unbounded) is far too slow
-/// for natkit, hence the parameter.
-#[derive(Debug, Clone)]
-pub struct Client {
-    request: Request,
-    bytes: Vec<u8>,
-    tx: Transaction,
-    rtt: Option<Duration>,
-    event: Option<Event>,
-}
+/// PCP's side of an [`Exchange`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pcp;
 
-impl Client {
-    /// Starts the exchange; the first send is due at `now`.
-    pub fn new(now: Instant, request: Request, schedule: Schedule) -> Self {
-        Client {
-            bytes: request.emit(),
-            request,
-            tx: Transaction::new(now, schedule),
-            rtt: None,
-            event: None,
-        }
+impl Protocol for Pcp {
+    type Request = Request;
+    type Event = Event;
+
+    /// Retransmissions are identical (§8.1.1).
+    fn emit(request: &Request) -> Vec<u8> {
+        request.emit()
     }
 
-    /// The request being sent.
-    pub fn request(&self) -> &Request {
-        &self.request
-    }
-
-    /// Gives up no later than `at` (e.g. the run's overall deadline).
-    pub fn cap_deadline(&mut self, at: Instant) {
-        self.tx.cap_deadline(at);
-    }
-
-    /// Bytes to send to the gateway's [`PORT`] if a (re)transmission is due at `now`;
-    /// retransmissions are identical (§8.1.1).
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.tx.poll_send(now).then(|| self.bytes.clone())
-    }
-
-    /// Feeds a datagram from the gateway. True if it is the first answer to this request:
-    /// same opcode and, for MAP, same nonce, protocol and internal port (§11.3); or a
-    /// NAT-PMP reply. Anything else (e.g. an unsolicited ANNOUNCE during a MAP) is left to
-    /// the caller.
-    pub fn handle_input(&mut self, now: Instant, buf: &[u8]) -> bool {
-        if self.tx.is_done() {
-            return false;
-        }
-        let event = match Response::parse(buf) {
+    /// An answer has the request's opcode and, for MAP, its nonce, protocol and internal
+    /// port (§11.3); a NAT-PMP reply (§9) also ends the exchange. Anything else (e.g. an
+    /// unsolicited ANNOUNCE during a MAP) is left to the caller.
+    fn answer(request: &Request, buf: &[u8]) -> Option<Event> {
+        match Response::parse(buf) {
             Ok(resp) => {
-                let ours = match (&self.request.op, &resp.op) {
+                let ours = match (&request.op, &resp.op) {
                     (Op::Announce, Op::Announce) => true,
                     (Op::Map(req), Op::Map(got)) => got.answers(req),
                     _ => false,
                 };
-                if !ours {
-                    return false;
-                }
-                Event::Response(resp)
+                ours.then_some(Event::Response(resp))
             }
-            Err(Error::NatPmpReply { .. }) => Event::NatPmpOnly,
-            Err(_) => return false,
-        };
-        self.rtt = self.tx.answered(now);
-        self.event = Some(event);
-        true
-    }
-
-    /// Next instant [`Client::handle_timeout`] or [`Client::poll_transmit`] has work.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.tx.poll_timeout()
-    }
-
-    /// Advances the clock; produces [`Event::TimedOut`] once the schedule is exhausted.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.tx.timed_out(now) {
-            self.tx.cancel();
-            self.event = Some(Event::TimedOut);
+            Err(Error::NatPmpReply { .. }) => Some(Event::NatPmpOnly),
+            Err(_) => None,
         }
     }
 
-    /// The outcome, once.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.event.take()
-    }
-
-    /// Answered or timed out.
-    pub fn is_done(&self) -> bool {
-        self.tx.is_done()
-    }
-
-    /// Round-trip time, if answered after a single send (Karn's rule).
-    pub fn rtt(&self) -> Option<Duration> {
-        self.rtt
+    fn timed_out() -> Event {
+        Event::TimedOut
     }
 }
+
+/// One request/response exchange with retransmissions (§8.1.1) to the gateway's [`PORT`],
+/// on a caller-supplied [`Schedule`] and clock. The RFC's own schedule (3 s initial,
+/// unbounded) is far too slow for natkit, hence the parameter.
+pub type Client = Exchange<Pcp>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const NONCE: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 
