@@ -42,12 +42,12 @@ fn hard_once(lab: &Lab, code: &str, method: &str) -> Option<Duration> {
     assert_eq!(Sha256::digest(&cout), Sha256::digest(&da));
     assert_eq!(Sha256::digest(&lout), Sha256::digest(&db));
     match (got, lgot) {
-        (Some(g), Some(lg)) => {
-            assert_eq!(g["method"], method, "{g}");
-            assert_eq!(lg["method"], method, "{lg}");
+        (Some(g), Some(lg)) if g["method"] == method && lg["method"] == method => {
             assert!(g["probes"].as_u64().unwrap() > 0);
             Some(took)
         }
+        // Another technique found the direct path (once in CI, prediction's run went direct
+        // by birthday probing): a miss for this one, with the events to see why.
         _ => {
             eprintln!(
                 "{code}: no direct path by {method}\nlistener: {levs:?}\nconnector: {cevs:?}"
@@ -65,8 +65,8 @@ fn birthday_series(a: Kind, b: Kind) {
     hard_series(&lab, "birthday", 20, 1, Duration::from_secs(10));
 }
 
-/// `runs` sessions on one lab; at most `misses` may stay on the relay; the median time to
-/// the direct path must be within `median_max`.
+/// `runs` sessions on one lab; at most `misses` may end without a direct path by `method`;
+/// the median time to the direct path must be within `median_max`.
 fn hard_series(lab: &Lab, method: &str, runs: u16, misses: usize, median_max: Duration) {
     let (a, b) = (lab.get("A_KIND"), lab.get("B_KIND"));
     let mut times = Vec::new();
