@@ -177,3 +177,45 @@ fn manual_offer_that_is_not_an_offer_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a punch offer"));
 }
+
+/// `punch listen` without `--code` makes one up (a nameplate and two words), prints it on
+/// stderr before anyone connects, and a connector that uses it gets the pipe.
+#[test]
+fn listen_without_code_prints_one_that_connect_accepts() {
+    use std::io::BufRead;
+    let (_r, relay) = relay();
+    let mut l = punch(&["listen"], &relay)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    l.stdin.take().unwrap().write_all(b"made-up code").unwrap();
+    let mut err = std::io::BufReader::new(l.stderr.take().unwrap());
+    let mut line = String::new();
+    let code = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no code printed");
+        if let Some(rest) = line.strip_prefix("punch: code ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let parts: Vec<&str> = code.split('-').collect();
+    assert_eq!(parts.len(), 3, "{code}");
+    assert!(parts[0].parse::<u32>().is_ok(), "{code}");
+    assert!(parts[1..]
+        .iter()
+        .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase())));
+    // Keep draining the listener's stderr so it never blocks on a full pipe.
+    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let c = punch(&["connect", &code], &relay)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(c.stdout, b"made-up code");
+    assert!(l.wait().unwrap().success());
+    let _ = drain.join();
+}
