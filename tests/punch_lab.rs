@@ -558,6 +558,9 @@ fn hosting_a_web_server_serves_20_concurrent_downloads() {
     for h in handles {
         assert_eq!(Sha256::digest(h.join().unwrap()), Sha256::digest(&body));
     }
+    // Hosting lasts until interrupted: both sides are still up after serving all 20.
+    assert!(host.try_wait().unwrap().is_none(), "the host exited");
+    assert!(guest.try_wait().unwrap().is_none(), "the guest exited");
     let _ = guest.kill();
     let _ = host.kill();
     let _ = guest.wait();
@@ -659,18 +662,16 @@ fn keepalives_carry_a_session_through_60s_of_silence() {
 /// A side whose UDP is blocked meets over TCP and goes through the relay over TCP at once
 /// (its NAT classification says UDP is blocked, so nobody waits for the UDP punching bound);
 /// then, without --tcp, TCP hole punching finds a direct path for the pipe.
-#[test]
-fn udp_blocked_goes_through_the_relay_over_tcp() {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::UdpBlocked).b(Kind::PortRestricted))
-    else {
+fn udp_blocked_x_port_restricted(a: Kind, b: Kind) {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b)) else {
         return;
     };
     let _r = common::relay::start(&lab, 3478);
-    let (sa, sb) = exchange_1mib(&lab, "35-lantern-harbor", "udp-blocked x port-restricted");
-    assert_eq!(connected(&sa)["path"], "relay");
-    assert_eq!(connected(&sa)["method"], "tcp");
-    assert_eq!(connected(&sb)["path"], "relay");
+    let (sa, sb) = exchange_1mib(&lab, "35-lantern-harbor", &format!("{a:?} x {b:?}"));
+    let blocked = if a == Kind::UdpBlocked { &sa } else { &sb };
+    assert_eq!(connected(blocked)["method"], "tcp", "{}", blocked.stderr);
     for s in [&sa, &sb] {
+        assert_eq!(connected(s)["path"], "relay", "{}", s.stderr);
         // UDP detection (3 s of unanswered sends to the relay), then the relay at once.
         let first = connected(s)["elapsed_ms"].as_u64().unwrap();
         assert!(first < 5_500, "relayed after {first} ms: {}", s.stderr);
@@ -678,6 +679,17 @@ fn udp_blocked_goes_through_the_relay_over_tcp() {
         assert_eq!(last["path"], "direct", "{}", s.stderr);
         assert_eq!(last["method"], "tcp", "{}", s.stderr);
     }
+}
+
+#[test]
+fn udp_blocked_goes_through_the_relay_over_tcp() {
+    udp_blocked_x_port_restricted(Kind::UdpBlocked, Kind::PortRestricted);
+}
+
+/// The same with the blocked side connecting.
+#[test]
+fn udp_blocked_connector_goes_through_the_relay_over_tcp() {
+    udp_blocked_x_port_restricted(Kind::PortRestricted, Kind::UdpBlocked);
 }
 
 /// UDP blocked on one side and a symmetric NAT on the other: TCP hole punching cannot work
