@@ -162,6 +162,11 @@ pub const TCP_ATTEMPT: Duration = Duration::from_millis(1500);
 /// The relay's TCP STUN answer that tells us our public TCP endpoint.
 pub const TCP_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Unanswered TCP keepalive probes (one per `--keepalive` interval, 15 s by default) before
+/// a punched TCP connection counts as dead: about a minute without a word from the peer,
+/// which outlasts a NAT's brief hiccup but not a peer that is gone.
+pub const TCP_KEEPALIVE_PROBES: u32 = 4;
+
 /// `--icmp`: the listener's echo requests to the echo target. They keep the NAT's query
 /// mapping alive (Linux keeps an ICMP mapping 30 s, RFC 5508 §3.2 asks for at least 60 s)
 /// and must be out before the connector's first Time Exceeded arrives.

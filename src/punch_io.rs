@@ -1947,7 +1947,9 @@ where
         drop(ep);
     }
     let result = match tcp_stream {
-        Some(s) => crate::punch_tcp::run(opts.role, s, &cert, peer_fp, input, output).await,
+        Some(s) => {
+            crate::punch_tcp::run(opts.role, s, opts.keepalive, &cert, peer_fp, input, output).await
+        }
         None => {
             let link_sock = Arc::new(LinkSocket {
                 wire: wire.clone(),

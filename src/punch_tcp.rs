@@ -132,10 +132,13 @@ pub async fn endpoint(relay: SocketAddr) -> io::Result<Endpoint> {
 }
 
 /// TLS over the punched stream (the listener is the TLS server), then netcat semantics as
-/// QUIC's pipe: returns (bytes sent, bytes received).
+/// QUIC's pipe: returns (bytes sent, bytes received). TCP keepalives every `keepalive` keep
+/// both NATs' mappings of an idle connection (RFC 5382 §5 lets a NAT drop an idle one after
+/// 2 h 4 min, and many do sooner), and find a vanished peer.
 pub async fn run<R, W>(
     role: Role,
     stream: TcpStream,
+    keepalive: Duration,
     cert: &rcgen::CertifiedKey,
     peer_fp: [u8; 32],
     input: R,
@@ -146,6 +149,11 @@ where
     W: AsyncWrite + Unpin,
 {
     stream.set_nodelay(true)?;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(keepalive)
+        .with_retries(crate::defaults::TCP_KEEPALIVE_PROBES);
+    socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
     let stream = tokio::io::BufReader::with_capacity(RECV_BUF, stream);
     let handshake = async {
         Ok::<_, PunchError>(match role {

@@ -927,6 +927,73 @@ tcp_pairs! {
     tcp_udp_blocked_x_port_restricted_is_direct: UdpBlocked x PortRestricted;
 }
 
+/// Both routers forget an idle TCP connection after 10 s (conntrack's established timeout,
+/// RFC 5382 allows routers far less than Linux's 5 days); with TCP keepalives at the
+/// `--keepalive` interval, a punched TCP session survives 30 s of silence and more data
+/// flows afterwards. (Without them, the first side to speak again re-creates only its own
+/// mapping and the peer's router drops the segment.)
+#[test]
+fn tcp_keepalives_carry_a_punched_connection_through_silence() {
+    let Some(lab) = Lab::up_or_skip(
+        Lab::builder()
+            .a(Kind::PortRestricted)
+            .b(Kind::PortRestricted),
+    ) else {
+        return;
+    };
+    for router in ["ra", "rb"] {
+        lab.run_in(
+            router,
+            "sysctl",
+            &[
+                "-qw",
+                "net.netfilter.nf_conntrack_tcp_timeout_established=10",
+            ],
+        )
+        .unwrap();
+    }
+    let _r = common::relay::start(&lab, 3478);
+    let (first, second) = (random(64 * 1024), random(64 * 1024));
+    let la = side_with_pause(
+        &lab,
+        "a",
+        &[
+            "listen",
+            "--code",
+            "38-lantern-harbor",
+            "--tcp",
+            "--keepalive",
+            "4",
+        ],
+        first.clone(),
+        Duration::from_secs(30),
+        second.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    // The connector keeps its direction open through the silence too: a half-closed
+    // connection is in conntrack's close-wait state, whose timeout is another.
+    let (third, fourth) = (random(1024), random(1024));
+    let lb = side_with_pause(
+        &lab,
+        "b",
+        &["connect", "38-lantern-harbor", "--tcp", "--keepalive", "4"],
+        third.clone(),
+        Duration::from_secs(30),
+        fourth.clone(),
+    );
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    assert_eq!(sa.code, Some(0), "{}", sa.stderr);
+    assert_eq!(sb.code, Some(0), "{}", sb.stderr);
+    assert_eq!(sb.stdout, [first, second].concat());
+    assert_eq!(sa.stdout, [third, fourth].concat());
+    let c = last_connected(&sb);
+    assert_eq!(
+        (&c["path"], &c["method"]),
+        (&"direct".into(), &"tcp".into()),
+        "{c}"
+    );
+}
+
 /// A symmetric NAT gives the peer a TCP port that is never used again: the TCP punch says
 /// it found nothing (`tried`) and the data goes on over UDP/QUIC through the relay, intact.
 #[test]
