@@ -134,7 +134,9 @@ pub async fn endpoint(relay: SocketAddr) -> io::Result<Endpoint> {
 /// TLS over the punched stream (the listener is the TLS server), then netcat semantics as
 /// QUIC's pipe: returns (bytes sent, bytes received). TCP keepalives every `keepalive` keep
 /// both NATs' mappings of an idle connection (RFC 5382 §5 lets a NAT drop an idle one after
-/// 2 h 4 min, and many do sooner), and find a vanished peer.
+/// 2 h 4 min, and many do sooner) and find a vanished peer when idle; the same bound on
+/// unacknowledged data (TCP_USER_TIMEOUT) finds it while sending, instead of after TCP's
+/// ~15 minutes of retransmissions.
 pub async fn run<R, W>(
     role: Role,
     stream: TcpStream,
@@ -153,7 +155,11 @@ where
         .with_time(keepalive)
         .with_interval(keepalive)
         .with_retries(crate::defaults::TCP_KEEPALIVE_PROBES);
-    socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
+    let sock = socket2::SockRef::from(&stream);
+    sock.set_tcp_keepalive(&ka)?;
+    sock.set_tcp_user_timeout(Some(
+        keepalive * (crate::defaults::TCP_KEEPALIVE_PROBES + 1),
+    ))?;
     let stream = tokio::io::BufReader::with_capacity(RECV_BUF, stream);
     let handshake = async {
         Ok::<_, PunchError>(match role {

@@ -11,7 +11,10 @@ fn demo_shows_natprobe_and_two_shells_talking() {
         return;
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_punch")).parent().unwrap();
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo"))
+    // A hung demo must not hang the suite.
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo"))
         .env("NATKIT_BIN", bin)
         .output()
         .unwrap();

@@ -915,14 +915,21 @@ fn tcp_stream_mbs(lab: &Lab, port: u16, bytes: usize) -> f64 {
 
 #[test]
 fn rate_shapes_a_stream_to_the_line_rate() {
-    let Some(lab) = lab(Lab::builder()
-        .a(Kind::PortRestricted)
-        .b(Kind::None)
-        .rate("100mbit"))
-    else {
+    let Some(lab) = lab(Lab::builder().a(Kind::Cgnat).b(Kind::Open).rate("100mbit")) else {
         return;
     };
     assert_eq!(lab.get("RATE"), "100mbit");
+    // Every port of the internet bridge is shaped: pub, the carrier router, the open host.
+    let ports = lab
+        .run_in("inet", "ip", &["-o", "link", "show", "master", "br0"])
+        .unwrap();
+    let qdiscs = lab.run_in("inet", "tc", &["qdisc", "show"]).unwrap();
+    let shaped = qdiscs
+        .lines()
+        .filter(|l| l.contains("tbf") && l.contains("rate 100Mbit"))
+        .count();
+    assert_eq!(shaped, ports.lines().count(), "{ports}\n{qdiscs}");
+    assert!(shaped >= 3, "{ports}");
     // 100 Mbit/s is 12.5 MB/s; TCP over a 20 ms-buffer token bucket gets most of it.
     let mbs = tcp_stream_mbs(&lab, 4010, 8 << 20);
     eprintln!("--rate 100mbit: {mbs:.1} MB/s");

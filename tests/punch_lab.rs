@@ -620,6 +620,12 @@ fn conntrack_flush_mid_transfer_costs_a_short_stall_not_data() {
         t.elapsed()
     );
     assert!(stall <= Duration::from_secs(10), "stalled {stall:?}");
+    // And the whole session: 6 s of writing, the stall, and a prompt exit.
+    assert!(
+        t.elapsed() < Duration::from_secs(6 + 10 + 2),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 /// Both routers forget idle UDP bindings after 10 s; with keepalives every 4 s the session

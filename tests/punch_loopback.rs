@@ -184,14 +184,27 @@ fn manual_offer_that_is_not_an_offer_is_a_clear_error() {
 fn listen_without_code_prints_one_that_connect_accepts() {
     use std::io::BufRead;
     let (_r, relay) = relay();
-    let mut l = punch(&["listen"], &relay)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let mut l = Kill(
+        punch(&["listen"], &relay)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // A listener that never prints its code would block the read below: end it in time.
+    let pid = l.0.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        // SAFETY: kill(2) on our own child's pid (gone by then when all went well).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    l.0.stdin
+        .take()
+        .unwrap()
+        .write_all(b"made-up code")
         .unwrap();
-    l.stdin.take().unwrap().write_all(b"made-up code").unwrap();
-    let mut err = std::io::BufReader::new(l.stderr.take().unwrap());
+    let mut err = std::io::BufReader::new(l.0.stderr.take().unwrap());
     let mut line = String::new();
     let code = loop {
         line.clear();
@@ -216,6 +229,6 @@ fn listen_without_code_prints_one_that_connect_accepts() {
         .unwrap();
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     assert_eq!(c.stdout, b"made-up code");
-    assert!(l.wait().unwrap().success());
+    assert!(l.0.wait().unwrap().success());
     let _ = drain.join();
 }
