@@ -163,9 +163,8 @@ pub const TCP_ATTEMPT: Duration = Duration::from_millis(1500);
 pub const TCP_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Unanswered TCP keepalive probes (one per `--keepalive` interval, 15 s by default) before
-/// an idle punched TCP connection counts as dead, and (times the interval, plus one) how
-/// long sent data may stay unacknowledged: 75 s without a word from the peer by default,
-/// which outlasts a NAT's brief hiccup but not a peer that is gone.
+/// an idle punched TCP connection counts as dead: 75 s without a word from the peer by
+/// default, which outlasts a NAT's brief hiccup but not a peer that is gone.
 pub const TCP_KEEPALIVE_PROBES: u32 = 4;
 
 /// `--icmp`: the listener's echo requests to the echo target. They keep the NAT's query

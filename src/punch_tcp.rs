@@ -134,9 +134,10 @@ pub async fn endpoint(relay: SocketAddr) -> io::Result<Endpoint> {
 /// TLS over the punched stream (the listener is the TLS server), then netcat semantics as
 /// QUIC's pipe: returns (bytes sent, bytes received). TCP keepalives every `keepalive` keep
 /// both NATs' mappings of an idle connection (RFC 5382 §5 lets a NAT drop an idle one after
-/// 2 h 4 min, and many do sooner) and find a vanished peer when idle; the same bound on
-/// unacknowledged data (TCP_USER_TIMEOUT) finds it while sending, instead of after TCP's
-/// ~15 minutes of retransmissions.
+/// 2 h 4 min, and many do sooner) and find a vanished peer when idle. No TCP_USER_TIMEOUT:
+/// Linux applies it to a closed receive window too (since 5.11), which would end a session
+/// whose reader merely paused (`punch connect CODE | less`); a peer that vanishes mid-send
+/// is found by TCP's own retransmission limit.
 pub async fn run<R, W>(
     role: Role,
     stream: TcpStream,
@@ -155,11 +156,7 @@ where
         .with_time(keepalive)
         .with_interval(keepalive)
         .with_retries(crate::defaults::TCP_KEEPALIVE_PROBES);
-    let sock = socket2::SockRef::from(&stream);
-    sock.set_tcp_keepalive(&ka)?;
-    sock.set_tcp_user_timeout(Some(
-        keepalive * (crate::defaults::TCP_KEEPALIVE_PROBES + 1),
-    ))?;
+    socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
     let stream = tokio::io::BufReader::with_capacity(RECV_BUF, stream);
     let handshake = async {
         Ok::<_, PunchError>(match role {
