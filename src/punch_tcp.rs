@@ -135,7 +135,7 @@ pub async fn endpoint(relay: SocketAddr) -> io::Result<Endpoint> {
 /// QUIC's pipe: returns (bytes sent, bytes received). TCP keepalives every `keepalive` keep
 /// both NATs' mappings of an idle connection (RFC 5382 §5 lets a NAT drop an idle one after
 /// 2 h 4 min, and many do sooner) and find a vanished peer when idle. No TCP_USER_TIMEOUT:
-/// Linux applies it to a closed receive window too (since 5.11), which would end a session
+/// recent Linux applies it to a receive window that stays closed too, which would end a session
 /// whose reader merely paused (`punch connect CODE | less`); a peer that vanishes mid-send
 /// is found by TCP's own retransmission limit.
 pub async fn run<R, W>(
