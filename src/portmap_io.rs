@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 
 use crate::cli::Via;
 use crate::defaults;
+use crate::portmap::exchange::{Exchange as Tx, Protocol};
 use crate::portmap::{natpmp, pcp, Proto};
 
 /// JSON schema version of every portmap report.
@@ -248,8 +249,13 @@ enum Exchange<R> {
     Silent,
 }
 
-/// Runs one sans-IO client transaction on a socket connected to the gateway.
-async fn exchange<C: Transact>(ctx: &Ctx, mut client: C) -> Result<Exchange<C::Out>, PortmapError> {
+/// Runs one sans-IO client transaction on a socket connected to the gateway; `outcome` turns
+/// its event into the answer, or `None` when it gave up.
+async fn exchange<P: Protocol, O>(
+    ctx: &Ctx,
+    mut client: Tx<P>,
+    outcome: fn(P::Event) -> Option<O>,
+) -> Result<Exchange<O>, PortmapError> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
     sock.connect(ctx.pmp_addr()).await?;
     let t0 = Instant::now();
@@ -257,7 +263,7 @@ async fn exchange<C: Transact>(ctx: &Ctx, mut client: C) -> Result<Exchange<C::O
     let mut buf = [0u8; 1100];
     loop {
         let now = Instant::now();
-        while let Some(b) = client.transmit(now) {
+        while let Some(b) = client.poll_transmit(now) {
             if let Err(e) = sock.send(&b).await {
                 if e.kind() == std::io::ErrorKind::ConnectionRefused {
                     return Ok(Exchange::Refused);
@@ -265,16 +271,16 @@ async fn exchange<C: Transact>(ctx: &Ctx, mut client: C) -> Result<Exchange<C::O
                 return Err(e.into());
             }
         }
-        if let Some(r) = client.result() {
-            return Ok(match r {
+        if let Some(e) = client.poll_event() {
+            return Ok(match outcome(e) {
                 Some(a) => Exchange::Answer(a, t0.elapsed()),
                 None => Exchange::Silent,
             });
         }
-        let wake = client.timeout().unwrap_or(deadline).min(deadline);
+        let wake = client.poll_timeout().unwrap_or(deadline).min(deadline);
         tokio::select! {
             r = sock.recv(&mut buf) => match r {
-                Ok(n) => { client.input(Instant::now(), &buf[..n]); }
+                Ok(n) => { client.handle_input(Instant::now(), &buf[..n]); }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     return Ok(Exchange::Refused)
                 }
@@ -284,79 +290,36 @@ async fn exchange<C: Transact>(ctx: &Ctx, mut client: C) -> Result<Exchange<C::O
                 if Instant::now() >= deadline {
                     return Ok(Exchange::Silent);
                 }
-                client.tick(Instant::now());
+                client.handle_timeout(Instant::now());
             }
         }
     }
 }
 
-/// The common shape of the NAT-PMP and PCP client transactions.
-trait Transact {
-    type Out;
-    fn transmit(&mut self, now: Instant) -> Option<Vec<u8>>;
-    fn input(&mut self, now: Instant, b: &[u8]);
-    fn timeout(&self) -> Option<Instant>;
-    fn tick(&mut self, now: Instant);
-    /// `Some(Some(answer))`, `Some(None)` when it gave up, `None` while running.
-    fn result(&mut self) -> Option<Option<Self::Out>>;
-}
-
-struct NatpmpTx(natpmp::Client);
-
-impl Transact for NatpmpTx {
-    type Out = natpmp::Response;
-    fn transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.0.poll_transmit(now)
-    }
-    fn input(&mut self, now: Instant, b: &[u8]) {
-        self.0.handle_input(now, b);
-    }
-    fn timeout(&self) -> Option<Instant> {
-        self.0.poll_timeout()
-    }
-    fn tick(&mut self, now: Instant) {
-        self.0.handle_timeout(now)
-    }
-    fn result(&mut self) -> Option<Option<natpmp::Response>> {
-        match self.0.poll_event()? {
-            natpmp::Event::Response(r) => Some(Some(r)),
-            natpmp::Event::TimedOut => Some(None),
-        }
+/// NAT-PMP's answer; `None` when the exchange gave up.
+fn natpmp_outcome(e: natpmp::Event) -> Option<natpmp::Response> {
+    match e {
+        natpmp::Event::Response(r) => Some(r),
+        natpmp::Event::TimedOut => None,
     }
 }
 
-/// PCP's answer, or why there is none ("the gateway speaks only NAT-PMP").
-struct PcpTx(pcp::Client);
-
-impl Transact for PcpTx {
-    type Out = Result<pcp::Response, String>;
-    fn transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.0.poll_transmit(now)
-    }
-    fn input(&mut self, now: Instant, b: &[u8]) {
-        self.0.handle_input(now, b);
-    }
-    fn timeout(&self) -> Option<Instant> {
-        self.0.poll_timeout()
-    }
-    fn tick(&mut self, now: Instant) {
-        self.0.handle_timeout(now)
-    }
-    fn result(&mut self) -> Option<Option<Self::Out>> {
-        match self.0.poll_event()? {
-            pcp::Event::Response(r) => Some(Some(Ok(r))),
-            pcp::Event::NatPmpOnly => Some(Some(Err(
-                "the router answered in NAT-PMP: it speaks NAT-PMP, not PCP".into(),
-            ))),
-            pcp::Event::TimedOut => Some(None),
-        }
+/// PCP's answer, or why there is none ("the gateway speaks only NAT-PMP"); `None` when the
+/// exchange gave up.
+fn pcp_outcome(e: pcp::Event) -> Option<Result<pcp::Response, String>> {
+    match e {
+        pcp::Event::Response(r) => Some(Ok(r)),
+        pcp::Event::NatPmpOnly => Some(Err(
+            "the router answered in NAT-PMP: it speaks NAT-PMP, not PCP".into(),
+        )),
+        pcp::Event::TimedOut => None,
     }
 }
 
 /// One NAT-PMP request, its answer or why there is none, in words.
 async fn ask_natpmp(ctx: &Ctx, req: natpmp::Request) -> Result<natpmp::Response, String> {
     let c = natpmp::Client::new(Instant::now(), req, schedule(ctx.timeout));
-    match exchange(ctx, NatpmpTx(c))
+    match exchange(ctx, c, natpmp_outcome)
         .await
         .map_err(|e| e.to_string())?
     {
@@ -369,7 +332,10 @@ async fn ask_natpmp(ctx: &Ctx, req: natpmp::Request) -> Result<natpmp::Response,
 /// One PCP request, its answer or why there is none, in words.
 async fn ask_pcp(ctx: &Ctx, req: pcp::Request) -> Result<pcp::Response, String> {
     let c = pcp::Client::new(Instant::now(), req, schedule(ctx.timeout));
-    match exchange(ctx, PcpTx(c)).await.map_err(|e| e.to_string())? {
+    match exchange(ctx, c, pcp_outcome)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         Exchange::Answer(r, _) => r,
         Exchange::Refused => Err(REFUSED.into()),
         Exchange::Silent => Err("no answer".into()),
@@ -547,7 +513,7 @@ async fn probe_natpmp(ctx: &Ctx) -> ProtocolStatus {
         natpmp::Request::ExternalAddress,
         schedule(ctx.timeout),
     );
-    match exchange(ctx, NatpmpTx(c)).await {
+    match exchange(ctx, c, natpmp_outcome).await {
         Ok(Exchange::Answer(
             natpmp::Response::ExternalAddress {
                 result,
@@ -589,7 +555,7 @@ async fn probe_pcp(ctx: &Ctx) -> ProtocolStatus {
         pcp::Request::announce(IpAddr::V4(ctx.local_ip)),
         schedule(ctx.timeout),
     );
-    match exchange(ctx, PcpTx(c)).await {
+    match exchange(ctx, c, pcp_outcome).await {
         Ok(Exchange::Answer(Ok(r), t)) => ProtocolStatus {
             available: r.result == pcp::ResultCode::Success,
             ms: Some(ms(t)),
