@@ -937,7 +937,7 @@ tcp_pairs! {
 /// RFC 5382 allows routers far less than Linux's 5 days); with TCP keepalives at the
 /// `--keepalive` interval, a punched TCP session survives 30 s of silence and more data
 /// flows afterwards. (Without them, the first side to speak again re-creates only its own
-/// mapping and the peer's router drops the segment.)
+/// mapping, and the peer's router answers its segment with a reset.)
 #[test]
 fn tcp_keepalives_carry_a_punched_connection_through_silence() {
     let Some(lab) = Lab::up_or_skip(
