@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natkit::rendezvous::{Frame, Role};
+use natkit::wire::rendezvous::{Frame, Role};
 use tokio::net::UdpSocket;
 
 fn env_or(k: &str, d: u64) -> u64 {

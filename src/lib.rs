@@ -1,26 +1,25 @@
 //! natkit: host from behind NAT again.
 //!
-//! Protocol logic lives in sans-IO state machines ([`stun`], [`classify`]); the drivers that
-//! own sockets and timers ([`probe`]) are thin. Binaries in `src/bin` only parse arguments
-//! ([`cli`]), call the library and render a report through [`report`].
-pub mod classify;
-pub mod cli;
+//! The crate is four layers, and imports point one way only (`tests/layering.rs` checks):
+//!
+//! ```text
+//! wire  ──▶  proto  ──▶  net  ──▶  app  ──▶  src/bin/*
+//! codecs     sans-IO     sockets   CLI and    parse, call,
+//!            state       and       rendering  render, exit
+//!            machines    tasks
+//! ```
+//!
+//! - [`wire`]: byte formats as checked views and value types (`parse`/`emit`); never panics on
+//!   input, imports nothing else of the crate.
+//! - [`proto`]: the protocol logic as state machines — bytes and instants in, bytes and deadlines
+//!   out; time is an argument and randomness an injected RNG, so tests run on a virtual clock.
+//! - [`net`]: the drivers that own sockets, timers and tasks and carry out what a core decides.
+//! - [`app`]: command-line definitions (clap) and every human rendering.
+//!
+//! [`defaults`] holds every timeout and limit with its reason; [`exit`] the exit codes.
+pub mod app;
 pub mod defaults;
 pub mod exit;
-pub mod netaddr;
-#[cfg(test)]
-pub(crate) mod netsim;
-pub mod portmap;
-pub mod portmap_io;
-pub mod probe;
-pub mod punch;
-pub mod punch_icmp;
-pub mod punch_io;
-pub mod punch_quic;
-pub mod punch_tcp;
-pub mod relay;
-pub mod relay_server;
-pub mod rendezvous;
-pub mod report;
-pub mod stun;
-pub mod verdict;
+pub mod net;
+pub mod proto;
+pub mod wire;

@@ -31,7 +31,7 @@ fn check_or_bless(path: PathBuf, actual: &[u8]) {
 
 #[test]
 fn man_pages_are_current() {
-    for cmd in natkit::cli::commands() {
+    for cmd in natkit::app::cli::commands() {
         let name = cmd.get_name().to_string();
         // Subcommands (punch listen, punch connect) get pages of their own: their options are
         // not on the parent's page.
@@ -53,7 +53,7 @@ fn man_pages_are_current() {
 #[test]
 fn completions_are_current() {
     use clap_complete::Shell;
-    for mut cmd in natkit::cli::commands() {
+    for mut cmd in natkit::app::cli::commands() {
         let name = cmd.get_name().to_string();
         for (shell, ext) in [
             (Shell::Bash, "bash"),

@@ -2,7 +2,7 @@
 //! Time Exceeded, never panic; a valid message of our session always parses to its port.
 use std::net::Ipv4Addr;
 
-use natkit::punch::icmp;
+use natkit::wire::icmp;
 use proptest::prelude::*;
 
 const TARGET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);

@@ -2,10 +2,10 @@
 //! and the test fails on
 //! - an import cycle between source files (an edge from a file to the `mod.rs` of one of its own
 //!   ancestors, or to `lib.rs`, is not counted; test modules are left out);
-//! - an import against the layers: `wire` → `core` → `net` → `app` → `bin`, each layer importing
+//! - an import against the layers: `wire` → `proto` (the sans-IO cores) → `net` (drivers) → `app` → `bin`, each layer importing
 //!   only those before it (and itself); `defaults` may be imported by every layer, `exit` by the
 //!   drivers and the app;
-//! - a `wire` or `core` file that, outside `#[cfg(test)]`, names a socket, a runtime, a clock, the
+//! - a `wire` or `proto` file that, outside `#[cfg(test)]`, names a socket, a runtime, a clock, the
 //!   global RNG or the file system (sans-IO means bytes and instants in, bytes and deadlines out);
 //! - a non-test source file over 800 lines;
 //! - a `Duration` constant outside `src/defaults.rs` (every timeout in one place, with its reason).
@@ -347,7 +347,7 @@ fn layer(rel: &Path) -> &'static str {
     let first = rel.iter().next().unwrap().to_string_lossy();
     match first.as_ref() {
         "wire" => "wire",
-        "core" => "core",
+        "proto" => "proto",
         "net" => "net",
         "app" => "app",
         "bin" => "bin",
@@ -363,9 +363,9 @@ fn may_import(from: &str, to: &str) -> bool {
         (_, "defaults") => true,
         ("lib", _) => true,
         ("wire", t) => t == "wire",
-        ("core", t) => matches!(t, "wire" | "core"),
-        ("net", t) => matches!(t, "wire" | "core" | "net" | "exit"),
-        ("app", t) => matches!(t, "wire" | "core" | "net" | "app" | "exit"),
+        ("proto", t) => matches!(t, "wire" | "proto"),
+        ("net", t) => matches!(t, "wire" | "proto" | "net" | "exit"),
+        ("app", t) => matches!(t, "wire" | "proto" | "net" | "app" | "exit"),
         _ => false,
     }
 }
@@ -529,11 +529,11 @@ fn problems(root: &Path) -> Vec<String> {
         let from_layer = layer(rel);
         if from_layer == "outside" {
             problems.push(format!(
-                "{}: outside the layers (wire, core, net, app, bin)",
+                "{}: outside the layers (wire, proto, net, app, bin)",
                 rel.display()
             ));
         }
-        if matches!(from_layer, "wire" | "core") {
+        if matches!(from_layer, "wire" | "proto") {
             for word in FORBIDDEN_IN_CORES {
                 if has_word(code, word) {
                     problems.push(format!("{}: a sans-IO file names `{word}`", rel.display()));
@@ -595,7 +595,7 @@ fn the_checker_finds_each_kind_of_problem() {
     };
     write(
         "lib.rs",
-        "pub mod wire;\npub mod core;\npub mod net;\npub mod defaults;\n",
+        "pub mod wire;\npub mod proto;\npub mod net;\npub mod defaults;\n",
     );
     write(
         "defaults.rs",
@@ -606,9 +606,9 @@ fn the_checker_finds_each_kind_of_problem() {
         "wire/a.rs",
         "use crate::wire::b::X;\n// tokio in a comment is fine\nconst S: &str = \"tokio\";\n",
     );
-    write("wire/b.rs", "use super::a::Y;\nuse crate::core::Z;\n");
+    write("wire/b.rs", "use super::a::Y;\nuse crate::proto::Z;\n");
     write(
-        "core/mod.rs",
+        "proto/mod.rs",
         "use std::time::Instant;\nfn f() { let _ = Instant::now(); }\n#[cfg(test)]\nmod tests { fn g() { tokio::spawn(); } }\n",
     );
     write(
@@ -623,9 +623,9 @@ fn the_checker_finds_each_kind_of_problem() {
     let _ = std::fs::remove_dir_all(&dir);
     let has = |needle: &str| found.iter().any(|p| p.contains(needle));
     assert!(has("import cycle: wire/a.rs, wire/b.rs"), "{found:#?}");
-    assert!(has("wire/b.rs: wire imports core"), "{found:#?}");
+    assert!(has("wire/b.rs: wire imports proto"), "{found:#?}");
     assert!(
-        has("core/mod.rs: a sans-IO file names `Instant::now`"),
+        has("proto/mod.rs: a sans-IO file names `Instant::now`"),
         "{found:#?}"
     );
     assert!(

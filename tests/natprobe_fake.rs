@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use natkit::stun;
+use natkit::wire::stun;
 use serde_json::Value;
 
 #[derive(Clone, Copy, PartialEq)]

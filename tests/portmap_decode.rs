@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use natkit::portmap::{natpmp, pcp, Proto};
+use natkit::proto::portmap::{natpmp, pcp, Proto};
 use proptest::prelude::*;
 
 fn proto() -> impl Strategy<Value = Proto> {

@@ -3,8 +3,8 @@
 mod common;
 
 use common::lab::{Kind, Lab};
-use natkit::rendezvous::{Frame, Role};
-use natkit::stun;
+use natkit::wire::rendezvous::{Frame, Role};
+use natkit::wire::stun;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 

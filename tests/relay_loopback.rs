@@ -5,8 +5,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use natkit::rendezvous::{ErrorCode, Frame, Role};
-use natkit::stun;
+use natkit::wire::rendezvous::{ErrorCode, Frame, Role};
+use natkit::wire::stun;
 
 struct Relay {
     child: Child,
@@ -358,7 +358,7 @@ fn amplification_of_every_unauthenticated_request_is_bounded() {
     // there may be, all IPv6: everything the relay sends because of it, to the sender and to
     // the other peer, counts (unbounded, this was 176 + 12 bytes for 31).
     let other = client("127.0.0.1");
-    let many: Vec<SocketAddr> = (0..natkit::rendezvous::MAX_CANDIDATES)
+    let many: Vec<SocketAddr> = (0..natkit::wire::rendezvous::MAX_CANDIDATES)
         .map(|i| {
             format!("[2001:db8::{:x}]:{}", i + 1, 40000 + i)
                 .parse()
@@ -440,7 +440,7 @@ fn check_factor(name: &str, asked: usize, got: usize) {
     eprintln!("{name}: {asked} bytes in, {got} bytes out, factor {factor:.2}");
     assert!(got > 0 || name.contains("junk"), "{name}: no answer");
     assert!(
-        factor <= natkit::relay::MAX_AMPLIFICATION as f64,
+        factor <= natkit::proto::relay::MAX_AMPLIFICATION as f64,
         "{name}: {factor}"
     );
 }

@@ -1,6 +1,6 @@
 //! Property tests: nothing a peer sends can panic the rendezvous decoder or the relay core.
-use natkit::relay::{Limits, Now, Relay, RelayConfig};
-use natkit::rendezvous::Frame;
+use natkit::proto::relay::{Limits, Now, Relay, RelayConfig};
+use natkit::wire::rendezvous::Frame;
 use proptest::prelude::*;
 use std::time::Instant;
 

@@ -2,8 +2,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natkit::classify::{IcmpKind, Input, ProbeConfig, Prober, SocketId};
-use natkit::stun;
+use natkit::proto::classify::{IcmpKind, Input, ProbeConfig, Prober, SocketId};
+use natkit::wire::stun;
 use proptest::prelude::*;
 
 fn stun_like() -> impl Strategy<Value = Vec<u8>> {

@@ -2,7 +2,7 @@
 //! and only a well-formed Time Exceeded of our session yields a port.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natkit::punch::icmp;
+use natkit::wire::icmp;
 use std::net::Ipv4Addr;
 
 fuzz_target!(|data: &[u8]| {

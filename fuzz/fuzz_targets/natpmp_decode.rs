@@ -1,7 +1,7 @@
 //! NAT-PMP decode path: the codec and the client transaction that consumes gateway replies.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natkit::portmap::{natpmp, Proto};
+use natkit::proto::portmap::{natpmp, Proto};
 use std::time::{Duration, Instant};
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! PCP decode path: the codec (options included) and the MAP client transaction.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natkit::portmap::{pcp, Proto};
+use natkit::proto::portmap::{pcp, Proto};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 

@@ -1,13 +1,13 @@
 //! Rendezvous/relay framing decode, and the relay core fed arbitrary datagrams and TCP frames.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natkit::relay::{Limits, Now, Relay, RelayConfig};
+use natkit::proto::relay::{Limits, Now, Relay, RelayConfig};
 use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(f) = natkit::rendezvous::Frame::parse(data) {
+    if let Ok(f) = natkit::wire::rendezvous::Frame::parse(data) {
         // Whatever parses must re-emit to something that parses to the same frame.
-        assert_eq!(natkit::rendezvous::Frame::parse(&f.emit()), Ok(f));
+        assert_eq!(natkit::wire::rendezvous::Frame::parse(&f.emit()), Ok(f));
     }
     let t = Instant::now();
     let cfg = RelayConfig {

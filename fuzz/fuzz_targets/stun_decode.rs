@@ -1,11 +1,11 @@
 //! STUN decode path: the codec and the prober that consumes what servers send.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natkit::classify::{Input, ProbeConfig, Prober, SocketId};
+use natkit::proto::classify::{Input, ProbeConfig, Prober, SocketId};
 use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = natkit::stun::decode(data);
+    let _ = natkit::wire::stun::decode(data);
     let t0 = Instant::now();
     let server = "203.0.113.10:3478".parse().unwrap();
     let mut p = Prober::new(ProbeConfig::new(vec![server]), t0);

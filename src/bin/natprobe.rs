@@ -1,8 +1,8 @@
 //! natprobe: can strangers reach this machine, and if not, why and what would work.
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use natkit::cli::NatprobeArgs;
-use natkit::report::{self, Output};
+use natkit::app::cli::NatprobeArgs;
+use natkit::app::output::{self, Output};
 use std::io::IsTerminal;
 
 fn main() {
@@ -14,11 +14,11 @@ fn run() -> i32 {
     let cfg = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
-            report::print_error("natprobe", &e);
+            output::print_error("natprobe", &e);
             return natkit::exit::ERROR;
         }
     };
-    natkit::cli::init_logging(cfg.verbose);
+    natkit::app::cli::init_logging(cfg.verbose);
     let out = Output::decide(cfg.json, cfg.color);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -26,7 +26,7 @@ fn run() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            report::print_error("natprobe", &e);
+            output::print_error("natprobe", &e);
             return natkit::exit::ERROR;
         }
     };
@@ -38,7 +38,7 @@ fn run() -> i32 {
         );
         b
     });
-    let result = rt.block_on(natkit::probe::run(&cfg.probe, |done, total| {
+    let result = rt.block_on(natkit::net::natprobe::run(&cfg.probe, |done, total| {
         if let Some(b) = &bar {
             b.set_length(total as u64);
             b.set_position(done as u64);
@@ -50,11 +50,11 @@ fn run() -> i32 {
     let rep = match result {
         Ok(r) => r,
         Err(e) => {
-            report::print_error("natprobe", &e);
+            output::print_error("natprobe", &e);
             return natkit::exit::ERROR;
         }
     };
-    if let Err(code) = report::finish_output(out.emit(&rep), "natprobe") {
+    if let Err(code) = output::finish_output(out.emit(&rep), "natprobe") {
         return code;
     }
     if !rep.udp {

@@ -1,8 +1,8 @@
 //! portmap: ask the router for a port (UPnP IGD, NAT-PMP, PCP), checked from outside.
 use clap::Parser;
-use natkit::cli::{PortmapArgs, PortmapCmd};
-use natkit::portmap_io::{self as pm, Ctx, MapRequest};
-use natkit::report::{self, Output};
+use natkit::app::cli::{PortmapArgs, PortmapCmd};
+use natkit::app::output::{self, Output};
+use natkit::net::portmap::{self as pm, Ctx, MapRequest};
 use std::time::Duration;
 
 fn main() {
@@ -11,11 +11,11 @@ fn main() {
 
 fn run() -> i32 {
     let args = PortmapArgs::parse();
-    natkit::cli::init_logging(args.common.verbose);
+    natkit::app::cli::init_logging(args.common.verbose);
     let out = Output::decide(args.common.json, args.common.color);
     if let PortmapCmd::Add { relay: Some(r), .. } = &args.cmd {
-        if let Err(e) = natkit::probe::parse_server(r) {
-            report::print_error("portmap", &e);
+        if let Err(e) = natkit::net::natprobe::parse_server(r) {
+            output::print_error("portmap", &e);
             return natkit::exit::ERROR;
         }
     }
@@ -26,7 +26,7 @@ fn run() -> i32 {
     ) {
         Ok(c) => c,
         Err(e) => {
-            report::print_error("portmap", &e);
+            output::print_error("portmap", &e);
             return natkit::exit::ERROR;
         }
     };
@@ -36,12 +36,12 @@ fn run() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            report::print_error("portmap", &e);
+            output::print_error("portmap", &e);
             return natkit::exit::ERROR;
         }
     };
     rt.block_on(async move {
-        let emitted = |r: std::io::Result<()>, code: i32| match report::finish_output(r, "portmap")
+        let emitted = |r: std::io::Result<()>, code: i32| match output::finish_output(r, "portmap")
         {
             Ok(()) => code,
             Err(c) => c,
@@ -76,7 +76,7 @@ fn run() -> i32 {
                 relay,
             } => {
                 let req = MapRequest {
-                    proto,
+                    proto: proto.into(),
                     internal_port: port,
                     external_port: external.unwrap_or(port),
                     lifetime,
@@ -84,12 +84,12 @@ fn run() -> i32 {
                 // Signal handlers before the mapping exists: a SIGTERM right after it is made
                 // must still remove it.
                 let signals = if keep { Some(Signals::new()) } else { None };
-                let mut r = pm::add(&ctx, req, via).await;
+                let mut r = pm::add(&ctx, req, via.into()).await;
                 if let (true, Some(m), Some(relay)) = (verify, &r.mapping, &relay) {
                     match pm::verify(relay, m).await {
                         Ok(v) => r.verify = Some(v),
                         Err(e) => {
-                            report::print_error("portmap", &e);
+                            output::print_error("portmap", &e);
                             return natkit::exit::ERROR;
                         }
                     }
@@ -118,13 +118,13 @@ fn run() -> i32 {
                 all_mine,
             } => {
                 let port = if all_mine { None } else { port };
-                match pm::delete(&ctx, port, proto, via).await {
+                match pm::delete(&ctx, port, proto.into(), via.into()).await {
                     Ok(r) => {
                         let code = r.exit_code();
                         emitted(out.emit(&r), code)
                     }
                     Err(e) => {
-                        report::print_error("portmap", &e);
+                        output::print_error("portmap", &e);
                         natkit::exit::ERROR
                     }
                 }
@@ -132,7 +132,7 @@ fn run() -> i32 {
             PortmapCmd::List => match pm::list(&ctx).await {
                 Ok(r) => emitted(out.emit(&r), natkit::exit::OK),
                 Err(e) => {
-                    report::print_error("portmap", &e);
+                    output::print_error("portmap", &e);
                     natkit::exit::ERROR
                 }
             },

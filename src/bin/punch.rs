@@ -1,8 +1,8 @@
 //! punch: two shells connected through NATs, encrypted, direct whenever possible.
 use clap::Parser;
-use natkit::cli::PunchArgs;
-use natkit::punch_io::{Event, PunchError};
-use natkit::report;
+use natkit::app::cli::PunchArgs;
+use natkit::app::output;
+use natkit::net::punch::{Event, PunchError};
 use std::io::Write;
 
 fn main() {
@@ -135,11 +135,11 @@ fn run() -> i32 {
     let (opts, json, verbose) = match args.into_options() {
         Ok(x) => x,
         Err(e) => {
-            report::print_error("punch", &e);
+            output::print_error("punch", &e);
             return natkit::exit::ERROR;
         }
     };
-    natkit::cli::init_logging(verbose);
+    natkit::app::cli::init_logging(verbose);
     grow_pipes();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -147,7 +147,7 @@ fn run() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            report::print_error("punch", &e);
+            output::print_error("punch", &e);
             return natkit::exit::ERROR;
         }
     };
@@ -161,14 +161,14 @@ fn run() -> i32 {
     };
     let r = rt.block_on(async {
         let (input, output) = stdio();
-        natkit::punch_io::run(opts, emit, input, output).await
+        natkit::net::punch::run(opts, emit, input, output).await
     });
     let code = match r {
         Ok(done) => {
             emit(&done);
             natkit::exit::OK
         }
-        Err(PunchError::Pake(natkit::punch::pake::PakeError::WrongCode)) => {
+        Err(PunchError::Pake(natkit::proto::punch::pake::PakeError::WrongCode)) => {
             let _ = writeln!(
                 std::io::stderr(),
                 "punch: error: wrong code: the other side used a different code"
@@ -176,7 +176,7 @@ fn run() -> i32 {
             natkit::exit::WRONG_CODE
         }
         Err(e) => {
-            report::print_error("punch", &e);
+            output::print_error("punch", &e);
             natkit::exit::ERROR
         }
     };

@@ -1,7 +1,7 @@
 //! relay: the small public helper (STUN + RFC 5780, rendezvous, blind relay).
 use clap::Parser;
-use natkit::cli::RelayArgs;
-use natkit::report;
+use natkit::app::cli::RelayArgs;
+use natkit::app::output;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
@@ -10,11 +10,11 @@ fn main() {
 
 fn run() -> i32 {
     let args = RelayArgs::parse();
-    natkit::cli::init_logging(args.verbose.max(1));
+    natkit::app::cli::init_logging(args.verbose.max(1));
     let cfg = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
-            report::print_error("relay", &e);
+            output::print_error("relay", &e);
             return natkit::exit::ERROR;
         }
     };
@@ -23,7 +23,7 @@ fn run() -> i32 {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let token = natkit::relay::make_token(secret, now + secs);
+        let token = natkit::proto::relay::make_token(secret, now + secs);
         let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{hex}");
@@ -35,15 +35,15 @@ fn run() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            report::print_error("relay", &e);
+            output::print_error("relay", &e);
             return natkit::exit::ERROR;
         }
     };
     rt.block_on(async {
-        let (listening, serve, stop) = match natkit::relay_server::bind(cfg, args.metrics).await {
+        let (listening, serve, stop) = match natkit::net::relay::bind(cfg, args.metrics).await {
             Ok(x) => x,
             Err(e) => {
-                report::print_error("relay", &e);
+                output::print_error("relay", &e);
                 return natkit::exit::ERROR;
             }
         };
@@ -51,7 +51,7 @@ fn run() -> i32 {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
             Err(e) => {
-                report::print_error("relay", &e);
+                output::print_error("relay", &e);
                 return natkit::exit::ERROR;
             }
         };

@@ -1,0 +1,490 @@
+//! QUIC (quinn) between the two punch peers, over whatever link `punch_io` provides. Each
+//! side's self-signed certificate is pinned by the fingerprint the peer confirmed with the
+//! PAKE key, so TLS accepts exactly the peer that knows the code. Mutual authentication:
+//! the listener (QUIC server) requires the connector's certificate too.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::net::punch::PunchError;
+use crate::proto::punch::pake::fingerprint;
+use crate::wire::rendezvous::Role;
+
+const ALPN: &[u8] = b"natkit-punch/1";
+const STREAM_VERSION: u8 = 1;
+/// Per-stream flow-control window (bytes the peer may send ahead of what we have read).
+const STREAM_WINDOW: u32 = 8 << 20;
+
+/// Accepts exactly one certificate, by SHA-256 fingerprint.
+#[derive(Debug)]
+struct Pinned {
+    fp: [u8; 32],
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if fingerprint(cert.as_ref()) == self.fp {
+            Ok(())
+        } else {
+            Err(rustls::Error::General(
+                "certificate does not match the one confirmed with the code".into(),
+            ))
+        }
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for Pinned {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+pub(crate) fn terr(e: impl std::fmt::Display) -> PunchError {
+    PunchError::Transport(e.to_string())
+}
+
+fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Keepalives well under NAT binding lifetimes; a generous idle timeout so a NAT
+    // rebinding or a path change is a stall, not a lost connection.
+    t.keep_alive_interval(Some(keepalive));
+    // Start at QUIC's 1200 bytes and let path-MTU discovery raise it, but never beyond what
+    // a relay data frame carries: the path may switch to the relay at any time, and a packet
+    // that fits one path must fit the other. 1400 instead of 1200 is 14 % fewer packets (and
+    // per-packet costs) for bulk data. A lost probe is not counted as a dead path (the path
+    // monitor needs several unanswered sends over 2 s), and black-hole detection falls back
+    // to 1200 if large packets stop getting through.
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(crate::wire::rendezvous::MAX_PAYLOAD as u16);
+    t.mtu_discovery_config(Some(mtud));
+    // Flow control: quinn's defaults (1.25 MB per stream) are sized for 100 Mbit/s at 100 ms;
+    // a receiver that is briefly descheduled would otherwise block a fast sender. These are
+    // limits, not allocations.
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(4 * STREAM_WINDOW));
+    t.send_window(4 * STREAM_WINDOW as u64);
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(60)).expect("60 s fits"),
+    ));
+    Arc::new(t)
+}
+
+/// What to carry over the encrypted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// netcat semantics: one stream between stdin/stdout and the peer.
+    Pipe,
+    /// Listener: every stream the peer opens is connected to this local TCP service.
+    Expose(SocketAddr),
+    /// Connector: listen here; every accepted TCP connection becomes a stream to the peer.
+    /// The driver binds it before connecting (so a busy port fails early) and passes the
+    /// listener to [`run`].
+    Local(SocketAddr),
+}
+
+/// Totals carried, for the `done` event.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub(crate) sent: std::sync::atomic::AtomicU64,
+    pub(crate) received: std::sync::atomic::AtomicU64,
+}
+
+/// Connects (connector) or accepts (listener), then carries data as `mode` says. Returns
+/// (bytes sent, bytes received).
+#[allow(clippy::too_many_arguments)]
+pub async fn run<R, W>(
+    role: Role,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    peer: SocketAddr,
+    cert: rcgen::CertifiedKey,
+    peer_fp: [u8; 32],
+    keepalive: Duration,
+    mode: Mode,
+    listener: Option<tokio::net::TcpListener>,
+    path_changed: Arc<tokio::sync::Notify>,
+    input: R,
+    output: W,
+) -> Result<(u64, u64), PunchError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (conn, ep) = establish(role, socket, peer, cert, peer_fp, keepalive).await?;
+    // After a path change, send one ack-eliciting packet at once: its acknowledgement tells
+    // the peer where we are now and resets QUIC's probe timer, instead of waiting for a
+    // backed-off PTO (RFC 9002 §6.2) that may be seconds away after a stall.
+    let nudger = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            loop {
+                path_changed.notified().await;
+                let _ = conn.send_datagram(vec![0u8].into());
+            }
+        })
+    };
+    let totals = Arc::new(Totals::default());
+    let r = match mode {
+        Mode::Pipe => {
+            let (send, recv) = open_or_accept(&conn, role).await?;
+            bridge(send, recv, input, output, totals.clone())
+                .await
+                .map_err(terr)
+        }
+        Mode::Expose(target) => expose(&conn, target, totals.clone()).await,
+        Mode::Local(at) => match listener {
+            Some(l) => local(&conn, l, totals.clone()).await,
+            None => {
+                local(
+                    &conn,
+                    tokio::net::TcpListener::bind(at).await?,
+                    totals.clone(),
+                )
+                .await
+            }
+        },
+    };
+    nudger.abort();
+    tracing::debug!(stats = ?conn.stats(), "QUIC connection statistics");
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    r?;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok((totals.sent.load(Relaxed), totals.received.load(Relaxed)))
+}
+
+/// TLS 1.3 for the listener (server): our certificate, and the connector's pinned by the
+/// fingerprint confirmed with the code. Shared by QUIC and by TLS over a punched TCP stream.
+pub(crate) fn tls_server(
+    cert: &rcgen::CertifiedKey,
+    peer_fp: [u8; 32],
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, PunchError> {
+    let (provider, pinned) = pinned(peer_fp);
+    let (chain, key) = identity(cert);
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(terr)?
+        .with_client_cert_verifier(pinned)
+        .with_single_cert(chain, key)
+        .map_err(terr)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// TLS 1.3 for the connector (client): the listener's certificate pinned, ours presented.
+pub(crate) fn tls_client(
+    cert: &rcgen::CertifiedKey,
+    peer_fp: [u8; 32],
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, PunchError> {
+    let (provider, pinned) = pinned(peer_fp);
+    let (chain, key) = identity(cert);
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(terr)?
+        .dangerous()
+        .with_custom_certificate_verifier(pinned)
+        .with_client_auth_cert(chain, key)
+        .map_err(terr)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// The crypto provider, and a verifier that accepts only the certificate the peer confirmed
+/// with the code.
+fn pinned(peer_fp: [u8; 32]) -> (Arc<rustls::crypto::CryptoProvider>, Arc<Pinned>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pinned = Arc::new(Pinned {
+        fp: peer_fp,
+        algs: provider.signature_verification_algorithms,
+    });
+    (provider, pinned)
+}
+
+fn identity(cert: &rcgen::CertifiedKey) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    (
+        vec![cert.cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der())),
+    )
+}
+
+async fn establish(
+    role: Role,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    peer: SocketAddr,
+    cert: rcgen::CertifiedKey,
+    peer_fp: [u8; 32],
+    keepalive: Duration,
+) -> Result<(quinn::Connection, quinn::Endpoint), PunchError> {
+    let runtime = Arc::new(quinn::TokioRuntime);
+    Ok(match role {
+        Role::Listener => {
+            let tls = tls_server(&cert, peer_fp, ALPN)?;
+            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(terr)?;
+            let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            sc.transport_config(transport(keepalive));
+            let ep = quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                Some(sc),
+                socket,
+                runtime,
+            )?;
+            let incoming = tokio::time::timeout(Duration::from_secs(10), ep.accept())
+                .await
+                .map_err(|_| terr("the other side did not open the encrypted channel"))?
+                .ok_or_else(|| terr("endpoint closed"))?;
+            (incoming.await.map_err(terr)?, ep)
+        }
+        Role::Connector => {
+            let tls = tls_client(&cert, peer_fp, ALPN)?;
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(terr)?;
+            let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
+            cc.transport_config(transport(keepalive));
+            let mut ep = quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                runtime,
+            )?;
+            ep.set_default_client_config(cc);
+            let c = ep
+                .connect(peer, "natkit")
+                .map_err(terr)?
+                .await
+                .map_err(terr)?;
+            (c, ep)
+        }
+    })
+}
+
+/// A QUIC stream reaches the peer only with its first byte: the opener sends one version
+/// byte at once, so the acceptor can use the stream before the opener has anything to say.
+async fn open_or_accept(
+    conn: &quinn::Connection,
+    role: Role,
+) -> Result<(quinn::SendStream, quinn::RecvStream), PunchError> {
+    match role {
+        Role::Connector => open(conn).await,
+        Role::Listener => accept(conn).await,
+    }
+}
+
+async fn open(
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream), PunchError> {
+    let (mut send, recv) = conn.open_bi().await.map_err(terr)?;
+    send.write_all(&[STREAM_VERSION]).await.map_err(terr)?;
+    Ok((send, recv))
+}
+
+async fn accept(
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream), PunchError> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(terr)?;
+    let mut v = [0u8; 1];
+    recv.read_exact(&mut v).await.map_err(terr)?;
+    if v[0] != STREAM_VERSION {
+        return Err(terr("the other side speaks another stream version"));
+    }
+    Ok((send, recv))
+}
+
+/// Copy buffers of [`bridge`] start at this size…
+pub(crate) const COPY_BUF_MIN: usize = 64 * 1024;
+/// …and double, up to this, while reads fill them: a bulk transfer then moves large chunks
+/// (each write to stdout is a hop to tokio's blocking pool), a trickle keeps a small buffer.
+const COPY_BUF_MAX: usize = 1024 * 1024;
+
+pub(crate) fn grow(buf: &mut Vec<u8>, filled: usize) {
+    if filled == buf.len() && buf.len() < COPY_BUF_MAX {
+        buf.resize(2 * buf.len(), 0);
+    }
+}
+
+/// Copies `input` into the stream and the stream into `output`, both at once, with
+/// half-close both ways; returns once both directions are done and the peer has read all.
+async fn bridge<R, W>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut input: R,
+    mut output: W,
+    totals: Arc<Totals>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use std::sync::atomic::Ordering::Relaxed;
+    let up = async {
+        let mut buf = vec![0u8; COPY_BUF_MIN];
+        loop {
+            let k = input.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            send.write_all(&buf[..k])
+                .await
+                .map_err(std::io::Error::other)?;
+            totals.sent.fetch_add(k as u64, Relaxed);
+            grow(&mut buf, k);
+        }
+        send.finish().map_err(std::io::Error::other)?;
+        // Wait until the peer has read everything before anyone closes the connection.
+        let _ = send.stopped().await;
+        Ok::<(), std::io::Error>(())
+    };
+    let down = async {
+        let mut buf = vec![0u8; COPY_BUF_MIN];
+        while let Some(k) = recv.read(&mut buf).await.map_err(std::io::Error::other)? {
+            match output.write_all(&buf[..k]).await {
+                Ok(()) => {}
+                // Our reader went away (`punch … | head`): not an error; tell the peer to
+                // stop sending and finish our own direction.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    let _ = recv.stop(0u32.into());
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            totals.received.fetch_add(k as u64, Relaxed);
+            grow(&mut buf, k);
+        }
+        output.flush().await?;
+        output.shutdown().await?;
+        Ok::<(), std::io::Error>(())
+    };
+    tokio::try_join!(up, down)?;
+    Ok(())
+}
+
+/// Listener side of hosting: each stream the peer opens goes to the local service. Ends when
+/// the peer closes the connection.
+async fn expose(
+    conn: &quinn::Connection,
+    target: SocketAddr,
+    totals: Arc<Totals>,
+) -> Result<(), PunchError> {
+    loop {
+        let (send, recv) = match accept(conn).await {
+            Ok(s) => s,
+            // The peer went away: hosting is over.
+            Err(_) => return Ok(()),
+        };
+        let totals = totals.clone();
+        tokio::spawn(async move {
+            match tokio::net::TcpStream::connect(target).await {
+                Ok(tcp) => {
+                    let (r, w) = tcp.into_split();
+                    if let Err(e) = bridge(send, recv, r, w, totals).await {
+                        tracing::debug!("exposed connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(%target, "cannot reach the exposed service: {e}"),
+            }
+        });
+    }
+}
+
+/// Connector side of hosting: every TCP connection accepted at `at` becomes a stream. Runs
+/// until the peer closes the connection.
+async fn local(
+    conn: &quinn::Connection,
+    l: tokio::net::TcpListener,
+    totals: Arc<Totals>,
+) -> Result<(), PunchError> {
+    loop {
+        let (tcp, _) = tokio::select! {
+            a = l.accept() => a?,
+            _ = conn.closed() => return Ok(()),
+        };
+        let conn = conn.clone();
+        let totals = totals.clone();
+        tokio::spawn(async move {
+            match open(&conn).await {
+                Ok((send, recv)) => {
+                    let (r, w) = tcp.into_split();
+                    if let Err(e) = bridge(send, recv, r, w, totals).await {
+                        tracing::debug!("forwarded connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot open a stream to the other side: {e}"),
+            }
+        });
+    }
+}

@@ -1,0 +1,175 @@
+//! Codes like `7-lantern-harbor`: a nameplate number (public: it names the meeting place at the
+//! relay) and two words (secret: with the nameplate, the PAKE password). The relay only ever
+//! sees a hash of the nameplate, so it cannot learn the words, and a wrong guess costs an
+//! attacker one online attempt (SPAKE2 gives no offline dictionary attack).
+
+use sha2::{Digest, Sha256};
+
+use crate::wire::rendezvous::{SessionId, SESSION_LEN};
+
+/// 256 short, distinct, easily typed words: 8 bits each.
+pub const WORDS: [&str; 256] = [
+    "acid", "acorn", "actor", "adobe", "agent", "alarm", "album", "alley", "amber", "anchor",
+    "angle", "apple", "apron", "arrow", "aspen", "atlas", "attic", "autumn", "bacon", "badge",
+    "bagel", "baker", "bamboo", "banjo", "barley", "basin", "beacon", "beaver", "bench", "berry",
+    "bison", "blade", "blanket", "blossom", "bonnet", "bottle", "breeze", "brick", "bridge",
+    "bronze", "broom", "bucket", "buffalo", "bugle", "butter", "cabin", "cactus", "camel",
+    "candle", "canoe", "canyon", "carbon", "carpet", "cedar", "cellar", "chalk", "cherry", "chess",
+    "cider", "cinder", "circle", "citrus", "clover", "cobalt", "cobra", "cocoa", "comet",
+    "compass", "copper", "coral", "cotton", "cradle", "crane", "crater", "crayon", "cricket",
+    "crystal", "cupcake", "dagger", "daisy", "delta", "denim", "desert", "diesel", "dingo",
+    "dolphin", "domino", "donkey", "dragon", "drum", "eagle", "easel", "echo", "eclipse", "elbow",
+    "ember", "emerald", "engine", "falcon", "feather", "fennel", "ferry", "fiddle", "finch",
+    "flint", "forest", "fossil", "fountain", "fox", "galaxy", "garlic", "garnet", "gecko",
+    "geyser", "ginger", "glacier", "goblet", "gopher", "granite", "grape", "gravel", "guitar",
+    "hammer", "harbor", "harvest", "hazel", "helmet", "heron", "hickory", "honey", "hornet",
+    "iceberg", "igloo", "indigo", "island", "ivory", "jacket", "jaguar", "jasmine", "jelly",
+    "jigsaw", "juniper", "kayak", "kettle", "kiwi", "koala", "ladder", "lagoon", "lantern",
+    "lemon", "lentil", "lilac", "linen", "lizard", "lobster", "locket", "lotus", "lumber",
+    "magnet", "mango", "maple", "marble", "meadow", "melon", "meteor", "mitten", "molar",
+    "monsoon", "mosaic", "muffin", "mustard", "nectar", "needle", "nickel", "nutmeg", "oasis",
+    "oatmeal", "ocean", "olive", "onion", "orbit", "orchid", "otter", "oyster", "paddle", "panda",
+    "papaya", "parrot", "pebble", "pelican", "pepper", "piano", "pickle", "pigeon", "pillow",
+    "pine", "planet", "plaza", "pluto", "pocket", "pollen", "pony", "poppy", "prairie", "pretzel",
+    "pumpkin", "puzzle", "quartz", "quill", "rabbit", "radar", "radish", "raven", "reef", "ribbon",
+    "river", "robin", "rocket", "saddle", "saffron", "salmon", "sandal", "satin", "scarf",
+    "shadow", "shovel", "silver", "sketch", "sleigh", "sparrow", "spider", "spruce", "squid",
+    "statue", "summit", "sunset", "swan", "tablet", "tango", "teapot", "thistle", "thunder",
+    "tiger", "timber", "toast", "tomato", "topaz", "tractor", "tulip", "tundra", "turtle",
+    "umbrella", "valley", "velvet", "violet", "volcano",
+];
+
+/// Highest nameplate natkit picks by itself; users may choose any up to `u32::MAX`.
+pub const MAX_NAMEPLATE: u32 = 999;
+
+/// Why a code did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodeError {
+    /// Not `NUMBER-word-word`.
+    #[error("a code looks like 7-lantern-harbor: a number and two words, joined by '-'")]
+    Shape,
+    /// The number part is not a number.
+    #[error("the code must start with a number (the nameplate), not {0:?}")]
+    Nameplate(String),
+    /// A word that is not in the list (typo?).
+    #[error("{0:?} is not one of natkit's code words (typo?)")]
+    Word(String),
+}
+
+/// A punch code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Code {
+    /// Public part.
+    pub nameplate: u32,
+    /// Secret part: indices into [`WORDS`].
+    pub words: [u8; 2],
+}
+
+impl Code {
+    /// A fresh random code.
+    pub fn generate() -> Code {
+        Code {
+            nameplate: rand::random::<u32>() % MAX_NAMEPLATE + 1,
+            words: rand::random(),
+        }
+    }
+
+    /// Parses `7-lantern-harbor` (case-insensitive, surrounding spaces ignored).
+    pub fn parse(s: &str) -> Result<Code, CodeError> {
+        let s = s.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = s.split('-').collect();
+        let [n, a, b] = parts.as_slice() else {
+            return Err(CodeError::Shape);
+        };
+        let nameplate = n
+            .parse::<u32>()
+            .map_err(|_| CodeError::Nameplate(n.to_string()))?;
+        let idx = |w: &str| {
+            WORDS
+                .iter()
+                .position(|x| *x == w)
+                .map(|i| i as u8)
+                .ok_or_else(|| CodeError::Word(w.to_string()))
+        };
+        Ok(Code {
+            nameplate,
+            words: [idx(a)?, idx(b)?],
+        })
+    }
+
+    /// The relay session id: a hash of the nameplate only.
+    pub fn session_id(&self) -> SessionId {
+        let h = Sha256::new()
+            .chain_update(b"natkit punch v1 nameplate")
+            .chain_update(self.nameplate.to_be_bytes())
+            .finalize();
+        let mut id = [0u8; SESSION_LEN];
+        id.copy_from_slice(&h[..SESSION_LEN]);
+        id
+    }
+
+    /// The PAKE password: the whole code, normalised.
+    pub fn password(&self) -> Vec<u8> {
+        self.to_string().into_bytes()
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}-{}-{}",
+            self.nameplate, WORDS[self.words[0] as usize], WORDS[self.words[1] as usize]
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_distinct_and_lowercase() {
+        let mut w = WORDS.to_vec();
+        w.sort();
+        w.dedup();
+        assert_eq!(w.len(), 256);
+        assert!(WORDS
+            .iter()
+            .all(|x| x.chars().all(|c| c.is_ascii_lowercase())));
+    }
+
+    #[test]
+    fn roundtrip_and_normalisation() {
+        for _ in 0..100 {
+            let c = Code::generate();
+            assert_eq!(Code::parse(&c.to_string()), Ok(c.clone()));
+            assert!((1..=MAX_NAMEPLATE).contains(&c.nameplate));
+        }
+        let c = Code::parse("  7-Lantern-HARBOR ").unwrap();
+        assert_eq!(c.to_string(), "7-lantern-harbor");
+    }
+
+    #[test]
+    fn session_id_depends_on_the_nameplate_only() {
+        let a = Code::parse("7-lantern-harbor").unwrap();
+        let b = Code::parse("7-acid-acorn").unwrap();
+        let c = Code::parse("8-lantern-harbor").unwrap();
+        assert_eq!(a.session_id(), b.session_id());
+        assert_ne!(a.session_id(), c.session_id());
+        assert_ne!(a.password(), b.password());
+    }
+
+    #[test]
+    fn bad_codes_say_why() {
+        assert_eq!(Code::parse("lantern-harbor"), Err(CodeError::Shape));
+        assert_eq!(
+            Code::parse("x-lantern-harbor"),
+            Err(CodeError::Nameplate("x".into()))
+        );
+        assert_eq!(
+            Code::parse("7-lantern-harbour"),
+            Err(CodeError::Word("harbour".into()))
+        );
+    }
+}

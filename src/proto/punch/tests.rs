@@ -1,0 +1,439 @@
+//! Two punchers behind simulated NATs meet at the real relay core, on a virtual clock.
+use super::*;
+use crate::proto::classify::Behaviour::{
+    self, AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
+};
+use crate::proto::netsim::Nat;
+use crate::proto::relay::{Limits, Now, Output, Relay, RelayConfig};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Side {
+    local: SocketAddr,
+    nat: Nat,
+    p: Puncher,
+    path: Option<(PathKind, u32)>,
+    relayed: Vec<Vec<u8>>,
+}
+
+struct Net {
+    relay: Relay,
+    relay_ip: IpAddr,
+    sides: [Side; 2],
+    queue: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
+    seq: u64,
+    latency: Duration,
+}
+
+impl Net {
+    fn new(t0: Instant, a: (Behaviour, Behaviour), b: (Behaviour, Behaviour)) -> Net {
+        let relay_cfg = RelayConfig {
+            primary: sa("203.0.113.10:3478"),
+            alt_ip: Some("203.0.113.11".parse().unwrap()),
+            alt_port: 3479,
+            limits: Limits::default(),
+            allow_private: false,
+            secret: None,
+        };
+        let side = |local: &str, public: &str, (m, f): (Behaviour, Behaviour), role, peer| {
+            let cfg = PunchConfig {
+                relay: sa("203.0.113.10:3478"),
+                session: [7; 16],
+                role,
+                peer: [peer; 8],
+                token: vec![],
+                candidates: vec![sa(local)],
+                direct_timeout: DIRECT_TIMEOUT,
+                keepalive: KEEPALIVE,
+            };
+            Side {
+                local: sa(local),
+                nat: Nat::new(public.parse().unwrap(), m, f),
+                p: Puncher::new(cfg, t0),
+                path: None,
+                relayed: vec![],
+            }
+        };
+        Net {
+            relay: Relay::new(relay_cfg, t0),
+            relay_ip: "203.0.113.10".parse().unwrap(),
+            sides: [
+                side("192.168.1.2:5000", "203.0.113.21", a, Role::Listener, 1),
+                side("192.168.2.2:6000", "203.0.113.22", b, Role::Connector, 2),
+            ],
+            queue: BTreeMap::new(),
+            seq: 0,
+            latency: Duration::from_millis(10),
+        }
+    }
+
+    fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        self.seq += 1;
+        self.queue
+            .insert((now + self.latency, self.seq), (from, to, data));
+    }
+
+    fn flush(&mut self, now: Instant) {
+        for i in 0..2 {
+            while let Some(d) = self.sides[i].p.poll_transmit() {
+                let local = self.sides[i].local;
+                let src = self.sides[i].nat.outbound(now, local, d.dst);
+                // Low-TTL opening packets pass our NAT (creating the mapping) and die on the
+                // way, before the peer's NAT.
+                if d.ttl.is_none() {
+                    self.send(now, src, d.dst, d.payload);
+                }
+            }
+            while let Some(e) = self.sides[i].p.poll_event() {
+                match e {
+                    PunchEvent::Path { path, probes } => self.sides[i].path = Some((path, probes)),
+                    PunchEvent::RelayData(d) => self.sides[i].relayed.push(d),
+                    PunchEvent::Failed(f) => panic!("side {i} failed: {f}"),
+                    PunchEvent::RelayUnreachable => panic!("side {i}: relay unreachable"),
+                    PunchEvent::Registered { .. } => {}
+                }
+            }
+        }
+        while let Some(o) = self.relay.poll_output() {
+            if let Output::Udp { src, dst, payload } = o {
+                self.send(now, src, dst, payload);
+            }
+        }
+    }
+
+    /// Runs until both sides chose a path (or `limit`).
+    fn run(&mut self, t0: Instant, limit: Duration) -> Instant {
+        let mut now = t0;
+        self.flush(now);
+        while self.sides.iter().any(|s| s.path.is_none()) && now < t0 + limit {
+            self.step(&mut now);
+        }
+        now
+    }
+
+    fn step(&mut self, now: &mut Instant) {
+        let next_pkt = self.queue.keys().next().map(|k| k.0);
+        let next_to = self
+            .sides
+            .iter()
+            .filter_map(|s| s.p.poll_timeout())
+            .chain([self.relay.poll_timeout()])
+            .min();
+        let next = [next_pkt, next_to].into_iter().flatten().min().unwrap();
+        *now = next.max(*now);
+        if next_pkt == Some(next) {
+            let key = *self.queue.keys().next().unwrap();
+            let (from, to, data) = self.queue.remove(&key).unwrap();
+            let n = Now {
+                mono: *now,
+                unix: 0,
+            };
+            if to.ip() == self.relay_ip || to.ip() == "203.0.113.11".parse::<IpAddr>().unwrap() {
+                self.relay.handle_udp(n, to, from, &data);
+            } else {
+                for s in self.sides.iter_mut() {
+                    if s.nat.public_ip == to.ip() {
+                        if let Some(local) = s.nat.inbound(*now, from, to.port()) {
+                            if local == s.local {
+                                s.p.handle_datagram(*now, from, &data);
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            for s in self.sides.iter_mut() {
+                if s.p.poll_timeout().is_some_and(|t| t <= *now) {
+                    s.p.handle_timeout(*now);
+                }
+            }
+            if self.relay.poll_timeout() <= *now {
+                self.relay.handle_timeout(*now);
+            }
+        }
+        self.flush(*now);
+    }
+}
+
+fn punch(a: (Behaviour, Behaviour), b: (Behaviour, Behaviour)) -> (Net, Duration) {
+    let t0 = Instant::now();
+    let mut net = Net::new(t0, a, b);
+    let end = net.run(t0, Duration::from_secs(10));
+    (net, end - t0)
+}
+
+fn is_direct(n: &Net) -> bool {
+    n.sides
+        .iter()
+        .all(|s| matches!(s.path, Some((PathKind::Direct(_), _))))
+}
+
+#[test]
+fn endpoint_independent_pairs_connect_directly() {
+    for a in [(Ei, Ei), (Ei, Ad), (Ei, Apd)] {
+        for b in [(Ei, Ei), (Ei, Ad), (Ei, Apd)] {
+            let (n, took) = punch(a, b);
+            assert!(
+                is_direct(&n),
+                "{a:?} x {b:?}: {:?}",
+                n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
+            );
+            // Registration, sync (RTT round), one probe round trip: a few 10 ms hops.
+            assert!(
+                took < Duration::from_millis(300),
+                "{a:?} x {b:?} took {took:?}"
+            );
+            // Each side's direct peer is the other's public mapping.
+            for (i, s) in n.sides.iter().enumerate() {
+                let Some((PathKind::Direct(p), _)) = s.path else {
+                    unreachable!()
+                };
+                assert_eq!(p.ip(), n.sides[1 - i].nat.public_ip);
+            }
+        }
+    }
+}
+
+#[test]
+fn symmetric_meets_restricted_through_the_peer_reflexive_address() {
+    for (a, b) in [((Apd, Apd), (Ei, Ad)), ((Ei, Ei), (Apd, Apd))] {
+        let (n, _) = punch(a, b);
+        assert!(
+            is_direct(&n),
+            "{a:?} x {b:?}: {:?}",
+            n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn symmetric_against_port_restricted_falls_back_to_the_relay_within_the_bound() {
+    for (a, b) in [
+        ((Apd, Apd), (Ei, Apd)),
+        ((Ei, Apd), (Apd, Apd)),
+        ((Apd, Apd), (Apd, Apd)),
+    ] {
+        let (mut n, took) = punch(a, b);
+        for s in &n.sides {
+            assert!(
+                matches!(s.path, Some((PathKind::Relay, p)) if p > 0),
+                "{a:?} x {b:?}: {:?}",
+                s.path
+            );
+        }
+        assert!(
+            took <= DIRECT_TIMEOUT + Duration::from_millis(500),
+            "took {took:?}"
+        );
+        // The relay carries data both ways.
+        n.sides[0].p.send_relayed(b"to connector".to_vec());
+        n.sides[1].p.send_relayed(b"to listener".to_vec());
+        let t = Instant::now() + took;
+        let mut now = t;
+        n.flush(now);
+        while n.sides.iter().any(|s| s.relayed.is_empty()) && now < t + Duration::from_secs(1) {
+            n.step(&mut now);
+        }
+        assert_eq!(n.sides[1].relayed, vec![b"to connector".to_vec()]);
+        assert_eq!(n.sides[0].relayed, vec![b"to listener".to_vec()]);
+    }
+}
+
+#[test]
+fn a_lost_relay_is_reported() {
+    let t0 = Instant::now();
+    let cfg = PunchConfig {
+        relay: sa("203.0.113.10:3478"),
+        session: [1; 16],
+        role: Role::Listener,
+        peer: [1; 8],
+        token: vec![],
+        candidates: vec![],
+        direct_timeout: DIRECT_TIMEOUT,
+        keepalive: KEEPALIVE,
+    };
+    let mut p = Puncher::new(cfg, t0);
+    let mut now = t0;
+    let mut failed = None;
+    while let Some(t) = p.poll_timeout() {
+        now = t;
+        p.handle_timeout(now);
+        while p.poll_transmit().is_some() {}
+        if let Some(PunchEvent::RelayUnreachable) = p.poll_event() {
+            failed = Some(());
+            break;
+        }
+    }
+    assert!(failed.is_some());
+    assert!(now - t0 < Duration::from_secs(5));
+}
+
+#[test]
+fn path_monitor_needs_unanswered_sending_to_declare_a_stall() {
+    let t0 = Instant::now();
+    let mut m = PathMonitor::new(t0);
+    // Idle both ways for a long time: fine.
+    assert!(!m.is_stalled(t0 + Duration::from_secs(60)));
+    // A last acknowledgement nobody answers: fine.
+    m.on_tx(t0);
+    assert!(!m.is_stalled(t0 + Duration::from_secs(60)));
+    // Sending and hearing back: fine.
+    for i in 0..10 {
+        m.on_tx(t0 + Duration::from_millis(100 * i));
+        m.on_rx(t0 + Duration::from_millis(100 * i + 10));
+    }
+    assert!(!m.is_stalled(t0 + Duration::from_secs(10)));
+    // Retransmitting without answers for longer than STALL: stalled.
+    let t1 = t0 + Duration::from_secs(20);
+    for i in 0..STALL_SENDS {
+        m.on_tx(t1 + Duration::from_millis(300 * i as u64));
+    }
+    assert!(!m.is_stalled(t1 + STALL / 2));
+    assert!(m.is_stalled(t1 + STALL + Duration::from_millis(1)));
+    m.on_rx(t1 + STALL * 2);
+    assert!(!m.is_stalled(t1 + STALL * 3));
+}
+
+/// Regression (CI, conntrack flush mid-transfer): after the listener's NAT forgets its
+/// bindings and renumbers, the session falls back to the relay and then upgrades to a new
+/// direct path on its own.
+#[test]
+fn a_forgotten_binding_falls_back_then_upgrades_to_direct() {
+    let (mut n, took) = punch((Ei, Apd), (Ei, Apd));
+    assert!(is_direct(&n));
+    let t1 = Instant::now() + took + Duration::from_secs(5);
+    n.sides[0].nat.forget();
+    for s in n.sides.iter_mut() {
+        s.p.path_failed(t1);
+    }
+    let mut now = t1;
+    n.flush(now);
+    assert!(n
+        .sides
+        .iter()
+        .all(|s| matches!(s.path, Some((PathKind::Relay, _)))));
+    while !is_direct(&n) && now < t1 + Duration::from_secs(10) {
+        n.step(&mut now);
+    }
+    assert!(
+        is_direct(&n),
+        "{:?}",
+        n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
+    );
+    // The listener's new public port differs from the one it had before.
+    let Some((PathKind::Direct(p), _)) = n.sides[1].path else {
+        unreachable!()
+    };
+    assert_ne!(p.port(), 5000);
+    assert!(
+        now - t1 < UPGRADE_FIRST + Duration::from_secs(1),
+        "{:?}",
+        now - t1
+    );
+}
+
+/// A pair that cannot go direct keeps retrying, but less and less often.
+#[test]
+fn upgrade_attempts_back_off_on_a_pair_that_cannot_go_direct() {
+    let (mut n, took) = punch((Apd, Apd), (Ei, Apd));
+    let t1 = Instant::now() + took;
+    let mut now = t1;
+    let mut starts = 0;
+    while now < t1 + Duration::from_secs(120) {
+        let was_done = n.sides[1].p.checks.is_done();
+        n.step(&mut now);
+        if was_done && !n.sides[1].p.checks.is_done() {
+            starts += 1;
+        }
+    }
+    // 1, 2, 4, 8, 16, 32, 60 s gaps (+3 s of checks each): about 6 attempts in two minutes.
+    assert!((4..=8).contains(&starts), "{starts} attempts");
+    assert!(n
+        .sides
+        .iter()
+        .all(|s| matches!(s.path, Some((PathKind::Relay, _)))));
+}
+
+fn serverless_cfg(role: Role, peer: u8) -> PunchConfig {
+    PunchConfig {
+        relay: sa("0.0.0.0:0"),
+        session: [7; 16],
+        role,
+        peer: [peer; 8],
+        token: vec![],
+        candidates: vec![],
+        direct_timeout: Duration::from_secs(60),
+        keepalive: KEEPALIVE,
+    }
+}
+
+/// `--manual`: no relay at all. The connector has the listener's offer first and stays quiet
+/// (low-TTL only) until the listener, pasting the connector's offer seconds later, starts
+/// probing; then both connect directly, and nothing was ever sent to a relay.
+#[test]
+fn serverless_offers_connect_port_restricted_pairs_without_a_relay() {
+    let t0 = Instant::now();
+    let mut n = Net::new(t0, (Ei, Apd), (Ei, Apd));
+    n.sides[0].p = Puncher::serverless(serverless_cfg(Role::Listener, 1), t0);
+    n.sides[1].p = Puncher::serverless(serverless_cfg(Role::Connector, 2), t0);
+    let mut now = t0;
+    n.sides[1].p.peer_offer(&[sa("203.0.113.21:5000")], now);
+    n.flush(now);
+    while now < t0 + Duration::from_secs(5) {
+        n.step(&mut now);
+    }
+    assert!(
+        n.sides.iter().all(|s| s.path.is_none()),
+        "connected too early"
+    );
+    n.sides[0].p.peer_offer(&[sa("203.0.113.22:6000")], now);
+    n.flush(now);
+    let t1 = now;
+    while !is_direct(&n) && now < t1 + Duration::from_secs(5) {
+        n.step(&mut now);
+    }
+    assert!(
+        is_direct(&n),
+        "{:?}",
+        n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
+    );
+    assert!(now - t1 < Duration::from_millis(200), "took {:?}", now - t1);
+    let m = n.relay.metrics();
+    assert_eq!(
+        (m.stun_requests, m.rendezvous_requests),
+        (0, 0),
+        "the relay was contacted"
+    );
+}
+
+/// Regression (a birthday or prediction path dropped at the checks' bound): a direct path
+/// adopted from another technique survives the punch socket's own checks failing.
+#[test]
+fn an_adopted_direct_path_survives_the_checks_failing() {
+    let t0 = Instant::now();
+    let mut net = Net::new(t0, (Apd, Apd), (Ei, Apd));
+    let mut now = t0;
+    while now < t0 + Duration::from_millis(300) {
+        net.step(&mut now);
+    }
+    let found = sa("203.0.113.99:30011");
+    for s in &mut net.sides {
+        s.p.adopt_direct(found);
+    }
+    while now < t0 + DIRECT_TIMEOUT + Duration::from_secs(2) {
+        net.step(&mut now);
+    }
+    for s in &mut net.sides {
+        assert_eq!(s.p.path(), Some(PathKind::Direct(found)));
+        while let Some(e) = s.p.poll_event() {
+            assert!(
+                !matches!(e, PunchEvent::Path { .. }),
+                "no path change after adoption: {e:?}"
+            );
+        }
+    }
+}

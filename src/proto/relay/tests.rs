@@ -1,0 +1,1031 @@
+use super::*;
+use crate::wire::stun::Change;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const P: &str = "203.0.113.10:3478";
+
+fn cfg(alt: bool) -> RelayConfig {
+    RelayConfig {
+        primary: sa(P),
+        alt_ip: alt.then(|| "203.0.113.11".parse().unwrap()),
+        alt_port: 3479,
+        limits: Limits::default(),
+        allow_private: false,
+        secret: None,
+    }
+}
+
+fn now(t: Instant) -> Now {
+    Now {
+        mono: t,
+        unix: 1_800_000_000,
+    }
+}
+
+fn drain(r: &mut Relay) -> Vec<Output> {
+    std::iter::from_fn(|| r.poll_output()).collect()
+}
+
+fn udp(o: &Output) -> (SocketAddr, SocketAddr, &[u8]) {
+    match o {
+        Output::Udp { src, dst, payload } => (*src, *dst, payload),
+        other => panic!("expected UDP, got {other:?}"),
+    }
+}
+
+#[test]
+fn rfc5780_answers_on_all_four_addresses() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    let client = sa("198.51.100.7:5000");
+    for local in r.cfg.locals() {
+        for change in [Change::NONE, Change::PORT, Change::IP_AND_PORT] {
+            let req = stun::binding_request([1; 12], change);
+            r.handle_udp(now(t), local, client, &req);
+            let out = drain(&mut r);
+            let (src, dst, bytes) = udp(&out[0]);
+            let m = stun::decode(bytes).unwrap();
+            assert_eq!(dst, client);
+            assert_eq!(m.reflexive(), Some(client));
+            assert_eq!(m.response_origin, Some(src));
+            let o = m.other_address.unwrap();
+            assert_ne!(o.ip(), local.ip());
+            assert_ne!(o.port(), local.port());
+            assert_eq!(src.ip() != local.ip(), change.ip, "{local} {change:?}");
+            assert_eq!(
+                src.port() != local.port(),
+                change.port,
+                "{local} {change:?}"
+            );
+            assert!(r.locals.contains(&src));
+        }
+    }
+}
+
+#[test]
+fn response_port_stays_on_the_requesters_ip() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    let req = stun::binding_request_response_port([2; 12], 7777);
+    r.handle_udp(now(t), sa(P), sa("198.51.100.7:5000"), &req);
+    let (_, dst, _) = udp(&drain(&mut r)[0]);
+    assert_eq!(dst, sa("198.51.100.7:7777"));
+}
+
+#[test]
+fn plain_mode_refuses_change_request_and_sends_no_other_address() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(false), t);
+    r.handle_udp(
+        now(t),
+        sa(P),
+        sa("198.51.100.7:5000"),
+        &stun::binding_request([3; 12], Change::NONE),
+    );
+    let m = stun::decode(udp(&drain(&mut r)[0]).2).unwrap();
+    assert_eq!(m.other_address, None);
+    r.handle_udp(
+        now(t),
+        sa(P),
+        sa("198.51.100.7:5000"),
+        &stun::binding_request([3; 12], Change::PORT),
+    );
+    let m = stun::decode(udp(&drain(&mut r)[0]).2).unwrap();
+    assert_eq!(m.error.unwrap().0, 420);
+}
+
+#[test]
+fn padding_is_refused_small() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    let req = stun::binding_request_with_padding([4; 12], 8).unwrap();
+    r.handle_udp(now(t), sa(P), sa("198.51.100.7:5000"), &req);
+    let out = drain(&mut r);
+    let (_, _, bytes) = udp(&out[0]);
+    assert_eq!(stun::decode(bytes).unwrap().error.unwrap().0, 400);
+    assert!(bytes.len() <= req.len() * MAX_AMPLIFICATION);
+    assert_eq!(r.metrics().drops_for(Drop::Padding), 1);
+}
+
+#[test]
+fn amplification_is_bounded_for_the_smallest_request() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    // A 20-byte Binding request: header only.
+    let mut req = stun::binding_request([5; 12], Change::NONE);
+    req.truncate(20);
+    req[2] = 0;
+    req[3] = 0;
+    r.handle_udp(now(t), sa(P), sa("198.51.100.7:5000"), &req);
+    let out = drain(&mut r);
+    let (_, _, bytes) = udp(&out[0]);
+    assert!(
+        bytes.len() <= 20 * MAX_AMPLIFICATION,
+        "{} bytes",
+        bytes.len()
+    );
+}
+
+#[test]
+fn private_and_mapped_sources_are_denied() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    for src in [
+        "10.0.0.1:1",
+        "127.0.0.1:1",
+        "[::ffff:192.168.1.1]:1",
+        "[::ffff:127.0.0.1]:1",
+        "100.64.0.1:1",
+        "0.0.0.0:1",
+    ] {
+        r.handle_udp(
+            now(t),
+            sa(P),
+            sa(src),
+            &stun::binding_request([6; 12], Change::NONE),
+        );
+        assert!(drain(&mut r).is_empty(), "{src}");
+    }
+    assert_eq!(r.metrics().drops_for(Drop::Denied), 6);
+}
+
+#[test]
+fn one_flooding_source_is_limited_another_is_served() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    let req = stun::binding_request([7; 12], Change::NONE);
+    for _ in 0..1000 {
+        r.handle_udp(now(t), sa(P), sa("198.51.100.7:5000"), &req);
+    }
+    let answered = drain(&mut r).len();
+    assert_eq!(answered as u32, defaults::RELAY_REQS_BURST);
+    assert_eq!(
+        r.metrics().drops_for(Drop::RateLimited),
+        1000 - answered as u64
+    );
+    r.handle_udp(now(t), sa(P), sa("198.51.100.8:5000"), &req);
+    assert_eq!(drain(&mut r).len(), 1);
+    assert!(r
+        .metrics()
+        .render(0)
+        .contains("natkit_relay_drops_total{reason=\"rate_limited\"} 900"));
+}
+
+fn register(
+    r: &mut Relay,
+    t: Instant,
+    from: &str,
+    role: Role,
+    peer: u8,
+    cands: Vec<SocketAddr>,
+) -> Vec<Output> {
+    let f = Frame::Register {
+        session: [9; 16],
+        role,
+        peer: [peer; 8],
+        token: vec![],
+        candidates: cands,
+    };
+    r.handle_udp(now(t), sa(P), sa(from), &f.emit());
+    drain(r)
+}
+
+fn frames(out: &[Output]) -> Vec<(SocketAddr, Frame)> {
+    out.iter()
+        .map(|o| {
+            let (_, dst, b) = udp(o);
+            (dst, Frame::parse(b).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn rendezvous_introduces_peers_and_never_sends_to_candidates() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    let evil = sa("198.51.100.99:22");
+    let out = register(
+        &mut r,
+        t,
+        "198.51.100.1:4000",
+        Role::Listener,
+        1,
+        vec![evil, sa("10.0.0.5:22")],
+    );
+    assert_eq!(
+        frames(&out),
+        vec![(
+            sa("198.51.100.1:4000"),
+            Frame::Registered {
+                observed: sa("198.51.100.1:4000"),
+                peer_present: false
+            }
+        )]
+    );
+    let out = register(&mut r, t, "198.51.100.2:5000", Role::Connector, 2, vec![]);
+    let f = frames(&out);
+    assert_eq!(f.len(), 3);
+    for (dst, _) in &f {
+        assert!(
+            *dst == sa("198.51.100.1:4000") || *dst == sa("198.51.100.2:5000"),
+            "sent to {dst}"
+        );
+    }
+    assert!(f.contains(&(
+        sa("198.51.100.2:5000"),
+        Frame::Peer {
+            observed: sa("198.51.100.1:4000"),
+            candidates: vec![evil, sa("10.0.0.5:22")]
+        }
+    )));
+    // Relayed data goes to the other peer's observed address only.
+    let d = Frame::Data {
+        session: [9; 16],
+        payload: b"ciphertext".to_vec(),
+    };
+    r.handle_udp(now(t), sa(P), sa("198.51.100.2:5000"), &d.emit());
+    let f = frames(&drain(&mut r));
+    assert_eq!(f, vec![(sa("198.51.100.1:4000"), d.clone())]);
+}
+
+#[test]
+fn forged_joins_and_data_from_strangers_change_nothing() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    register(&mut r, t, "198.51.100.1:4000", Role::Listener, 1, vec![]);
+    register(&mut r, t, "198.51.100.2:5000", Role::Connector, 2, vec![]);
+    // Another peer id cannot take a role.
+    let out = register(&mut r, t, "198.51.100.66:6000", Role::Listener, 3, vec![]);
+    assert!(matches!(
+        frames(&out)[0].1,
+        Frame::Error {
+            code: ErrorCode::SessionBusy,
+            ..
+        }
+    ));
+    // Data from an address that is not registered is dropped, even with the right session.
+    let d = Frame::Data {
+        session: [9; 16],
+        payload: vec![1],
+    };
+    r.handle_udp(now(t), sa(P), sa("198.51.100.66:6000"), &d.emit());
+    assert!(drain(&mut r).is_empty());
+    // A Sync or Bye naming a peer id from the wrong address is ignored too.
+    let bye = Frame::Bye {
+        session: [9; 16],
+        peer: [1; 8],
+    };
+    r.handle_udp(now(t), sa(P), sa("198.51.100.66:6000"), &bye.emit());
+    r.handle_udp(now(t), sa(P), sa("198.51.100.2:5000"), &d.emit());
+    assert_eq!(frames(&drain(&mut r))[0].0, sa("198.51.100.1:4000"));
+}
+
+#[test]
+fn sync_measures_rtts_and_starts_both_at_once() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    register(&mut r, t, "198.51.100.1:4000", Role::Listener, 1, vec![]);
+    register(&mut r, t, "198.51.100.2:5000", Role::Connector, 2, vec![]);
+    r.handle_udp(
+        now(t),
+        sa(P),
+        sa("198.51.100.2:5000"),
+        &Frame::Sync {
+            session: [9; 16],
+            peer: [2; 8],
+        }
+        .emit(),
+    );
+    let pings = frames(&drain(&mut r));
+    assert_eq!(pings.len(), 2);
+    for (dst, f) in pings {
+        let Frame::Ping { nonce } = f else { panic!() };
+        let (peer, delay) = if dst.port() == 4000 { (1, 80) } else { (2, 20) };
+        let pong = Frame::Pong {
+            session: [9; 16],
+            peer: [peer; 8],
+            nonce,
+        };
+        r.handle_udp(
+            now(t + Duration::from_millis(delay)),
+            sa(P),
+            dst,
+            &pong.emit(),
+        );
+    }
+    let starts = frames(&drain(&mut r));
+    let wait = |port: u16| {
+        starts
+            .iter()
+            .find_map(|(d, f)| match f {
+                Frame::Start {
+                    wait_ms,
+                    attempt: 1,
+                } if d.port() == port => Some(*wait_ms),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // RTT 80 ms vs 20 ms: the near side waits half the difference.
+    assert_eq!(wait(4000), 0);
+    assert_eq!(wait(5000), 30);
+}
+
+#[test]
+fn secret_requires_a_valid_unexpired_token() {
+    let t = Instant::now();
+    let mut c = cfg(true);
+    c.secret = Some(b"s3cret".to_vec());
+    let mut r = Relay::new(c, t);
+    let reg = |token: Vec<u8>| {
+        Frame::Register {
+            session: [1; 16],
+            role: Role::Listener,
+            peer: [1; 8],
+            token,
+            candidates: vec![],
+        }
+        .emit()
+    };
+    let n = now(t);
+    for bad in [
+        vec![],
+        vec![0; 24],
+        make_token(b"other", n.unix + 60),
+        make_token(b"s3cret", n.unix - 1),
+    ] {
+        r.handle_udp(n, sa(P), sa("198.51.100.1:4000"), &reg(bad));
+        assert!(matches!(
+            frames(&drain(&mut r))[0].1,
+            Frame::Error {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ));
+    }
+    r.handle_udp(
+        n,
+        sa(P),
+        sa("198.51.100.1:4000"),
+        &reg(make_token(b"s3cret", n.unix + 60)),
+    );
+    assert!(matches!(
+        frames(&drain(&mut r))[0].1,
+        Frame::Registered { .. }
+    ));
+}
+
+#[test]
+fn dial_back_only_reaches_the_requester() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    let me = sa("198.51.100.1:4000");
+    r.handle_udp(
+        now(t),
+        sa(P),
+        me,
+        &Frame::DialBack {
+            proto: 17,
+            port: 9999,
+            nonce: 5,
+        }
+        .emit(),
+    );
+    let out = drain(&mut r);
+    let (src, dst, b) = udp(&out[0]);
+    assert_eq!(dst, me, "UDP dial-back ignores the named port");
+    assert_eq!(src, sa("203.0.113.11:3479"));
+    assert_eq!(Frame::parse(b).unwrap(), Frame::Probe { nonce: 5 });
+    r.handle_udp(
+        now(t),
+        sa(P),
+        me,
+        &Frame::DialBack {
+            proto: 6,
+            port: 8080,
+            nonce: 6,
+        }
+        .emit(),
+    );
+    assert!(
+        matches!(drain(&mut r)[0], Output::DialTcp { dst, .. } if dst == sa("198.51.100.1:8080"))
+    );
+    for _ in 0..20 {
+        r.handle_udp(
+            now(t),
+            sa(P),
+            me,
+            &Frame::DialBack {
+                proto: 6,
+                port: 8080,
+                nonce: 6,
+            }
+            .emit(),
+        );
+    }
+    let n = drain(&mut r)
+        .iter()
+        .filter(|o| matches!(o, Output::DialTcp { .. }))
+        .count();
+    assert_eq!(n as u32, defaults::RELAY_DIALBACKS_PER_MIN - 2);
+}
+
+#[test]
+fn idle_registrations_expire() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    register(&mut r, t, "198.51.100.1:4000", Role::Listener, 1, vec![]);
+    assert_eq!(r.sessions(), 1);
+    r.handle_timeout(t + Duration::from_secs(defaults::RELAY_IDLE_SECS + 2));
+    assert_eq!(r.sessions(), 0);
+}
+
+#[test]
+fn change_request_ip_only_answers_from_the_other_ip_same_port() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    let client = sa("198.51.100.7:5000");
+    let ip_only = Change {
+        ip: true,
+        port: false,
+    };
+    for local in r.cfg.locals() {
+        let req = stun::binding_request([8; 12], ip_only);
+        r.handle_udp(now(t), local, client, &req);
+        let out = drain(&mut r);
+        assert_eq!(out.len(), 1);
+        let (src, dst, bytes) = udp(&out[0]);
+        let m = stun::decode(bytes).unwrap();
+        assert_eq!(dst, client);
+        assert_ne!(src.ip(), local.ip(), "{local}: the IP changes");
+        assert_eq!(src.port(), local.port(), "{local}: the port does not");
+        assert!(r.locals.contains(&src));
+        assert_eq!(m.response_origin, Some(src));
+        assert_eq!(m.reflexive(), Some(client));
+    }
+    // Without --alt-addr, change-IP is refused like any CHANGE-REQUEST.
+    let mut plain = Relay::new(cfg(false), t);
+    plain.handle_udp(
+        now(t),
+        sa(P),
+        client,
+        &stun::binding_request([8; 12], ip_only),
+    );
+    let m = stun::decode(udp(&drain(&mut plain)[0]).2).unwrap();
+    assert_eq!(m.error.unwrap().0, 420);
+}
+
+// ---- Amplification of Register (issue 2: every unauthenticated request within 4×) ----
+
+fn v6_candidates(n: usize) -> Vec<SocketAddr> {
+    (0..n)
+        .map(|i| sa(&format!("[2001:db8::{:x}]:{}", i + 1, 40000 + i)))
+        .collect()
+}
+
+fn v4_candidates(n: usize) -> Vec<SocketAddr> {
+    (0..n)
+        .map(|i| sa(&format!("192.0.2.{}:{}", i + 1, 41000 + i)))
+        .collect()
+}
+
+fn total_bytes(out: &[Output]) -> usize {
+    out.iter()
+        .map(|o| match o {
+            Output::Udp { payload, .. } | Output::Tcp { payload, .. } => payload.len(),
+            Output::DialTcp { payload, .. } => payload.len(),
+            Output::Close(_) => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn register_joining_a_peer_with_8_ipv6_candidates_stays_within_4x() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t);
+    let listener = sa("198.51.100.1:4000");
+    let connector = sa("198.51.100.2:5000");
+    let many = v6_candidates(8);
+    register(
+        &mut r,
+        t,
+        "198.51.100.1:4000",
+        Role::Listener,
+        1,
+        many.clone(),
+    );
+    // The smallest Register there is: no token, no candidates.
+    let req = Frame::Register {
+        session: [9; 16],
+        role: Role::Connector,
+        peer: [2; 8],
+        token: vec![],
+        candidates: vec![],
+    }
+    .emit();
+    assert_eq!(req.len(), 31);
+    r.handle_udp(now(t), sa(P), connector, &req);
+    let out = drain(&mut r);
+    // Everything this one request made the relay send, to anyone.
+    let sent = total_bytes(&out);
+    assert!(
+        sent <= req.len() * MAX_AMPLIFICATION,
+        "{sent} bytes for a {}-byte request",
+        req.len()
+    );
+    let f = frames(&out);
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert!(matches!(
+        f[0],
+        (
+            d,
+            Frame::Registered {
+                peer_present: true,
+                ..
+            }
+        ) if d == connector
+    ));
+    // The observed address always goes; the candidates as far as the budget allows (here:
+    // 124 - 12 Registered - 12 Peer to the listener - 12 bare Peer = 88 bytes, 4 × 19).
+    let Frame::Peer {
+        observed,
+        candidates,
+    } = &f[1].1
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!(f[1].0, connector);
+    assert_eq!(*observed, listener);
+    assert_eq!(candidates, &many[..4]);
+    assert_eq!(r.metrics().peer_candidates_trimmed, 4);
+    assert!(r
+        .metrics()
+        .render(1)
+        .contains("natkit_relay_peer_candidates_trimmed_total 4"));
+    // The listener still gets the connector's (whole, empty) list.
+    assert_eq!(
+        f[2],
+        (
+            listener,
+            Frame::Peer {
+                observed: connector,
+                candidates: vec![]
+            }
+        )
+    );
+    // Without the bound this was 176 bytes (5.7×): the test can fail.
+    let unbounded = Frame::Registered {
+        observed: connector,
+        peer_present: true,
+    }
+    .emit()
+    .len()
+        + Frame::Peer {
+            observed: listener,
+            candidates: many,
+        }
+        .emit()
+        .len();
+    assert!(unbounded > req.len() * MAX_AMPLIFICATION);
+}
+
+/// Every combination of families and candidate counts: whatever one Register makes the relay
+/// send stays within 4× of it, the observed address always goes, and the candidates that go
+/// keep their order.
+#[test]
+fn register_answers_are_bounded_for_every_mix_of_families_and_counts() {
+    let t = Instant::now();
+    let froms = [
+        ("198.51.100.1:4000", "198.51.100.2:5000"),
+        ("[2001:db8:1::1]:4000", "[2001:db8:2::2]:5000"),
+        ("198.51.100.1:4000", "[2001:db8:2::2]:5000"),
+        ("[2001:db8:1::1]:4000", "198.51.100.2:5000"),
+    ];
+    let mut checked = 0;
+    for (lfrom, cfrom) in froms {
+        for theirs_v6 in [false, true] {
+            for mine_v6 in [false, true] {
+                for n_theirs in 0..=8 {
+                    for n_mine in 0..=8 {
+                        let mut r = Relay::new(cfg(true), t);
+                        let mk = |v6: bool, n| {
+                            if v6 {
+                                v6_candidates(n)
+                            } else {
+                                v4_candidates(n)
+                            }
+                        };
+                        let theirs = mk(theirs_v6, n_theirs);
+                        register(&mut r, t, lfrom, Role::Listener, 1, theirs.clone());
+                        let req = Frame::Register {
+                            session: [9; 16],
+                            role: Role::Connector,
+                            peer: [2; 8],
+                            token: vec![],
+                            candidates: mk(mine_v6, n_mine),
+                        }
+                        .emit();
+                        r.handle_udp(now(t), sa(P), sa(cfrom), &req);
+                        let out = drain(&mut r);
+                        assert!(total_bytes(&out) <= req.len() * MAX_AMPLIFICATION);
+                        let got = frames(&out)
+                            .into_iter()
+                            .find_map(|(d, f)| match f {
+                                Frame::Peer {
+                                    observed,
+                                    candidates,
+                                } if d == sa(cfrom) => Some((observed, candidates)),
+                                _ => None,
+                            })
+                            .expect("a Peer frame to the sender");
+                        assert_eq!(got.0, sa(lfrom));
+                        // An order-keeping subsequence of the other peer's list.
+                        let mut it = theirs.iter();
+                        assert!(got.1.iter().all(|c| it.any(|x| x == c)));
+                        // What the rustdoc promises always fits.
+                        let floor = if theirs_v6 { 2 } else { 7 };
+                        assert!(got.1.len() >= n_theirs.min(floor), "{got:?}");
+                        if !theirs_v6 && sa(lfrom).is_ipv4() && sa(cfrom).is_ipv4() {
+                            assert_eq!(got.1, theirs);
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 4 * 2 * 2 * 9 * 9);
+}
+
+#[test]
+fn candidates_within_keeps_order_and_skips_what_does_not_fit() {
+    let v6 = v6_candidates(2);
+    let v4 = v4_candidates(2);
+    let list = vec![v6[0], v6[1], v4[0], v4[1]];
+    assert_eq!(candidates_within(0, &list), (vec![], 4));
+    assert_eq!(candidates_within(19, &list), (vec![v6[0]], 3));
+    // 19 + 7 + 7 = 33: the second IPv6 does not fit, the IPv4 after it do.
+    assert_eq!(candidates_within(33, &list), (vec![v6[0], v4[0], v4[1]], 1));
+    assert_eq!(candidates_within(52, &list), (list.clone(), 0));
+}
+
+#[test]
+fn a_valid_token_lifts_the_candidate_budget() {
+    let t = Instant::now();
+    let mut c = cfg(true);
+    c.secret = Some(b"s3cret".to_vec());
+    let mut r = Relay::new(c, t);
+    let tok = make_token(b"s3cret", now(t).unix + 60);
+    let many = v6_candidates(8);
+    for (from, role, peer, cands) in [
+        ("198.51.100.1:4000", Role::Listener, 1, many.clone()),
+        ("198.51.100.2:5000", Role::Connector, 2, vec![]),
+    ] {
+        let f = Frame::Register {
+            session: [9; 16],
+            role,
+            peer: [peer; 8],
+            token: tok.clone(),
+            candidates: cands,
+        };
+        r.handle_udp(now(t), sa(P), sa(from), &f.emit());
+    }
+    let f = frames(&drain(&mut r));
+    assert!(f.contains(&(
+        sa("198.51.100.2:5000"),
+        Frame::Peer {
+            observed: sa("198.51.100.1:4000"),
+            candidates: many
+        }
+    )));
+    assert_eq!(r.metrics().peer_candidates_trimmed, 0);
+}
+
+/// punch's own rendezvous client, through the relay core: a normal punch (1 to 3 IPv4
+/// candidates each side) gets every candidate of the other side, whichever registers first.
+#[test]
+fn a_normal_punch_gets_all_candidates_of_both_sides() {
+    use crate::proto::punch::{PunchConfig, RvClient, RvEvent};
+    let t = Instant::now();
+    let listener = sa("198.51.100.1:4000");
+    let connector = sa("198.51.100.2:5000");
+    for nl in 1..=3 {
+        for nc in 1..=3 {
+            let mut r = Relay::new(cfg(true), t);
+            let cands = |base: u8, n: usize| -> Vec<SocketAddr> {
+                (0..n)
+                    .map(|i| sa(&format!("192.168.{base}.{}:{}", i + 2, 50000 + i)))
+                    .collect()
+            };
+            let (lc, cc) = (cands(1, nl), cands(2, nc));
+            let pc = |role, peer, candidates| PunchConfig {
+                relay: sa(P),
+                session: [7; 16],
+                role,
+                peer: [peer; 8],
+                token: vec![],
+                candidates,
+                direct_timeout: Duration::from_secs(3),
+                keepalive: Duration::from_secs(15),
+            };
+            let mut clients = [
+                (
+                    listener,
+                    RvClient::new(pc(Role::Listener, 1, lc.clone()), t),
+                ),
+                (
+                    connector,
+                    RvClient::new(pc(Role::Connector, 2, cc.clone()), t),
+                ),
+            ];
+            // Listener's Register first, then the connector's; deliver every answer.
+            for k in 0..2 {
+                let (from, c) = &mut clients[k];
+                while let Some((dst, bytes)) = c.poll_transmit() {
+                    assert_eq!(dst, sa(P));
+                    r.handle_udp(now(t), sa(P), *from, &bytes);
+                }
+                for o in drain(&mut r) {
+                    let (src, dst, payload) = udp(&o);
+                    let (_, c) = clients.iter_mut().find(|(a, _)| *a == dst).unwrap();
+                    assert!(c.handle_datagram(t, src, payload));
+                }
+            }
+            let peer_of = |c: &mut RvClient| {
+                std::iter::from_fn(|| c.poll_event()).find_map(|e| match e {
+                    RvEvent::Peer {
+                        observed,
+                        candidates,
+                    } => Some((observed, candidates)),
+                    _ => None,
+                })
+            };
+            assert_eq!(peer_of(&mut clients[0].1), Some((connector, cc)));
+            assert_eq!(peer_of(&mut clients[1].1), Some((listener, lc)));
+            assert_eq!(r.metrics().peer_candidates_trimmed, 0);
+        }
+    }
+}
+
+// ---- Caps and quotas (issue 2 item 5), on a fake clock ----
+
+fn cfg_with(f: impl FnOnce(&mut Limits)) -> RelayConfig {
+    let mut c = cfg(true);
+    f(&mut c.limits);
+    c
+}
+
+fn register_in(
+    r: &mut Relay,
+    t: Instant,
+    from: &str,
+    session: u8,
+    role: Role,
+    peer: u8,
+) -> Vec<(SocketAddr, Frame)> {
+    let f = Frame::Register {
+        session: [session; 16],
+        role,
+        peer: [peer; 8],
+        token: vec![],
+        candidates: vec![],
+    };
+    r.handle_udp(now(t), sa(P), sa(from), &f.emit());
+    frames(&drain(r))
+}
+
+fn is_limit(f: &[(SocketAddr, Frame)], reason: &str) -> bool {
+    matches!(f, [(_, Frame::Error { code: ErrorCode::Limit, reason: r })] if r == reason)
+}
+
+#[test]
+fn total_sessions_cap() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg_with(|l| l.max_sessions = 3), t);
+    for i in 1..=3u8 {
+        let f = register_in(
+            &mut r,
+            t,
+            &format!("198.51.100.{i}:4000"),
+            i,
+            Role::Listener,
+            i,
+        );
+        assert!(matches!(f[0].1, Frame::Registered { .. }), "{f:?}");
+    }
+    assert_eq!(r.sessions(), 3);
+    assert_eq!(r.metrics().drops_for(Drop::Limit), 0);
+    // At the cap: a new session is refused, with the Limit error and the drop counted.
+    let f = register_in(&mut r, t, "198.51.100.4:4000", 4, Role::Listener, 4);
+    assert!(is_limit(&f, "relay full"), "{f:?}");
+    assert_eq!(f[0].0, sa("198.51.100.4:4000"));
+    assert_eq!(r.sessions(), 3);
+    assert_eq!(r.metrics().drops_for(Drop::Limit), 1);
+    assert!(r
+        .metrics()
+        .render(r.sessions())
+        .contains("natkit_relay_drops_total{reason=\"limit\"} 1"));
+    // Joining an existing session is not a new session: still served at the cap.
+    let f = register_in(&mut r, t, "198.51.100.5:5000", 1, Role::Connector, 5);
+    assert!(
+        matches!(
+            f[0].1,
+            Frame::Registered {
+                peer_present: true,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    // A session that ends frees its place.
+    r.handle_udp(
+        now(t),
+        sa(P),
+        sa("198.51.100.3:4000"),
+        &Frame::Bye {
+            session: [3; 16],
+            peer: [3; 8],
+        }
+        .emit(),
+    );
+    assert_eq!(r.sessions(), 2);
+    let f = register_in(&mut r, t, "198.51.100.4:4000", 4, Role::Listener, 4);
+    assert!(matches!(f[0].1, Frame::Registered { .. }), "{f:?}");
+    assert_eq!(r.metrics().sessions_created, 4);
+}
+
+#[test]
+fn sessions_per_source_cap() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg_with(|l| l.sessions_per_source = 2), t);
+    // Two sessions from one IP (different ports): fine.
+    for (i, port) in [(1u8, 4000), (2, 4001)] {
+        let f = register_in(
+            &mut r,
+            t,
+            &format!("198.51.100.1:{port}"),
+            i,
+            Role::Listener,
+            i,
+        );
+        assert!(matches!(f[0].1, Frame::Registered { .. }), "{f:?}");
+    }
+    // A third from the same IP, from yet another port: refused.
+    let f = register_in(&mut r, t, "198.51.100.1:4002", 3, Role::Listener, 3);
+    assert!(is_limit(&f, "too many sessions from this address"), "{f:?}");
+    assert_eq!(r.metrics().drops_for(Drop::Limit), 1);
+    // The same IP spelled as IPv4-mapped IPv6 is the same source.
+    let f = register_in(
+        &mut r,
+        t,
+        "[::ffff:198.51.100.1]:4003",
+        3,
+        Role::Listener,
+        3,
+    );
+    assert!(is_limit(&f, "too many sessions from this address"), "{f:?}");
+    assert_eq!(r.metrics().drops_for(Drop::Limit), 2);
+    assert_eq!(r.sessions(), 2);
+    // Another source is served.
+    let f = register_in(&mut r, t, "198.51.100.2:4000", 3, Role::Listener, 3);
+    assert!(matches!(f[0].1, Frame::Registered { .. }), "{f:?}");
+    // Re-registering in a session it already holds is a refresh, not a new session.
+    let f = register_in(&mut r, t, "198.51.100.1:4000", 1, Role::Listener, 1);
+    assert!(matches!(f[0].1, Frame::Registered { .. }), "{f:?}");
+    assert_eq!(r.sessions(), 3);
+    assert_eq!(r.metrics().drops_for(Drop::Limit), 2);
+}
+
+#[test]
+fn max_sources_cap() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg_with(|l| l.max_sources = 2), t);
+    let req = stun::binding_request([1; 12], Change::NONE);
+    let ask = |r: &mut Relay, at: Instant, from: &str| {
+        r.handle_udp(now(at), sa(P), sa(from), &req);
+        drain(r).len()
+    };
+    assert_eq!(ask(&mut r, t, "198.51.100.1:1000"), 1);
+    assert_eq!(ask(&mut r, t, "198.51.100.2:1000"), 1);
+    assert_eq!(r.metrics().drops_for(Drop::SourcesFull), 0);
+    // A third source while two are tracked: dropped without an answer, counted.
+    assert_eq!(ask(&mut r, t, "198.51.100.3:1000"), 0);
+    assert_eq!(r.metrics().drops_for(Drop::SourcesFull), 1);
+    assert!(r
+        .metrics()
+        .render(0)
+        .contains("natkit_relay_drops_total{reason=\"sources_full\"} 1"));
+    // Tracked sources (another port of the same IP too) are still served.
+    assert_eq!(ask(&mut r, t, "198.51.100.1:2000"), 1);
+    // Rendezvous frames count against the same table.
+    let f = register_in(&mut r, t, "198.51.100.3:1000", 1, Role::Listener, 1);
+    assert!(f.is_empty());
+    assert_eq!(r.metrics().drops_for(Drop::SourcesFull), 2);
+    // Once the tracked sources' buckets have refilled (burst / rate = 2 s) they are
+    // forgotten at the next sweep, and the new source is served.
+    r.handle_timeout(t + Duration::from_secs(3));
+    assert_eq!(
+        ask(&mut r, t + Duration::from_secs(3), "198.51.100.3:1000"),
+        1
+    );
+}
+
+fn pair(r: &mut Relay, t: Instant) -> (SocketAddr, SocketAddr) {
+    let (a, b) = (sa("198.51.100.1:4000"), sa("198.51.100.2:5000"));
+    register_in(r, t, "198.51.100.1:4000", 9, Role::Listener, 1);
+    register_in(r, t, "198.51.100.2:5000", 9, Role::Connector, 2);
+    (a, b)
+}
+
+fn data(n: usize) -> Vec<u8> {
+    Frame::Data {
+        session: [9; 16],
+        payload: vec![0xab; n],
+    }
+    .emit()
+}
+
+#[test]
+fn byte_quota_ends_the_session_when_used_up() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg_with(|l| l.session_bytes = 1000), t);
+    let (a, b) = pair(&mut r, t);
+    // The driver's fast path: (src, dst) when relayed.
+    for n in [400, 400, 200] {
+        assert_eq!(r.forward_udp(now(t), sa(P), a, &data(n)), Some((sa(P), b)));
+    }
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(r.metrics().relayed_bytes, 1000);
+    assert_eq!(r.metrics().drops_for(Drop::Limit), 0);
+    // Exactly 1000 payload bytes went; one more byte is over the quota: not relayed, the
+    // session ends, its sender is told.
+    assert_eq!(r.forward_udp(now(t), sa(P), b, &data(1)), None);
+    let f = frames(&drain(&mut r));
+    assert!(is_limit(&f, "session quota used up"), "{f:?}");
+    assert_eq!(f[0].0, b);
+    assert_eq!(r.sessions(), 0);
+    assert_eq!(r.metrics().drops_for(Drop::Limit), 1);
+    assert_eq!(r.metrics().relayed_bytes, 1000);
+    assert_eq!(r.metrics().relayed_packets, 3);
+    // Nothing more is relayed in either direction.
+    assert_eq!(r.forward_udp(now(t), sa(P), a, &data(1)), None);
+    r.handle_udp(now(t), sa(P), a, &data(1));
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(r.metrics().drops_for(Drop::NoSession), 2);
+    assert_eq!(r.metrics().relayed_packets, 3);
+}
+
+#[test]
+fn time_quota_expires_the_session_at_the_right_instant() {
+    let t = Instant::now();
+    let life = Duration::from_secs(10);
+    let c = cfg_with(|l| {
+        l.session_secs = 10;
+        l.idle_secs = 3600;
+    });
+    // By the timer: alive 1 ms before the end, gone at the end.
+    let mut r = Relay::new(c.clone(), t);
+    let (a, b) = pair(&mut r, t);
+    let before = t + life - Duration::from_millis(1);
+    r.handle_timeout(t + Duration::from_secs(5));
+    r.handle_timeout(before);
+    assert_eq!(r.sessions(), 1);
+    assert_eq!(
+        r.forward_udp(now(before), sa(P), a, &data(10)),
+        Some((sa(P), b))
+    );
+    assert!(
+        r.poll_timeout() <= t + life,
+        "the timer wakes up for the end"
+    );
+    r.handle_timeout(t + life);
+    assert_eq!(r.sessions(), 0);
+    assert_eq!(r.forward_udp(now(t + life), sa(P), a, &data(10)), None);
+    assert_eq!(r.metrics().drops_for(Drop::NoSession), 1);
+    // By the data itself, with no timer run: relayed 1 ms before, refused at the end.
+    let mut r = Relay::new(c, t);
+    let (a, b) = pair(&mut r, t);
+    assert_eq!(
+        r.forward_udp(now(before), sa(P), b, &data(10)),
+        Some((sa(P), a))
+    );
+    assert_eq!(r.forward_udp(now(t + life), sa(P), b, &data(10)), None);
+    let f = frames(&drain(&mut r));
+    assert!(is_limit(&f, "session quota used up"), "{f:?}");
+    assert_eq!(r.sessions(), 0);
+    assert_eq!(r.metrics().drops_for(Drop::Limit), 1);
+    assert_eq!(r.metrics().relayed_packets, 1);
+}
+
+#[test]
+fn a_huge_time_quota_does_not_overflow_the_timer() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg_with(|l| l.session_secs = u64::MAX), t);
+    pair(&mut r, t);
+    assert!(r.poll_timeout() <= t + Duration::from_secs(1));
+    r.handle_timeout(t + Duration::from_secs(1));
+    assert_eq!(r.sessions(), 1);
+}

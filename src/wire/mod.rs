@@ -1,0 +1,9 @@
+//! Wire formats: codecs only. Each parser takes untrusted bytes and returns a value or an
+//! error, never panics; each value type can `emit` itself. Nothing here knows about sockets,
+//! clocks or the other layers.
+pub mod framing;
+pub mod icmp;
+pub mod netaddr;
+pub mod offer;
+pub mod rendezvous;
+pub mod stun;

@@ -1,0 +1,694 @@
+//! natkit's rendezvous and relay protocol, version 1: the wire format shared by `relay` and
+//! its clients. Checked parsing into value types and `emit` back (smoltcp style); parsing
+//! never panics and rejects anything malformed.
+//!
+//! # Framing
+//! Over UDP, one frame per datagram, on the relay's primary STUN port. Frames start with the
+//! bytes `N` `K` (0x4E 0x4B): a STUN message starts with two zero bits and carries the magic
+//! cookie at offset 4, so the two never collide (RFC 7983 §7 style demultiplexing on the first
+//! byte). Over TCP, each frame is preceded by its length as a big-endian `u16`.
+//!
+//! ```text
+//! 0      2        3       4
+//! +------+--------+-------+----------------------+
+//! | "NK" | ver=1  | type  | body (type-specific) |
+//! +------+--------+-------+----------------------+
+//! ```
+//!
+//! # Messages
+//! | type | name | direction | body |
+//! |---|---|---|---|
+//! | 1 | `Register` | client → relay | session id (16), role (1), peer id (8), token (len u8 + bytes), candidates (count u8 + addresses) |
+//! | 2 | `Registered` | relay → client | observed address, peer present (1) |
+//! | 3 | `Peer` | relay → client | the other peer's observed address, its candidates |
+//! | 4 | `Ping` | relay → client | nonce (8) |
+//! | 5 | `Pong` | client → relay | session id (16), peer id (8), nonce (8) |
+//! | 6 | `Sync` | client → relay | session id (16), peer id (8): "measure and tell us when to start" |
+//! | 7 | `Start` | relay → client | wait in ms (u16), attempt (u32) |
+//! | 8 | `Data` | both | session id (16), payload (rest): relayed to the other peer |
+//! | 9 | `DialBack` | client → relay | protocol (1: 17 UDP, 6 TCP), port (u16), nonce (8) |
+//! | 10 | `Probe` | relay → client | nonce (8): a dial-back probe from another address |
+//! | 11 | `Error` | relay → client | code (1), reason (len u8 + UTF-8) |
+//! | 12 | `Bye` | client → relay | session id (16), peer id (8) |
+//! | 13 | `PunchProbe` | peer → peer | session id (16), transaction (8): a connectivity check |
+//! | 14 | `PunchAck` | peer → peer | session id (16), transaction (8), the probe's source as seen |
+//! | 15 | `Pake` | peer → peer | session id (16), SPAKE2 message (rest) |
+//! | 16 | `Confirm` | peer → peer | session id (16), certificate fingerprint (32), MAC (32) |
+//! | 17 | `NatInfo` | peer → peer | session id (16), mapping (1), filtering (1), allocation (1), flags (1), step (1, signed) |
+//! | 18 | `TcpOffer` | peer → peer | session id (16), armed (1), address: the sender's TCP endpoint as the relay saw it |
+//! | 19 | `Predict` | peer → peer | session id (16), port (u16): the sender's sequential NAT gave this port to its last mapping |
+//!
+//! `NatInfo` carries the sender's NAT classification (RFC 4787 classes: 0 unknown,
+//! 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 no NAT;
+//! allocation 0 unknown, 1 preserving, 2 sequential, 3 random; flag bit 0: the router
+//! mapped the punch port, bit 1: the sender's UDP is blocked (it reached the relay over
+//! TCP); step: a sequential allocator's step between ports), inside relayed `Data`, so both
+//! sides can say which technique should work.
+//!
+//! `TcpOffer` (inside relayed `Data`) carries the sender's public TCP endpoint for TCP hole
+//! punching ([`crate::proto::punch::tcp`]); `armed` 1 says the sender's NAT now holds a mapping
+//! towards the receiver (its low-TTL SYN has gone out), so the receiver may connect.
+//!
+//! `Predict` (inside relayed `Data`) starts port prediction ([`crate::proto::punch::birthday`]): the
+//! sender's NAT allocates ports in order, the sender has just learned (by STUN) the port of
+//! one new mapping and opened the next one towards the receiver, which probes the ports after.
+//!
+//! An address is `family (4 or 6) | ip (4 or 16) | port (u16)`.
+//!
+//! The relay only ever sends to the *observed* address of a registered peer; addresses a
+//! client names (its candidates) are forwarded as data to the other peer, never sent to.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// First two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"NK";
+/// Protocol version.
+pub const VERSION: u8 = 1;
+/// Most candidates a peer may announce.
+pub const MAX_CANDIDATES: usize = 8;
+/// Largest relayed payload: fits a 1500-byte path with room for headers.
+pub const MAX_PAYLOAD: usize = 1400;
+/// Length of a session id: derived by clients from the public part of their code.
+pub const SESSION_LEN: usize = 16;
+
+/// A session id.
+pub type SessionId = [u8; SESSION_LEN];
+/// A random per-client-instance id, so a re-registration from a new address is recognised as
+/// the same peer and a different peer cannot take the slot.
+pub type PeerId = [u8; 8];
+
+/// Which side of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The side that waits (`punch listen`).
+    Listener,
+    /// The side that joins (`punch connect`).
+    Connector,
+}
+
+impl Role {
+    /// The other role.
+    pub fn other(self) -> Role {
+        match self {
+            Role::Listener => Role::Connector,
+            Role::Connector => Role::Listener,
+        }
+    }
+}
+
+/// Error codes in [`Frame::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// Malformed or unknown request.
+    BadRequest = 1,
+    /// `--secret` is set and the token is missing, expired or wrong.
+    Unauthorized = 2,
+    /// The role in this session is held by another peer.
+    SessionBusy = 3,
+    /// A cap was reached (sessions, per source, quota).
+    Limit = 4,
+    /// Sent to an address the relay refuses (private range without `--allow-private`).
+    Denied = 5,
+    /// Not registered in that session (or registration expired).
+    NoSession = 6,
+    /// Anything else.
+    Other = 255,
+}
+
+impl ErrorCode {
+    fn from_u8(v: u8) -> ErrorCode {
+        match v {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::Unauthorized,
+            3 => ErrorCode::SessionBusy,
+            4 => ErrorCode::Limit,
+            5 => ErrorCode::Denied,
+            6 => ErrorCode::NoSession,
+            _ => ErrorCode::Other,
+        }
+    }
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Join (or refresh) a session.
+    Register {
+        /// Session id.
+        session: SessionId,
+        /// Which side.
+        role: Role,
+        /// Client instance id.
+        peer: PeerId,
+        /// Access token (empty when the relay needs none).
+        token: Vec<u8>,
+        /// Self-reported candidate addresses, forwarded to the other peer as data.
+        candidates: Vec<SocketAddr>,
+    },
+    /// Registration accepted.
+    Registered {
+        /// The address the relay sees the client at.
+        observed: SocketAddr,
+        /// Whether the other side is registered.
+        peer_present: bool,
+    },
+    /// The other side's addresses.
+    Peer {
+        /// Where the relay sees the other peer.
+        observed: SocketAddr,
+        /// What the other peer reported about itself.
+        candidates: Vec<SocketAddr>,
+    },
+    /// RTT probe.
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+    /// RTT probe answer.
+    Pong {
+        /// Session id.
+        session: SessionId,
+        /// Client instance id.
+        peer: PeerId,
+        /// From the ping.
+        nonce: u64,
+    },
+    /// Ask for a simultaneous start.
+    Sync {
+        /// Session id.
+        session: SessionId,
+        /// Client instance id.
+        peer: PeerId,
+    },
+    /// Start punching after `wait_ms`.
+    Start {
+        /// Delay so both sides begin at the same instant.
+        wait_ms: u16,
+        /// Attempt number (each `Sync` round is a new attempt).
+        attempt: u32,
+    },
+    /// Relayed data.
+    Data {
+        /// Session id.
+        session: SessionId,
+        /// Opaque payload (ciphertext).
+        payload: Vec<u8>,
+    },
+    /// Ask the relay to probe the requester's own address.
+    DialBack {
+        /// 17 for UDP, 6 for TCP.
+        proto: u8,
+        /// For TCP, the port to connect to on the requester's observed IP (UDP answers the
+        /// observed address itself).
+        port: u16,
+        /// Echoed in the probe.
+        nonce: u64,
+    },
+    /// A dial-back probe.
+    Probe {
+        /// From the request.
+        nonce: u64,
+    },
+    /// A refusal.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// Human text.
+        reason: String,
+    },
+    /// Leave a session.
+    Bye {
+        /// Session id.
+        session: SessionId,
+        /// Client instance id.
+        peer: PeerId,
+    },
+    /// Peer-to-peer connectivity check (never sent to the relay).
+    PunchProbe {
+        /// Session id.
+        session: SessionId,
+        /// Transaction, echoed in the ack.
+        tx: u64,
+    },
+    /// A SPAKE2 message (peer to peer, directly or inside relayed data).
+    Pake {
+        /// Session id.
+        session: SessionId,
+        /// The SPAKE2 message.
+        msg: Vec<u8>,
+    },
+    /// Key confirmation: the sender's QUIC certificate fingerprint, MACed with the PAKE key.
+    Confirm {
+        /// Session id.
+        session: SessionId,
+        /// SHA-256 of the sender's certificate.
+        fingerprint: [u8; 32],
+        /// HMAC-SHA256 under the PAKE key.
+        mac: [u8; 32],
+    },
+    /// The sender's NAT classification (see the table above for the codes).
+    NatInfo {
+        /// Session id.
+        session: SessionId,
+        /// Mapping behaviour code.
+        mapping: u8,
+        /// Filtering behaviour code.
+        filtering: u8,
+        /// Port allocation code.
+        allocation: u8,
+        /// Bit 0: the router mapped the punch port for the sender; bit 1: its UDP is
+        /// blocked.
+        flags: u8,
+        /// A sequential allocator's step (0 when not sequential).
+        step: i8,
+    },
+    /// The sender's public TCP endpoint, for TCP hole punching.
+    TcpOffer {
+        /// Session id.
+        session: SessionId,
+        /// The sender's NAT holds a mapping towards the receiver's offer.
+        armed: bool,
+        /// The sender's TCP endpoint as the relay saw it.
+        addr: SocketAddr,
+    },
+    /// Port prediction: the port the sender's sequential NAT gave its last mapping.
+    Predict {
+        /// Session id.
+        session: SessionId,
+        /// That port.
+        port: u16,
+    },
+    /// Answer to a [`Frame::PunchProbe`].
+    PunchAck {
+        /// Session id.
+        session: SessionId,
+        /// From the probe.
+        tx: u64,
+        /// Where the probe came from, as the answering peer saw it.
+        observed: SocketAddr,
+    },
+}
+
+/// Why a frame did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Does not start with the magic bytes.
+    #[error("not a natkit frame")]
+    NotOurs,
+    /// Another protocol version.
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    /// Unknown message type.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// Too short, too long or inconsistent.
+    #[error("malformed frame")]
+    Malformed,
+}
+
+/// True when a datagram is (probably) a natkit frame rather than STUN.
+pub fn is_frame(buf: &[u8]) -> bool {
+    buf.len() >= 4 && buf[..2] == MAGIC
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
+        if self.buf.len() < n {
+            return Err(ParseError::Malformed);
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, ParseError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ParseError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, ParseError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, ParseError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ParseError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn addr(&mut self) -> Result<SocketAddr, ParseError> {
+        let ip = match self.u8()? {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+            _ => return Err(ParseError::Malformed),
+        };
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
+    fn addrs(&mut self) -> Result<Vec<SocketAddr>, ParseError> {
+        let n = self.u8()? as usize;
+        if n > MAX_CANDIDATES {
+            return Err(ParseError::Malformed);
+        }
+        (0..n).map(|_| self.addr()).collect()
+    }
+    fn bytes8(&mut self) -> Result<&'a [u8], ParseError> {
+        let n = self.u8()? as usize;
+        self.take(n)
+    }
+    fn end(&self) -> Result<(), ParseError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(ParseError::Malformed)
+        }
+    }
+}
+
+fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(v) => {
+            out.push(4);
+            out.extend_from_slice(&v.octets());
+        }
+        IpAddr::V6(v) => {
+            out.push(6);
+            out.extend_from_slice(&v.octets());
+        }
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn put_addrs(out: &mut Vec<u8>, v: &[SocketAddr]) {
+    let v = &v[..v.len().min(MAX_CANDIDATES)];
+    out.push(v.len() as u8);
+    for a in v {
+        put_addr(out, a);
+    }
+}
+
+fn put_bytes8(out: &mut Vec<u8>, b: &[u8]) {
+    let b = &b[..b.len().min(255)];
+    out.push(b.len() as u8);
+    out.extend_from_slice(b);
+}
+
+impl Frame {
+    /// Parses one frame (the whole datagram, or one TCP frame without its length prefix).
+    pub fn parse(buf: &[u8]) -> Result<Frame, ParseError> {
+        if !is_frame(buf) {
+            return Err(ParseError::NotOurs);
+        }
+        if buf[2] != VERSION {
+            return Err(ParseError::Version(buf[2]));
+        }
+        let ty = buf[3];
+        let mut r = Reader { buf: &buf[4..] };
+        let f = match ty {
+            1 => {
+                let session = r.array()?;
+                let role = match r.u8()? {
+                    0 => Role::Listener,
+                    1 => Role::Connector,
+                    _ => return Err(ParseError::Malformed),
+                };
+                let peer = r.array()?;
+                let token = r.bytes8()?.to_vec();
+                let candidates = r.addrs()?;
+                Frame::Register {
+                    session,
+                    role,
+                    peer,
+                    token,
+                    candidates,
+                }
+            }
+            2 => Frame::Registered {
+                observed: r.addr()?,
+                peer_present: r.u8()? != 0,
+            },
+            3 => Frame::Peer {
+                observed: r.addr()?,
+                candidates: r.addrs()?,
+            },
+            4 => Frame::Ping { nonce: r.u64()? },
+            5 => Frame::Pong {
+                session: r.array()?,
+                peer: r.array()?,
+                nonce: r.u64()?,
+            },
+            6 => Frame::Sync {
+                session: r.array()?,
+                peer: r.array()?,
+            },
+            7 => Frame::Start {
+                wait_ms: r.u16()?,
+                attempt: r.u32()?,
+            },
+            8 => {
+                let session = r.array()?;
+                let payload = r.take(r.buf.len())?;
+                if payload.len() > MAX_PAYLOAD {
+                    return Err(ParseError::Malformed);
+                }
+                Frame::Data {
+                    session,
+                    payload: payload.to_vec(),
+                }
+            }
+            9 => {
+                let proto = r.u8()?;
+                if proto != 6 && proto != 17 {
+                    return Err(ParseError::Malformed);
+                }
+                Frame::DialBack {
+                    proto,
+                    port: r.u16()?,
+                    nonce: r.u64()?,
+                }
+            }
+            10 => Frame::Probe { nonce: r.u64()? },
+            11 => {
+                let code = ErrorCode::from_u8(r.u8()?);
+                let reason = std::str::from_utf8(r.bytes8()?)
+                    .map_err(|_| ParseError::Malformed)?
+                    .to_string();
+                Frame::Error { code, reason }
+            }
+            12 => Frame::Bye {
+                session: r.array()?,
+                peer: r.array()?,
+            },
+            13 => Frame::PunchProbe {
+                session: r.array()?,
+                tx: r.u64()?,
+            },
+            14 => Frame::PunchAck {
+                session: r.array()?,
+                tx: r.u64()?,
+                observed: r.addr()?,
+            },
+            15 => {
+                let session = r.array()?;
+                let msg = r.take(r.buf.len())?;
+                if msg.is_empty() || msg.len() > 256 {
+                    return Err(ParseError::Malformed);
+                }
+                Frame::Pake {
+                    session,
+                    msg: msg.to_vec(),
+                }
+            }
+            16 => Frame::Confirm {
+                session: r.array()?,
+                fingerprint: r.array()?,
+                mac: r.array()?,
+            },
+            17 => Frame::NatInfo {
+                session: r.array()?,
+                mapping: r.u8()?,
+                filtering: r.u8()?,
+                allocation: r.u8()?,
+                flags: r.u8()?,
+                step: r.u8()? as i8,
+            },
+            18 => Frame::TcpOffer {
+                session: r.array()?,
+                armed: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ParseError::Malformed),
+                },
+                addr: r.addr()?,
+            },
+            19 => Frame::Predict {
+                session: r.array()?,
+                port: r.u16()?,
+            },
+            t => return Err(ParseError::UnknownType(t)),
+        };
+        r.end()?;
+        Ok(f)
+    }
+
+    /// Encodes the frame.
+    pub fn emit(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        match self {
+            Frame::Register {
+                session,
+                role,
+                peer,
+                token,
+                candidates,
+            } => {
+                out.push(1);
+                out.extend_from_slice(session);
+                out.push(match role {
+                    Role::Listener => 0,
+                    Role::Connector => 1,
+                });
+                out.extend_from_slice(peer);
+                put_bytes8(&mut out, token);
+                put_addrs(&mut out, candidates);
+            }
+            Frame::Registered {
+                observed,
+                peer_present,
+            } => {
+                out.push(2);
+                put_addr(&mut out, observed);
+                out.push(*peer_present as u8);
+            }
+            Frame::Peer {
+                observed,
+                candidates,
+            } => {
+                out.push(3);
+                put_addr(&mut out, observed);
+                put_addrs(&mut out, candidates);
+            }
+            Frame::Ping { nonce } => {
+                out.push(4);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Pong {
+                session,
+                peer,
+                nonce,
+            } => {
+                out.push(5);
+                out.extend_from_slice(session);
+                out.extend_from_slice(peer);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Sync { session, peer } => {
+                out.push(6);
+                out.extend_from_slice(session);
+                out.extend_from_slice(peer);
+            }
+            Frame::Start { wait_ms, attempt } => {
+                out.push(7);
+                out.extend_from_slice(&wait_ms.to_be_bytes());
+                out.extend_from_slice(&attempt.to_be_bytes());
+            }
+            Frame::Data { session, payload } => {
+                out.push(8);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&payload[..payload.len().min(MAX_PAYLOAD)]);
+            }
+            Frame::DialBack { proto, port, nonce } => {
+                out.push(9);
+                out.push(*proto);
+                out.extend_from_slice(&port.to_be_bytes());
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Probe { nonce } => {
+                out.push(10);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Error { code, reason } => {
+                out.push(11);
+                out.push(*code as u8);
+                put_bytes8(&mut out, reason.as_bytes());
+            }
+            Frame::Bye { session, peer } => {
+                out.push(12);
+                out.extend_from_slice(session);
+                out.extend_from_slice(peer);
+            }
+            Frame::PunchProbe { session, tx } => {
+                out.push(13);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&tx.to_be_bytes());
+            }
+            Frame::Pake { session, msg } => {
+                out.push(15);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&msg[..msg.len().min(256)]);
+            }
+            Frame::Confirm {
+                session,
+                fingerprint,
+                mac,
+            } => {
+                out.push(16);
+                out.extend_from_slice(session);
+                out.extend_from_slice(fingerprint);
+                out.extend_from_slice(mac);
+            }
+            Frame::NatInfo {
+                session,
+                mapping,
+                filtering,
+                allocation,
+                flags,
+                step,
+            } => {
+                out.push(17);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&[*mapping, *filtering, *allocation, *flags, *step as u8]);
+            }
+            Frame::TcpOffer {
+                session,
+                armed,
+                addr,
+            } => {
+                out.push(18);
+                out.extend_from_slice(session);
+                out.push(u8::from(*armed));
+                put_addr(&mut out, addr);
+            }
+            Frame::Predict { session, port } => {
+                out.push(19);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&port.to_be_bytes());
+            }
+            Frame::PunchAck {
+                session,
+                tx,
+                observed,
+            } => {
+                out.push(14);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&tx.to_be_bytes());
+                put_addr(&mut out, observed);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
