@@ -180,3 +180,26 @@ pub const ICMP_KNOCK_INTERVAL: Duration = Duration::from_millis(500);
 /// echo requests never get replies that would close the NAT's mapping. Tests point it into
 /// the lab.
 pub const ICMP_ECHO_TARGET: std::net::Ipv4Addr = std::net::Ipv4Addr::new(3, 3, 3, 3);
+
+// --- natprobe ---
+
+/// Sends per TTL-limited path probe (0, 50, 150 ms with [`HOP_RTO`]): a router that rate-limits
+/// its ICMP errors still gets a second and third chance, and the path is known within ~350 ms.
+pub const HOP_MAX_SENDS: u32 = 3;
+
+/// Once the first server answered, slower servers get at most [`SECONDARY_GRACE`] or this many
+/// RTOs, whichever is longer: on a slow path 400 ms would cut off servers that are merely far.
+pub const SECONDARY_GRACE_RTOS: u32 = 8;
+
+/// How many servers STUN over TCP is tried with when UDP stays silent: two tell "UDP blocked"
+/// from "one server down" without opening a connection to every server given.
+pub const TCP_FALLBACK_SERVERS: usize = 2;
+
+/// Most ignored datagrams natprobe reports: a flood of junk must not grow memory (or the
+/// report) without limit, and a few examples say what went wrong.
+pub const MAX_IGNORED: usize = 32;
+
+/// Events (datagrams, ICMP errors, TCP answers) queued between natprobe's receive tasks and
+/// its prober: a run sends a few dozen requests, so 256 never fills unless flooded, and then
+/// the receive tasks wait instead of growing memory.
+pub const NATPROBE_EVENT_QUEUE: usize = 256;

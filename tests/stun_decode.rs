@@ -86,7 +86,7 @@ proptest! {
     fn prober_survives_any_datagram(data in prop_oneof![stun_like(), tlv_like(), proptest::collection::vec(any::<u8>(), 0..300)]) {
         let t0 = Instant::now();
         let server: SocketAddr = "203.0.113.10:3478".parse().unwrap();
-        let mut p = Prober::new(ProbeConfig::new(vec![server]), t0);
+        let mut p = Prober::new(ProbeConfig::new(vec![server], 1), t0);
         while p.poll_transmit().is_some() {}
         p.handle_input(t0, Input::Datagram { socket: SocketId(0), from: server, data: &data, ttl: None });
         p.handle_input(t0, Input::IcmpError { socket: SocketId(4), kind: IcmpKind::TimeExceeded, offender: server.ip(), original: &data });

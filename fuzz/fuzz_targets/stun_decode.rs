@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = natkit::wire::stun::decode(data);
     let t0 = Instant::now();
     let server = "203.0.113.10:3478".parse().unwrap();
-    let mut p = Prober::new(ProbeConfig::new(vec![server]), t0);
+    let mut p = Prober::new(ProbeConfig::new(vec![server], 1), t0);
     while p.poll_transmit().is_some() {}
     p.handle_input(
         t0,

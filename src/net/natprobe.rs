@@ -18,7 +18,8 @@ use crate::net::sys::{
 };
 pub use crate::net::sys::{parse_server, ProbeError};
 use crate::proto::classify::{
-    Behaviour, Hop, IcmpKind, Input, Lifetime, Observations, ProbeConfig, Prober, SocketId, Via,
+    probe_targets, Behaviour, Hop, IcmpKind, Input, Lifetime, Observations, PortAllocation,
+    ProbeConfig, Prober, SocketId, Via,
 };
 use crate::proto::verdict::{self, CgnatFinding, Verdict};
 
@@ -96,7 +97,7 @@ pub struct NatprobeReport {
     /// Port preservation.
     pub port_preserved: Option<bool>,
     /// Port allocation pattern (`kind`, `delta`).
-    pub port_allocation: crate::proto::classify::PortAllocation,
+    pub port_allocation: PortAllocation,
     /// Longest idle gap the mapping survived (seconds; only with `--lifetime`).
     pub binding_lifetime_s: Option<u64>,
     /// The bracket found by the lifetime search.
@@ -157,15 +158,9 @@ pub async fn run(
     .await;
     let mut tried = Vec::new();
     let mut entries: Vec<ServerEntry> = Vec::new();
-    let mut addrs = Vec::new();
     for (name, r) in opts.servers.iter().zip(lookups) {
         let addr = match r {
-            Ok(a) => {
-                if !addrs.contains(&a) {
-                    addrs.push(a);
-                }
-                Some(a)
-            }
+            Ok(a) => Some(a),
             Err(e) => {
                 tried.push(format!("{name}: {e}"));
                 None
@@ -183,15 +178,12 @@ pub async fn run(
             problems: Vec::new(),
         });
     }
-    // One address family per run: the family of the first server that resolved.
-    if let Some(first) = addrs.first().copied() {
-        addrs.retain(|a| a.is_ipv4() == first.is_ipv4());
-    }
+    let addrs = probe_targets(entries.iter().filter_map(|e| e.addr));
     let stun = async {
         if addrs.is_empty() {
             Ok(None)
         } else {
-            let mut cfg = ProbeConfig::new(addrs.clone());
+            let mut cfg = ProbeConfig::new(addrs.clone(), rand::random());
             cfg.first_timeout = opts.first_timeout;
             cfg.lifetime_max = opts.lifetime_max;
             drive(cfg, &mut tried, &mut progress).await.map(Some)
@@ -239,7 +231,7 @@ async fn drive(
         ));
     }
     let mut prober = Prober::new(cfg, Instant::now());
-    let (tx, mut rx) = mpsc::channel::<Event>(256);
+    let (tx, mut rx) = mpsc::channel::<Event>(defaults::NATPROBE_EVENT_QUEUE);
     let mut sockets: HashMap<SocketId, Arc<UdpSocket>> = HashMap::new();
     let mut tasks = Vec::new();
     let mut last_progress = None;
@@ -359,10 +351,11 @@ async fn recv_loop(id: SocketId, s: Arc<UdpSocket>, errqueue: bool, tx: mpsc::Se
             r = s.async_io(tokio::io::Interest::ERROR, || {
                 read_errqueue(fd).ok_or_else(|| std::io::ErrorKind::WouldBlock.into())
             }), if errqueue => match r {
-                // RFC 792: type 11 Time Exceeded, type 3 Destination Unreachable.
-                Ok((ip, 11, payload)) => Event::Icmp(id, IcmpKind::TimeExceeded, ip, payload, Instant::now()),
-                Ok((ip, 3, payload)) => Event::Icmp(id, IcmpKind::Unreachable, ip, payload, Instant::now()),
-                _ => continue,
+                Ok((ip, icmp_type, payload)) => match IcmpKind::from_icmpv4_type(icmp_type) {
+                    Some(kind) => Event::Icmp(id, kind, ip, payload, Instant::now()),
+                    None => continue,
+                },
+                Err(_) => continue,
             },
         };
         if tx.send(ev).await.is_err() {
@@ -395,28 +388,7 @@ fn build_report(
     elapsed: Duration,
     portmap: Option<crate::proto::portmap::ProbeReport>,
 ) -> NatprobeReport {
-    let obs = obs.unwrap_or_else(|| Observations {
-        udp: false,
-        tcp: None,
-        local_addr: None,
-        mapped_addr: None,
-        primary: None,
-        behind_nat: None,
-        mapping: Behaviour::Unknown,
-        mapping_note: Some("no server could be resolved".into()),
-        filtering: Behaviour::Unknown,
-        filtering_note: Some("no server could be resolved".into()),
-        hairpinning: None,
-        port_preserved: None,
-        port_allocation: crate::proto::classify::PortAllocation {
-            kind: "unknown",
-            delta: None,
-        },
-        hops: Vec::new(),
-        lifetime: None,
-        servers: Vec::new(),
-        ignored: Vec::new(),
-    });
+    let obs = obs.unwrap_or_else(Observations::unresolved);
     for e in &mut entries {
         if let Some(s) = obs.servers.iter().find(|s| Some(s.addr) == e.addr) {
             e.rtt_ms = s.rtt_ms.map(|r| (r * 1000.0).round() / 1000.0);

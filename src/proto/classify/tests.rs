@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::proto::netsim::Nat;
+use crate::wire::stun::{self, Change};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -263,7 +264,7 @@ fn world(mapping: Behaviour, filtering: Behaviour) -> World {
 }
 
 fn cfg() -> ProbeConfig {
-    let mut c = ProbeConfig::new(vec![sa(S1, 3478)]);
+    let mut c = ProbeConfig::new(vec![sa(S1, 3478)], 1);
     c.hops = false;
     c
 }
@@ -801,4 +802,61 @@ fn one_moved_flow_of_a_preserving_nat_is_still_preserving() {
     let o = p.observations();
     assert_eq!(o.mapping, EndpointIndependent, "{o:#?}");
     assert_eq!(o.port_allocation.kind, "preserving", "{o:#?}");
+}
+
+/// The transaction ids come from the configured seed: the same seed gives the same requests,
+/// another seed other ids.
+#[test]
+fn transaction_ids_follow_the_seed() {
+    let t0 = Instant::now();
+    let sent = |seed: u64| {
+        let mut c = ProbeConfig::new(vec![sa(S1, 3478), sa(S3, 3478)], seed);
+        c.hops = true;
+        let mut p = Prober::new(c, t0);
+        std::iter::from_fn(|| p.poll_transmit()).collect::<Vec<_>>()
+    };
+    let (a, b, c) = (sent(7), sent(7), sent(8));
+    assert_eq!(a.len(), 2 + defaults::MAX_HOP_TTL as usize);
+    assert_eq!(a, b);
+    let tids = |v: &[Transmit]| -> Vec<Tid> {
+        v.iter()
+            .map(|t| stun::decode(&t.payload).unwrap().tid)
+            .collect()
+    };
+    let mut unique = tids(&a);
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), a.len(), "every request has its own id");
+    assert!(tids(&a).iter().zip(&tids(&c)).all(|(x, y)| x != y));
+}
+
+/// One run probes each address once, in the order given, in the first address's family.
+#[test]
+fn probe_targets_keep_one_family_and_no_duplicates() {
+    let v6: SocketAddr = "[2001:db8::1]:3478".parse().unwrap();
+    let a = sa(S1, 3478);
+    let b = sa(S3, 3478);
+    assert_eq!(probe_targets([a, v6, b, a]), vec![a, b]);
+    assert_eq!(probe_targets([v6, a, v6]), vec![v6]);
+    assert_eq!(probe_targets([]), Vec::<SocketAddr>::new());
+}
+
+/// RFC 792 types: 11 Time Exceeded, 3 Destination Unreachable; the rest are not used.
+#[test]
+fn icmpv4_types() {
+    assert_eq!(IcmpKind::from_icmpv4_type(11), Some(IcmpKind::TimeExceeded));
+    assert_eq!(IcmpKind::from_icmpv4_type(3), Some(IcmpKind::Unreachable));
+    for other in [0, 4, 5, 8, 12] {
+        assert_eq!(IcmpKind::from_icmpv4_type(other), None);
+    }
+}
+
+/// Nothing resolved: nothing known, and the notes say why.
+#[test]
+fn unresolved_observations_know_nothing() {
+    let o = Observations::unresolved();
+    assert!(!o.udp && o.behind_nat.is_none() && o.servers.is_empty());
+    assert_eq!((o.mapping, o.filtering), (Unknown, Unknown));
+    assert_eq!(o.port_allocation, PortAllocation::UNKNOWN);
+    assert!(o.mapping_note.unwrap().contains("resolved"));
 }
