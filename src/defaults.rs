@@ -203,3 +203,36 @@ pub const MAX_IGNORED: usize = 32;
 /// its prober: a run sends a few dozen requests, so 256 never fills unless flooded, and then
 /// the receive tasks wait instead of growing memory.
 pub const NATPROBE_EVENT_QUEUE: usize = 256;
+
+// --- portmap ---
+
+/// NAT-PMP/PCP sends per exchange. With [`PORTMAP_RTO`] they go at 0, 125 and 375 ms, inside
+/// [`PORTMAP_TIMEOUT`]; a fourth (875 ms) only with a longer `--timeout`. RFC 6886 §3.1 sends 9
+/// over 64 s, which would make "no router speaks it" take a minute.
+pub const PORTMAP_MAX_SENDS: u32 = 4;
+
+/// Wait for an ICMP error from the gateway one hop away (the TTL-1 check of whether the router
+/// owns its external address, the SSDP port-unreachable check): it comes within milliseconds,
+/// so one lost datagram is resent after this.
+pub const PORTMAP_ICMP_WAIT: Duration = Duration::from_millis(100);
+
+/// Sends of those ICMP-provoking probes: three survive a lost datagram and the gateway's ICMP
+/// rate limit, and together (300 ms) stay well inside [`PORTMAP_TIMEOUT`].
+pub const PORTMAP_ICMP_SENDS: u32 = 3;
+
+/// --verify: how long a TCP connection accepted on the mapped port may take to send the relay's
+/// probe frame. The relay writes it right after connecting; a stranger that stays silent must
+/// not hold the check past its own [`PORTMAP_VERIFY_TIMEOUT`].
+pub const PORTMAP_VERIFY_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// --verify: the dial-back request to the relay goes again this often (a lost UDP datagram
+/// must not make the mapping look unreachable); six fit into [`PORTMAP_VERIFY_TIMEOUT`].
+pub const PORTMAP_VERIFY_RESEND: Duration = Duration::from_millis(500);
+
+/// --verify over TCP: most dial-back requests sent. Unlike UDP, the answer (a connection)
+/// does not depend on which request got through, so three cover loss without flooding.
+pub const PORTMAP_VERIFY_TCP_SENDS: u32 = 3;
+
+/// Most UPnP table entries read (`portmap list`, --keep's presence check): a router with a
+/// huge (or endless, buggy) table cannot keep natkit looping.
+pub const UPNP_MAX_ENTRIES: u32 = 1024;

@@ -3,7 +3,9 @@
 //! clocks or the other layers.
 pub mod framing;
 pub mod icmp;
+pub mod natpmp;
 pub mod netaddr;
 pub mod offer;
+pub mod pcp;
 pub mod rendezvous;
 pub mod stun;

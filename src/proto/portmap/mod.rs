@@ -1,5 +1,6 @@
-//! Asking the router for a port: NAT-PMP (RFC 6886) and PCP (RFC 6887) as sans-IO codecs of
-//! natkit's own ([`natpmp`], [`pcp`]).
+//! Asking the router for a port: NAT-PMP (RFC 6886) and PCP (RFC 6887) client transactions of
+//! natkit's own ([`natpmp`], [`pcp`]) over the codecs in [`crate::wire`], and the reports every
+//! protocol shares.
 
 pub mod exchange;
 pub mod natpmp;
@@ -9,15 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 
-/// Transport protocol of a mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
+/// Transport protocol of a mapping (defined with the NAT-PMP codec, which names it first).
+pub use crate::wire::natpmp::Proto;
 
 /// Which port-mapping protocol to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,15 +25,6 @@ pub enum Via {
     Natpmp,
     /// PCP (RFC 6887).
     Pcp,
-}
-
-impl std::fmt::Display for Proto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,192 @@
+//! `--verify`: a natkit relay connects back from outside, through the mapping, to the local
+//! port — the only proof that a stranger can reach it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::net::UdpSocket;
+
+use super::gateway::PortmapError;
+use super::state::Mapping;
+use crate::defaults;
+use crate::proto::portmap::{pcp, Proto};
+use crate::wire::rendezvous::Frame;
+
+/// Whether a stranger got through.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// The relay reached the local port through the mapping.
+    pub reachable: bool,
+    /// What was tried and what happened.
+    pub detail: String,
+}
+
+impl Verification {
+    fn refused(reason: impl std::fmt::Display) -> Verification {
+        Verification {
+            reachable: false,
+            detail: format!("the relay refused the check: {reason}"),
+        }
+    }
+}
+
+/// Asks the relay to reach `external_port` on our public address from outside (TCP: it
+/// connects; UDP: it sends from its other address), listening on the mapping's internal port.
+/// `reachable` is false with the reason when the check could not run (the local port is busy,
+/// the relay refused).
+pub async fn verify(relay: &str, m: &Mapping) -> Result<Verification, PortmapError> {
+    let (host, port) = crate::net::sys::parse_server(relay)?;
+    let relay = crate::net::sys::resolve(&host, port)
+        .await
+        .map_err(PortmapError::Resolve)?;
+    let nonce: u64 = rand::random();
+    let local = SocketAddr::from((Ipv4Addr::UNSPECIFIED, m.internal.port()));
+    let busy = |e: std::io::Error| Verification {
+        reachable: false,
+        detail: format!(
+            "cannot listen on local port {} to receive the relay's check ({e}); stop the \
+             service there to verify",
+            m.internal.port()
+        ),
+    };
+    let request = Frame::DialBack {
+        proto: pcp::protocol_number(m.proto),
+        port: m.external_port,
+        nonce,
+    }
+    .emit();
+    let deadline = Instant::now() + defaults::PORTMAP_VERIFY_TIMEOUT;
+    match m.proto {
+        Proto::Tcp => {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            sock.set_reuse_address(true)?;
+            sock.set_nonblocking(true)?;
+            if let Err(e) = sock.bind(&local.into()).and_then(|_| sock.listen(8)) {
+                return Ok(busy(e));
+            }
+            let listener = tokio::net::TcpListener::from_std(sock.into())?;
+            let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+            let accept = async {
+                loop {
+                    let (mut s, from) = listener.accept().await?;
+                    let got = tokio::time::timeout(
+                        defaults::PORTMAP_VERIFY_READ_TIMEOUT,
+                        crate::net::stream::read_prefixed(&mut s),
+                    )
+                    .await;
+                    if let Ok(Ok(f)) = got {
+                        if matches!(Frame::parse(&f), Ok(Frame::Probe { nonce: n }) if n == nonce) {
+                            return Ok::<_, std::io::Error>(from);
+                        }
+                    }
+                }
+            };
+            let refused = relay_refusal(&udp, relay, &request, deadline);
+            tokio::select! {
+                r = accept => {
+                    let from = r?;
+                    Ok(Verification {
+                        reachable: true,
+                        detail: format!(
+                            "the relay connected to port {} from outside ({from}) and reached {}",
+                            m.external_port, m.internal
+                        ),
+                    })
+                }
+                why = refused => Ok(why),
+            }
+        }
+        Proto::Udp => {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            sock.set_reuse_address(true)?;
+            sock.set_nonblocking(true)?;
+            if let Err(e) = sock.bind(&local.into()) {
+                return Ok(busy(e));
+            }
+            let udp = UdpSocket::from_std(sock.into())?;
+            let mut buf = [0u8; 1500];
+            let mut next_send = Instant::now();
+            loop {
+                if Instant::now() >= next_send {
+                    udp.send_to(&request, relay).await?;
+                    next_send = Instant::now() + defaults::PORTMAP_VERIFY_RESEND;
+                }
+                let wake = next_send.min(deadline);
+                tokio::select! {
+                    r = udp.recv_from(&mut buf) => {
+                        let (n, from) = r?;
+                        match Frame::parse(&buf[..n]) {
+                            Ok(Frame::Probe { nonce: x }) if x == nonce => {
+                                return Ok(Verification {
+                                    reachable: true,
+                                    detail: format!(
+                                        "a datagram from a stranger ({from}) reached {}",
+                                        m.internal
+                                    ),
+                                })
+                            }
+                            Ok(Frame::Error { reason, .. }) if from == relay => {
+                                return Ok(Verification::refused(reason))
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => {
+                        if Instant::now() >= deadline {
+                            return Ok(Verification {
+                                reachable: false,
+                                detail: format!(
+                                    "the relay's datagram from a stranger did not reach {} within {} s",
+                                    m.internal,
+                                    defaults::PORTMAP_VERIFY_TIMEOUT.as_secs()
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends the dial-back request (again every [`defaults::PORTMAP_VERIFY_RESEND`]) and waits for
+/// a refusal until `deadline`; returns the verdict "not reachable" when the relay refuses or
+/// time runs out.
+async fn relay_refusal(
+    udp: &UdpSocket,
+    relay: SocketAddr,
+    request: &[u8],
+    deadline: Instant,
+) -> Verification {
+    let mut buf = [0u8; 1500];
+    let mut sends = 0;
+    loop {
+        if sends < defaults::PORTMAP_VERIFY_TCP_SENDS {
+            let _ = udp.send_to(request, relay).await;
+            sends += 1;
+        }
+        let wake = (Instant::now() + defaults::PORTMAP_VERIFY_RESEND).min(deadline);
+        tokio::select! {
+            r = udp.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    if let (true, Ok(Frame::Error { reason, .. })) = (from == relay, Frame::parse(&buf[..n])) {
+                        return Verification::refused(reason);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if Instant::now() >= deadline {
+                    return Verification {
+                        reachable: false,
+                        detail: format!(
+                            "the relay's connection from outside did not arrive within {} s: the \
+                             mapping does not make this port reachable",
+                            defaults::PORTMAP_VERIFY_TIMEOUT.as_secs()
+                        ),
+                    };
+                }
+            }
+        }
+    }
+}
