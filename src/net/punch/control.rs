@@ -73,8 +73,6 @@ pub(super) struct Control {
     pub(super) t0: Instant,
     pub(super) inputs: Inputs,
     pub(super) outputs: Outputs,
-    /// Tasks that carry the relay over TCP, once UDP to it failed.
-    pub(super) relay_tcp: Vec<tokio::task::JoinHandle<()>>,
     /// Relayed data that arrived before the path was chosen (the peer may be ahead).
     pub(super) early: Vec<Vec<u8>>,
     /// Events for the user raised while handling input (drained by [`Control::settle`]).
@@ -234,7 +232,7 @@ impl Control {
             Fallback::ConnectTcp(t) => t,
             Fallback::GiveUp(why) => return Err(PunchError::Rendezvous(why)),
         };
-        let tasks = self
+        let connected = self
             .wire
             .connect_tcp(
                 timeout,
@@ -243,14 +241,11 @@ impl Control {
                 self.outputs.quic.clone(),
             )
             .await;
-        match tasks {
-            Ok(t) => self.relay_tcp.extend(t),
-            Err(e) => {
-                let e = e.map(|e| e.to_string());
-                return Err(PunchError::Rendezvous(
-                    self.fallback.tcp_failed(e.as_deref()),
-                ));
-            }
+        if let Err(e) = connected {
+            let e = e.map(|e| e.to_string());
+            return Err(PunchError::Rendezvous(
+                self.fallback.tcp_failed(e.as_deref()),
+            ));
         }
         self.puncher = Puncher::new(self.cfg.clone(), Instant::now(), rand::random());
         // Tell the peer: no UDP technique can work, the relay over TCP will carry the data

@@ -302,7 +302,6 @@ pub(super) async fn prepare(
             bday: bday_tx,
             tcp_notes: tcp_notes_tx,
         },
-        relay_tcp: Vec::new(),
         early: Vec::new(),
         pending: Vec::new(),
         want_birthday: None,

@@ -341,9 +341,7 @@ where
             .await
         }
     };
-    // The control task owns the relay-over-TCP tasks: they end with it.
     control.abort();
-    let _ = control.await;
     for t in &s.tasks {
         t.abort();
     }
@@ -364,6 +362,7 @@ where
     if s.wire.over_tcp() {
         tokio::time::sleep(crate::defaults::RELAY_TCP_FLUSH).await;
     }
+    s.wire.close();
     let (sent, received) = result?;
     Ok(Event::Done {
         bytes_sent: sent,

@@ -58,6 +58,8 @@ pub(super) struct Wire {
     pub(super) sock: Arc<UdpSocket>,
     pub(super) relay: SocketAddr,
     tcp: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    /// The relay connection's writer and reader, ended by [`Wire::close`].
+    tcp_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Wire {
@@ -66,6 +68,7 @@ impl Wire {
             sock,
             relay,
             tcp: Mutex::new(None),
+            tcp_tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -105,14 +108,14 @@ impl Wire {
 
     /// UDP to the relay gets nowhere: connects to its TCP port (within `timeout`), and from
     /// now on frames for the relay go over that connection, read like the UDP socket.
-    /// Returns the writer and reader tasks.
+    /// Fails with the error, or None after the timeout.
     pub(super) async fn connect_tcp(
         &self,
         timeout: std::time::Duration,
         link: Arc<Mutex<LinkState>>,
         ctl: mpsc::Sender<Inbound>,
         quic: mpsc::Sender<Vec<u8>>,
-    ) -> Result<Vec<tokio::task::JoinHandle<()>>, Option<std::io::Error>> {
+    ) -> Result<(), Option<std::io::Error>> {
         let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.relay))
             .await
             .map_err(|_| None)?
@@ -133,7 +136,19 @@ impl Wire {
         if let Ok(mut t) = self.tcp.lock() {
             *t = Some(tx);
         }
-        Ok(vec![writer, reader])
+        if let Ok(mut t) = self.tcp_tasks.lock() {
+            t.extend([writer, reader]);
+        }
+        Ok(())
+    }
+
+    /// Ends the relay connection's tasks (after the goodbye had a moment to leave).
+    pub(super) fn close(&self) {
+        if let Ok(mut t) = self.tcp_tasks.lock() {
+            for t in t.drain(..) {
+                t.abort();
+            }
+        }
     }
 }
 
