@@ -236,3 +236,99 @@ pub const PORTMAP_VERIFY_TCP_SENDS: u32 = 3;
 /// Most UPnP table entries read (`portmap list`, --keep's presence check): a router with a
 /// huge (or endless, buggy) table cannot keep natkit looping.
 pub const UPNP_MAX_ENTRIES: u32 = 1024;
+
+// --- punch ---
+
+/// How often a peer probes each candidate during a punch (bounded: home routers drop floods).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// Default bound on punching before falling back to the relay (issue contract: 3 s).
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time between the low-TTL opening packets and the first full probe round: covers the
+/// start-time difference between the two sides.
+pub const OPENING_LEAD: Duration = Duration::from_millis(50);
+/// Round interval while the connectivity checks are quiet (before the peer's first probe):
+/// it only keeps our own NAT binding open.
+pub const QUIET_INTERVAL: Duration = Duration::from_millis(500);
+/// First retry of a direct path after falling back to the relay: a NAT that just forgot its
+/// bindings usually accepts a fresh punch at once.
+pub const UPGRADE_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between upgrade attempts: each costs a few probes per candidate, and a pair
+/// that failed several times (symmetric NATs) rarely changes quickly.
+pub const UPGRADE_MAX: Duration = Duration::from_secs(60);
+/// Default keepalive towards the relay and the peer: well under the 30 s many NATs allow.
+pub const PUNCH_KEEPALIVE: Duration = Duration::from_secs(15);
+/// The relay registration's last wait after its sends: a relay across the world answers in
+/// well under a second.
+pub const REGISTER_FINAL_WAIT: Duration = Duration::from_millis(800);
+/// Retransmission timeout of the start-signal request (the relay answers at once; 300 ms
+/// covers a slow path without flooding).
+pub const SYNC_RTO: Duration = Duration::from_millis(300);
+/// Last wait after the start-signal request's sends.
+pub const SYNC_FINAL_WAIT: Duration = Duration::from_millis(1200);
+/// How long a direct path may stay silent while we keep sending before it is declared dead:
+/// a NAT that dropped or renumbered our mapping (conntrack flush, reboot, rebinding) answers
+/// nothing, and the relay is always there.
+pub const PATH_STALL: Duration = Duration::from_secs(2);
+/// How long after a switch to the direct path relayed packets from the peer are still
+/// expected (in flight, or the peer switching a moment later): only after it does a relayed
+/// packet mean the peer has left the direct path.
+pub const FOLLOW_GRACE: Duration = Duration::from_secs(1);
+/// Give up on the peer's key exchange after this long: both sides reached each other
+/// already, so a PAKE that takes longer means the other side is gone or not natkit.
+pub const PAKE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Resend our key-exchange messages this often until confirmed (a lost datagram costs one
+/// interval, and 20 frames over the timeout are no flood).
+pub const PAKE_RESEND: Duration = Duration::from_millis(200);
+/// A repeated PAKE message from the peer is answered at most this often: answering every
+/// repeat made the two sides bounce PAKE frames forever (~57 000/s through the relay on an
+/// idle session).
+pub const PAKE_ANSWER_GAP: Duration = Duration::from_millis(500);
+/// Wait this long for the peer to show up at the relay (the code travels by hand).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a `--manual` side waits for the other (offers travel by hand).
+pub const MANUAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// `--peer-file`: how often the file is read again until the offer is in it.
+pub const OFFER_FILE_POLL: Duration = Duration::from_millis(100);
+/// One STUN try for our server-reflexive address on the punch socket (three tries): a STUN
+/// server answers within a round trip.
+pub const REFLEXIVE_WAIT: Duration = Duration::from_millis(200);
+/// The NAT classification run alongside a punch: its first answer's wait (a relay that
+/// answers the rendezvous answers STUN as fast).
+pub const PUNCH_CLASSIFY_FIRST_TIMEOUT: Duration = Duration::from_millis(1500);
+/// UDP to the relay failed: connecting to its TCP port gets this long before the relay
+/// counts as unreachable.
+pub const RELAY_TCP_CONNECT: Duration = Duration::from_secs(3);
+/// After the `Bye` to the relay over TCP: time for the writer task to flush it.
+pub const RELAY_TCP_FLUSH: Duration = Duration::from_millis(20);
+/// Removing the punch port's router mapping at exit: bounded, the router may be gone.
+pub const PUNCH_UNMAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Birthday probing: how often the opener refreshes its mappings (well under any UDP
+/// binding timeout).
+pub const BIRTHDAY_OPEN_REFRESH: Duration = Duration::from_secs(5);
+/// Birthday probing's default budget: ~1 500 probes at its probe rate, > 99.7 % for one
+/// symmetric side.
+pub const BIRTHDAY_BUDGET: Duration = Duration::from_secs(15);
+/// Budget of a `--hard` attempt between two symmetric NATs: it rarely works (only when the
+/// NATs' ports are not fully random), so it gets less time before the relay is final.
+pub const BIRTHDAY_HARD_BUDGET: Duration = Duration::from_secs(10);
+/// Port prediction's budget: several passes over the window of next ports.
+pub const PREDICTION_BUDGET: Duration = Duration::from_secs(6);
+/// The sequential NAT's side of port prediction keeps its opened mapping this much longer
+/// than the prober probes (the prober starts only once our `Predict` frame arrives).
+pub const PREDICTION_OPEN_EXTRA: Duration = Duration::from_secs(2);
+/// Our `Predict` frame is repeated this often (relayed UDP may be lost; three sends).
+pub const PREDICT_RESEND: Duration = Duration::from_millis(400);
+/// The NAT classification exchange: our class is resent this often until the peer's
+/// arrives (relayed frames may be lost).
+pub const NAT_EXCHANGE_RESEND: Duration = Duration::from_secs(1);
+/// The NAT classification exchange: a repeated class from the peer is answered at most this
+/// often (so that two sides never bounce frames).
+pub const NAT_EXCHANGE_ANSWER_GAP: Duration = Duration::from_millis(500);
+/// The punch control loop wakes at least this often, to notice a dead direct path soon.
+pub const CONTROL_TICK: Duration = Duration::from_millis(250);
+/// QUIC's idle timeout: generous, so a NAT rebinding or a path change is a stall that the
+/// path switch repairs, not a lost connection.
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The QUIC or TLS handshake after the PAKE: both sides are known to be there, so a
+/// handshake that takes longer has failed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -422,6 +422,37 @@ fn socket_addr(
         .ok_or_else(|| PunchArgsError::Addr(s.to_string(), what))
 }
 
+/// `--manual` without `--peer`: the other side's offer is pasted on the controlling
+/// terminal (stdin carries the data, so never stdin).
+fn terminal_offer() -> crate::net::punch::OfferPrompt {
+    crate::net::punch::OfferPrompt(std::sync::Arc::new(|| {
+        Box::pin(async {
+            tokio::task::spawn_blocking(|| {
+                use std::io::{BufRead, Write};
+                let mut tty = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/tty")
+                    .map_err(|e| {
+                        format!(
+                            "no terminal to paste it on ({e}); give it with --peer OFFER or \
+                             --peer-file FILE"
+                        )
+                    })?;
+                let _ = write!(tty, "paste the other side's offer: ");
+                let _ = tty.flush();
+                let mut line = String::new();
+                std::io::BufReader::new(tty)
+                    .read_line(&mut line)
+                    .map_err(|e| e.to_string())?;
+                Ok(line)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }))
+}
+
 impl PunchArgs {
     /// Validates before any IO; returns the options, JSON flag and verbosity.
     pub fn into_options(
@@ -437,7 +468,7 @@ impl PunchArgs {
             } => {
                 let c = match code {
                     Some(c) => crate::proto::punch::code::Code::parse(&c)?,
-                    None => crate::proto::punch::code::Code::generate(),
+                    None => crate::proto::punch::code::Code::generate(&mut rand::thread_rng()),
                 };
                 let mode = match expose {
                     Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
@@ -501,7 +532,7 @@ impl PunchArgs {
                 peer: match (&common.peer, &common.peer_file) {
                     (Some(o), _) => crate::net::punch::PeerOffer::Given(o.clone()),
                     (None, Some(f)) => crate::net::punch::PeerOffer::File(f.clone()),
-                    (None, None) => crate::net::punch::PeerOffer::Terminal,
+                    (None, None) => crate::net::punch::PeerOffer::Prompt(terminal_offer()),
                 },
             })
         } else {

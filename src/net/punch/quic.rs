@@ -7,117 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::net::punch::pipe::{copy_up, grow, Totals, COPY_BUF_MIN};
+use crate::net::punch::tls::{terr, tls_client, tls_server};
 use crate::net::punch::PunchError;
-use crate::proto::punch::pake::fingerprint;
 use crate::wire::rendezvous::Role;
 
 const ALPN: &[u8] = b"natkit-punch/1";
 const STREAM_VERSION: u8 = 1;
 /// Per-stream flow-control window (bytes the peer may send ahead of what we have read).
 const STREAM_WINDOW: u32 = 8 << 20;
-
-/// Accepts exactly one certificate, by SHA-256 fingerprint.
-#[derive(Debug)]
-struct Pinned {
-    fp: [u8; 32],
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl Pinned {
-    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        if fingerprint(cert.as_ref()) == self.fp {
-            Ok(())
-        } else {
-            Err(rustls::Error::General(
-                "certificate does not match the one confirmed with the code".into(),
-            ))
-        }
-    }
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity)
-            .map(|_| ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-impl ClientCertVerifier for Pinned {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity)
-            .map(|_| ClientCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-pub(crate) fn terr(e: impl std::fmt::Display) -> PunchError {
-    PunchError::Transport(e.to_string())
-}
 
 fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
@@ -140,7 +40,7 @@ fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(4 * STREAM_WINDOW));
     t.send_window(4 * STREAM_WINDOW as u64);
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(60)).expect("60 s fits"),
+        quinn::IdleTimeout::try_from(crate::defaults::QUIC_IDLE_TIMEOUT).expect("60 s fits"),
     ));
     Arc::new(t)
 }
@@ -156,13 +56,6 @@ pub enum Mode {
     /// The driver binds it before connecting (so a busy port fails early) and passes the
     /// listener to [`run`].
     Local(SocketAddr),
-}
-
-/// Totals carried, for the `done` event.
-#[derive(Debug, Default)]
-pub(crate) struct Totals {
-    pub(crate) sent: std::sync::atomic::AtomicU64,
-    pub(crate) received: std::sync::atomic::AtomicU64,
 }
 
 /// Connects (connector) or accepts (listener), then carries data as `mode` says. Returns
@@ -228,62 +121,6 @@ where
     Ok((totals.sent.load(Relaxed), totals.received.load(Relaxed)))
 }
 
-/// TLS 1.3 for the listener (server): our certificate, and the connector's pinned by the
-/// fingerprint confirmed with the code. Shared by QUIC and by TLS over a punched TCP stream.
-pub(crate) fn tls_server(
-    cert: &rcgen::CertifiedKey,
-    peer_fp: [u8; 32],
-    alpn: &[u8],
-) -> Result<rustls::ServerConfig, PunchError> {
-    let (provider, pinned) = pinned(peer_fp);
-    let (chain, key) = identity(cert);
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(terr)?
-        .with_client_cert_verifier(pinned)
-        .with_single_cert(chain, key)
-        .map_err(terr)?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    Ok(tls)
-}
-
-/// TLS 1.3 for the connector (client): the listener's certificate pinned, ours presented.
-pub(crate) fn tls_client(
-    cert: &rcgen::CertifiedKey,
-    peer_fp: [u8; 32],
-    alpn: &[u8],
-) -> Result<rustls::ClientConfig, PunchError> {
-    let (provider, pinned) = pinned(peer_fp);
-    let (chain, key) = identity(cert);
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(terr)?
-        .dangerous()
-        .with_custom_certificate_verifier(pinned)
-        .with_client_auth_cert(chain, key)
-        .map_err(terr)?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    Ok(tls)
-}
-
-/// The crypto provider, and a verifier that accepts only the certificate the peer confirmed
-/// with the code.
-fn pinned(peer_fp: [u8; 32]) -> (Arc<rustls::crypto::CryptoProvider>, Arc<Pinned>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pinned = Arc::new(Pinned {
-        fp: peer_fp,
-        algs: provider.signature_verification_algorithms,
-    });
-    (provider, pinned)
-}
-
-fn identity(cert: &rcgen::CertifiedKey) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    (
-        vec![cert.cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der())),
-    )
-}
-
 async fn establish(
     role: Role,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
@@ -305,7 +142,7 @@ async fn establish(
                 socket,
                 runtime,
             )?;
-            let incoming = tokio::time::timeout(Duration::from_secs(10), ep.accept())
+            let incoming = tokio::time::timeout(crate::defaults::HANDSHAKE_TIMEOUT, ep.accept())
                 .await
                 .map_err(|_| terr("the other side did not open the encrypted channel"))?
                 .ok_or_else(|| terr("endpoint closed"))?;
@@ -365,18 +202,6 @@ async fn accept(
     Ok((send, recv))
 }
 
-/// Copy buffers of [`bridge`] start at this size…
-pub(crate) const COPY_BUF_MIN: usize = 64 * 1024;
-/// …and double, up to this, while reads fill them: a bulk transfer then moves large chunks
-/// (each write to stdout is a hop to tokio's blocking pool), a trickle keeps a small buffer.
-const COPY_BUF_MAX: usize = 1024 * 1024;
-
-pub(crate) fn grow(buf: &mut Vec<u8>, filled: usize) {
-    if filled == buf.len() && buf.len() < COPY_BUF_MAX {
-        buf.resize(2 * buf.len(), 0);
-    }
-}
-
 /// Copies `input` into the stream and the stream into `output`, both at once, with
 /// half-close both ways; returns once both directions are done and the peer has read all.
 async fn bridge<R, W>(
@@ -392,18 +217,7 @@ where
 {
     use std::sync::atomic::Ordering::Relaxed;
     let up = async {
-        let mut buf = vec![0u8; COPY_BUF_MIN];
-        loop {
-            let k = input.read(&mut buf).await?;
-            if k == 0 {
-                break;
-            }
-            send.write_all(&buf[..k])
-                .await
-                .map_err(std::io::Error::other)?;
-            totals.sent.fetch_add(k as u64, Relaxed);
-            grow(&mut buf, k);
-        }
+        copy_up(&mut input, &mut send, &totals.sent).await?;
         send.finish().map_err(std::io::Error::other)?;
         // Wait until the peer has read everything before anyone closes the connection.
         let _ = send.stopped().await;

@@ -9,12 +9,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::Instant;
+
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::net::punch::quic::{grow, terr, Totals, COPY_BUF_MIN};
-use crate::net::punch::PunchError;
+use crate::net::punch::control::Control;
+use crate::net::punch::pipe::{copy_up, grow, Totals, COPY_BUF_MIN};
+use crate::net::punch::runs::{AbortOnDrop, TcpNote, TcpResult, TcpRun};
+use crate::net::punch::tls::{terr, tls_client, tls_server};
+use crate::net::punch::{Emit, Event, PunchError};
+use crate::proto::punch::tcp::{Action as TcpAction, Outcome as TcpOutcome, TcpPunch};
 use crate::wire::rendezvous::Role;
 
 /// rustls reads the socket 4 KiB at a time (its deframer's read size): a buffer under it
@@ -156,7 +162,7 @@ where
     let handshake = async {
         Ok::<_, PunchError>(match role {
             Role::Listener => {
-                let tls = crate::net::punch::quic::tls_server(cert, peer_fp, ALPN)?;
+                let tls = tls_server(cert, peer_fp, ALPN)?;
                 tokio_rustls::TlsAcceptor::from(Arc::new(tls))
                     .accept(stream)
                     .await
@@ -164,7 +170,7 @@ where
                     .into()
             }
             Role::Connector => {
-                let tls = crate::net::punch::quic::tls_client(cert, peer_fp, ALPN)?;
+                let tls = tls_client(cert, peer_fp, ALPN)?;
                 let name = rustls::pki_types::ServerName::try_from("natkit").map_err(terr)?;
                 tokio_rustls::TlsConnector::from(Arc::new(tls))
                     .connect(name, stream)
@@ -175,7 +181,7 @@ where
         })
     };
     let tls: tokio_rustls::TlsStream<tokio::io::BufReader<TcpStream>> =
-        tokio::time::timeout(Duration::from_secs(10), handshake)
+        tokio::time::timeout(crate::defaults::HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| terr("the TLS handshake over TCP did not finish"))??;
     let totals = Totals::default();
@@ -194,16 +200,7 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(tls);
     let up = async {
-        let mut buf = vec![0u8; COPY_BUF_MIN];
-        loop {
-            let k = input.read(&mut buf).await?;
-            if k == 0 {
-                break;
-            }
-            wr.write_all(&buf[..k]).await?;
-            totals.sent.fetch_add(k as u64, Relaxed);
-            grow(&mut buf, k);
-        }
+        copy_up(&mut input, &mut wr, &totals.sent).await?;
         wr.shutdown().await
     };
     let down = async {
@@ -249,4 +246,157 @@ where
     };
     tokio::try_join!(up, down)?;
     Ok(())
+}
+
+/// A TCP punch the main flow waits for: its result, and our endpoint (whose relay
+/// connection keeps our NAT's TCP mapping until then).
+pub(super) struct TcpWait(tokio::sync::oneshot::Receiver<TcpResult>, Option<Endpoint>);
+
+impl Control {
+    /// After authenticating: punch TCP when asked (`ep_task` learns our endpoint while
+    /// meeting), or without being asked for a pipe through a relay when UDP is blocked on
+    /// either side. The control task
+    /// runs it; [`Control::tcp_result`] waits for the result.
+    pub(super) async fn start_tcp(
+        &mut self,
+        ep_task: Option<tokio::task::JoinHandle<io::Result<Endpoint>>>,
+        relayed_pipe: bool,
+    ) -> Option<TcpWait> {
+        let ep_task = match ep_task {
+            None if self.nat.udp_blocked() && relayed_pipe => {
+                tracing::info!("UDP is blocked on one side: trying TCP hole punching");
+                Some(tokio::spawn(endpoint(self.wire.relay)))
+            }
+            e => e,
+        }?;
+        let now = Instant::now();
+        let mut p = TcpPunch::new(
+            self.session,
+            self.puncher.role(),
+            now,
+            crate::defaults::TCP_PUNCH_BUDGET,
+        );
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let ep = match ep_task.await {
+            Ok(Ok(ep)) => Some(ep),
+            Ok(Err(e)) => {
+                tracing::warn!("TCP punching: the relay's TCP port: {e}");
+                None
+            }
+            Err(_) => None,
+        };
+        p.set_mine(now, ep.as_ref().map(|e| e.public));
+        self.tcp = Some(TcpRun {
+            p,
+            local: ep
+                .as_ref()
+                .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |e| e.local),
+            notes: self.outputs.tcp_notes.clone(),
+            attempt: None,
+            stream: None,
+            done: Some(done_tx),
+        });
+        self.flush_tcp();
+        self.flush();
+        Some(TcpWait(done_rx, ep))
+    }
+    /// Carries out what the TCP punch asks for: offers to the peer (relayed), connection
+    /// attempts, and the result for the main flow.
+    pub(super) fn flush_tcp(&mut self) {
+        let Some(t) = &mut self.tcp else { return };
+        while let Some(f) = t.p.poll_transmit() {
+            self.puncher.send_relayed(f);
+        }
+        while let Some(a) = t.p.poll_action() {
+            let (dst, ttl) = match a {
+                TcpAction::Arm(d) => (d, Some(ARM_TTL)),
+                TcpAction::Connect(d) => (d, None),
+            };
+            let (notes, local) = (t.notes.clone(), t.local);
+            tracing::debug!(%dst, ?ttl, "TCP attempt");
+            t.attempt = Some(AbortOnDrop(tokio::spawn(async move {
+                let armed = notes.clone();
+                let r = tokio::time::timeout(
+                    crate::defaults::TCP_ATTEMPT,
+                    attempt(local, dst, ttl, move || {
+                        let _ = armed.try_send(TcpNote::Armed);
+                    }),
+                )
+                .await;
+                let note = match r {
+                    Ok(Ok(s)) => TcpNote::Connected(s, dst),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%dst, "TCP attempt: {e}");
+                        TcpNote::Failed
+                    }
+                    Err(_) => TcpNote::Failed,
+                };
+                let _ = notes.send(note).await;
+            })));
+        }
+        if let Some(o) = t.p.outcome().cloned() {
+            if let Some(done) = t.done.take() {
+                t.attempt = None;
+                let r = match (o, t.stream.take()) {
+                    (TcpOutcome::Connected { peer, attempts }, Some(s)) => Ok((s, peer, attempts)),
+                    (TcpOutcome::Connected { attempts, .. }, None) => Err((attempts, "lost")),
+                    (TcpOutcome::Failed { attempts, why }, _) => Err((attempts, why)),
+                };
+                let _ = done.send(r);
+            }
+        }
+    }
+
+    pub(super) fn on_tcp_note(&mut self, n: TcpNote) {
+        let Some(t) = &mut self.tcp else { return };
+        let now = Instant::now();
+        match n {
+            TcpNote::Armed => t.p.armed(now),
+            TcpNote::Failed => t.p.attempt_failed(now),
+            TcpNote::Connected(s, peer) => {
+                t.stream = Some(s);
+                t.p.attempt_connected(peer);
+            }
+        }
+        self.flush_tcp();
+    }
+}
+
+/// Waits for the TCP punch and tells the user how it went: the stream when it worked.
+pub(super) async fn tcp_result(wait: TcpWait, emit: &Emit, t0: Instant) -> Option<TcpStream> {
+    let TcpWait(done, ep) = wait;
+    let r = tokio::time::timeout(crate::defaults::TCP_PUNCH_BUDGET * 2, done)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(Err((0, "the TCP punch did not finish")));
+    let elapsed_ms = t0.elapsed().as_millis() as u64;
+    let (ev, stream) = match r {
+        Ok((s, peer, attempts)) => (
+            Event::Connected {
+                path: "direct",
+                method: "tcp",
+                peer,
+                elapsed_ms,
+                probes: attempts,
+            },
+            Some(s),
+        ),
+        Err((attempts, why)) => {
+            tracing::info!("TCP punching: {why}");
+            (
+                Event::Tried {
+                    method: "tcp",
+                    found: false,
+                    probes: attempts,
+                    elapsed_ms,
+                },
+                None,
+            )
+        }
+    };
+    emit.send(&ev);
+    // The relay connection kept our NAT's TCP mapping until now.
+    drop(ep);
+    stream
 }

@@ -17,6 +17,10 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::defaults::BIRTHDAY_OPEN_REFRESH;
 use crate::wire::rendezvous::{Frame, SessionId};
 
 /// Sockets the opener opens (frp and hyperdht use 256 too).
@@ -25,15 +29,8 @@ pub const SOCKETS: usize = 256;
 /// floods of new flows, and a flood looks like a port scan to intrusion detection. At this
 /// rate the 98 % point (about 1 000 probes) comes after 10 s.
 pub const PROBE_RATE: u32 = 100;
-/// How often the opener refreshes its mappings (well under any UDP binding timeout).
-pub const OPEN_REFRESH: Duration = Duration::from_secs(5);
 /// TTL of the opener's packets: past its own NAT (and a carrier NAT), not to the prober's.
 pub const OPEN_TTL: u8 = 2;
-/// Default time budget: ~1 500 probes at [`PROBE_RATE`], > 99.7 % for one symmetric side.
-pub const BUDGET: Duration = Duration::from_secs(15);
-/// Budget of a `--hard` attempt between two symmetric NATs: it rarely works (only when the
-/// NATs' ports are not fully random), so it gets less time before the relay is final.
-pub const HARD_BUDGET: Duration = Duration::from_secs(10);
 /// Lowest port a NAT hands out (the lab's symmetric router and Linux masquerade with random
 /// ports use 1024–65535).
 pub const LOW_PORT: u16 = 1024;
@@ -56,8 +53,6 @@ pub enum Part {
 /// few after the one the relay saw (the peer's own classification and checks take some in
 /// between); at [`PROBE_RATE`] a pass takes 0.64 s.
 pub const PREDICTION_WINDOW: u32 = 64;
-/// Port prediction's budget: several passes over the window.
-pub const PREDICTION_BUDGET: Duration = Duration::from_secs(6);
 
 /// Socket index of the punch socket in [`Part::Both`] transmits.
 pub const MAIN: usize = usize::MAX;
@@ -111,11 +106,14 @@ pub struct Birthday {
     out: VecDeque<Transmit>,
     /// Port prediction: the sequential NAT's port the relay saw, and its step.
     predict: Option<(u16, i32)>,
+    /// Transaction ids and random ports (seeded by the driver; fixed in tests).
+    rng: StdRng,
 }
 
 impl Birthday {
     /// Starts at `now`. `peer`: for the opener, the prober's (endpoint-independent) address;
-    /// for the prober, any address of the opener's public IP.
+    /// for the prober, any address of the opener's public IP. `seed` seeds the transaction
+    /// ids and random ports (the driver passes a random one).
     pub fn new(
         session: SessionId,
         part: Part,
@@ -123,6 +121,7 @@ impl Birthday {
         sockets: usize,
         budget: Duration,
         now: Instant,
+        seed: u64,
     ) -> Birthday {
         Birthday {
             session,
@@ -141,6 +140,7 @@ impl Birthday {
             outcome: None,
             out: VecDeque::new(),
             predict: None,
+            rng: StdRng::seed_from_u64(seed),
         }
     }
 
@@ -155,8 +155,9 @@ impl Birthday {
         delta: i32,
         budget: Duration,
         now: Instant,
+        seed: u64,
     ) -> Birthday {
-        let mut b = Birthday::new(session, Part::Prober, seen, 1, budget, now);
+        let mut b = Birthday::new(session, Part::Prober, seen, 1, budget, now, seed);
         b.predict = Some((seen.port(), delta));
         b
     }
@@ -167,7 +168,7 @@ impl Birthday {
     }
 
     fn probe(&mut self, socket: usize, dst: SocketAddr, ttl: Option<u8>) {
-        let tx: u64 = rand::random();
+        let tx: u64 = self.rng.gen();
         if ttl.is_none() {
             self.sent.insert(tx);
         }
@@ -200,7 +201,7 @@ impl Birthday {
                     for s in 0..self.sockets {
                         self.probe(s, self.peer, Some(OPEN_TTL));
                     }
-                    self.next += OPEN_REFRESH;
+                    self.next += BIRTHDAY_OPEN_REFRESH;
                 }
                 Part::Both | Part::Prober => {
                     if self.part == Part::Both && self.probes % (PROBE_RATE * 5) == 0 {
@@ -232,7 +233,7 @@ impl Birthday {
             self.tried.clear();
         }
         loop {
-            let p = LOW_PORT + (rand::random::<u32>() % span) as u16;
+            let p = LOW_PORT + (self.rng.gen::<u32>() % span) as u16;
             if self.tried.insert(p) {
                 break p;
             }
@@ -314,6 +315,7 @@ impl Birthday {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::defaults::{BIRTHDAY_BUDGET as BUDGET, PREDICTION_BUDGET};
     use crate::proto::classify::Behaviour::{
         AddressAndPortDependent as Apd, EndpointIndependent as Ei,
     };
@@ -323,17 +325,30 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A prober towards the symmetric side's IP, its randomness from `seed`.
+    fn prober(t0: Instant, seed: u64) -> Birthday {
+        Birthday::new(
+            [1; 16],
+            Part::Prober,
+            sa("203.0.113.21:1"),
+            1,
+            BUDGET,
+            t0,
+            seed,
+        )
+    }
+
     /// A symmetric NAT (random ports) against a port-restricted one, on a virtual clock:
-    /// returns the time to connect, or None within the budget.
-    fn attempt(seed_ports: bool) -> Option<(Duration, u32)> {
+    /// returns the time to connect, or None within the budget. `seed` seeds the prober.
+    fn attempt(seed_ports: bool, seed: u64) -> Option<(Duration, u32)> {
         let t0 = Instant::now();
         let mut sym = Nat::new("203.0.113.21".parse().unwrap(), Apd, Apd);
         sym.random_ports = seed_ports;
         let mut pr = Nat::new("203.0.113.22".parse().unwrap(), Ei, Apd);
         let prober_local = sa("192.168.2.2:6000");
         let prober_pub = sa("203.0.113.22:6000");
-        let mut o = Birthday::new([1; 16], Part::Opener, prober_pub, SOCKETS, BUDGET, t0);
-        let mut p = Birthday::new([1; 16], Part::Prober, sa("203.0.113.21:1"), 1, BUDGET, t0);
+        let mut o = Birthday::new([1; 16], Part::Opener, prober_pub, SOCKETS, BUDGET, t0, 1);
+        let mut p = prober(t0, seed);
         let opener_local =
             |i: usize| SocketAddr::new("192.168.1.2".parse().unwrap(), 20000 + i as u16);
         let mut now = t0;
@@ -382,8 +397,8 @@ mod tests {
     fn symmetric_against_port_restricted_connects_at_a_bounded_rate() {
         let mut times = Vec::new();
         let mut failed = 0;
-        for _ in 0..40 {
-            match attempt(true) {
+        for seed in 0..40 {
+            match attempt(true, seed) {
                 Some((t, probes)) => {
                     // Never faster than the rate allows.
                     assert!(t >= Duration::from_secs(1) / PROBE_RATE * (probes - 1));
@@ -401,7 +416,7 @@ mod tests {
     #[test]
     fn the_budget_ends_an_attempt_that_cannot_work() {
         let t0 = Instant::now();
-        let mut p = Birthday::new([1; 16], Part::Prober, sa("203.0.113.21:1"), 1, BUDGET, t0);
+        let mut p = prober(t0, 2);
         let mut now = t0;
         let mut sent = 0;
         while p.outcome().is_none() {
@@ -440,7 +455,7 @@ mod tests {
         // The peer's checks towards us: its mapping exists before we probe.
         let mapped = seq.outbound(t0, seq_local, pr_pub);
         assert_eq!(i32::from(mapped.port()), i32::from(seen.port()) + 4 * delta);
-        let mut p = Birthday::predicting([1; 16], seen, delta, PREDICTION_BUDGET, t0);
+        let mut p = Birthday::predicting([1; 16], seen, delta, PREDICTION_BUDGET, t0, 3);
         let mut now = t0;
         let mut ports = Vec::new();
         while p.outcome().is_none() {

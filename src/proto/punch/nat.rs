@@ -6,7 +6,7 @@
 //! technique should work and why.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -230,14 +230,10 @@ pub fn expect(mine: &NatClass, peer: &NatClass) -> Expectation {
     }
 }
 
-/// Sends of our classification before the peer's arrives, [`EXCHANGE_RESEND`] apart: the
+/// Sends of our classification before the peer's arrives, [`NAT_EXCHANGE_RESEND`] apart: the
 /// peer may not have registered yet, and the relay drops data for an absent peer.
 pub const EXCHANGE_SENDS: u32 = 10;
-/// Between those sends.
-pub const EXCHANGE_RESEND: Duration = Duration::from_secs(1);
-/// A peer that repeats its classification lacks ours: answer, but at most this often (two
-/// sides answering every repeat would bounce frames through the relay forever).
-pub const EXCHANGE_ANSWER_GAP: Duration = Duration::from_millis(500);
+use crate::defaults::{NAT_EXCHANGE_ANSWER_GAP, NAT_EXCHANGE_RESEND};
 
 /// What the pair of classifications asks the driver to do, once both are known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,7 +326,7 @@ impl Exchange {
         }
         if self
             .last_answer
-            .is_none_or(|t| now.saturating_duration_since(t) >= EXCHANGE_ANSWER_GAP)
+            .is_none_or(|t| now.saturating_duration_since(t) >= NAT_EXCHANGE_ANSWER_GAP)
         {
             self.last_answer = Some(now);
             self.send();
@@ -344,8 +340,8 @@ impl Exchange {
         if self.next_send.is_some_and(|t| t <= now) {
             self.send();
             self.sends += 1;
-            self.next_send =
-                (self.peer.is_none() && self.sends < EXCHANGE_SENDS).then(|| now + EXCHANGE_RESEND);
+            self.next_send = (self.peer.is_none() && self.sends < EXCHANGE_SENDS)
+                .then(|| now + NAT_EXCHANGE_RESEND);
         }
     }
 
@@ -412,6 +408,7 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use Behaviour::{
         AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
     };
@@ -584,7 +581,7 @@ mod tests {
             }
         }
         assert_eq!(sent, EXCHANGE_SENDS);
-        assert_eq!(now, t0 + EXCHANGE_RESEND * (EXCHANGE_SENDS - 1));
+        assert_eq!(now, t0 + NAT_EXCHANGE_RESEND * (EXCHANGE_SENDS - 1));
         let theirs = c(Ei, Ei).to_frame([5; 16]);
         let mut answers = 0;
         for i in 0..10 {

@@ -1,9 +1,13 @@
 //! Two punchers behind simulated NATs meet at the real relay core, on a virtual clock.
 use super::*;
+use crate::defaults::{
+    DIRECT_TIMEOUT, PATH_STALL as STALL, PUNCH_KEEPALIVE as KEEPALIVE, UPGRADE_FIRST,
+};
 use crate::proto::classify::Behaviour::{
     self, AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
 };
 use crate::proto::netsim::Nat;
+use crate::proto::punch::link::STALL_SENDS;
 use crate::proto::relay::{Limits, Now, Output, Relay, RelayConfig};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -53,7 +57,7 @@ impl Net {
             Side {
                 local: sa(local),
                 nat: Nat::new(public.parse().unwrap(), m, f),
-                p: Puncher::new(cfg, t0),
+                p: Puncher::new(cfg, t0, u64::from(peer)),
                 path: None,
                 relayed: vec![],
             }
@@ -256,7 +260,7 @@ fn a_lost_relay_is_reported() {
         direct_timeout: DIRECT_TIMEOUT,
         keepalive: KEEPALIVE,
     };
-    let mut p = Puncher::new(cfg, t0);
+    let mut p = Puncher::new(cfg, t0, 1);
     let mut now = t0;
     let mut failed = None;
     while let Some(t) = p.poll_timeout() {
@@ -378,8 +382,8 @@ fn serverless_cfg(role: Role, peer: u8) -> PunchConfig {
 fn serverless_offers_connect_port_restricted_pairs_without_a_relay() {
     let t0 = Instant::now();
     let mut n = Net::new(t0, (Ei, Apd), (Ei, Apd));
-    n.sides[0].p = Puncher::serverless(serverless_cfg(Role::Listener, 1), t0);
-    n.sides[1].p = Puncher::serverless(serverless_cfg(Role::Connector, 2), t0);
+    n.sides[0].p = Puncher::serverless(serverless_cfg(Role::Listener, 1), t0, 1);
+    n.sides[1].p = Puncher::serverless(serverless_cfg(Role::Connector, 2), t0, 2);
     let mut now = t0;
     n.sides[1].p.peer_offer(&[sa("203.0.113.21:5000")], now);
     n.flush(now);

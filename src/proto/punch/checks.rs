@@ -1,0 +1,248 @@
+//! Connectivity checks between the peers' candidate addresses ([`Checks`]), RFC 8445 §7.2
+//! in spirit: bounded probing of every candidate, answers that reveal the peer-reflexive
+//! address, and the first answered probe wins.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::defaults::{OPENING_LEAD, PROBE_INTERVAL, QUIET_INTERVAL};
+use crate::proto::punch::{Datagram, MAX_TARGETS, OPENING_TTLS};
+use crate::wire::rendezvous::{Frame, SessionId};
+
+/// Result of the connectivity checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckEvent {
+    /// A path works both ways: we probed `peer`, it answered.
+    Connected {
+        /// The peer's address on the working path.
+        peer: SocketAddr,
+        /// Round trip of the winning probe.
+        rtt: Duration,
+        /// Probes sent until then.
+        probes: u32,
+    },
+    /// No path within the bound.
+    Failed {
+        /// Probes sent.
+        probes: u32,
+    },
+}
+
+/// Connectivity checks: probe every candidate of the peer at a bounded rate from the moment
+/// of the start signal; answer the peer's probes (which also reveals its peer-reflexive
+/// address, the one that works when its NAT is symmetric and ours lets it in); the first
+/// answered probe wins.
+#[derive(Debug)]
+pub struct Checks {
+    session: SessionId,
+    targets: Vec<SocketAddr>,
+    start_at: Option<Instant>,
+    deadline: Option<Instant>,
+    next_round: Option<Instant>,
+    bound: Duration,
+    sent: HashMap<u64, (SocketAddr, Instant)>,
+    pub(super) probes: u32,
+    done: bool,
+    opened: bool,
+    /// Send only low-TTL packets (keeping our NAT open for the peer) until the peer's first
+    /// probe arrives: without a start signal, probes that reach the peer's NAT before the
+    /// peer has sent would make a Linux NAT move the peer's flow to another port.
+    quiet: bool,
+    out: VecDeque<Datagram>,
+    events: VecDeque<CheckEvent>,
+    /// Transaction ids (seeded by the driver; fixed in tests).
+    rng: StdRng,
+}
+
+impl Checks {
+    /// Checks for a session, giving up `bound` after they start; `seed` seeds the
+    /// transaction ids.
+    pub fn new(session: SessionId, bound: Duration, seed: u64) -> Self {
+        Checks {
+            session,
+            targets: Vec::new(),
+            start_at: None,
+            deadline: None,
+            next_round: None,
+            bound,
+            sent: HashMap::new(),
+            probes: 0,
+            done: false,
+            opened: false,
+            quiet: false,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Sends only low-TTL packets until the peer's first probe arrives.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+    }
+
+    /// Fresh checks towards the same targets (an upgrade attempt after a fallback).
+    pub fn renewed(&mut self) -> Checks {
+        let mut c = Checks::new(self.session, self.bound, self.rng.gen());
+        c.targets = self.targets.clone();
+        c
+    }
+
+    /// Adds candidate addresses of the peer.
+    pub fn add_targets(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for a in addrs {
+            if !self.targets.contains(&a) && self.targets.len() < MAX_TARGETS {
+                self.targets.push(a);
+            }
+        }
+    }
+
+    /// Starts probing at `at` (the relay's start signal plus its wait).
+    pub fn start_at(&mut self, at: Instant) {
+        if self.done {
+            return;
+        }
+        self.start_at = Some(at);
+        self.deadline = Some(at + self.bound);
+        self.next_round = Some(at);
+    }
+
+    /// Whether the checks have finished (connected or failed).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Low-TTL packets to every target: they open our own NAT (and a carrier NAT behind it)
+    /// and die before the peer's.
+    fn send_opening(&mut self) {
+        for &dst in &self.targets {
+            for ttl in OPENING_TTLS {
+                let f = Frame::PunchProbe {
+                    session: self.session,
+                    tx: self.rng.gen(),
+                }
+                .emit();
+                self.out.push_back(Datagram {
+                    dst,
+                    payload: f,
+                    ttl: Some(ttl),
+                });
+            }
+        }
+    }
+
+    fn pump(&mut self, now: Instant) {
+        if self.done {
+            return;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.done = true;
+            self.next_round = None;
+            self.events.push_back(CheckEvent::Failed {
+                probes: self.probes,
+            });
+            return;
+        }
+        if let Some(t) = self.next_round {
+            if t <= now && self.quiet {
+                self.send_opening();
+                self.next_round = Some(now + QUIET_INTERVAL);
+            } else if t <= now && !self.opened {
+                self.opened = true;
+                self.send_opening();
+                self.next_round = Some(now + OPENING_LEAD);
+            } else if t <= now {
+                for &dst in &self.targets {
+                    let tx: u64 = self.rng.gen();
+                    self.sent.insert(tx, (dst, now));
+                    self.probes += 1;
+                    let f = Frame::PunchProbe {
+                        session: self.session,
+                        tx,
+                    }
+                    .emit();
+                    self.out.push_back(Datagram {
+                        dst,
+                        payload: f,
+                        ttl: None,
+                    });
+                }
+                self.next_round = Some(now + PROBE_INTERVAL);
+            }
+        }
+    }
+
+    /// Feeds a datagram; returns false when it is not a check of this session.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        match Frame::parse(data) {
+            Ok(Frame::PunchProbe { session, tx }) if session == self.session => {
+                // Always answer, even after we are done: the peer may still be waiting for
+                // its own answer.
+                let f = Frame::PunchAck {
+                    session,
+                    tx,
+                    observed: from,
+                }
+                .emit();
+                self.out.push_back(Datagram {
+                    dst: from,
+                    payload: f,
+                    ttl: None,
+                });
+                if !self.done {
+                    self.add_targets([from]);
+                    if self.quiet {
+                        // The peer is sending: answer with full probes at once.
+                        self.quiet = false;
+                        self.opened = true;
+                        self.next_round = Some(now);
+                        self.pump(now);
+                    }
+                }
+                true
+            }
+            Ok(Frame::PunchAck { session, tx, .. }) if session == self.session => {
+                if let Some((dst, at)) = self.sent.remove(&tx) {
+                    if !self.done && dst == from {
+                        self.done = true;
+                        self.next_round = None;
+                        self.events.push_back(CheckEvent::Connected {
+                            peer: from,
+                            rtt: now.saturating_duration_since(at),
+                            probes: self.probes,
+                        });
+                    }
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Next datagram.
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.out.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<CheckEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Checks::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        [self.next_round, self.deadline].into_iter().flatten().min()
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.pump(now);
+    }
+}

@@ -1,0 +1,288 @@
+//! The rendezvous client ([`RvClient`]): registration at the relay (kept alive by
+//! re-registering), the relay's RTT pings, start signals and relayed data.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::defaults;
+use crate::proto::punch::PunchConfig;
+use crate::proto::stun::{Schedule, Transaction};
+use crate::wire::rendezvous::{ErrorCode, Frame};
+
+/// What the rendezvous client reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RvEvent {
+    /// The relay accepted us; `observed` is our server-reflexive address.
+    Registered {
+        /// As the relay sees us.
+        observed: SocketAddr,
+        /// Whether the other side is there yet.
+        peer_present: bool,
+    },
+    /// The other side's addresses.
+    Peer {
+        /// As the relay sees it.
+        observed: SocketAddr,
+        /// What it reported.
+        candidates: Vec<SocketAddr>,
+    },
+    /// Start punching after `wait`.
+    Start {
+        /// Delay that makes both sides start together.
+        wait: Duration,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// Data relayed from the other side.
+    Data(Vec<u8>),
+    /// The relay refused something.
+    Refused {
+        /// Code.
+        code: ErrorCode,
+        /// Its words.
+        reason: String,
+    },
+    /// The relay does not answer.
+    RelayLost,
+}
+
+/// The rendezvous client: registers (and keeps the registration alive), answers the relay's
+/// RTT pings, asks for start signals and carries relayed data.
+#[derive(Debug)]
+pub struct RvClient {
+    cfg: PunchConfig,
+    register: Option<Transaction>,
+    registered: bool,
+    next_keepalive: Option<Instant>,
+    sync: Option<Transaction>,
+    /// Never talks to a relay (`--manual`).
+    inert: bool,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<RvEvent>,
+}
+
+impl RvClient {
+    /// Starts registering at `now`.
+    pub fn new(cfg: PunchConfig, now: Instant) -> Self {
+        let mut c = RvClient {
+            cfg,
+            register: None,
+            registered: false,
+            next_keepalive: None,
+            sync: None,
+            inert: false,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        c.register = Some(Transaction::new(now, Self::register_schedule()));
+        c.pump(now);
+        c
+    }
+
+    /// A client that never talks to a relay (serverless `--manual` mode): every request is a
+    /// no-op.
+    pub fn inert(cfg: PunchConfig) -> Self {
+        RvClient {
+            cfg,
+            register: None,
+            registered: false,
+            next_keepalive: None,
+            sync: None,
+            inert: true,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn is_inert(&self) -> bool {
+        self.inert
+    }
+
+    fn register_schedule() -> Schedule {
+        Schedule {
+            rto: defaults::INITIAL_RTO,
+            max_sends: 6,
+            final_wait: defaults::REGISTER_FINAL_WAIT,
+        }
+    }
+
+    fn register_frame(&self) -> Vec<u8> {
+        Frame::Register {
+            session: self.cfg.session,
+            role: self.cfg.role,
+            peer: self.cfg.peer,
+            token: self.cfg.token.clone(),
+            candidates: self.cfg.candidates.clone(),
+        }
+        .emit()
+    }
+
+    fn pump(&mut self, now: Instant) {
+        if let Some(t) = &mut self.register {
+            if t.timed_out(now) {
+                self.register = None;
+                self.events.push_back(RvEvent::RelayLost);
+            } else if t.poll_send(now) {
+                let f = self.register_frame();
+                self.out.push_back((self.cfg.relay, f));
+            }
+        }
+        if let Some(t) = &mut self.sync {
+            if t.timed_out(now) {
+                self.sync = None;
+                self.events.push_back(RvEvent::RelayLost);
+            } else if t.poll_send(now) {
+                let f = Frame::Sync {
+                    session: self.cfg.session,
+                    peer: self.cfg.peer,
+                }
+                .emit();
+                self.out.push_back((self.cfg.relay, f));
+            }
+        }
+        if self.next_keepalive.is_some_and(|k| k <= now) && self.register.is_none() {
+            // Refreshing is re-registering: idempotent for the same peer id, and it follows
+            // NAT rebinding to a new observed address.
+            self.register = Some(Transaction::new(now, Self::register_schedule()));
+            self.next_keepalive = None;
+            self.pump(now);
+        }
+    }
+
+    /// Adds a candidate address of ours (e.g. a port the router mapped for us) and
+    /// re-registers, so the relay passes it on to the peer.
+    pub fn add_candidate(&mut self, addr: SocketAddr, now: Instant) {
+        if !self.cfg.candidates.contains(&addr) {
+            self.cfg.candidates.push(addr);
+            self.refresh(now);
+        }
+    }
+
+    /// Re-registers at once (after a path failure: our observed address may have changed).
+    pub fn refresh(&mut self, now: Instant) {
+        if self.register.is_none() && !self.is_inert() {
+            self.register = Some(Transaction::new(now, Self::register_schedule()));
+            self.pump(now);
+        }
+    }
+
+    /// Asks the relay for a simultaneous start (again, on every retry).
+    pub fn sync(&mut self, now: Instant) {
+        if self.is_inert() {
+            return;
+        }
+        self.sync = Some(Transaction::new(
+            now,
+            Schedule {
+                rto: defaults::SYNC_RTO,
+                max_sends: 4,
+                final_wait: defaults::SYNC_FINAL_WAIT,
+            },
+        ));
+        self.pump(now);
+    }
+
+    /// Sends data through the relay.
+    pub fn send_data(&mut self, payload: Vec<u8>) {
+        if self.inert {
+            return;
+        }
+        let f = Frame::Data {
+            session: self.cfg.session,
+            payload,
+        }
+        .emit();
+        self.out.push_back((self.cfg.relay, f));
+    }
+
+    /// Whether the relay has accepted the registration.
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+
+    /// Feeds a datagram; returns false when it did not come from the relay.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        if from != self.cfg.relay {
+            return false;
+        }
+        let Ok(f) = Frame::parse(data) else {
+            return true;
+        };
+        match f {
+            Frame::Registered {
+                observed,
+                peer_present,
+            } => {
+                if self.register.take().is_some() || !self.registered {
+                    self.events.push_back(RvEvent::Registered {
+                        observed,
+                        peer_present,
+                    });
+                }
+                self.registered = true;
+                self.next_keepalive = Some(now + self.cfg.keepalive);
+            }
+            Frame::Peer {
+                observed,
+                candidates,
+            } => self.events.push_back(RvEvent::Peer {
+                observed,
+                candidates,
+            }),
+            Frame::Ping { nonce } => {
+                let f = Frame::Pong {
+                    session: self.cfg.session,
+                    peer: self.cfg.peer,
+                    nonce,
+                }
+                .emit();
+                self.out.push_back((self.cfg.relay, f));
+            }
+            Frame::Start { wait_ms, attempt } => {
+                self.sync = None;
+                self.events.push_back(RvEvent::Start {
+                    wait: Duration::from_millis(wait_ms as u64),
+                    attempt,
+                });
+            }
+            Frame::Data { session, payload } if session == self.cfg.session => {
+                self.events.push_back(RvEvent::Data(payload))
+            }
+            Frame::Error { code, reason } => {
+                self.register = None;
+                self.events.push_back(RvEvent::Refused { code, reason })
+            }
+            _ => {}
+        }
+        self.pump(now);
+        true
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<RvEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`RvClient::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.register.as_ref().and_then(|t| t.poll_timeout()),
+            self.sync.as_ref().and_then(|t| t.poll_timeout()),
+            self.next_keepalive,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.pump(now);
+    }
+}
