@@ -1,9 +1,8 @@
 //! natprobe: can strangers reach this machine, and if not, why and what would work.
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use natkit::app::cli::NatprobeArgs;
+use natkit::app::natprobe::{no_answer_line, Progress};
 use natkit::app::output::{self, Output};
-use std::io::IsTerminal;
 
 fn main() {
     std::process::exit(run());
@@ -20,33 +19,15 @@ fn run() -> i32 {
     };
     natkit::app::cli::init_logging(cfg.verbose);
     let out = Output::decide(cfg.json, cfg.color);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match natkit::app::runtime("natprobe", false) {
         Ok(rt) => rt,
-        Err(e) => {
-            output::print_error("natprobe", &e);
-            return natkit::exit::ERROR;
-        }
+        Err(code) => return code,
     };
-    let bar = (cfg.probe.lifetime_max.is_some() && std::io::stderr().is_terminal()).then(|| {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template("binding lifetime {bar:30} {pos}/{len} gaps {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    });
+    let bar = Progress::new(cfg.probe.lifetime_max.is_some());
     let result = rt.block_on(natkit::net::natprobe::run(&cfg.probe, |done, total| {
-        if let Some(b) = &bar {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        }
+        bar.update(done, total)
     }));
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    bar.finish();
     let rep = match result {
         Ok(r) => r,
         Err(e) => {
@@ -57,19 +38,8 @@ fn run() -> i32 {
     if let Err(code) = output::finish_output(out.emit(&rep), "natprobe") {
         return code;
     }
-    if !rep.udp {
-        let tried = if rep.tried.is_empty() {
-            String::new()
-        } else {
-            format!(" Tried: {}.", rep.tried.join("; "))
-        };
-        eprintln!(
-            "natprobe: error: {}.{tried}",
-            rep.verdict
-                .reasons
-                .first()
-                .map_or("no answer", |s| s.as_str())
-        );
+    if let Some(line) = no_answer_line(&rep) {
+        eprintln!("{line}");
     }
     rep.exit_code()
 }

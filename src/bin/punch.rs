@@ -2,132 +2,12 @@
 use clap::Parser;
 use natkit::app::cli::PunchArgs;
 use natkit::app::output;
+use natkit::app::punch::{blocking_again, event_line, grow_pipes, stdio};
 use natkit::net::punch::{Event, PunchError};
 use std::io::Write;
 
 fn main() {
     std::process::exit(run());
-}
-
-fn human(e: &Event) -> String {
-    match e {
-        Event::Code { code } => {
-            format!("punch: code {code}  (on the other side: punch connect … {code})")
-        }
-        Event::Registered { observed } => format!("punch: at the relay, seen as {observed}"),
-        Event::Tried {
-            method,
-            probes,
-            elapsed_ms,
-            ..
-        } => format!(
-            "punch: {method} found no direct path ({probes} probes, {elapsed_ms} ms); staying on the relay"
-        ),
-        Event::Offer { offer } => {
-            format!("punch: your offer — paste it on the other side:\n{offer}")
-        }
-        Event::Nat { mine, peer, expect } => format!(
-            "punch: our NAT: mapping {}, filtering {}; theirs: mapping {}, filtering {}; \
-             expected: {} ({}): {}",
-            mine.mapping.as_str(),
-            mine.filtering.as_str(),
-            peer.mapping.as_str(),
-            peer.filtering.as_str(),
-            expect.path,
-            expect.technique,
-            expect.why
-        ),
-        Event::Mapped { external, via } => {
-            format!("punch: the router forwards {external} to us ({via}); offered to the peer")
-        }
-        Event::Connected {
-            path: "direct",
-            method,
-            peer,
-            elapsed_ms,
-            probes,
-        } => {
-            let how = match *method {
-                "birthday" => "birthday probing",
-                _ => "UDP hole punch",
-            };
-            format!("punch: connected directly to {peer} ({how}, {probes} probes, {elapsed_ms} ms)")
-        }
-        Event::Connected { elapsed_ms, .. } => {
-            format!("punch: no direct path; connected through the relay ({elapsed_ms} ms)")
-        }
-        Event::Listening { local } => {
-            format!("punch: forwarding connections to {local} to the other side")
-        }
-        Event::Authenticated { .. } => {
-            "punch: both sides know the code; encrypted end to end".to_string()
-        }
-        Event::Done {
-            bytes_sent,
-            bytes_received,
-            ..
-        } => {
-            format!("punch: done: sent {bytes_sent} bytes, received {bytes_received} bytes")
-        }
-    }
-}
-
-/// stdin and stdout are often pipes (`tar c | punch …`): a 1 MiB pipe buffer (Linux's
-/// default ceiling, `fs.pipe-max-size`) instead of 64 KiB means 16× fewer reads and writes,
-/// each a hop to tokio's blocking pool. Not a pipe, or not allowed: nothing changes.
-fn grow_pipes() {
-    for fd in [0, 1] {
-        // SAFETY: fcntl on our own standard descriptors; failure is harmless.
-        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
-    }
-}
-
-type Input = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
-type Output = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
-
-/// stdin and stdout for the session. A pipe is read and written in place by tokio's
-/// reactor (non-blocking, no thread hop per read); anything else (a terminal, a file,
-/// /dev/null) goes through tokio's blocking stdio. Must run inside the runtime.
-fn stdio() -> (Input, Output) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use tokio::net::unix::pipe;
-    fn fifo(fd: i32) -> Option<OwnedFd> {
-        // SAFETY: fstat on a standard descriptor into a zeroed struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
-        // SAFETY: `dup` gives a descriptor we own; the original stays open for the process.
-        (ok && st.st_mode & libc::S_IFMT == libc::S_IFIFO)
-            .then(|| unsafe { libc::dup(fd) })
-            .filter(|d| *d >= 0)
-            .map(|d| unsafe { OwnedFd::from_raw_fd(d) })
-    }
-    let input: Input = match fifo(std::io::stdin().as_raw_fd())
-        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok())
-    {
-        Some(r) => Box::new(r),
-        None => Box::new(tokio::io::stdin()),
-    };
-    let output: Output = match fifo(std::io::stdout().as_raw_fd())
-        .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok())
-    {
-        Some(w) => Box::new(w),
-        None => Box::new(tokio::io::stdout()),
-    };
-    (input, output)
-}
-
-/// [`stdio`] made shared pipe descriptions non-blocking; whoever writes to or reads from
-/// them after us (`{ punch …; echo done; } | less`) expects blocking ones.
-fn blocking_again() {
-    for fd in [0, 1] {
-        // SAFETY: fcntl on our own standard descriptors; failure is harmless.
-        unsafe {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-                libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
-            }
-        }
-    }
 }
 
 fn run() -> i32 {
@@ -141,23 +21,12 @@ fn run() -> i32 {
     };
     natkit::app::cli::init_logging(verbose);
     grow_pipes();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match natkit::app::runtime("punch", false) {
         Ok(rt) => rt,
-        Err(e) => {
-            output::print_error("punch", &e);
-            return natkit::exit::ERROR;
-        }
+        Err(code) => return code,
     };
     let emit = move |e: &Event| {
-        let line = if json {
-            serde_json::to_string(e).unwrap_or_default()
-        } else {
-            human(e)
-        };
-        let _ = writeln!(std::io::stderr(), "{line}");
+        let _ = writeln!(std::io::stderr(), "{}", event_line(e, json));
     };
     let r = rt.block_on(async {
         let (input, output) = stdio();

@@ -1,0 +1,137 @@
+//! punch's side of the terminal: events as text for people (or JSON lines) on stderr, and
+//! stdin/stdout as the session's byte stream.
+
+use crate::net::punch::Event;
+
+/// One event as a line for people.
+pub fn human(e: &Event) -> String {
+    match e {
+        Event::Code { code } => {
+            format!("punch: code {code}  (on the other side: punch connect … {code})")
+        }
+        Event::Registered { observed } => format!("punch: at the relay, seen as {observed}"),
+        Event::Tried {
+            method,
+            probes,
+            elapsed_ms,
+            ..
+        } => format!(
+            "punch: {method} found no direct path ({probes} probes, {elapsed_ms} ms); staying on the relay"
+        ),
+        Event::Offer { offer } => {
+            format!("punch: your offer — paste it on the other side:\n{offer}")
+        }
+        Event::Nat { mine, peer, expect } => format!(
+            "punch: our NAT: mapping {}, filtering {}; theirs: mapping {}, filtering {}; \
+             expected: {} ({}): {}",
+            mine.mapping.as_str(),
+            mine.filtering.as_str(),
+            peer.mapping.as_str(),
+            peer.filtering.as_str(),
+            expect.path,
+            expect.technique,
+            expect.why
+        ),
+        Event::Mapped { external, via } => {
+            format!("punch: the router forwards {external} to us ({via}); offered to the peer")
+        }
+        Event::Connected {
+            path: "direct",
+            method,
+            peer,
+            elapsed_ms,
+            probes,
+        } => {
+            let how = match *method {
+                "birthday" => "birthday probing",
+                _ => "UDP hole punch",
+            };
+            format!("punch: connected directly to {peer} ({how}, {probes} probes, {elapsed_ms} ms)")
+        }
+        Event::Connected { elapsed_ms, .. } => {
+            format!("punch: no direct path; connected through the relay ({elapsed_ms} ms)")
+        }
+        Event::Listening { local } => {
+            format!("punch: forwarding connections to {local} to the other side")
+        }
+        Event::Authenticated { .. } => {
+            "punch: both sides know the code; encrypted end to end".to_string()
+        }
+        Event::Done {
+            bytes_sent,
+            bytes_received,
+            ..
+        } => {
+            format!("punch: done: sent {bytes_sent} bytes, received {bytes_received} bytes")
+        }
+    }
+}
+
+/// stdin and stdout are often pipes (`tar c | punch …`): a 1 MiB pipe buffer (Linux's
+/// default ceiling, `fs.pipe-max-size`) instead of 64 KiB means 16× fewer reads and writes,
+/// each a hop to tokio's blocking pool. Not a pipe, or not allowed: nothing changes.
+pub fn grow_pipes() {
+    for fd in [0, 1] {
+        // SAFETY: fcntl on our own standard descriptors; failure is harmless.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
+    }
+}
+
+/// The session's input: stdin, as a tokio pipe or through tokio's blocking stdio.
+pub type Input = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+/// The session's output: stdout, likewise.
+pub type Output = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// stdin and stdout for the session. A pipe is read and written in place by tokio's
+/// reactor (non-blocking, no thread hop per read); anything else (a terminal, a file,
+/// /dev/null) goes through tokio's blocking stdio. Must run inside the runtime.
+pub fn stdio() -> (Input, Output) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use tokio::net::unix::pipe;
+    fn fifo(fd: i32) -> Option<OwnedFd> {
+        // SAFETY: fstat on a standard descriptor into a zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+        // SAFETY: `dup` gives a descriptor we own; the original stays open for the process.
+        (ok && st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+            .then(|| unsafe { libc::dup(fd) })
+            .filter(|d| *d >= 0)
+            .map(|d| unsafe { OwnedFd::from_raw_fd(d) })
+    }
+    let input: Input = match fifo(std::io::stdin().as_raw_fd())
+        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok())
+    {
+        Some(r) => Box::new(r),
+        None => Box::new(tokio::io::stdin()),
+    };
+    let output: Output = match fifo(std::io::stdout().as_raw_fd())
+        .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok())
+    {
+        Some(w) => Box::new(w),
+        None => Box::new(tokio::io::stdout()),
+    };
+    (input, output)
+}
+
+/// [`stdio`] made shared pipe descriptions non-blocking; whoever writes to or reads from
+/// them after us (`{ punch …; echo done; } | less`) expects blocking ones.
+pub fn blocking_again() {
+    for fd in [0, 1] {
+        // SAFETY: fcntl on our own standard descriptors; failure is harmless.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+                libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            }
+        }
+    }
+}
+
+/// One event as the line written to stderr: JSON with `--json`, text otherwise.
+pub fn event_line(e: &Event, json: bool) -> String {
+    if json {
+        serde_json::to_string(e).unwrap_or_default()
+    } else {
+        human(e)
+    }
+}
