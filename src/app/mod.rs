@@ -2,3 +2,4 @@
 //! arguments with [`cli`], call the library and render through [`output`].
 pub mod cli;
 pub mod output;
+pub mod relay;
