@@ -332,3 +332,20 @@ pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The QUIC or TLS handshake after the PAKE: both sides are known to be there, so a
 /// handshake that takes longer has failed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// --- relay ---
+
+/// How often the relay sweeps idle registrations and refilled rate-limit buckets: idle expiry
+/// is counted in whole seconds, so a finer sweep buys nothing.
+pub const RELAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A dial-back bucket is forgotten once it has been untouched this long: the per-minute
+/// budget has refilled by then, so the source is back to the default state.
+pub const RELAY_DIALBACK_FORGET: Duration = Duration::from_secs(60);
+
+/// A TCP dial-back (connect, write the probe, close) gives up after this: a port that does
+/// not accept within one SYN retransmission (RFC 6298 §2: 1 s initial RTO) is not reachable.
+pub const RELAY_DIALBACK_CONNECT: Duration = Duration::from_secs(3);
+
+/// The metrics endpoint reads the HTTP request for at most this long before answering.
+pub const RELAY_METRICS_READ: Duration = Duration::from_secs(2);

@@ -33,7 +33,7 @@ proptest! {
             limits: Limits::default(),
             allow_private: seed % 2 == 0,
             secret: (seed % 3 == 0).then(|| b"k".to_vec()),
-        }, t);
+        }, t, seed as u64);
         let now = Now { mono: t, unix: 1 };
         let from = format!("198.51.100.{}:4000", seed).parse().unwrap();
         r.handle_udp(now, "203.0.113.10:3478".parse().unwrap(), from, &data);

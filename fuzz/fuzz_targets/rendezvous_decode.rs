@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         allow_private: false,
         secret: None,
     };
-    let mut r = Relay::new(cfg, t);
+    let mut r = Relay::new(cfg, t, 0);
     let now = Now { mono: t, unix: 0 };
     let from = "198.51.100.1:4000".parse().unwrap();
     r.handle_udp(now, "203.0.113.10:3478".parse().unwrap(), from, data);

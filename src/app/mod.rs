@@ -5,6 +5,7 @@ pub mod natprobe;
 pub mod output;
 pub mod portmap;
 pub mod punch;
+pub mod relay;
 
 /// The tokio runtime a binary runs on, or the error printed and [`crate::exit::ERROR`].
 /// natprobe, punch and portmap do one thing at a time (one thread is enough); the relay

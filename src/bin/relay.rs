@@ -24,7 +24,7 @@ fn run() -> i32 {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let token = natkit::proto::relay::make_token(secret, now + secs);
-        let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = natkit::app::relay::token_hex(&token);
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{hex}");
         return natkit::exit::OK;
@@ -48,25 +48,15 @@ fn run() -> i32 {
             }
         };
         // Signal handlers first: whoever reads the startup line may signal at once.
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                output::print_error("relay", &e);
-                return natkit::exit::ERROR;
-            }
-        };
-        let line = if args.json {
-            serde_json::to_string(&listening).unwrap_or_default()
-        } else {
-            format!(
-                "relay: STUN on udp {}; rendezvous and relay on udp+tcp {}; RFC 5780 behaviour discovery {}{}{}",
-                listening.stun_udp.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-                listening.tcp,
-                if listening.rfc5780 { "on" } else { "off (no --alt-addr)" },
-                if listening.secret { "; tokens required" } else { "" },
-                listening.metrics.map(|m| format!("; metrics on http://{m}/metrics")).unwrap_or_default(),
-            )
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    output::print_error("relay", &e);
+                    return natkit::exit::ERROR;
+                }
+            };
+        let line = natkit::app::relay::startup_line(&listening, args.json);
         // A closed stdout must not stop the relay (it is a service); only the line is lost.
         {
             use std::io::Write;

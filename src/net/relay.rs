@@ -124,7 +124,7 @@ pub async fn bind(
         metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let shared = Arc::new(Shared {
-        core: Arc::new(Mutex::new(Relay::new(cfg, Instant::now()))),
+        core: Arc::new(Mutex::new(Relay::new(cfg, Instant::now(), rand::random()))),
         udp,
         conns: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(1),
@@ -197,7 +197,7 @@ async fn with_core(shared: &Shared, f: impl FnOnce(&mut Relay)) {
             }
             Output::DialTcp { dst, payload } => {
                 tokio::spawn(async move {
-                    let r = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+                    let r = tokio::time::timeout(crate::defaults::RELAY_DIALBACK_CONNECT, async {
                         let mut s = TcpStream::connect(dst).await?;
                         s.write_all(&crate::wire::framing::for_relay_stream(&payload))
                             .await?;
@@ -320,7 +320,8 @@ async fn metrics_loop(shared: Arc<Shared>, l: TcpListener) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
+            let _ =
+                tokio::time::timeout(crate::defaults::RELAY_METRICS_READ, s.read(&mut buf)).await;
             let body = match shared.core.lock() {
                 Ok(c) => c.metrics().render(c.sessions()),
                 Err(p) => {

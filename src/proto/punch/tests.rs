@@ -63,7 +63,7 @@ impl Net {
             }
         };
         Net {
-            relay: Relay::new(relay_cfg, t0),
+            relay: Relay::new(relay_cfg, t0, 1),
             relay_ip: "203.0.113.10".parse().unwrap(),
             sides: [
                 side("192.168.1.2:5000", "203.0.113.21", a, Role::Listener, 1),

@@ -1,5 +1,9 @@
+use super::rendezvous::candidates_within;
+use super::DropReason as Drop;
 use super::*;
+use crate::wire::rendezvous::Role;
 use crate::wire::stun::Change;
+use std::time::Duration;
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -39,7 +43,7 @@ fn udp(o: &Output) -> (SocketAddr, SocketAddr, &[u8]) {
 #[test]
 fn rfc5780_answers_on_all_four_addresses() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     let client = sa("198.51.100.7:5000");
     for local in r.cfg.locals() {
         for change in [Change::NONE, Change::PORT, Change::IP_AND_PORT] {
@@ -68,7 +72,7 @@ fn rfc5780_answers_on_all_four_addresses() {
 #[test]
 fn response_port_stays_on_the_requesters_ip() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     let req = stun::binding_request_response_port([2; 12], 7777);
     r.handle_udp(now(t), sa(P), sa("198.51.100.7:5000"), &req);
     let (_, dst, _) = udp(&drain(&mut r)[0]);
@@ -78,7 +82,7 @@ fn response_port_stays_on_the_requesters_ip() {
 #[test]
 fn plain_mode_refuses_change_request_and_sends_no_other_address() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(false), t);
+    let mut r = Relay::new(cfg(false), t, 1);
     r.handle_udp(
         now(t),
         sa(P),
@@ -100,7 +104,7 @@ fn plain_mode_refuses_change_request_and_sends_no_other_address() {
 #[test]
 fn padding_is_refused_small() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     let req = stun::binding_request_with_padding([4; 12], 8).unwrap();
     r.handle_udp(now(t), sa(P), sa("198.51.100.7:5000"), &req);
     let out = drain(&mut r);
@@ -113,7 +117,7 @@ fn padding_is_refused_small() {
 #[test]
 fn amplification_is_bounded_for_the_smallest_request() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     // A 20-byte Binding request: header only.
     let mut req = stun::binding_request([5; 12], Change::NONE);
     req.truncate(20);
@@ -132,7 +136,7 @@ fn amplification_is_bounded_for_the_smallest_request() {
 #[test]
 fn private_and_mapped_sources_are_denied() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     for src in [
         "10.0.0.1:1",
         "127.0.0.1:1",
@@ -155,7 +159,7 @@ fn private_and_mapped_sources_are_denied() {
 #[test]
 fn one_flooding_source_is_limited_another_is_served() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     let req = stun::binding_request([7; 12], Change::NONE);
     for _ in 0..1000 {
         r.handle_udp(now(t), sa(P), sa("198.51.100.7:5000"), &req);
@@ -205,7 +209,7 @@ fn frames(out: &[Output]) -> Vec<(SocketAddr, Frame)> {
 #[test]
 fn rendezvous_introduces_peers_and_never_sends_to_candidates() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     let evil = sa("198.51.100.99:22");
     let out = register(
         &mut r,
@@ -254,7 +258,7 @@ fn rendezvous_introduces_peers_and_never_sends_to_candidates() {
 #[test]
 fn forged_joins_and_data_from_strangers_change_nothing() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     register(&mut r, t, "198.51.100.1:4000", Role::Listener, 1, vec![]);
     register(&mut r, t, "198.51.100.2:5000", Role::Connector, 2, vec![]);
     // Another peer id cannot take a role.
@@ -286,7 +290,7 @@ fn forged_joins_and_data_from_strangers_change_nothing() {
 #[test]
 fn sync_measures_rtts_and_starts_both_at_once() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     register(&mut r, t, "198.51.100.1:4000", Role::Listener, 1, vec![]);
     register(&mut r, t, "198.51.100.2:5000", Role::Connector, 2, vec![]);
     r.handle_udp(
@@ -339,7 +343,7 @@ fn secret_requires_a_valid_unexpired_token() {
     let t = Instant::now();
     let mut c = cfg(true);
     c.secret = Some(b"s3cret".to_vec());
-    let mut r = Relay::new(c, t);
+    let mut r = Relay::new(c, t, 1);
     let reg = |token: Vec<u8>| {
         Frame::Register {
             session: [1; 16],
@@ -381,7 +385,7 @@ fn secret_requires_a_valid_unexpired_token() {
 #[test]
 fn dial_back_only_reaches_the_requester() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     let me = sa("198.51.100.1:4000");
     r.handle_udp(
         now(t),
@@ -436,7 +440,7 @@ fn dial_back_only_reaches_the_requester() {
 #[test]
 fn idle_registrations_expire() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     register(&mut r, t, "198.51.100.1:4000", Role::Listener, 1, vec![]);
     assert_eq!(r.sessions(), 1);
     r.handle_timeout(t + Duration::from_secs(defaults::RELAY_IDLE_SECS + 2));
@@ -446,7 +450,7 @@ fn idle_registrations_expire() {
 #[test]
 fn change_request_ip_only_answers_from_the_other_ip_same_port() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     let client = sa("198.51.100.7:5000");
     let ip_only = Change {
         ip: true,
@@ -467,7 +471,7 @@ fn change_request_ip_only_answers_from_the_other_ip_same_port() {
         assert_eq!(m.reflexive(), Some(client));
     }
     // Without --alt-addr, change-IP is refused like any CHANGE-REQUEST.
-    let mut plain = Relay::new(cfg(false), t);
+    let mut plain = Relay::new(cfg(false), t, 1);
     plain.handle_udp(
         now(t),
         sa(P),
@@ -505,7 +509,7 @@ fn total_bytes(out: &[Output]) -> usize {
 #[test]
 fn register_joining_a_peer_with_8_ipv6_candidates_stays_within_4x() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg(true), t);
+    let mut r = Relay::new(cfg(true), t, 1);
     let listener = sa("198.51.100.1:4000");
     let connector = sa("198.51.100.2:5000");
     let many = v6_candidates(8);
@@ -610,7 +614,7 @@ fn register_answers_are_bounded_for_every_mix_of_families_and_counts() {
             for mine_v6 in [false, true] {
                 for n_theirs in 0..=8 {
                     for n_mine in 0..=8 {
-                        let mut r = Relay::new(cfg(true), t);
+                        let mut r = Relay::new(cfg(true), t, 1);
                         let mk = |v6: bool, n| {
                             if v6 {
                                 v6_candidates(n)
@@ -677,7 +681,7 @@ fn a_valid_token_lifts_the_candidate_budget() {
     let t = Instant::now();
     let mut c = cfg(true);
     c.secret = Some(b"s3cret".to_vec());
-    let mut r = Relay::new(c, t);
+    let mut r = Relay::new(c, t, 1);
     let tok = make_token(b"s3cret", now(t).unix + 60);
     let many = v6_candidates(8);
     for (from, role, peer, cands) in [
@@ -714,7 +718,7 @@ fn a_normal_punch_gets_all_candidates_of_both_sides() {
     let connector = sa("198.51.100.2:5000");
     for nl in 1..=3 {
         for nc in 1..=3 {
-            let mut r = Relay::new(cfg(true), t);
+            let mut r = Relay::new(cfg(true), t, 1);
             let cands = |base: u8, n: usize| -> Vec<SocketAddr> {
                 (0..n)
                     .map(|i| sa(&format!("192.168.{base}.{}:{}", i + 2, 50000 + i)))
@@ -804,7 +808,7 @@ fn is_limit(f: &[(SocketAddr, Frame)], reason: &str) -> bool {
 #[test]
 fn total_sessions_cap() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg_with(|l| l.max_sessions = 3), t);
+    let mut r = Relay::new(cfg_with(|l| l.max_sessions = 3), t, 1);
     for i in 1..=3u8 {
         let f = register_in(
             &mut r,
@@ -860,7 +864,7 @@ fn total_sessions_cap() {
 #[test]
 fn sessions_per_source_cap() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg_with(|l| l.sessions_per_source = 2), t);
+    let mut r = Relay::new(cfg_with(|l| l.sessions_per_source = 2), t, 1);
     // Two sessions from one IP (different ports): fine.
     for (i, port) in [(1u8, 4000), (2, 4001)] {
         let f = register_in(
@@ -902,7 +906,7 @@ fn sessions_per_source_cap() {
 #[test]
 fn max_sources_cap() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg_with(|l| l.max_sources = 2), t);
+    let mut r = Relay::new(cfg_with(|l| l.max_sources = 2), t, 1);
     let req = stun::binding_request([1; 12], Change::NONE);
     let ask = |r: &mut Relay, at: Instant, from: &str| {
         r.handle_udp(now(at), sa(P), sa(from), &req);
@@ -951,7 +955,7 @@ fn data(n: usize) -> Vec<u8> {
 #[test]
 fn byte_quota_ends_the_session_when_used_up() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg_with(|l| l.session_bytes = 1000), t);
+    let mut r = Relay::new(cfg_with(|l| l.session_bytes = 1000), t, 1);
     let (a, b) = pair(&mut r, t);
     // The driver's fast path: (src, dst) when relayed.
     for n in [400, 400, 200] {
@@ -987,7 +991,7 @@ fn time_quota_expires_the_session_at_the_right_instant() {
         l.idle_secs = 3600;
     });
     // By the timer: alive 1 ms before the end, gone at the end.
-    let mut r = Relay::new(c.clone(), t);
+    let mut r = Relay::new(c.clone(), t, 1);
     let (a, b) = pair(&mut r, t);
     let before = t + life - Duration::from_millis(1);
     r.handle_timeout(t + Duration::from_secs(5));
@@ -1006,7 +1010,7 @@ fn time_quota_expires_the_session_at_the_right_instant() {
     assert_eq!(r.forward_udp(now(t + life), sa(P), a, &data(10)), None);
     assert_eq!(r.metrics().drops_for(Drop::NoSession), 1);
     // By the data itself, with no timer run: relayed 1 ms before, refused at the end.
-    let mut r = Relay::new(c, t);
+    let mut r = Relay::new(c, t, 1);
     let (a, b) = pair(&mut r, t);
     assert_eq!(
         r.forward_udp(now(before), sa(P), b, &data(10)),
@@ -1023,7 +1027,7 @@ fn time_quota_expires_the_session_at_the_right_instant() {
 #[test]
 fn a_huge_time_quota_does_not_overflow_the_timer() {
     let t = Instant::now();
-    let mut r = Relay::new(cfg_with(|l| l.session_secs = u64::MAX), t);
+    let mut r = Relay::new(cfg_with(|l| l.session_secs = u64::MAX), t, 1);
     pair(&mut r, t);
     assert!(r.poll_timeout() <= t + Duration::from_secs(1));
     r.handle_timeout(t + Duration::from_secs(1));

@@ -1,0 +1,346 @@
+//! Rendezvous: registering in a session, introducing the two peers to each other within the
+//! amplification bound, and the synchronised start (DCUtR's idea).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::sessions::{idx, Session, Slot};
+use super::token::token_valid;
+use super::{DropReason, Now, Path, Relay, MAX_AMPLIFICATION};
+use crate::wire::netaddr;
+use crate::wire::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId};
+
+/// Wire size of an address in a frame: family (1), IP (4 or 16), port (2).
+fn addr_wire_len(a: &SocketAddr) -> usize {
+    if a.is_ipv4() {
+        7
+    } else {
+        19
+    }
+}
+
+/// The candidates that fit in `budget` bytes, in their order (one that does not fit is left
+/// out, a smaller one after it may still go), and how many were left out.
+pub(super) fn candidates_within(
+    budget: usize,
+    candidates: &[SocketAddr],
+) -> (Vec<SocketAddr>, usize) {
+    let mut left = budget;
+    let mut fit = Vec::new();
+    for a in candidates
+        .iter()
+        .take(crate::wire::rendezvous::MAX_CANDIDATES)
+    {
+        let n = addr_wire_len(a);
+        if n <= left {
+            left -= n;
+            fit.push(*a);
+        }
+    }
+    let left_out = candidates
+        .len()
+        .min(crate::wire::rendezvous::MAX_CANDIDATES)
+        - fit.len();
+    (fit, left_out)
+}
+
+/// First bytes of a session id, for logs (never the whole id).
+fn hex8(s: &SessionId) -> String {
+    s[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Relay {
+    pub(super) fn on_frame(
+        &mut self,
+        now: Now,
+        path: Path,
+        from: SocketAddr,
+        f: Frame,
+        len: usize,
+    ) {
+        match f {
+            Frame::Register {
+                session,
+                role,
+                peer,
+                token,
+                candidates,
+            } => self.on_register(
+                now, path, from, len, session, role, peer, &token, candidates,
+            ),
+            Frame::Data { session, payload } => self.on_data(now, path, from, session, payload),
+            Frame::Sync { session, peer } => {
+                if self.find_slot(&session, &peer, from, path).is_none() {
+                    return self.error(
+                        path,
+                        from,
+                        ErrorCode::NoSession,
+                        "not registered",
+                        DropReason::NoSession,
+                    );
+                }
+                self.metrics.rendezvous_requests += 1;
+                self.start_sync(now.mono, session);
+            }
+            Frame::Pong {
+                session,
+                peer,
+                nonce,
+            } => {
+                let Some(r) = self.find_slot(&session, &peer, from, path) else {
+                    return self.metrics.drop(DropReason::NoSession);
+                };
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                if let Some(slot) = s.slots[idx(r)].as_mut() {
+                    slot.last_seen = now.mono;
+                    if let Some((n, at)) = slot.ping {
+                        if n == nonce {
+                            slot.rtt = Some(now.mono.saturating_duration_since(at));
+                            slot.ping = None;
+                        }
+                    }
+                }
+                let both = s
+                    .slots
+                    .iter()
+                    .all(|x| x.as_ref().is_some_and(|y| y.ping.is_none()));
+                if both && s.sync_started.is_some() {
+                    self.send_start(session);
+                }
+            }
+            Frame::Bye { session, peer } => {
+                if let Some(r) = self.find_slot(&session, &peer, from, path) {
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.slots[idx(r)] = None;
+                        if s.slots.iter().all(|x| x.is_none()) {
+                            self.sessions.remove(&session);
+                        }
+                    }
+                }
+            }
+            Frame::DialBack { proto, port, nonce } => {
+                self.on_dialback(now.mono, path, from, proto, port, nonce)
+            }
+            // Relay-to-client frames are never accepted from clients.
+            _ => self.metrics.drop(DropReason::Malformed),
+        }
+    }
+
+    /// The role of the registered slot matching (session, peer) *and* the sender's observed
+    /// address and path: a forged frame from another address changes nothing.
+    fn find_slot(
+        &self,
+        session: &SessionId,
+        peer: &PeerId,
+        from: SocketAddr,
+        path: Path,
+    ) -> Option<Role> {
+        let s = self.sessions.get(session)?;
+        [Role::Listener, Role::Connector].into_iter().find(|&r| {
+            s.slots[idx(r)]
+                .as_ref()
+                .is_some_and(|x| &x.peer == peer && x.observed == from && x.path == path)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_register(
+        &mut self,
+        now: Now,
+        path: Path,
+        from: SocketAddr,
+        len: usize,
+        session: SessionId,
+        role: Role,
+        peer: PeerId,
+        token: &[u8],
+        candidates: Vec<SocketAddr>,
+    ) {
+        if let Some(secret) = &self.cfg.secret {
+            if !token_valid(secret, token, now.unix) {
+                return self.error(
+                    path,
+                    from,
+                    ErrorCode::Unauthorized,
+                    "missing or invalid token",
+                    DropReason::Unauthorized,
+                );
+            }
+        }
+        let src_ip = netaddr::canonical(from.ip());
+        let l = self.cfg.limits.clone();
+        if !self.sessions.contains_key(&session) {
+            if self.sessions.len() >= l.max_sessions {
+                return self.error(
+                    path,
+                    from,
+                    ErrorCode::Limit,
+                    "relay full",
+                    DropReason::Limit,
+                );
+            }
+            let mine = self
+                .sessions
+                .values()
+                .filter(|s| {
+                    s.slots
+                        .iter()
+                        .flatten()
+                        .any(|x| netaddr::canonical(x.observed.ip()) == src_ip)
+                })
+                .count();
+            if mine >= l.sessions_per_source {
+                return self.error(
+                    path,
+                    from,
+                    ErrorCode::Limit,
+                    "too many sessions from this address",
+                    DropReason::Limit,
+                );
+            }
+            self.sessions.insert(
+                session,
+                Session {
+                    slots: [None, None],
+                    created: now.mono,
+                    bytes: 0,
+                    attempt: 0,
+                    sync_started: None,
+                },
+            );
+            self.metrics.sessions_created += 1;
+            tracing::info!(session = %hex8(&session), %from, ?role, "session created");
+        }
+        let s = self.sessions.get_mut(&session).expect("inserted above");
+        let i = idx(role);
+        match &mut s.slots[i] {
+            Some(x) if x.peer != peer => {
+                return self.error(
+                    path,
+                    from,
+                    ErrorCode::SessionBusy,
+                    "this side of the session is taken",
+                    DropReason::Limit,
+                );
+            }
+            Some(x) => {
+                // Same peer: refresh, following NAT rebinding to a new observed address.
+                x.observed = from;
+                x.path = path;
+                x.candidates = candidates;
+                x.last_seen = now.mono;
+            }
+            slot @ None => {
+                *slot = Some(Slot {
+                    peer,
+                    observed: from,
+                    path,
+                    candidates,
+                    last_seen: now.mono,
+                    ping: None,
+                    rtt: None,
+                });
+            }
+        }
+        self.metrics.rendezvous_requests += 1;
+        let other = s.slots[1 - i].clone();
+        let me = s.slots[i].clone().expect("set above");
+        let registered = Frame::Registered {
+            observed: from,
+            peer_present: other.is_some(),
+        }
+        .emit();
+        let Some(o) = other else {
+            return self.send(path, from, registered);
+        };
+        let to_other = Frame::Peer {
+            observed: me.observed,
+            candidates: me.candidates,
+        }
+        .emit();
+        // With --secret, reaching here means the token was valid: authenticated, unbounded.
+        let theirs = if self.cfg.secret.is_some() {
+            o.candidates
+        } else {
+            let bare = Frame::Peer {
+                observed: o.observed,
+                candidates: vec![],
+            }
+            .emit()
+            .len();
+            let spent = registered.len() + to_other.len() + bare;
+            let budget = (len * MAX_AMPLIFICATION).saturating_sub(spent);
+            let (fit, left_out) = candidates_within(budget, &o.candidates);
+            if left_out > 0 {
+                self.metrics.peer_candidates_trimmed += left_out as u64;
+                tracing::debug!(
+                    session = %hex8(&session), left_out,
+                    "peer candidates trimmed to the amplification bound"
+                );
+            }
+            fit
+        };
+        let to_me = Frame::Peer {
+            observed: o.observed,
+            candidates: theirs,
+        }
+        .emit();
+        self.send(path, from, registered);
+        self.send(me.path, me.observed, to_me);
+        self.send(o.path, o.observed, to_other);
+    }
+
+    fn start_sync(&mut self, now: Instant, session: SessionId) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if s.slots.iter().any(|x| x.is_none()) {
+            return;
+        }
+        s.attempt += 1;
+        s.sync_started = Some(now);
+        let mut pings = Vec::new();
+        for slot in s.slots.iter_mut().flatten() {
+            let nonce: u64 = self.rng.gen();
+            slot.ping = Some((nonce, now));
+            slot.rtt = None;
+            pings.push((slot.path, slot.observed, nonce));
+        }
+        for (path, to, nonce) in pings {
+            self.reply(path, to, &Frame::Ping { nonce });
+        }
+    }
+
+    /// DCUtR's idea: each side waits half the difference of the round trips, so both start
+    /// sending at the same instant.
+    pub(super) fn send_start(&mut self, session: SessionId) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        s.sync_started = None;
+        let rtts: Vec<Option<Duration>> = s
+            .slots
+            .iter()
+            .map(|x| x.as_ref().and_then(|y| y.rtt))
+            .collect();
+        let known = rtts.iter().flatten().max().copied().unwrap_or_default();
+        let attempt = s.attempt;
+        let mut starts = Vec::new();
+        for (slot, rtt) in s.slots.iter().zip(rtts) {
+            if let Some(x) = slot {
+                let mine = rtt.unwrap_or(known);
+                let wait = (known.saturating_sub(mine) / 2)
+                    .as_millis()
+                    .min(u16::MAX as u128) as u16;
+                starts.push((x.path, x.observed, wait));
+            }
+        }
+        for (path, to, wait_ms) in starts {
+            self.reply(path, to, &Frame::Start { wait_ms, attempt });
+        }
+    }
+}
