@@ -30,15 +30,9 @@ fn run() -> i32 {
             return natkit::exit::ERROR;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match natkit::app::runtime("portmap", false) {
         Ok(rt) => rt,
-        Err(e) => {
-            output::print_error("portmap", &e);
-            return natkit::exit::ERROR;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let emitted = |r: std::io::Result<()>, code: i32| match output::finish_output(r, "portmap")
