@@ -18,8 +18,8 @@ use crate::net::sys::{
 };
 pub use crate::net::sys::{parse_server, ProbeError};
 use crate::proto::classify::{
-    probe_targets, Behaviour, Hop, IcmpKind, Input, Lifetime, Observations, PortAllocation,
-    ProbeConfig, Prober, SocketId, Via,
+    probe_targets, Behaviour, Channel, Hop, IcmpKind, Input, Lifetime, Observations,
+    PortAllocation, ProbeConfig, Prober, SocketId,
 };
 use crate::proto::verdict::{self, CgnatFinding, Verdict};
 
@@ -238,7 +238,7 @@ async fn drive(
     loop {
         while let Some(t) = prober.poll_transmit() {
             match t.via {
-                Via::Udp { socket, ttl } => {
+                Channel::Udp { socket, ttl } => {
                     let sock = match sockets.get(&socket) {
                         Some(s) => s.clone(),
                         None => {
@@ -283,7 +283,7 @@ async fn drive(
                         }
                     }
                 }
-                Via::Tcp => {
+                Channel::Tcp => {
                     tasks.push(tokio::spawn(tcp_exchange(t.dst, t.payload, tx.clone())));
                 }
             }

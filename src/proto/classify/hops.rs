@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{Hop, IcmpKind, Outcome, Prober, SocketId, Test, Via, S_HOPS_BASE};
+use super::{Channel, Hop, IcmpKind, Outcome, Prober, SocketId, Test, S_HOPS_BASE};
 use crate::defaults;
 use crate::proto::stun::Schedule;
 use crate::wire::stun::{self, Change};
@@ -48,7 +48,7 @@ impl Prober {
         let by_socket = || {
             self.pending.iter().position(|p| {
                 matches!(p.test, Test::Hop(_))
-                    && matches!(p.via, Via::Udp { socket: s, .. } if s == socket)
+                    && matches!(p.via, Channel::Udp { socket: s, .. } if s == socket)
             })
         };
         let Some(i) = by_tid.or_else(by_socket) else {

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{Lifetime, Pending, Prober, SocketId, Test, Via, S_LIFETIME_BASE};
+use super::{Channel, Lifetime, Pending, Prober, SocketId, Test, S_LIFETIME_BASE};
 use crate::defaults;
 use crate::proto::stun::{Schedule, Transaction};
 use crate::wire::stun::{self, Change};
@@ -98,7 +98,7 @@ impl Prober {
         let tid = self.new_tid();
         self.pending.push(Pending {
             test: Test::LifetimeCheck(k),
-            via: Via::Udp {
+            via: Channel::Udp {
                 socket: asking_socket(k),
                 ttl: None,
             },

@@ -75,7 +75,7 @@ const _: () = assert!(S_HOPS_BASE + defaults::MAX_HOP_TTL as u16 <= 11);
 
 /// How a transmit leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub enum Channel {
     /// From a local UDP socket, optionally with a limited IP TTL.
     Udp {
         /// Which socket.
@@ -92,7 +92,7 @@ pub enum Via {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     /// How it leaves.
-    pub via: Via,
+    pub via: Channel,
     /// Destination.
     pub dst: SocketAddr,
     /// Bytes.
@@ -125,7 +125,7 @@ pub enum Input<'a> {
         /// The payload of the original datagram, as the kernel returned it.
         original: &'a [u8],
     },
-    /// Result of a [`Via::Tcp`] exchange.
+    /// Result of a [`Channel::Tcp`] exchange.
     TcpAnswer {
         /// The server it went to.
         server: SocketAddr,
@@ -213,7 +213,7 @@ enum Test {
 #[derive(Debug)]
 struct Pending {
     test: Test,
-    via: Via,
+    via: Channel,
     dst: SocketAddr,
     tid: Tid,
     payload: Vec<u8>,

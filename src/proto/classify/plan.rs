@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Pending, Prober, Test, Via, S_FILTER_BOTH, S_FILTER_PORT, S_MAIN};
+use super::{Channel, Pending, Prober, Test, S_FILTER_BOTH, S_FILTER_PORT, S_MAIN};
 use crate::defaults;
 use crate::proto::stun::{Schedule, Transaction};
 use crate::wire::stun::{self, Change};
@@ -37,7 +37,7 @@ impl Prober {
             txn.cap_deadline(deadline.max(now + defaults::TCP_EXCHANGE_TIMEOUT));
             self.pending.push(Pending {
                 test: Test::Tcp(i),
-                via: Via::Tcp,
+                via: Channel::Tcp,
                 dst,
                 tid,
                 payload: stun::binding_request(tid, Change::NONE),

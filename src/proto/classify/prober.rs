@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{
-    Input, Outcome, Pending, ProbeConfig, Prober, ServerReport, SocketId, Test, Transmit, Via,
+    Channel, Input, Outcome, Pending, ProbeConfig, Prober, ServerReport, SocketId, Test, Transmit,
     S_MAIN,
 };
 use crate::defaults;
@@ -109,7 +109,7 @@ impl Prober {
         let payload = stun::binding_request(tid, change);
         self.pending.push(Pending {
             test,
-            via: Via::Udp { socket, ttl },
+            via: Channel::Udp { socket, ttl },
             dst,
             tid,
             payload,
@@ -221,7 +221,7 @@ impl Prober {
                 let idx = self
                     .pending
                     .iter()
-                    .position(|p| p.via == Via::Tcp && p.dst == server);
+                    .position(|p| p.via == Channel::Tcp && p.dst == server);
                 if let Some(i) = idx {
                     let ok = match result {
                         Ok(bytes) => stun::decode(bytes)

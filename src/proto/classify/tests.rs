@@ -139,7 +139,7 @@ fn run(world: &mut World, cfg: ProbeConfig) -> (Observations, Duration) {
     for step in 0..100_000 {
         assert!(step < 99_999, "prober did not finish");
         while let Some(t) = p.poll_transmit() {
-            let Via::Udp { socket, .. } = t.via else {
+            let Channel::Udp { socket, .. } = t.via else {
                 continue;
             };
             let n = world.sockets.len() as u16;
@@ -593,7 +593,7 @@ fn path_run(
             token_time = None;
         }
         while let Some(t) = p.poll_transmit() {
-            let Via::Udp { socket, ttl } = t.via else {
+            let Channel::Udp { socket, ttl } = t.via else {
                 continue;
             };
             let addr = sa(LOCAL_IP, 50000 + socket.0);
@@ -762,7 +762,7 @@ fn one_moved_flow_of_a_preserving_nat_is_still_preserving() {
     for step in 0.. {
         assert!(step < 1000, "prober did not finish");
         while let Some(t) = p.poll_transmit() {
-            let Via::Udp { socket, .. } = t.via else {
+            let Channel::Udp { socket, .. } = t.via else {
                 continue;
             };
             let addr = sa(LOCAL_IP, 50000 + socket.0);
