@@ -1,4 +1,4 @@
-//! QUIC (quinn) between the two punch peers, over whatever link `punch_io` provides. Each
+//! QUIC (quinn) between the two punch peers, over whatever link the transport (`super::transport`) provides. Each
 //! side's self-signed certificate is pinned by the fingerprint the peer confirmed with the
 //! PAKE key, so TLS accepts exactly the peer that knows the code. Mutual authentication:
 //! the listener (QUIC server) requires the connector's certificate too.
