@@ -166,7 +166,8 @@ pub struct RelayArgs {
     /// Print a token valid for SECS seconds (needs --secret) and exit.
     #[arg(long, value_name = "SECS", requires = "secret")]
     pub print_token: Option<u64>,
-    /// Serve Prometheus metrics over HTTP on this address.
+    /// Serve Prometheus metrics over HTTP on this address; bind it to localhost (e.g.
+    /// 127.0.0.1:9478): it has no authentication and no connection cap.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
     /// Requests per second per source IP.
@@ -193,6 +194,12 @@ pub struct RelayArgs {
     /// Dial-backs per minute per source IP.
     #[arg(long, default_value_t = defaults::RELAY_DIALBACKS_PER_MIN)]
     pub dialbacks_per_min: u32,
+    /// Most TCP connections open at once (kept under the descriptor limit too).
+    #[arg(long, default_value_t = defaults::RELAY_MAX_TCP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_tcp: usize,
+    /// Most TCP connections per source (IPv4 address or IPv6 /64).
+    #[arg(long, default_value_t = defaults::RELAY_TCP_PER_SOURCE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub tcp_per_source: usize,
     /// More log output on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -240,6 +247,8 @@ impl RelayArgs {
                 session_secs: self.session_secs,
                 idle_secs: self.idle_secs,
                 dialbacks_per_min: self.dialbacks_per_min,
+                max_tcp: self.max_tcp,
+                tcp_per_source: self.tcp_per_source,
             },
             allow_private: self.allow_private,
             secret: self.secret.as_ref().map(|s| s.as_bytes().to_vec()),

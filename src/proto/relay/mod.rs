@@ -33,10 +33,12 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::defaults;
+use crate::wire::netaddr;
 use crate::wire::rendezvous::{ErrorCode, Frame, SessionId};
 use crate::wire::stun;
 
 use limits::Bucket;
+pub use limits::{source_key, Throttle};
 pub use metrics::{DropReason, Metrics};
 use sessions::Session;
 pub use token::make_token;
@@ -130,6 +132,11 @@ pub struct Limits {
     pub idle_secs: u64,
     /// Dial-backs per minute per source IP.
     pub dialbacks_per_min: u32,
+    /// Most TCP connections held open at once (the driver also stays under its descriptor
+    /// limit).
+    pub max_tcp: usize,
+    /// Most TCP connections held open per source (IPv4 address or IPv6 /64).
+    pub tcp_per_source: usize,
 }
 
 impl Default for Limits {
@@ -144,6 +151,8 @@ impl Default for Limits {
             session_secs: defaults::RELAY_SESSION_SECS,
             idle_secs: defaults::RELAY_IDLE_SECS,
             dialbacks_per_min: defaults::RELAY_DIALBACKS_PER_MIN,
+            max_tcp: defaults::RELAY_MAX_TCP,
+            tcp_per_source: defaults::RELAY_TCP_PER_SOURCE,
         }
     }
 }
@@ -178,6 +187,12 @@ impl RelayConfig {
                 SocketAddr::new(ip2, self.alt_port),
             ],
         }
+    }
+
+    /// Whether the deny list refuses this source ([`netaddr::is_unroutable`] after
+    /// IPv4-mapped folding), unless `allow_private` lifts it.
+    pub fn denies(&self, ip: IpAddr) -> bool {
+        !self.allow_private && netaddr::is_unroutable(netaddr::canonical(ip))
     }
 
     /// Whether RFC 5780 behaviour discovery is on.
