@@ -232,3 +232,12 @@ pub const RELAY_METRICS_WRITE: Duration = Duration::from_secs(2);
 /// A repeated warning (source table full, connection caps hit) is logged at most this often,
 /// with the count of what it left out: a flood must not become a flood of log lines.
 pub const RELAY_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Dial-backs per second from all sources together: each TCP dial-back is a connect attempt
+/// of up to [`RELAY_DIALBACK_CONNECT`], so their number must not grow with the number of
+/// (possibly spoofed) sources.
+pub const RELAY_DIALBACKS_PER_SEC: u32 = 20;
+
+/// Most sources tracked for the per-source dial-back rate; the least recently used is
+/// forgotten beyond it.
+pub const RELAY_DIAL_SOURCES: usize = 10_000;

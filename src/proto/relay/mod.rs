@@ -37,8 +37,8 @@ use crate::wire::netaddr;
 use crate::wire::rendezvous::{ErrorCode, Frame, SessionId};
 use crate::wire::stun;
 
-use limits::Bucket;
 pub use limits::{source_key, Throttle};
+use limits::{Bucket, BucketTable};
 pub use metrics::{DropReason, Metrics};
 use sessions::Session;
 pub use token::make_token;
@@ -206,9 +206,14 @@ impl RelayConfig {
 pub struct Relay {
     cfg: RelayConfig,
     locals: Vec<SocketAddr>,
-    buckets: HashMap<IpAddr, Bucket>,
-    dial_buckets: HashMap<IpAddr, Bucket>,
+    buckets: BucketTable,
+    dial_buckets: BucketTable,
+    /// Dial-backs by all sources together.
+    dial_global: Bucket,
+    warn_sources: Throttle,
     sessions: HashMap<SessionId, Session>,
+    /// Slots held per source key, kept as counters (no scan under the driver's lock).
+    per_source: HashMap<IpAddr, usize>,
     out: VecDeque<Output>,
     metrics: Metrics,
     next_sweep: Instant,
@@ -232,9 +237,15 @@ impl Relay {
         Relay {
             locals: cfg.locals(),
             cfg,
-            buckets: HashMap::new(),
-            dial_buckets: HashMap::new(),
+            buckets: BucketTable::default(),
+            dial_buckets: BucketTable::default(),
+            dial_global: Bucket {
+                tokens: defaults::RELAY_DIALBACKS_PER_SEC as f64,
+                last: now,
+            },
+            warn_sources: Throttle::default(),
             sessions: HashMap::new(),
+            per_source: HashMap::new(),
             out: VecDeque::new(),
             metrics: Metrics::default(),
             next_sweep: now + defaults::RELAY_SWEEP_INTERVAL,
