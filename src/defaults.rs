@@ -241,3 +241,11 @@ pub const RELAY_DIALBACKS_PER_SEC: u32 = 20;
 /// Most sources tracked for the per-source dial-back rate; the least recently used is
 /// forgotten beyond it.
 pub const RELAY_DIAL_SOURCES: usize = 10_000;
+
+/// Longest relay token lifetime (`--print-token`, and the farthest expiry the relay accepts):
+/// a leaked token stops working within a month.
+pub const RELAY_TOKEN_MAX_SECS: u64 = 30 * 86_400;
+
+/// Shortest `--secret` (bytes): 128 bits from a random hex string; shorter ones fall to
+/// offline guessing by anyone who holds one token.
+pub const RELAY_SECRET_MIN_LEN: usize = 16;

@@ -254,3 +254,32 @@ fn a_denied_source_is_closed_at_once() {
     assert_eq!(n, 0);
     assert!(took < Duration::from_secs(1), "held {took:?}");
 }
+
+/// Issue 12 (low): an empty or short --secret is refused at start, and --print-token with a
+/// huge SECS is a clear error (before: the addition overflowed, a panic in debug builds and a
+/// token for 1970 in release builds).
+#[test]
+fn weak_secrets_and_huge_token_lifetimes_are_refused() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["--addr", "127.0.0.1"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for secret in ["", "hunter2"] {
+        let (code, err) = run(&["--secret", secret, "--print-token", "60"]);
+        assert_eq!(code, Some(2), "--secret {secret:?}: {err}");
+        assert!(err.contains("at least 16 bytes"), "{err}");
+    }
+    let strong = "0123456789abcdef0123456789abcdef";
+    let (code, err) = run(&["--secret", strong, "--print-token", "18446744073709551615"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("at most 2592000 seconds"), "{err}");
+    let (code, _) = run(&["--secret", strong, "--print-token", "2592000"]);
+    assert_eq!(code, Some(0));
+}

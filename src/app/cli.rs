@@ -217,6 +217,15 @@ pub enum RelayArgsError {
     /// Families must match.
     #[error("--addr and --alt-addr must be of the same address family")]
     Family,
+    /// A short secret lets anyone holding one token find it by trying.
+    #[error(
+        "--secret must be at least {} bytes (e.g. from `openssl rand -hex 16`)",
+        defaults::RELAY_SECRET_MIN_LEN
+    )]
+    WeakSecret,
+    /// `--print-token` beyond what the relay accepts.
+    #[error("--print-token: at most {} seconds", defaults::RELAY_TOKEN_MAX_SECS)]
+    TokenLifetime,
 }
 
 impl RelayArgs {
@@ -232,6 +241,17 @@ impl RelayArgs {
             if self.alt_port == self.port {
                 return Err(RelayArgsError::SamePort);
             }
+        }
+        if let Some(s) = &self.secret {
+            if !crate::proto::relay::secret_strong_enough(s.as_bytes()) {
+                return Err(RelayArgsError::WeakSecret);
+            }
+        }
+        if self
+            .print_token
+            .is_some_and(|s| s > defaults::RELAY_TOKEN_MAX_SECS)
+        {
+            return Err(RelayArgsError::TokenLifetime);
         }
         Ok(crate::proto::relay::RelayConfig {
             primary: std::net::SocketAddr::new(self.addr, self.port),

@@ -41,7 +41,7 @@ pub use limits::{source_key, Throttle};
 use limits::{Bucket, BucketTable};
 pub use metrics::{DropReason, Metrics};
 use sessions::Session;
-pub use token::make_token;
+pub use token::{make_token, secret_strong_enough, token_for};
 
 /// Largest ratio of answer bytes to request bytes (UDP payloads, or TCP frames without their
 /// length prefix) for any request that carries no valid token, counting everything the relay

@@ -1,4 +1,5 @@
 use super::rendezvous::candidates_within;
+use super::token;
 use super::DropReason as Drop;
 use super::*;
 use crate::wire::rendezvous::Role;
@@ -1201,4 +1202,22 @@ fn a_huge_time_quota_does_not_overflow_the_timer() {
     assert!(r.poll_timeout() <= t + Duration::from_secs(1));
     r.handle_timeout(t + Duration::from_secs(1));
     assert_eq!(r.sessions(), 1);
+}
+
+/// Issue 12 (low): a token expiring beyond the 30-day cap is refused even when its MAC is
+/// right, and making one for huge SECS is refused instead of overflowing.
+#[test]
+fn token_lifetime_is_capped_and_never_overflows() {
+    let k = b"0123456789abcdef";
+    let n = 1_800_000_000;
+    let max = defaults::RELAY_TOKEN_MAX_SECS;
+    assert!(token::token_valid(k, &make_token(k, n + max), n));
+    assert!(!token::token_valid(k, &make_token(k, n + max + 1), n));
+    assert!(!token::token_valid(k, &make_token(k, u64::MAX), n));
+    assert_eq!(token_for(k, n, u64::MAX), None);
+    assert_eq!(token_for(k, u64::MAX, 1), None);
+    assert_eq!(token_for(k, n, 60), Some(make_token(k, n + 60)));
+    assert!(!secret_strong_enough(b""));
+    assert!(!secret_strong_enough(b"hunter2"));
+    assert!(secret_strong_enough(k));
 }
