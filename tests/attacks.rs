@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use natkit::wire::framing;
 use natkit::wire::rendezvous::{Frame, Role};
 
 /// A relay on 127.0.0.1, killed on drop.
@@ -118,19 +119,18 @@ fn connect_many(from: [u8; 4], to: SocketAddr, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+/// One frame out on a relay stream, behind its length (the library's own framing).
 fn tcp_send(s: &mut TcpStream, f: &Frame) {
-    let b = f.emit();
-    let mut v = (b.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(&b);
-    s.write_all(&v).unwrap();
+    s.write_all(&framing::length_prefixed(&f.emit())).unwrap();
 }
 
+/// One length-prefixed frame in.
 fn tcp_recv(s: &mut TcpStream) -> Frame {
-    let mut l = [0u8; 2];
-    s.read_exact(&mut l).unwrap();
-    let mut b = vec![0u8; u16::from_be_bytes(l) as usize];
-    s.read_exact(&mut b).unwrap();
-    Frame::parse(&b).unwrap()
+    let mut prefix = [0u8; framing::PREFIX_LEN];
+    s.read_exact(&mut prefix).unwrap();
+    let mut frame = vec![0u8; framing::prefixed_len(prefix)];
+    s.read_exact(&mut frame).unwrap();
+    Frame::parse(&frame).unwrap()
 }
 
 fn register(session: u8, role: Role, peer: u8) -> Frame {
