@@ -349,3 +349,55 @@ pub const RELAY_DIALBACK_CONNECT: Duration = Duration::from_secs(3);
 
 /// The metrics endpoint reads the HTTP request for at most this long before answering.
 pub const RELAY_METRICS_READ: Duration = Duration::from_secs(2);
+
+/// Most relay TCP connections open at once: each holds a descriptor and a task. The driver
+/// also keeps [`RELAY_FD_RESERVE`] descriptors below its soft RLIMIT_NOFILE.
+pub const RELAY_MAX_TCP: usize = 4096;
+
+/// Most relay TCP connections per source (IPv4 address or IPv6 /64): one punch client needs
+/// one, plus one for its TCP endpoint check; a household behind one address gets a few.
+pub const RELAY_TCP_PER_SOURCE: usize = 16;
+
+/// Descriptors the relay keeps free under its limit for what is not an accepted connection
+/// (UDP sockets, listeners, metrics, dial-backs, logging).
+pub const RELAY_FD_RESERVE: usize = 64;
+
+/// A new TCP connection must complete its first message within this: a client that connects
+/// speaks at once (punch sends Register or a STUN request right away).
+pub const RELAY_TCP_FIRST_MESSAGE: Duration = Duration::from_secs(10);
+
+/// Once a message has begun, all of it must arrive within this (slowloris: a few bytes a
+/// minute would otherwise hold the connection forever).
+pub const RELAY_TCP_MESSAGE: Duration = Duration::from_secs(5);
+
+/// First pause after a failed accept (EMFILE, ENFILE, ENOBUFS); doubled up to
+/// [`RELAY_ACCEPT_BACKOFF_MAX`] while accepts keep failing, so the loop does not spin.
+pub const RELAY_ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// Longest pause between accept attempts while they fail.
+pub const RELAY_ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The metrics endpoint writes its answer within this, or drops the connection: a reader
+/// that never reads must not hold a task and a descriptor.
+pub const RELAY_METRICS_WRITE: Duration = Duration::from_secs(2);
+
+/// A repeated warning (source table full, connection caps hit) is logged at most this often,
+/// with the count of what it left out: a flood must not become a flood of log lines.
+pub const RELAY_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Dial-backs per second from all sources together: each TCP dial-back is a connect attempt
+/// of up to [`RELAY_DIALBACK_CONNECT`], so their number must not grow with the number of
+/// (possibly spoofed) sources.
+pub const RELAY_DIALBACKS_PER_SEC: u32 = 20;
+
+/// Most sources tracked for the per-source dial-back rate; the least recently used is
+/// forgotten beyond it.
+pub const RELAY_DIAL_SOURCES: usize = 10_000;
+
+/// Longest relay token lifetime (`--print-token`, and the farthest expiry the relay accepts):
+/// a leaked token stops working within a month.
+pub const RELAY_TOKEN_MAX_SECS: u64 = 30 * 86_400;
+
+/// Shortest `--secret` (bytes): 128 bits from a random hex string; shorter ones fall to
+/// offline guessing by anyone who holds one token.
+pub const RELAY_SECRET_MIN_LEN: usize = 16;

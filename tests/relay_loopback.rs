@@ -260,7 +260,7 @@ fn flood_is_limited_and_visible_while_another_source_is_served() {
 
 #[test]
 fn secret_refuses_requests_without_a_valid_token() {
-    let r = relay(&["--secret", "hunter2"]);
+    let r = relay(&["--secret", "hunter2-is-too-weak-so-this-is-longer"]);
     let a = client("127.0.0.1");
     a.send_to(&reg(2, Role::Listener, 1), r.addr()).unwrap();
     assert!(matches!(
@@ -275,7 +275,7 @@ fn secret_refuses_requests_without_a_valid_token() {
             "--addr",
             "127.0.0.1",
             "--secret",
-            "hunter2",
+            "hunter2-is-too-weak-so-this-is-longer",
             "--print-token",
             "60",
         ])

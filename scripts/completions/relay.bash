@@ -23,7 +23,7 @@ _relay() {
 
     case "${cmd}" in
         relay)
-            opts="-v -h -V --addr --alt-addr --port --alt-port --json --allow-private --secret --print-token --metrics --rate --burst --max-sessions --sessions-per-source --session-bytes --session-secs --idle-secs --dialbacks-per-min --verbose --help --version"
+            opts="-v -h -V --addr --alt-addr --port --alt-port --json --allow-private --secret --print-token --metrics --rate --burst --max-sessions --sessions-per-source --session-bytes --session-secs --idle-secs --dialbacks-per-min --max-tcp --tcp-per-source --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -86,6 +86,14 @@ _relay() {
                     return 0
                     ;;
                 --dialbacks-per-min)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-tcp)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tcp-per-source)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -21,7 +21,7 @@ _relay() {
 '--alt-port=[Alternate port for RFC 5780]:ALT_PORT:_default' \
 '--secret=[Require tokens made from this secret for rendezvous and relaying]:SECRET:_default' \
 '--print-token=[Print a token valid for SECS seconds (needs --secret) and exit]:SECS:_default' \
-'--metrics=[Serve Prometheus metrics over HTTP on this address]:ADDR:_default' \
+'--metrics=[Serve Prometheus metrics over HTTP on this address; bind it to localhost (e.g. 127.0.0.1\:9478)\: it has no authentication and no connection cap]:ADDR:_default' \
 '--rate=[Requests per second per source IP]:RATE:_default' \
 '--burst=[Request burst per source IP]:BURST:_default' \
 '--max-sessions=[Most sessions at once]:MAX_SESSIONS:_default' \
@@ -30,6 +30,8 @@ _relay() {
 '--session-secs=[Longest session life, in seconds]:SESSION_SECS:_default' \
 '--idle-secs=[Idle seconds before a registration expires]:IDLE_SECS:_default' \
 '--dialbacks-per-min=[Dial-backs per minute per source IP]:DIALBACKS_PER_MIN:_default' \
+'--max-tcp=[Most TCP connections open at once (kept under the descriptor limit too)]:MAX_TCP:_default' \
+'--tcp-per-source=[Most TCP connections per source (IPv4 address or IPv6 /64)]:TCP_PER_SOURCE:_default' \
 '--json[Print the startup line as JSON]' \
 '--allow-private[Serve and relay for private, loopback and CGNAT addresses (labs and tests only)]' \
 '*-v[More log output on stderr (-v, -vv)]' \

@@ -166,7 +166,8 @@ pub struct RelayArgs {
     /// Print a token valid for SECS seconds (needs --secret) and exit.
     #[arg(long, value_name = "SECS", requires = "secret")]
     pub print_token: Option<u64>,
-    /// Serve Prometheus metrics over HTTP on this address.
+    /// Serve Prometheus metrics over HTTP on this address; bind it to localhost (e.g.
+    /// 127.0.0.1:9478): it has no authentication and no connection cap.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
     /// Requests per second per source IP.
@@ -193,6 +194,12 @@ pub struct RelayArgs {
     /// Dial-backs per minute per source IP.
     #[arg(long, default_value_t = defaults::RELAY_DIALBACKS_PER_MIN)]
     pub dialbacks_per_min: u32,
+    /// Most TCP connections open at once (kept under the descriptor limit too).
+    #[arg(long, default_value_t = defaults::RELAY_MAX_TCP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_tcp: usize,
+    /// Most TCP connections per source (IPv4 address or IPv6 /64).
+    #[arg(long, default_value_t = defaults::RELAY_TCP_PER_SOURCE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub tcp_per_source: usize,
     /// More log output on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -210,6 +217,15 @@ pub enum RelayArgsError {
     /// Families must match.
     #[error("--addr and --alt-addr must be of the same address family")]
     Family,
+    /// A short secret lets anyone holding one token find it by trying.
+    #[error(
+        "--secret must be at least {} bytes (e.g. from `openssl rand -hex 16`)",
+        defaults::RELAY_SECRET_MIN_LEN
+    )]
+    WeakSecret,
+    /// `--print-token` beyond what the relay accepts.
+    #[error("--print-token: at most {} seconds", defaults::RELAY_TOKEN_MAX_SECS)]
+    TokenLifetime,
 }
 
 impl RelayArgs {
@@ -226,6 +242,17 @@ impl RelayArgs {
                 return Err(RelayArgsError::SamePort);
             }
         }
+        if let Some(s) = &self.secret {
+            if !crate::proto::relay::secret_strong_enough(s.as_bytes()) {
+                return Err(RelayArgsError::WeakSecret);
+            }
+        }
+        if self
+            .print_token
+            .is_some_and(|s| s > defaults::RELAY_TOKEN_MAX_SECS)
+        {
+            return Err(RelayArgsError::TokenLifetime);
+        }
         Ok(crate::proto::relay::RelayConfig {
             primary: std::net::SocketAddr::new(self.addr, self.port),
             alt_ip: self.alt_addr,
@@ -240,6 +267,8 @@ impl RelayArgs {
                 session_secs: self.session_secs,
                 idle_secs: self.idle_secs,
                 dialbacks_per_min: self.dialbacks_per_min,
+                max_tcp: self.max_tcp,
+                tcp_per_source: self.tcp_per_source,
             },
             allow_private: self.allow_private,
             secret: self.secret.as_ref().map(|s| s.as_bytes().to_vec()),

@@ -23,7 +23,10 @@ fn run() -> i32 {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let token = natkit::proto::relay::make_token(secret, now + secs);
+        // into_config bounds SECS, so this is None only for a clock past the year 2^64 s.
+        let Some(token) = natkit::proto::relay::token_for(secret, now, secs) else {
+            return natkit::exit::ERROR;
+        };
         let hex = natkit::app::relay::token_hex(&token);
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{hex}");

@@ -3,7 +3,7 @@
 //! runs on every worker thread of a multi-threaded runtime.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
-use crate::proto::relay::{ConnId, Now, Output, Relay, RelayConfig};
+use crate::defaults;
+use crate::proto::relay::{source_key, ConnId, Now, Output, Relay, RelayConfig, Throttle};
 
 /// Errors that stop the relay from starting.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,93 @@ struct Shared {
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     conns: Mutex<HashMap<ConnId, mpsc::Sender<Vec<u8>>>>,
     next_conn: AtomicU64,
+    tcp: Mutex<TcpCount>,
+    cfg: RelayConfig,
+}
+
+/// Open TCP connections, in all and per source ([`source_key`]).
+#[derive(Default)]
+struct TcpCount {
+    all: usize,
+    per_source: HashMap<IpAddr, usize>,
+    /// Most connections at once: `--max-tcp`, lowered to stay under the descriptor limit.
+    cap: usize,
+    warn: Throttle,
+}
+
+/// One admitted TCP connection; dropping it gives its place back.
+struct TcpPlace {
+    shared: Arc<Shared>,
+    key: IpAddr,
+}
+
+impl Drop for TcpPlace {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.shared.tcp.lock() {
+            t.all = t.all.saturating_sub(1);
+            if let Some(n) = t.per_source.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    t.per_source.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// Admits a new connection from `from`, or None: a denied source, the global cap or the
+/// source's cap reached. The caller closes a refused connection at once.
+fn admit(shared: &Arc<Shared>, from: SocketAddr) -> Option<TcpPlace> {
+    if shared.cfg.denies(from.ip()) {
+        return None;
+    }
+    let key = source_key(from.ip());
+    let mut t = shared.tcp.lock().ok()?;
+    let mine = t.per_source.get(&key).copied().unwrap_or(0);
+    let why = if t.all >= t.cap {
+        "relay TCP connection cap reached"
+    } else if mine >= shared.cfg.limits.tcp_per_source {
+        "per-source TCP connection cap reached"
+    } else {
+        t.all += 1;
+        *t.per_source.entry(key).or_default() += 1;
+        return Some(TcpPlace {
+            shared: shared.clone(),
+            key,
+        });
+    };
+    if let Some(left_out) = t.warn.ready(Instant::now()) {
+        tracing::warn!(source = %key, left_out, "{why}: connection closed");
+    }
+    None
+}
+
+/// `--max-tcp`, lowered so that accepted connections leave [`defaults::RELAY_FD_RESERVE`]
+/// descriptors free under the soft RLIMIT_NOFILE: the relay then refuses connections itself
+/// instead of running into EMFILE.
+fn tcp_cap(max_tcp: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        usize::MAX
+    };
+    let cap = max_tcp
+        .min(soft.saturating_sub(defaults::RELAY_FD_RESERVE))
+        .max(1);
+    if cap < max_tcp {
+        tracing::info!(
+            cap,
+            max_tcp,
+            soft,
+            "TCP connection cap lowered to fit the descriptor limit"
+        );
+    }
+    cap
 }
 
 fn now() -> Now {
@@ -124,10 +212,19 @@ pub async fn bind(
         metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let shared = Arc::new(Shared {
-        core: Arc::new(Mutex::new(Relay::new(cfg, Instant::now(), rand::random()))),
+        core: Arc::new(Mutex::new(Relay::new(
+            cfg.clone(),
+            Instant::now(),
+            rand::random(),
+        ))),
         udp,
         conns: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(1),
+        tcp: Mutex::new(TcpCount {
+            cap: tcp_cap(cfg.limits.max_tcp),
+            ..TcpCount::default()
+        }),
+        cfg,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let fut = serve(shared, tcp, metrics_listener, stop_rx);
@@ -262,17 +359,66 @@ async fn timer_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Accepts connections: a refused one (denied source, a cap) is closed at once; a failed
+/// accept (EMFILE and the like) pauses the loop, doubling the pause while failures go on.
 async fn accept_loop(shared: Arc<Shared>, l: TcpListener) {
+    let mut a = Acceptor::new(l);
     loop {
-        let Ok((s, from)) = l.accept().await else {
+        let (s, from) = a.next().await;
+        let Some(place) = admit(&shared, from) else {
+            // Dropping the stream closes it now.
+            drop(s);
             continue;
         };
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(tcp_conn(shared.clone(), id, s, from));
+        tokio::spawn(tcp_conn(shared.clone(), id, s, from, place));
     }
 }
 
-async fn tcp_conn(shared: Arc<Shared>, id: ConnId, s: TcpStream, from: SocketAddr) {
+/// A listener whose failed accepts (EMFILE, ENFILE, ENOBUFS) pause it instead of spinning:
+/// the pause doubles from [`defaults::RELAY_ACCEPT_BACKOFF_MIN`] up to
+/// [`defaults::RELAY_ACCEPT_BACKOFF_MAX`] while failures go on, and the warning is throttled.
+struct Acceptor {
+    l: TcpListener,
+    backoff: std::time::Duration,
+    warn: Throttle,
+}
+
+impl Acceptor {
+    fn new(l: TcpListener) -> Self {
+        Acceptor {
+            l,
+            backoff: defaults::RELAY_ACCEPT_BACKOFF_MIN,
+            warn: Throttle::default(),
+        }
+    }
+
+    async fn next(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.l.accept().await {
+                Ok(x) => {
+                    self.backoff = defaults::RELAY_ACCEPT_BACKOFF_MIN;
+                    return x;
+                }
+                Err(e) => {
+                    if let Some(left_out) = self.warn.ready(Instant::now()) {
+                        tracing::warn!(left_out, "accept failed: {e}; pausing {:?}", self.backoff);
+                    }
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(defaults::RELAY_ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+async fn tcp_conn(
+    shared: Arc<Shared>,
+    id: ConnId,
+    s: TcpStream,
+    from: SocketAddr,
+    _place: TcpPlace,
+) {
     let (mut rd, mut wr) = s.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     if let Ok(mut c) = shared.conns.lock() {
@@ -289,7 +435,9 @@ async fn tcp_conn(shared: Arc<Shared>, id: ConnId, s: TcpStream, from: SocketAdd
             }
         }
     });
-    while let Some(msg) = read_tcp_message(&mut rd).await {
+    let mut wait = defaults::RELAY_TCP_FIRST_MESSAGE;
+    while let Some(msg) = read_tcp_message(&mut rd, wait).await {
+        wait = std::time::Duration::from_secs(defaults::RELAY_IDLE_SECS);
         with_core(&shared, |c| c.handle_tcp(now(), id, from, &msg)).await;
     }
     if let Ok(mut c) = shared.conns.lock() {
@@ -301,22 +449,30 @@ async fn tcp_conn(shared: Arc<Shared>, id: ConnId, s: TcpStream, from: SocketAdd
 
 /// Reads one message from a relay TCP connection: a natkit frame behind its u16 length
 /// (`len | "NK" …`), or a STUN message (RFC 8489 §6.2.2, its own length in the header).
-/// None on end of stream, idle timeout or anything malformed (the connection is closed).
-async fn read_tcp_message(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Vec<u8>> {
-    let idle = std::time::Duration::from_secs(crate::defaults::RELAY_IDLE_SECS);
+/// Its first byte must come within `wait`, all of it within [`defaults::RELAY_TCP_MESSAGE`]
+/// from then. None on end of stream, a timeout or anything malformed (the connection is
+/// closed).
+async fn read_tcp_message(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    wait: std::time::Duration,
+) -> Option<Vec<u8>> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(wait, rd.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return None,
+    }
     tokio::time::timeout(
-        idle,
-        crate::net::stream::read_relay_message(rd, crate::defaults::MAX_DATAGRAM),
+        defaults::RELAY_TCP_MESSAGE,
+        crate::net::stream::read_relay_message(rd, defaults::MAX_DATAGRAM),
     )
     .await
     .ok()?
 }
 
 async fn metrics_loop(shared: Arc<Shared>, l: TcpListener) {
+    let mut a = Acceptor::new(l);
     loop {
-        let Ok((mut s, _)) = l.accept().await else {
-            continue;
-        };
+        let (mut s, _) = a.next().await;
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
@@ -333,7 +489,9 @@ async fn metrics_loop(shared: Arc<Shared>, l: TcpListener) {
                 "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
-            let _ = s.write_all(resp.as_bytes()).await;
+            let _ =
+                tokio::time::timeout(defaults::RELAY_METRICS_WRITE, s.write_all(resp.as_bytes()))
+                    .await;
         });
     }
 }

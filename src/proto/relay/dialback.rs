@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Bucket, DropReason, Output, Path, Relay};
-use crate::wire::netaddr;
+use super::{source_key, DropReason, Output, Path, Relay};
+use crate::defaults;
 use crate::wire::rendezvous::{ErrorCode, Frame};
 
 impl Relay {
@@ -18,13 +18,27 @@ impl Relay {
         port: u16,
         nonce: u64,
     ) {
-        let ip = netaddr::canonical(from.ip());
+        let key = source_key(from.ip());
+        // With --secret, only a source that holds a registration (made with a valid token)
+        // may ask: a dial-back is work and traffic towards an address.
+        if self.cfg.secret.is_some() && self.slots_of(key) == 0 {
+            return self.error(
+                path,
+                from,
+                ErrorCode::Unauthorized,
+                "dial-back needs a registration with a valid token",
+                DropReason::Unauthorized,
+            );
+        }
         let per_min = self.cfg.limits.dialbacks_per_min as f64;
-        let b = self.dial_buckets.entry(ip).or_insert(Bucket {
-            tokens: per_min,
-            last: now,
-        });
-        if !b.take(now, per_min / 60.0, per_min) {
+        let (mine, _) = self.dial_buckets.take(
+            key,
+            now,
+            (per_min / 60.0, per_min),
+            defaults::RELAY_DIAL_SOURCES,
+        );
+        let all = defaults::RELAY_DIALBACKS_PER_SEC as f64;
+        if !mine || !self.dial_global.take(now, all, all) {
             return self.error(
                 path,
                 from,

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub dialbacks: u64,
     /// Candidates left out of a `Peer` frame to keep within [`super::MAX_AMPLIFICATION`].
     pub peer_candidates_trimmed: u64,
+    /// Sources evicted from the full rate-limit table (least recently used first).
+    pub sources_evicted: u64,
     /// Drops by reason.
     pub drops: std::collections::BTreeMap<DropReason, u64>,
 }
@@ -108,6 +110,11 @@ impl Metrics {
             "peer_candidates_trimmed_total",
             "Candidates left out of a Peer frame to keep the amplification bound.",
             self.peer_candidates_trimmed,
+        );
+        c(
+            "sources_evicted_total",
+            "Least recently used sources evicted from the full rate-limit table.",
+            self.sources_evicted,
         );
         s.push_str(
             "# HELP natkit_relay_sessions Sessions now.\n# TYPE natkit_relay_sessions gauge\n",

@@ -33,13 +33,15 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::defaults;
+use crate::wire::netaddr;
 use crate::wire::rendezvous::{ErrorCode, Frame, SessionId};
 use crate::wire::stun;
 
-use limits::Bucket;
+pub use limits::{source_key, Throttle};
+use limits::{Bucket, BucketTable};
 pub use metrics::{DropReason, Metrics};
 use sessions::Session;
-pub use token::make_token;
+pub use token::{make_token, secret_strong_enough, token_for};
 
 /// Largest ratio of answer bytes to request bytes (UDP payloads, or TCP frames without their
 /// length prefix) for any request that carries no valid token, counting everything the relay
@@ -130,6 +132,11 @@ pub struct Limits {
     pub idle_secs: u64,
     /// Dial-backs per minute per source IP.
     pub dialbacks_per_min: u32,
+    /// Most TCP connections held open at once (the driver also stays under its descriptor
+    /// limit).
+    pub max_tcp: usize,
+    /// Most TCP connections held open per source (IPv4 address or IPv6 /64).
+    pub tcp_per_source: usize,
 }
 
 impl Default for Limits {
@@ -144,6 +151,8 @@ impl Default for Limits {
             session_secs: defaults::RELAY_SESSION_SECS,
             idle_secs: defaults::RELAY_IDLE_SECS,
             dialbacks_per_min: defaults::RELAY_DIALBACKS_PER_MIN,
+            max_tcp: defaults::RELAY_MAX_TCP,
+            tcp_per_source: defaults::RELAY_TCP_PER_SOURCE,
         }
     }
 }
@@ -180,6 +189,12 @@ impl RelayConfig {
         }
     }
 
+    /// Whether the deny list refuses this source ([`netaddr::is_unroutable`] after
+    /// IPv4-mapped folding), unless `allow_private` lifts it.
+    pub fn denies(&self, ip: IpAddr) -> bool {
+        !self.allow_private && netaddr::is_unroutable(netaddr::canonical(ip))
+    }
+
     /// Whether RFC 5780 behaviour discovery is on.
     pub fn rfc5780(&self) -> bool {
         self.alt_ip.is_some()
@@ -191,9 +206,14 @@ impl RelayConfig {
 pub struct Relay {
     cfg: RelayConfig,
     locals: Vec<SocketAddr>,
-    buckets: HashMap<IpAddr, Bucket>,
-    dial_buckets: HashMap<IpAddr, Bucket>,
+    buckets: BucketTable,
+    dial_buckets: BucketTable,
+    /// Dial-backs by all sources together.
+    dial_global: Bucket,
+    warn_sources: Throttle,
     sessions: HashMap<SessionId, Session>,
+    /// Slots held per source key, kept as counters (no scan under the driver's lock).
+    per_source: HashMap<IpAddr, usize>,
     out: VecDeque<Output>,
     metrics: Metrics,
     next_sweep: Instant,
@@ -217,9 +237,15 @@ impl Relay {
         Relay {
             locals: cfg.locals(),
             cfg,
-            buckets: HashMap::new(),
-            dial_buckets: HashMap::new(),
+            buckets: BucketTable::default(),
+            dial_buckets: BucketTable::default(),
+            dial_global: Bucket {
+                tokens: defaults::RELAY_DIALBACKS_PER_SEC as f64,
+                last: now,
+            },
+            warn_sources: Throttle::default(),
             sessions: HashMap::new(),
+            per_source: HashMap::new(),
             out: VecDeque::new(),
             metrics: Metrics::default(),
             next_sweep: now + defaults::RELAY_SWEEP_INTERVAL,

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::sessions::{idx, Session, Slot};
+use super::sessions::{idx, release, Session, Slot};
 use super::token::token_valid;
-use super::{DropReason, Now, Path, Relay, MAX_AMPLIFICATION};
-use crate::wire::netaddr;
+use super::{source_key, DropReason, Now, Path, Relay, MAX_AMPLIFICATION};
 use crate::wire::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId};
 
 /// Wire size of an address in a frame: family (1), IP (4 or 16), port (2).
@@ -115,7 +114,9 @@ impl Relay {
             Frame::Bye { session, peer } => {
                 if let Some(r) = self.find_slot(&session, &peer, from, path) {
                     if let Some(s) = self.sessions.get_mut(&session) {
-                        s.slots[idx(r)] = None;
+                        if let Some(x) = s.slots[idx(r)].take() {
+                            release(&mut self.per_source, &x);
+                        }
                         if s.slots.iter().all(|x| x.is_none()) {
                             self.sessions.remove(&session);
                         }
@@ -171,37 +172,34 @@ impl Relay {
                 );
             }
         }
-        let src_ip = netaddr::canonical(from.ip());
+        let key = source_key(from.ip());
         let l = self.cfg.limits.clone();
-        if !self.sessions.contains_key(&session) {
-            if self.sessions.len() >= l.max_sessions {
-                return self.error(
-                    path,
-                    from,
-                    ErrorCode::Limit,
-                    "relay full",
-                    DropReason::Limit,
-                );
-            }
-            let mine = self
-                .sessions
-                .values()
-                .filter(|s| {
-                    s.slots
-                        .iter()
-                        .flatten()
-                        .any(|x| netaddr::canonical(x.observed.ip()) == src_ip)
-                })
-                .count();
-            if mine >= l.sessions_per_source {
-                return self.error(
-                    path,
-                    from,
-                    ErrorCode::Limit,
-                    "too many sessions from this address",
-                    DropReason::Limit,
-                );
-            }
+        let existing = self.sessions.get(&session);
+        if existing.is_none() && self.sessions.len() >= l.max_sessions {
+            return self.error(
+                path,
+                from,
+                ErrorCode::Limit,
+                "relay full",
+                DropReason::Limit,
+            );
+        }
+        // Each slot a source holds counts against its cap (a counter, not a scan): a new
+        // slot, or a slot moving here from another source, needs room.
+        let moves_here = match existing.and_then(|s| s.slots[idx(role)].as_ref()) {
+            None => true,
+            Some(x) => x.peer == peer && source_key(x.observed.ip()) != key,
+        };
+        if moves_here && self.slots_of(key) >= l.sessions_per_source {
+            return self.error(
+                path,
+                from,
+                ErrorCode::Limit,
+                "too many sessions from this address",
+                DropReason::Limit,
+            );
+        }
+        if existing.is_none() {
             self.sessions.insert(
                 session,
                 Session {
@@ -229,12 +227,17 @@ impl Relay {
             }
             Some(x) => {
                 // Same peer: refresh, following NAT rebinding to a new observed address.
+                if moves_here {
+                    release(&mut self.per_source, x);
+                    *self.per_source.entry(key).or_default() += 1;
+                }
                 x.observed = from;
                 x.path = path;
                 x.candidates = candidates;
                 x.last_seen = now.mono;
             }
             slot @ None => {
+                *self.per_source.entry(key).or_default() += 1;
                 *slot = Some(Slot {
                     peer,
                     observed: from,

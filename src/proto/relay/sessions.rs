@@ -1,10 +1,11 @@
 //! Sessions: their two slots, relaying between them within the byte and time quotas, and
 //! expiry of idle registrations.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{ConnId, DropReason, Now, Output, Path, Relay};
+use super::{source_key, ConnId, DropReason, Now, Output, Path, Relay};
 use crate::defaults;
 use crate::wire::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId};
 
@@ -28,6 +29,24 @@ pub(super) struct Session {
     pub(super) sync_started: Option<Instant>,
 }
 
+/// Gives back the place a slot held in its source's count.
+pub(super) fn release(per_source: &mut HashMap<IpAddr, usize>, slot: &Slot) {
+    let key = source_key(slot.observed.ip());
+    if let Some(n) = per_source.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            per_source.remove(&key);
+        }
+    }
+}
+
+/// Gives back the places of every slot of a session that ends.
+fn release_all(per_source: &mut HashMap<IpAddr, usize>, s: &Session) {
+    for x in s.slots.iter().flatten() {
+        release(per_source, x);
+    }
+}
+
 pub(super) fn idx(r: Role) -> usize {
     match r {
         Role::Listener => 0,
@@ -36,6 +55,11 @@ pub(super) fn idx(r: Role) -> usize {
 }
 
 impl Relay {
+    /// Slots (sides of sessions) held by a source ([`source_key`]).
+    pub(super) fn slots_of(&self, key: IpAddr) -> usize {
+        self.per_source.get(&key).copied().unwrap_or(0)
+    }
+
     /// When a session reaches its time quota (None: beyond what an `Instant` can hold).
     fn session_end(&self, s: &Session) -> Option<Instant> {
         s.created
@@ -61,10 +85,12 @@ impl Relay {
     /// are swept once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
         let life = Duration::from_secs(self.cfg.limits.session_secs);
+        let per_source = &mut self.per_source;
         self.sessions.retain(|_, s| {
             let keep = now.saturating_duration_since(s.created) < life;
             if !keep {
                 tracing::info!(bytes = s.bytes, "session reached its time quota");
+                release_all(per_source, s);
             }
             keep
         });
@@ -86,17 +112,18 @@ impl Relay {
         self.next_sweep = now + defaults::RELAY_SWEEP_INTERVAL;
         let idle = Duration::from_secs(self.cfg.limits.idle_secs);
         let mut closed = Vec::new();
+        let per_source = &mut self.per_source;
         self.sessions.retain(|_, s| {
             for slot in s.slots.iter_mut() {
                 if slot
                     .as_ref()
                     .is_some_and(|x| now.saturating_duration_since(x.last_seen) > idle)
                 {
-                    if let Some(Slot {
-                        path: Path::Tcp(c), ..
-                    }) = slot.take()
-                    {
-                        closed.push(c);
+                    if let Some(x) = slot.take() {
+                        release(per_source, &x);
+                        if let Path::Tcp(c) = x.path {
+                            closed.push(c);
+                        }
                     }
                 }
             }
@@ -113,10 +140,9 @@ impl Relay {
         let full = Duration::from_secs_f64(
             self.cfg.limits.reqs_burst as f64 / self.cfg.limits.reqs_per_sec.max(1) as f64,
         );
-        self.buckets
-            .retain(|_, b| now.saturating_duration_since(b.last) < full);
+        self.buckets.forget_older(now, full);
         self.dial_buckets
-            .retain(|_, b| now.saturating_duration_since(b.last) < defaults::RELAY_DIALBACK_FORGET);
+            .forget_older(now, defaults::RELAY_DIALBACK_FORGET);
     }
 
     /// A TCP connection closed: its registrations go with it.
@@ -124,7 +150,9 @@ impl Relay {
         for s in self.sessions.values_mut() {
             for slot in s.slots.iter_mut() {
                 if slot.as_ref().is_some_and(|x| x.path == Path::Tcp(conn)) {
-                    *slot = None;
+                    if let Some(x) = slot.take() {
+                        release(&mut self.per_source, &x);
+                    }
                 }
             }
         }
@@ -169,7 +197,9 @@ impl Relay {
         // Quotas: at most `session_bytes` relayed, and nothing from `created + session_secs`
         // on. The datagram that would go beyond either ends the session; its sender is told.
         if s.bytes > max_bytes || now.mono.saturating_duration_since(s.created) >= max_life {
-            self.sessions.remove(session);
+            if let Some(s) = self.sessions.remove(session) {
+                release_all(&mut self.per_source, &s);
+            }
             self.error(
                 path,
                 from,

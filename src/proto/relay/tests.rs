@@ -1,4 +1,5 @@
 use super::rendezvous::candidates_within;
+use super::token;
 use super::DropReason as Drop;
 use super::*;
 use crate::wire::rendezvous::Role;
@@ -903,8 +904,10 @@ fn sessions_per_source_cap() {
     assert_eq!(r.metrics().drops_for(Drop::Limit), 2);
 }
 
+/// Issue 12 #7: a full source table evicts the least recently used source instead of
+/// refusing every new one (before: the third source got nothing, `sources_full` counted).
 #[test]
-fn max_sources_cap() {
+fn max_sources_cap_evicts_the_least_recently_used() {
     let t = Instant::now();
     let mut r = Relay::new(cfg_with(|l| l.max_sources = 2), t, 1);
     let req = stun::binding_request([1; 12], Change::NONE);
@@ -914,27 +917,194 @@ fn max_sources_cap() {
     };
     assert_eq!(ask(&mut r, t, "198.51.100.1:1000"), 1);
     assert_eq!(ask(&mut r, t, "198.51.100.2:1000"), 1);
+    // .1 is used again: .2 is now the least recently used.
+    assert_eq!(ask(&mut r, t, "198.51.100.1:2000"), 1);
+    // A third source while two are tracked: served, and .2 evicted.
+    assert_eq!(ask(&mut r, t, "198.51.100.3:1000"), 1);
     assert_eq!(r.metrics().drops_for(Drop::SourcesFull), 0);
-    // A third source while two are tracked: dropped without an answer, counted.
-    assert_eq!(ask(&mut r, t, "198.51.100.3:1000"), 0);
-    assert_eq!(r.metrics().drops_for(Drop::SourcesFull), 1);
+    assert_eq!(r.metrics().sources_evicted, 1);
+    assert_eq!(r.buckets.len(), 2);
     assert!(r
         .metrics()
         .render(0)
-        .contains("natkit_relay_drops_total{reason=\"sources_full\"} 1"));
-    // Tracked sources (another port of the same IP too) are still served.
-    assert_eq!(ask(&mut r, t, "198.51.100.1:2000"), 1);
-    // Rendezvous frames count against the same table.
-    let f = register_in(&mut r, t, "198.51.100.3:1000", 1, Role::Listener, 1);
-    assert!(f.is_empty());
-    assert_eq!(r.metrics().drops_for(Drop::SourcesFull), 2);
-    // Once the tracked sources' buckets have refilled (burst / rate = 2 s) they are
-    // forgotten at the next sweep, and the new source is served.
-    r.handle_timeout(t + Duration::from_secs(3));
+        .contains("natkit_relay_sources_evicted_total 1"));
+    // Rendezvous frames count against the same table, and are served too.
+    let f = register_in(&mut r, t, "198.51.100.4:1000", 1, Role::Listener, 1);
+    assert!(matches!(f[0].1, Frame::Registered { .. }), "{f:?}");
+    assert_eq!(r.metrics().sources_evicted, 2);
+    // A flooding source evicted and back starts with a full bucket, but that is all it gains:
+    // its bucket (burst 100) empties again and it is rate limited.
+    let mut r = Relay::new(cfg_with(|l| l.max_sources = 1000), t, 1);
+    let mut served = 0;
+    for i in 0..200u32 {
+        served += ask(&mut r, t, "198.51.100.9:1000");
+        // 999 other sources would be needed to evict it; 10 are not enough.
+        served += ask(&mut r, t, &format!("198.51.101.{}:1000", i % 10));
+    }
     assert_eq!(
-        ask(&mut r, t + Duration::from_secs(3), "198.51.100.3:1000"),
-        1
+        served,
+        100 + 200,
+        "the flooder's burst, and all 20 asks of each of the ten"
     );
+}
+
+/// Issue 12 #7 and #3: IPv6 sources count per /64, for rate limits and session caps.
+#[test]
+fn ipv6_sources_count_per_64() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg_with(|l| l.sessions_per_source = 2), t, 1);
+    for (i, from) in [
+        (1u8, "[2001:db8:1:2::1]:4000"),
+        (2, "[2001:db8:1:2::2]:4000"),
+    ] {
+        let f = register_in(&mut r, t, from, i, Role::Listener, i);
+        assert!(matches!(f[0].1, Frame::Registered { .. }), "{f:?}");
+    }
+    // Another address of the same /64: the same source, at its cap.
+    let f = register_in(
+        &mut r,
+        t,
+        "[2001:db8:1:2:ffff::9]:4000",
+        3,
+        Role::Listener,
+        3,
+    );
+    assert!(is_limit(&f, "too many sessions from this address"), "{f:?}");
+    // Another /64 is another source.
+    let f = register_in(&mut r, t, "[2001:db8:1:3::1]:4000", 3, Role::Listener, 3);
+    assert!(matches!(f[0].1, Frame::Registered { .. }), "{f:?}");
+    // The rate limit counts the /64 as one source: 100 requests from 100 addresses of one
+    // /64 use up one burst, and the 101st is limited.
+    let mut r = Relay::new(cfg(true), t, 1);
+    let req = stun::binding_request([1; 12], Change::NONE);
+    for i in 0..101u32 {
+        r.handle_udp(now(t), sa(P), sa(&format!("[2001:db8:9:9::{i:x}]:1")), &req);
+    }
+    assert_eq!(drain(&mut r).len(), 100);
+    assert_eq!(r.metrics().drops_for(Drop::RateLimited), 1);
+}
+
+/// Issue 12 #3: one source cannot hold more sides of sessions than its cap, whatever role it
+/// takes: a squatter joining every listener's session as connector is stopped at the cap,
+/// and leaving frees its places (counters, kept exact through Bye, expiry and TCP close).
+#[test]
+fn one_source_cannot_hold_more_than_its_cap() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t, 1);
+    // 40 honest listeners, each from its own address.
+    for i in 0..40u8 {
+        register_in(
+            &mut r,
+            t,
+            &format!("198.51.100.{i}:4000"),
+            i,
+            Role::Listener,
+            i,
+        );
+    }
+    let mut joined = 0;
+    for i in 0..40u8 {
+        let f = register_in(
+            &mut r,
+            t,
+            &format!("203.0.113.66:{}", 1000 + i as u16),
+            i,
+            Role::Connector,
+            200,
+        );
+        if matches!(f[0].1, Frame::Registered { .. }) {
+            joined += 1;
+        } else {
+            assert!(
+                is_limit(&f[..1], "too many sessions from this address"),
+                "{f:?}"
+            );
+        }
+    }
+    assert_eq!(joined, defaults::RELAY_SESSIONS_PER_SOURCE);
+    assert_eq!(r.slots_of("203.0.113.66".parse().unwrap()), joined);
+    // Leaving one session frees one place.
+    r.handle_udp(
+        now(t),
+        sa(P),
+        sa("203.0.113.66:1000"),
+        &Frame::Bye {
+            session: [0; 16],
+            peer: [200; 8],
+        }
+        .emit(),
+    );
+    drain(&mut r);
+    assert_eq!(r.slots_of("203.0.113.66".parse().unwrap()), joined - 1);
+    // Idle expiry gives every place back.
+    r.handle_timeout(t + Duration::from_secs(3600));
+    assert_eq!(r.sessions(), 0);
+    assert!(r.per_source.is_empty(), "{:?}", r.per_source);
+}
+
+/// Issue 12 #5: dial-backs are capped globally (20 a second, whatever the number of
+/// sources), their per-source table is bounded, and with --secret only a registered source
+/// may ask.
+#[test]
+fn dial_backs_are_capped_globally_and_need_a_registration_with_a_secret() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(true), t, 1);
+    let ask = Frame::DialBack {
+        proto: 6,
+        port: 8080,
+        nonce: 1,
+    }
+    .emit();
+    let n = defaults::RELAY_DIAL_SOURCES + 500;
+    for i in 0..n {
+        let from = SocketAddr::from(([198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8], 4000));
+        r.handle_udp(now(t), sa(P), from, &ask);
+    }
+    let dials = drain(&mut r)
+        .iter()
+        .filter(|o| matches!(o, Output::DialTcp { .. }))
+        .count();
+    assert_eq!(dials as u32, defaults::RELAY_DIALBACKS_PER_SEC);
+    assert!(r.dial_buckets.len() <= defaults::RELAY_DIAL_SOURCES);
+    // One second later the global budget has refilled.
+    let later = t + Duration::from_secs(1);
+    r.handle_udp(now(later), sa(P), sa("198.51.100.200:4000"), &ask);
+    assert!(drain(&mut r)
+        .iter()
+        .any(|o| matches!(o, Output::DialTcp { .. })));
+    // With --secret: refused without a registration, served with one.
+    let mut c = cfg(true);
+    c.secret = Some(b"0123456789abcdef0123456789abcdef".to_vec());
+    let mut r = Relay::new(c, t, 1);
+    r.handle_udp(now(t), sa(P), sa("198.51.100.1:4000"), &ask);
+    let f = frames(&drain(&mut r));
+    assert!(
+        matches!(
+            &f[..],
+            [(
+                _,
+                Frame::Error {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                }
+            )]
+        ),
+        "{f:?}"
+    );
+    let token = make_token(b"0123456789abcdef0123456789abcdef", 1_800_000_100);
+    let reg = Frame::Register {
+        session: [1; 16],
+        role: Role::Listener,
+        peer: [1; 8],
+        token,
+        candidates: vec![],
+    };
+    r.handle_udp(now(t), sa(P), sa("198.51.100.1:4000"), &reg.emit());
+    drain(&mut r);
+    r.handle_udp(now(t), sa(P), sa("198.51.100.1:4001"), &ask);
+    assert!(drain(&mut r)
+        .iter()
+        .any(|o| matches!(o, Output::DialTcp { .. })));
 }
 
 fn pair(r: &mut Relay, t: Instant) -> (SocketAddr, SocketAddr) {
@@ -1032,4 +1202,22 @@ fn a_huge_time_quota_does_not_overflow_the_timer() {
     assert!(r.poll_timeout() <= t + Duration::from_secs(1));
     r.handle_timeout(t + Duration::from_secs(1));
     assert_eq!(r.sessions(), 1);
+}
+
+/// Issue 12 (low): a token expiring beyond the 30-day cap is refused even when its MAC is
+/// right, and making one for huge SECS is refused instead of overflowing.
+#[test]
+fn token_lifetime_is_capped_and_never_overflows() {
+    let k = b"0123456789abcdef";
+    let n = 1_800_000_000;
+    let max = defaults::RELAY_TOKEN_MAX_SECS;
+    assert!(token::token_valid(k, &make_token(k, n + max), n));
+    assert!(!token::token_valid(k, &make_token(k, n + max + 1), n));
+    assert!(!token::token_valid(k, &make_token(k, u64::MAX), n));
+    assert_eq!(token_for(k, n, u64::MAX), None);
+    assert_eq!(token_for(k, u64::MAX, 1), None);
+    assert_eq!(token_for(k, n, 60), Some(make_token(k, n + 60)));
+    assert!(!secret_strong_enough(b""));
+    assert!(!secret_strong_enough(b"hunter2"));
+    assert!(secret_strong_enough(k));
 }
