@@ -2,7 +2,6 @@
 use clap::Parser;
 use natkit::app::cli::RelayArgs;
 use natkit::app::output;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
     std::process::exit(run());
@@ -19,10 +18,7 @@ fn run() -> i32 {
         }
     };
     if let (Some(secs), Some(secret)) = (args.print_token, &cfg.secret) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = natkit::net::sys::unix_now();
         // into_config bounds SECS, so this is None only for a clock past the year 2^64 s.
         let Some(token) = natkit::proto::relay::token_for(secret, now, secs) else {
             return natkit::exit::ERROR;
@@ -32,15 +28,9 @@ fn run() -> i32 {
         let _ = writeln!(std::io::stdout(), "{hex}");
         return natkit::exit::OK;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match natkit::app::runtime("relay", true) {
         Ok(rt) => rt,
-        Err(e) => {
-            output::print_error("relay", &e);
-            return natkit::exit::ERROR;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async {
         let (listening, serve, stop) = match natkit::net::relay::bind(cfg, args.metrics).await {
