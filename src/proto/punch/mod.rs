@@ -15,6 +15,7 @@ pub mod fallback;
 pub mod link;
 pub mod nat;
 pub mod pake;
+pub mod path;
 pub mod rendezvous;
 pub mod tcp;
 
@@ -312,6 +313,12 @@ impl Puncher {
             || self.checks.handle_datagram(now, from, data);
         self.drive(now);
         ours
+    }
+
+    /// The peer may probe us from `ip` although no candidate names it (see
+    /// [`Checks::allow_ip`]).
+    pub fn allow_peer_ip(&mut self, ip: std::net::IpAddr) {
+        self.checks.allow_ip(ip);
     }
 
     /// Offers one more candidate address to the peer (see [`RvClient::add_candidate`]).
