@@ -17,6 +17,7 @@ pub mod nat;
 pub mod pake;
 pub mod path;
 pub mod rendezvous;
+pub mod reuse;
 pub mod tcp;
 
 use std::collections::VecDeque;
