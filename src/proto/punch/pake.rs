@@ -216,16 +216,22 @@ mod tests {
         assert_eq!(b, Err(PakeError::WrongCode));
     }
 
-    #[test]
-    fn a_tampered_fingerprint_fails() {
-        let mut a = Pake::new([1; 16], Role::Listener, b"x", b"cert a", [1; 32]);
-        let mut b = Pake::new([1; 16], Role::Connector, b"x", b"cert b", [2; 32]);
+    /// Both sides for the code "x", and their SPAKE2 messages.
+    fn sides() -> (Pake, Pake, Vec<u8>, Vec<u8>) {
+        let a = Pake::new([1; 16], Role::Listener, b"x", b"cert a", [1; 32]);
+        let b = Pake::new([1; 16], Role::Connector, b"x", b"cert b", [2; 32]);
         let Frame::Pake { msg: ma, .. } = a.message() else {
             unreachable!()
         };
         let Frame::Pake { msg: mb, .. } = b.message() else {
             unreachable!()
         };
+        (a, b, ma, mb)
+    }
+
+    #[test]
+    fn a_tampered_fingerprint_fails() {
+        let (mut a, mut b, ma, mb) = sides();
         a.handle_message(&mb).unwrap();
         let Frame::Confirm { mac, .. } = b.handle_message(&ma).unwrap() else {
             unreachable!()
@@ -242,14 +248,7 @@ mod tests {
 
     #[test]
     fn a_malformed_message_does_not_use_up_the_exchange() {
-        let mut a = Pake::new([1; 16], Role::Listener, b"x", b"cert a", [1; 32]);
-        let mut b = Pake::new([1; 16], Role::Connector, b"x", b"cert b", [2; 32]);
-        let Frame::Pake { msg: ma, .. } = a.message() else {
-            unreachable!()
-        };
-        let Frame::Pake { msg: mb, .. } = b.message() else {
-            unreachable!()
-        };
+        let (mut a, mut b, ma, mb) = sides();
         // Junk, a truncated message, a message of our own side: rejected, state kept.
         for bad in [&b"junk"[..], &mb[..10], &ma[..]] {
             assert_eq!(a.handle_message(bad), Err(PakeError::BadMessage));
