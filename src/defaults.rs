@@ -401,3 +401,28 @@ pub const RELAY_TOKEN_MAX_SECS: u64 = 30 * 86_400;
 /// Shortest `--secret` (bytes): 128 bits from a random hex string; shorter ones fall to
 /// offline guessing by anyone who holds one token.
 pub const RELAY_SECRET_MIN_LEN: usize = 16;
+
+// --- punch security ---
+
+/// Path validation (RFC 9000 §8.2 in spirit): a challenge to a new address of the peer is
+/// answered within a few round trips or forgotten, so that strangers cannot hold the
+/// challenge slots for long.
+pub const PATH_CHALLENGE_TTL: Duration = Duration::from_secs(1);
+/// At most one challenge to one address this often: a stream of packets from a new address
+/// (the peer's NAT rebinding mid-transfer) is challenged a few times per round trip, not once
+/// per packet.
+pub const PATH_CHALLENGE_GAP: Duration = Duration::from_millis(100);
+/// Addresses challenged at once (RFC 9000 §9.3: bound the work an off-path sender causes).
+pub const PATH_CHALLENGES_MAX: usize = 4;
+/// Path challenges answered per [`PATH_ANSWER_WINDOW`], in all: the answer goes to the
+/// challenge's source, so it must not become a reflector.
+pub const PATH_ANSWERS_MAX: u32 = 16;
+/// The window [`PATH_ANSWERS_MAX`] counts in.
+pub const PATH_ANSWER_WINDOW: Duration = Duration::from_secs(1);
+/// QUIC handshakes the listener runs at once while waiting for the pinned peer (a stranger's
+/// Initial must not take the only accept).
+pub const QUIC_PENDING_HANDSHAKES: usize = 4;
+/// Hand-made codes remembered (salted hashes) to warn when one is reused.
+pub const CODE_REUSE_MAX: usize = 256;
+/// How long a hand-made code is remembered: reuse within this long is warned about.
+pub const CODE_REUSE_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);

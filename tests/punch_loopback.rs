@@ -232,3 +232,78 @@ fn listen_without_code_prints_one_that_connect_accepts() {
     assert!(l.0.wait().unwrap().success());
     let _ = drain.join();
 }
+
+/// The listener's JSON events up to its `code` event (the first event of a run), with
+/// natkit's state in `state`.
+fn events_until_code(
+    args: &[&str],
+    relay: &str,
+    state: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    use std::io::BufRead;
+    let mut l = punch(args, relay)
+        .arg("--json")
+        .env("NATKIT_STATE_DIR", state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = std::io::BufReader::new(l.stderr.take().unwrap());
+    let _l = Kill(l);
+    let mut evs = Vec::new();
+    for line in err.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
+            continue;
+        };
+        let code = v["event"] == "code";
+        evs.push(v);
+        if code {
+            break;
+        }
+    }
+    evs
+}
+
+/// Issue 12 #8: the same hand-made code run after run gives an attacker one more guess at
+/// its 16-bit secret each time: the second run with it warns (a `warning` event saying how
+/// many guesses and what to do); the first does not, nor do random codes.
+#[test]
+fn a_reused_hand_made_code_warns() {
+    let (_r, relay) = relay();
+    let state = std::env::temp_dir().join(format!(
+        "natkit-code-reuse-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    ));
+    let warnings = |evs: &[serde_json::Value]| {
+        assert!(
+            evs.last().is_some_and(|v| v["event"] == "code"),
+            "no code event: {evs:?}"
+        );
+        evs.iter()
+            .filter(|v| v["event"] == "warning")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let args = ["listen", "--code", "64-lantern-harbor"];
+    let first = events_until_code(&args, &relay, &state);
+    assert_eq!(warnings(&first), Vec::<serde_json::Value>::new());
+    // Random codes are never remembered or warned about.
+    for _ in 0..2 {
+        assert!(warnings(&events_until_code(&["listen"], &relay, &state)).is_empty());
+    }
+    // Another hand-made code is not this one.
+    let other = events_until_code(&["listen", "--code", "65-lantern-harbor"], &relay, &state);
+    assert!(warnings(&other).is_empty());
+    let second = events_until_code(&args, &relay, &state);
+    let w = warnings(&second);
+    assert_eq!(w.len(), 1, "{second:?}");
+    let msg = w[0]["message"].as_str().unwrap();
+    assert!(msg.contains("2 guesses") && msg.contains("65536"), "{msg}");
+    assert!(msg.contains("omit --code"), "{msg}");
+    // The ledger holds no code in the clear.
+    let ledger = std::fs::read_to_string(state.join("punch-codes")).unwrap();
+    assert!(!ledger.contains("lantern"), "{ledger}");
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -488,6 +488,7 @@ impl PunchArgs {
         self,
     ) -> Result<(crate::net::punch::PunchOptions, bool, u8), PunchArgsError> {
         use crate::net::punch::quic::Mode;
+        let hand_made_code = matches!(&self.cmd, PunchCmd::Listen { code: Some(_), .. });
         let (common, role, code, mode, icmp) = match self.cmd {
             PunchCmd::Listen {
                 common,
@@ -596,6 +597,7 @@ impl PunchArgs {
                 portmap: !common.no_portmap,
                 hard: common.hard,
                 tcp: common.tcp,
+                hand_made_code,
             },
             common.json,
             common.verbose,

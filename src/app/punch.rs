@@ -57,6 +57,7 @@ pub fn human(e: &Event) -> String {
         Event::Authenticated { .. } => {
             "punch: both sides know the code; encrypted end to end".to_string()
         }
+        Event::Warning { message } => format!("punch: warning: {message}"),
         Event::Done {
             bytes_sent,
             bytes_received,

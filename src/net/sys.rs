@@ -99,6 +99,17 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// natkit's state directory (portmap's records, punch's code ledger): $NATKIT_STATE_DIR,
+/// else $XDG_STATE_HOME/natkit, else ~/.local/state/natkit, else /var/lib/natkit.
+pub fn state_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("NATKIT_STATE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("natkit")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/natkit")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/natkit"))
+}
+
 pub fn set_recverr(s: &UdpSocket) {
     let on: libc::c_int = 1;
     // SAFETY: setsockopt on a valid fd with a correctly sized int option.

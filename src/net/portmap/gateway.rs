@@ -97,12 +97,7 @@ fn local_ip_towards(gw: Ipv4Addr) -> Result<Ipv4Addr, PortmapError> {
 }
 
 fn default_state_path() -> PathBuf {
-    let dir = std::env::var_os("NATKIT_STATE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("natkit")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/natkit")))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/natkit"));
-    dir.join("portmap.json")
+    crate::net::sys::state_dir().join("portmap.json")
 }
 
 /// Milliseconds, as the reports give them.

@@ -5,8 +5,10 @@
 use std::time::Instant;
 
 use crate::net::punch::control::{Control, Phase};
+use crate::net::punch::transport::lock;
 use crate::net::punch::PunchError;
 use crate::proto::punch::auth::AuthError;
+use crate::proto::punch::path::PathValidator;
 use crate::wire::rendezvous::Frame;
 
 /// Runs the key exchange; returns the peer's certificate fingerprint to pin.
@@ -26,6 +28,12 @@ pub(super) async fn authenticate(c: &mut Control) -> Result<[u8; 32], PunchError
             Some(Ok(fp)) => {
                 // Our last confirmation (the peer may have missed one) goes now.
                 c.flush();
+                // From now on a new address of the peer's can prove itself (path validation
+                // keyed by the PAKE); before, nothing new is adopted.
+                if let Some(key) = c.auth.path_key() {
+                    let v = PathValidator::new(c.session, c.puncher.role(), key, rand::random());
+                    lock(&c.link).link.enable_validation(v);
+                }
                 return Ok(fp);
             }
             Some(Err(AuthError::Pake(e))) => return Err(e.into()),

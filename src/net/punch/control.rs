@@ -331,6 +331,15 @@ impl Control {
             }
         }
         let parsed = Frame::parse(bytes);
+        // The peer's control frames come through the relay or over an authenticated direct
+        // path; from anyone else (who may know the public session id) they are ignored.
+        if parsed
+            .as_ref()
+            .is_ok_and(|f| !lock(&self.link).link.accepts_frame(from, f))
+        {
+            tracing::debug!(%from, "ignored a peer frame from an unauthenticated source");
+            return;
+        }
         if parsed.as_ref().is_ok_and(|f| self.nat.handle_frame(now, f)) {
             self.apply_nat();
         } else if let Ok(Frame::Predict { session, port }) = &parsed {

@@ -271,7 +271,13 @@ pub(super) async fn prepare(
     let (bday_tx, bday_rx) = mpsc::channel(1024);
     let (tcp_notes_tx, tcp_notes_rx) = mpsc::channel(16);
     let now = Instant::now();
-    let pake = Pake::new(session, opts.role, &opts.code.password(), &cert_der);
+    let pake = Pake::new(
+        session,
+        opts.role,
+        &opts.code.password(),
+        &cert_der,
+        rand::random(),
+    );
     let mut c = Control {
         sock,
         wire: wire.clone(),
@@ -315,6 +321,9 @@ pub(super) async fn prepare(
         path_changed: Arc::new(tokio::sync::Notify::new()),
         bday_reader: None,
     };
+    if let Some(ip) = icmp_listener {
+        c.puncher.allow_peer_ip(ip.into());
+    }
     c.flush();
     let s = Session {
         local,

@@ -16,6 +16,7 @@ pub mod icmp;
 mod meet;
 mod pipe;
 pub mod quic;
+mod reuse;
 mod runs;
 pub mod tcp;
 mod tls;
@@ -146,6 +147,12 @@ pub enum Event {
         /// Since start.
         elapsed_ms: u64,
     },
+    /// Something the user should know that does not stop the session (a reused hand-made
+    /// code).
+    Warning {
+        /// What, and what to do about it.
+        message: String,
+    },
     /// Finished.
     Done {
         /// Payload bytes sent.
@@ -181,6 +188,9 @@ pub struct PunchOptions {
     pub manual: Option<Manual>,
     /// Symmetric × symmetric: attempt birthday probing from both sides within its budget.
     pub hard: bool,
+    /// The code was chosen by hand (`listen --code`): remember it, and warn when it is
+    /// reused ([`crate::proto::punch::reuse`]).
+    pub hand_made_code: bool,
     /// After authenticating, try TCP hole punching ([`crate::proto::punch::tcp`]) and carry the
     /// pipe over TLS on the TCP connection when it works.
     pub tcp: bool,
@@ -268,6 +278,11 @@ where
 {
     let t0 = Instant::now();
     let emit = Emit::new(on_event);
+    if opts.hand_made_code && opts.role == Role::Listener {
+        if let Some(message) = reuse::note_hand_made(&opts.code) {
+            emit.send(&Event::Warning { message });
+        }
+    }
     let (mut c, mut s) = meet::prepare(&opts, &emit, t0).await?;
 
     // 1. Meet and choose a path.

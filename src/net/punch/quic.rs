@@ -142,11 +142,8 @@ async fn establish(
                 socket,
                 runtime,
             )?;
-            let incoming = tokio::time::timeout(crate::defaults::HANDSHAKE_TIMEOUT, ep.accept())
-                .await
-                .map_err(|_| terr("the other side did not open the encrypted channel"))?
-                .ok_or_else(|| terr("endpoint closed"))?;
-            (incoming.await.map_err(terr)?, ep)
+            let conn = accept_pinned(&ep).await?;
+            (conn, ep)
         }
         Role::Connector => {
             let tls = tls_client(&cert, peer_fp, ALPN)?;
@@ -168,6 +165,37 @@ async fn establish(
             (c, ep)
         }
     })
+}
+
+/// The listener's side of the handshake: keeps accepting until a connection completes it
+/// (only the peer whose certificate the PAKE pinned can) or [`HANDSHAKE_TIMEOUT`] passes,
+/// so that a stranger's Initial cannot take the only accept. Handshakes run side by side, at
+/// most [`QUIC_PENDING_HANDSHAKES`] at once (more are refused).
+///
+/// [`HANDSHAKE_TIMEOUT`]: crate::defaults::HANDSHAKE_TIMEOUT
+/// [`QUIC_PENDING_HANDSHAKES`]: crate::defaults::QUIC_PENDING_HANDSHAKES
+async fn accept_pinned(ep: &quinn::Endpoint) -> Result<quinn::Connection, PunchError> {
+    let deadline = tokio::time::Instant::now() + crate::defaults::HANDSHAKE_TIMEOUT;
+    let mut pending = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            i = ep.accept() => match i {
+                Some(i) if pending.len() < crate::defaults::QUIC_PENDING_HANDSHAKES => {
+                    pending.spawn(async move { i.await });
+                }
+                Some(i) => i.refuse(),
+                None => return Err(terr("endpoint closed")),
+            },
+            Some(r) = pending.join_next() => match r {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) => tracing::debug!("an incoming QUIC connection failed: {e}"),
+                Err(_) => {}
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(terr("the other side did not open the encrypted channel"))
+            }
+        }
+    }
 }
 
 /// A QUIC stream reaches the peer only with its first byte: the opener sends one version

@@ -1,7 +1,8 @@
 //! The link quinn sees ([`LinkSocket`]): one fixed virtual peer address, while each datagram
 //! really leaves on the path the [`Link`] core chose (direct, a birthday path's own socket,
 //! or wrapped for the relay, over UDP or the relay's TCP connection); the socket readers
-//! that sort natkit frames from QUIC (demux); and the path switch.
+//! that sort natkit frames from QUIC (demux), let QUIC see only what the link admits, and
+//! carry out path validation; and the path switch.
 
 use std::fmt;
 use std::io::IoSliceMut;
@@ -15,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::net::punch::Event;
-use crate::proto::punch::link::Via;
+use crate::proto::punch::link::{Admit, Via};
 use crate::proto::punch::{Link, PathKind};
 use crate::wire::rendezvous::Frame;
 
@@ -404,10 +405,17 @@ pub(super) async fn reader(
         let Ok(n) = got else {
             continue;
         };
+        let io = Io {
+            sock: Some(&sock),
+            relay,
+            link: &link,
+            ctl: &ctl,
+            quic: &quic,
+        };
         for (m, b) in meta.iter().zip(buf.chunks(RECV_SLOT)).take(n) {
             let d = &b[..m.len];
             if m.stride <= crate::defaults::MAX_DATAGRAM {
-                if !demux(m.addr, d, m.stride, relay, &link, &ctl, &quic).await {
+                if !io.demux(m.addr, d, m.stride).await {
                     return;
                 }
                 continue;
@@ -415,7 +423,7 @@ pub(super) async fn reader(
             for d in d.chunks(m.stride) {
                 // Longer datagrams are truncated, then rejected by the decoder or QUIC.
                 let d = &d[..d.len().min(crate::defaults::MAX_DATAGRAM)];
-                if !demux(m.addr, d, d.len(), relay, &link, &ctl, &quic).await {
+                if !io.demux(m.addr, d, d.len()).await {
                     return;
                 }
             }
@@ -431,55 +439,116 @@ async fn tcp_reader(
     ctl: mpsc::Sender<Inbound>,
     quic: mpsc::Sender<Vec<u8>>,
 ) {
+    let io = Io {
+        sock: None,
+        relay,
+        link: &link,
+        ctl: &ctl,
+        quic: &quic,
+    };
     loop {
         let Ok(f) = crate::net::stream::read_prefixed(&mut rd).await else {
             return;
         };
-        if !demux(relay, &f, f.len(), relay, &link, &ctl, &quic).await {
+        if !io.demux(relay, &f, f.len()).await {
             return;
         }
     }
 }
 
-/// Sorts what the socket delivered — one datagram, or a GRO batch of datagrams of `stride`
-/// bytes (the last may be shorter) from one source: natkit frames to the control plane, QUIC
-/// to the QUIC queue (relayed data unwrapped first). A batch of QUIC packets from the peer
-/// goes on as one item. False when the receivers are gone.
-async fn demux(
-    from: SocketAddr,
-    d: &[u8],
-    stride: usize,
+/// What a reader sorts into: the socket it reads (for path challenges and answers, which
+/// leave where the datagram came in; none for the relay's TCP connection), the link, the
+/// control plane and QUIC.
+struct Io<'a> {
+    sock: Option<&'a UdpSocket>,
     relay: SocketAddr,
-    link: &Arc<Mutex<LinkState>>,
-    ctl: &mpsc::Sender<Inbound>,
-    quic: &mpsc::Sender<Vec<u8>>,
-) -> bool {
-    let stride = stride.max(1);
-    if from != relay && !d.chunks(stride).any(crate::wire::rendezvous::is_frame) {
-        if !d.is_empty() {
-            heard(link, from, relay);
-            // A full QUIC queue drops the datagrams rather than stalling control traffic.
-            let _ = quic.try_send(quic_item(d, stride));
-        }
-        return true;
-    }
-    for d in d.chunks(stride) {
-        // Relayed datagrams arrive inside Data frames from the relay.
-        let (from, d) = match Frame::parse(d) {
-            Ok(Frame::Data { payload, .. }) if from == relay => (VIRTUAL_PEER, payload),
-            _ => (from, d.to_vec()),
-        };
-        if crate::wire::rendezvous::is_frame(&d) {
-            let src = if from == VIRTUAL_PEER { relay } else { from };
-            if ctl.send(Inbound::Control(src, d)).await.is_err() {
-                return false;
+    link: &'a Mutex<LinkState>,
+    ctl: &'a mpsc::Sender<Inbound>,
+    quic: &'a mpsc::Sender<Vec<u8>>,
+}
+
+impl Io<'_> {
+    /// Sorts what the socket delivered — one datagram, or a GRO batch of datagrams of
+    /// `stride` bytes (the last may be shorter) from one source: path frames to the link,
+    /// other natkit frames to the control plane, QUIC the link admits to the QUIC queue
+    /// (relayed data unwrapped first). A batch of QUIC packets from the peer goes on as one
+    /// item. False when the receivers are gone.
+    async fn demux(&self, from: SocketAddr, d: &[u8], stride: usize) -> bool {
+        let stride = stride.max(1);
+        if from != self.relay && !d.chunks(stride).any(crate::wire::rendezvous::is_frame) {
+            if !d.is_empty() && self.admit(from, d.len().min(stride)) {
+                // A full QUIC queue drops the datagrams rather than stalling control traffic.
+                let _ = self.quic.try_send(quic_item(d, stride));
             }
-            continue;
+            return true;
         }
-        heard(link, from, relay);
-        let _ = quic.try_send(quic_item(&d, d.len()));
+        for d in d.chunks(stride) {
+            // Relayed datagrams arrive inside Data frames from the relay.
+            let (from, d) = match Frame::parse(d) {
+                Ok(Frame::Data { payload, .. }) if from == self.relay => (VIRTUAL_PEER, payload),
+                _ => (from, d.to_vec()),
+            };
+            if crate::wire::rendezvous::is_frame(&d) {
+                if from == VIRTUAL_PEER || !self.path_frame(from, &d) {
+                    let src = if from == VIRTUAL_PEER {
+                        self.relay
+                    } else {
+                        from
+                    };
+                    if self.ctl.send(Inbound::Control(src, d)).await.is_err() {
+                        return false;
+                    }
+                }
+                continue;
+            }
+            if self.admit(from, d.len()) {
+                let _ = self.quic.try_send(quic_item(&d, d.len()));
+            }
+        }
+        true
     }
-    true
+
+    /// QUIC arrived from `from` (the peer directly, or [`VIRTUAL_PEER`] through the relay):
+    /// whether the link lets QUIC see it. A direct source the link does not trust may get a
+    /// path challenge instead (sent from the socket it came in on).
+    fn admit(&self, from: SocketAddr, len: usize) -> bool {
+        let via = if from == VIRTUAL_PEER || from == self.relay {
+            Via::Relay
+        } else {
+            Via::Direct(from)
+        };
+        let admit = lock(self.link).link.admit(Instant::now(), via, len);
+        match admit {
+            Admit::Quic => true,
+            Admit::Challenge(c) => {
+                if let Some(s) = self.sock {
+                    let _ = send_now(s, &c, from);
+                }
+                false
+            }
+            Admit::Drop => false,
+        }
+    }
+
+    /// A path challenge or response straight from `from`: answered, or the path follows a
+    /// peer whose new address it validated. False when `d` is no path frame.
+    fn path_frame(&self, from: SocketAddr, d: &[u8]) -> bool {
+        let f = match Frame::parse(d) {
+            Ok(f @ (Frame::PathChallenge { .. } | Frame::PathResponse { .. })) => f,
+            _ => return false,
+        };
+        if from == self.relay {
+            return true;
+        }
+        let r = lock(self.link).link.on_path_frame(Instant::now(), from, &f);
+        if let (Some(reply), Some(s)) = (r.reply, self.sock) {
+            let _ = send_now(s, &reply, from);
+        }
+        if let Some(old) = r.moved {
+            tracing::info!(%old, new = %from, "peer address changed");
+        }
+        true
+    }
 }
 
 /// One item of the QUIC queue, as [`LinkSocket::poll_recv`] reads it: the stride (2 bytes,
@@ -489,19 +558,6 @@ fn quic_item(d: &[u8], stride: usize) -> Vec<u8> {
     v.extend_from_slice(&(stride.min(u16::MAX as usize) as u16).to_be_bytes());
     v.extend_from_slice(d);
     v
-}
-
-/// QUIC arrived from `from` (the peer directly, or [`VIRTUAL_PEER`] through the relay): the
-/// link core hears it (and follows a direct peer that changed address).
-fn heard(link: &Mutex<LinkState>, from: SocketAddr, relay: SocketAddr) {
-    let via = if from == VIRTUAL_PEER || from == relay {
-        Via::Relay
-    } else {
-        Via::Direct(from)
-    };
-    if let Some(old) = lock(link).link.heard(Instant::now(), via) {
-        tracing::info!(%old, new = %from, "peer address changed");
-    }
 }
 
 /// Moves the link to `path` and describes the change for the user; `found_by` names the

@@ -82,6 +82,9 @@ impl Auth {
                             self.out.push_back(confirm);
                         }
                     }
+                    // A malformed message (anyone's) changes nothing: one bad frame must not
+                    // end the session, and the genuine one may still come.
+                    Err(PakeError::BadMessage) => {}
                     Err(e) => self.fail(e),
                 }
                 true
@@ -151,6 +154,14 @@ impl Auth {
             .min()
     }
 
+    /// The path validation key, once the peer's confirmation verified.
+    pub fn path_key(&self) -> Option<[u8; 32]> {
+        match self.result {
+            Some(Ok(_)) => self.pake.path_key(),
+            _ => None,
+        }
+    }
+
     /// Next frame for the peer (over the link: direct, or wrapped for the relay).
     pub fn poll_transmit(&mut self) -> Option<Frame> {
         self.out.pop_front()
@@ -177,7 +188,7 @@ mod tests {
     const S: SessionId = [9; 16];
 
     fn side(role: Role, code: &[u8], cert: &[u8]) -> Auth {
-        Auth::new(Pake::new(S, role, code, cert), S)
+        Auth::new(Pake::new(S, role, code, cert, [role as u8; 32]), S)
     }
 
     fn drain(a: &mut Auth) -> Vec<Frame> {
@@ -296,5 +307,32 @@ mod tests {
                 port: 1
             }
         ));
+    }
+
+    #[test]
+    fn a_malformed_pake_message_does_not_end_the_exchange() {
+        let t0 = Instant::now();
+        let mut l = side(Role::Listener, b"7-a-b", b"cert L");
+        let mut c = side(Role::Connector, b"7-a-b", b"cert C");
+        l.start(t0);
+        c.start(t0);
+        // A stranger's malformed PAKE message arrives first.
+        assert!(l.handle_frame(
+            t0,
+            &Frame::Pake {
+                session: S,
+                msg: vec![0x41; 33]
+            }
+        ));
+        l.handle_timeout(t0);
+        assert_eq!(l.outcome(), None, "one bad frame ended the session");
+        assert_eq!(l.path_key(), None);
+        pass(&mut l, &mut c, t0);
+        pass(&mut c, &mut l, t0);
+        pass(&mut l, &mut c, t0);
+        assert!(matches!(l.outcome(), Some(Ok(_))));
+        assert!(matches!(c.outcome(), Some(Ok(_))));
+        assert!(l.path_key().is_some());
+        assert_eq!(l.path_key(), c.path_key());
     }
 }

@@ -3,7 +3,7 @@
 //! address, and the first answered probe wins.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -40,6 +40,10 @@ pub enum CheckEvent {
 pub struct Checks {
     session: SessionId,
     targets: Vec<SocketAddr>,
+    /// The IPs the peer could be at (its relay-observed address, its candidates, its
+    /// offer): probes from anywhere else are a stranger's, and a stranger must not make us
+    /// probe it.
+    peer_ips: Vec<IpAddr>,
     start_at: Option<Instant>,
     deadline: Option<Instant>,
     next_round: Option<Instant>,
@@ -65,6 +69,7 @@ impl Checks {
         Checks {
             session,
             targets: Vec::new(),
+            peer_ips: Vec::new(),
             start_at: None,
             deadline: None,
             next_round: None,
@@ -89,12 +94,22 @@ impl Checks {
     pub fn renewed(&mut self) -> Checks {
         let mut c = Checks::new(self.session, self.bound, self.rng.gen());
         c.targets = self.targets.clone();
+        c.peer_ips = self.peer_ips.clone();
         c
+    }
+
+    /// The peer may probe us from `ip` (`--icmp`: the listener's public address, whose
+    /// port we only learn from its probe).
+    pub fn allow_ip(&mut self, ip: IpAddr) {
+        if !self.peer_ips.contains(&ip) && self.peer_ips.len() < 2 * MAX_TARGETS {
+            self.peer_ips.push(ip);
+        }
     }
 
     /// Adds candidate addresses of the peer.
     pub fn add_targets(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
         for a in addrs {
+            self.allow_ip(a.ip());
             if !self.targets.contains(&a) && self.targets.len() < MAX_TARGETS {
                 self.targets.push(a);
             }
@@ -179,6 +194,12 @@ impl Checks {
     /// Feeds a datagram; returns false when it is not a check of this session.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
         match Frame::parse(data) {
+            Ok(Frame::PunchProbe { session, .. })
+                if session == self.session && !self.peer_ips.contains(&from.ip()) =>
+            {
+                // Not from anywhere the peer could be: neither answered nor probed.
+                true
+            }
             Ok(Frame::PunchProbe { session, tx }) if session == self.session => {
                 // Always answer, even after we are done: the peer may still be waiting for
                 // its own answer.
@@ -244,5 +265,50 @@ impl Checks {
     /// Advances timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.pump(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn probe(tx: u64) -> Vec<u8> {
+        Frame::PunchProbe {
+            session: [2; 16],
+            tx,
+        }
+        .emit()
+    }
+
+    #[test]
+    fn probes_are_answered_only_from_where_the_peer_could_be() {
+        let t0 = Instant::now();
+        let mut c = Checks::new([2; 16], Duration::from_secs(5), 1);
+        c.add_targets([sa("203.0.113.7:4000")]);
+        c.start_at(t0);
+        c.handle_timeout(t0);
+        while c.poll_transmit().is_some() {}
+        // A stranger's probe (with the right session id) is swallowed: no answer, and the
+        // stranger does not become a target.
+        assert!(c.handle_datagram(t0, sa("192.0.2.66:999"), &probe(1)));
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.targets, vec![sa("203.0.113.7:4000")]);
+        // The peer's, from a port we did not know (its symmetric NAT): answered, and probed.
+        assert!(c.handle_datagram(t0, sa("203.0.113.7:5999"), &probe(2)));
+        let ack = c.poll_transmit().expect("an answer");
+        assert_eq!(ack.dst, sa("203.0.113.7:5999"));
+        assert!(c.targets.contains(&sa("203.0.113.7:5999")));
+        // An address allowed explicitly (--icmp) is answered too.
+        c.allow_ip("198.51.100.5".parse().unwrap());
+        assert!(c.handle_datagram(t0, sa("198.51.100.5:7"), &probe(3)));
+        assert_eq!(c.poll_transmit().map(|d| d.dst), Some(sa("198.51.100.5:7")));
+        // Renewed checks keep the rule.
+        let mut r = c.renewed();
+        assert!(r.handle_datagram(t0, sa("192.0.2.66:999"), &probe(4)));
+        assert_eq!(r.poll_transmit(), None);
     }
 }

@@ -1,12 +1,14 @@
 //! The link under QUIC, sans-IO: which path carries the session's packets ([`Link`]), when
 //! a direct path is dead ([`PathMonitor`], the peer leaving it), and following a peer whose
-//! NAT renumbered its mapping. QUIC sees one fixed peer address; the driver asks the link
-//! where each datagram really goes.
+//! NAT renumbered its mapping once the new address answered a path challenge
+//! ([`crate::proto::punch::path`]). QUIC sees one fixed peer address; the driver asks the
+//! link where each datagram really goes, and which arriving datagrams QUIC may see.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::defaults::{FOLLOW_GRACE, PATH_STALL};
+use crate::defaults::{FOLLOW_GRACE, PATH_CHALLENGES_MAX, PATH_STALL};
+use crate::proto::punch::path::PathValidator;
 use crate::proto::punch::PathKind;
 use crate::wire::rendezvous::{Frame, SessionId};
 
@@ -62,6 +64,26 @@ pub enum Via {
     Relay,
 }
 
+/// What to do with a QUIC datagram that arrived ([`Link::admit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Hand it to QUIC.
+    Quic,
+    /// Drop it, and send this path challenge to its source.
+    Challenge(Vec<u8>),
+    /// Drop it.
+    Drop,
+}
+
+/// What a path frame from the peer's side asks of the driver ([`Link::on_path_frame`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathReply {
+    /// Send this back to the frame's source (our response to a challenge).
+    pub reply: Option<Vec<u8>>,
+    /// The direct path moved to the frame's source; this was the old address.
+    pub moved: Option<SocketAddr>,
+}
+
 /// The path the session's packets take, and what we heard on it.
 #[derive(Debug)]
 pub struct Link {
@@ -74,6 +96,11 @@ pub struct Link {
     /// The peer sends its packets through the relay although we are direct: its side of the
     /// direct path is dead, so ours is too.
     peer_left_direct: bool,
+    /// Direct addresses of the peer's that earned trust: chosen by the connectivity checks
+    /// (an ack to our random transaction) or validated by a path challenge. Most recent last.
+    trusted: Vec<SocketAddr>,
+    /// Path validation, once the PAKE key is known (none before: nothing new is adopted).
+    validator: Option<PathValidator>,
 }
 
 impl Link {
@@ -86,7 +113,50 @@ impl Link {
             monitor: PathMonitor::new(now),
             since: now,
             peer_left_direct: false,
+            trusted: Vec::new(),
+            validator: None,
         }
+    }
+
+    /// The PAKE key is confirmed: new addresses of the peer may be validated from now on.
+    pub fn enable_validation(&mut self, v: PathValidator) {
+        self.validator = Some(v);
+    }
+
+    fn trust(&mut self, a: SocketAddr) {
+        self.trusted.retain(|t| *t != a);
+        if self.trusted.len() >= PATH_CHALLENGES_MAX {
+            self.trusted.remove(0);
+        }
+        self.trusted.push(a);
+    }
+
+    /// Whether `from` is the peer's on an authenticated path: the current direct path, or an
+    /// address the checks or a path challenge vouched for.
+    pub fn is_peer(&self, from: SocketAddr) -> bool {
+        self.path == PathKind::Direct(from) || self.trusted.contains(&from)
+    }
+
+    /// Whether the peer's control frames (PAKE, confirmation, NAT class, TCP offer,
+    /// prediction) may come from `from`: the relay (inside its data frames) or the peer on an
+    /// authenticated path, never a stranger that knows the public session id.
+    pub fn may_carry_peer_frames(&self, from: SocketAddr) -> bool {
+        from == self.relay || self.is_peer(from)
+    }
+
+    /// Whether frame `f` from `from` may be acted on: the peer's own frames only from where
+    /// [`Link::may_carry_peer_frames`] says; the rest (rendezvous, checks) have rules of
+    /// their own.
+    pub fn accepts_frame(&self, from: SocketAddr, f: &Frame) -> bool {
+        let peers_own = matches!(
+            f,
+            Frame::Pake { .. }
+                | Frame::Confirm { .. }
+                | Frame::NatInfo { .. }
+                | Frame::TcpOffer { .. }
+                | Frame::Predict { .. }
+        );
+        !peers_own || self.may_carry_peer_frames(from)
     }
 
     /// The path in use.
@@ -96,6 +166,9 @@ impl Link {
 
     /// Moves to `path` at `now`: a fresh monitor, and the grace for relayed stragglers.
     pub fn set_path(&mut self, path: PathKind, now: Instant) {
+        if let PathKind::Direct(a) = path {
+            self.trust(a);
+        }
         self.path = path;
         self.monitor = PathMonitor::new(now);
         self.since = now;
@@ -113,31 +186,63 @@ impl Link {
         self.monitor.on_tx(now);
     }
 
-    /// A packet of the peer's arrived `via` a path: the monitor hears it, a direct peer that
-    /// changed address is followed (returns its old address), and relayed packets after the
-    /// [`FOLLOW_GRACE`] of a switch to the direct path mean the peer has left it. Only QUIC,
-    /// which authenticates every packet, is fed here, so a forged source can disrupt the
-    /// session but not read it.
-    pub fn heard(&mut self, now: Instant, via: Via) -> Option<SocketAddr> {
+    /// A QUIC datagram of `len` bytes arrived `via` a path: whether QUIC may see it. Relayed
+    /// packets always (the relay forwards only our session's); direct ones only from the
+    /// current direct path or a trusted address. Anything else may get a path challenge
+    /// (once the PAKE key is known) but never moves the path by itself. Relayed packets after
+    /// the [`FOLLOW_GRACE`] of a switch to the direct path mean the peer has left it.
+    pub fn admit(&mut self, now: Instant, via: Via, len: usize) -> Admit {
         match (self.path, via) {
-            (PathKind::Direct(p), Via::Direct(from)) if p != from => {
-                // The peer's NAT renumbered its mapping (rebinding): follow it.
-                self.path = PathKind::Direct(from);
-                self.monitor.on_rx(now);
-                return Some(p);
-            }
-            (PathKind::Direct(_), Via::Direct(_)) | (PathKind::Relay, Via::Relay) => {
-                self.monitor.on_rx(now)
-            }
+            (PathKind::Direct(p), Via::Direct(from)) if p == from => self.monitor.on_rx(now),
+            (PathKind::Relay, Via::Relay) => self.monitor.on_rx(now),
             // Relayed packets still in flight when we switched are not a signal.
-            (PathKind::Direct(_), Via::Relay)
-                if now.saturating_duration_since(self.since) > FOLLOW_GRACE =>
-            {
-                self.peer_left_direct = true
+            (PathKind::Direct(_), Via::Relay) => {
+                if now.saturating_duration_since(self.since) > FOLLOW_GRACE {
+                    self.peer_left_direct = true
+                }
+            }
+            (_, Via::Direct(from)) if self.trusted.contains(&from) => {}
+            (_, Via::Direct(from)) => {
+                return match self
+                    .validator
+                    .as_mut()
+                    .and_then(|v| v.challenge(now, from, len))
+                {
+                    Some(c) => Admit::Challenge(c),
+                    None => Admit::Drop,
+                }
+            }
+        }
+        Admit::Quic
+    }
+
+    /// A path challenge or response that came straight from `from`: our answer to a
+    /// challenge, and a validated address becomes trusted; while direct, the path follows it
+    /// (the peer's NAT renumbered its mapping).
+    pub fn on_path_frame(&mut self, now: Instant, from: SocketAddr, f: &Frame) -> PathReply {
+        let mut r = PathReply::default();
+        let Some(v) = self.validator.as_mut() else {
+            return r;
+        };
+        match f {
+            Frame::PathChallenge { session, nonce } => r.reply = v.answer(now, session, nonce),
+            Frame::PathResponse {
+                session,
+                nonce,
+                mac,
+            } if v.validate(now, from, session, nonce, mac) => {
+                self.trust(from);
+                if let PathKind::Direct(p) = self.path {
+                    if p != from {
+                        self.path = PathKind::Direct(from);
+                        self.monitor.on_rx(now);
+                        r.moved = Some(p);
+                    }
+                }
             }
             _ => {}
         }
-        None
+        r
     }
 
     /// Where a packet goes on the current path, and its bytes there (wrapped in a relay data
@@ -160,6 +265,8 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::defaults::PATH_CHALLENGE_GAP;
+    use crate::wire::rendezvous::Role;
     use std::time::Duration;
 
     fn sa(s: &str) -> SocketAddr {
@@ -172,32 +279,178 @@ mod tests {
         l
     }
 
+    const KEY: [u8; 32] = [5; 32];
+
+    /// Both sides' links, direct to each other, with the PAKE key known.
+    fn validated_pair(t0: Instant) -> (Link, PathValidator) {
+        let mut l = direct_link(t0);
+        l.enable_validation(PathValidator::new([4; 16], Role::Listener, KEY, 1));
+        (l, PathValidator::new([4; 16], Role::Connector, KEY, 2))
+    }
+
+    fn challenge_of(a: Admit) -> [u8; 16] {
+        match a {
+            Admit::Challenge(c) => match Frame::parse(&c) {
+                Ok(Frame::PathChallenge { nonce, .. }) => nonce,
+                f => panic!("{f:?}"),
+            },
+            a => panic!("no challenge: {a:?}"),
+        }
+    }
+
     #[test]
-    fn a_rebinding_peer_is_followed() {
+    fn a_rebinding_peer_is_followed_once_it_answers_a_challenge() {
+        let t0 = Instant::now();
+        let (mut l, mut peer) = validated_pair(t0);
+        let t = t0 + Duration::from_millis(10);
+        assert_eq!(
+            l.admit(t, Via::Direct(sa("203.0.113.7:4000")), 1200),
+            Admit::Quic
+        );
+        // The peer's NAT renumbered: its packets are not QUIC's yet, and earn a challenge.
+        let new = sa("203.0.113.7:5555");
+        let nonce = challenge_of(l.admit(t, Via::Direct(new), 1200));
+        assert_eq!(l.path(), PathKind::Direct(sa("203.0.113.7:4000")));
+        // The peer answers from there: the path follows.
+        let resp = peer.answer(t, &[4; 16], &nonce).unwrap();
+        let r = l.on_path_frame(t, new, &Frame::parse(&resp).unwrap());
+        assert_eq!(r.moved, Some(sa("203.0.113.7:4000")));
+        assert_eq!(l.path(), PathKind::Direct(new));
+        // Replies now go to the new address, and its packets are QUIC's.
+        assert_eq!(l.wrap(b"q").0, new);
+        assert_eq!(l.admit(t, Via::Direct(new), 40), Admit::Quic);
+        assert!(!l.direct_is_dead(t + Duration::from_secs(10)));
+        // Stragglers from the old address still reach QUIC, without moving the path back.
+        assert_eq!(
+            l.admit(t, Via::Direct(sa("203.0.113.7:4000")), 1200),
+            Admit::Quic
+        );
+        assert_eq!(l.path(), PathKind::Direct(new));
+    }
+
+    #[test]
+    fn junk_from_a_stranger_never_moves_the_path() {
+        let t0 = Instant::now();
+        let (mut l, mut peer) = validated_pair(t0);
+        let stranger = sa("192.0.2.66:999");
+        let mut challenges = 0;
+        for ms in 0..2000u64 {
+            let t = t0 + Duration::from_millis(ms);
+            match l.admit(t, Via::Direct(stranger), 1200) {
+                Admit::Quic => panic!("a stranger's datagram reached QUIC"),
+                Admit::Challenge(_) => challenges += 1,
+                Admit::Drop => {}
+            }
+        }
+        assert_eq!(l.path(), PathKind::Direct(sa("203.0.113.7:4000")));
+        assert!(challenges <= 2000 / PATH_CHALLENGE_GAP.as_millis() as usize + 1);
+        // Short junk earns no challenge (no amplification).
+        let t = t0 + Duration::from_secs(5);
+        assert_eq!(l.admit(t, Via::Direct(sa("192.0.2.67:1")), 30), Admit::Drop);
+        // A response the stranger makes up, or one the peer made for another challenge, or
+        // one from another address than the challenged one: nothing moves.
+        let nonce = challenge_of(l.admit(t, Via::Direct(stranger), 1200));
+        let forged = Frame::PathResponse {
+            session: [4; 16],
+            nonce,
+            mac: [0; 32],
+        };
+        assert_eq!(l.on_path_frame(t, stranger, &forged).moved, None);
+        let other = peer.answer(t, &[4; 16], &[9; 16]).unwrap();
+        let other = Frame::parse(&other).unwrap();
+        assert_eq!(l.on_path_frame(t, stranger, &other).moved, None);
+        let good = Frame::parse(&peer.answer(t, &[4; 16], &nonce).unwrap()).unwrap();
+        assert_eq!(l.on_path_frame(t, sa("192.0.2.68:999"), &good).moved, None);
+        assert_eq!(l.path(), PathKind::Direct(sa("203.0.113.7:4000")));
+        assert!(!l.may_carry_peer_frames(stranger));
+    }
+
+    #[test]
+    fn before_the_pake_key_nothing_new_is_adopted() {
         let t0 = Instant::now();
         let mut l = direct_link(t0);
-        let t = t0 + Duration::from_millis(10);
-        assert_eq!(l.heard(t, Via::Direct(sa("203.0.113.7:4000"))), None);
         assert_eq!(
-            l.heard(t, Via::Direct(sa("203.0.113.7:5555"))),
-            Some(sa("203.0.113.7:4000"))
+            l.admit(t0, Via::Direct(sa("203.0.113.7:5555")), 1200),
+            Admit::Drop
         );
-        assert_eq!(l.path(), PathKind::Direct(sa("203.0.113.7:5555")));
-        // Replies now go to the new address.
-        assert_eq!(l.wrap(b"q").0, sa("203.0.113.7:5555"));
-        assert!(!l.direct_is_dead(t + Duration::from_secs(10)));
+        // Nor are challenges answered without the key.
+        let c = Frame::PathChallenge {
+            session: [4; 16],
+            nonce: [1; 16],
+        };
+        assert_eq!(
+            l.on_path_frame(t0, sa("203.0.113.7:4000"), &c),
+            PathReply::default()
+        );
+        assert_eq!(l.path(), PathKind::Direct(sa("203.0.113.7:4000")));
+    }
+
+    #[test]
+    fn peer_frames_come_from_the_relay_or_an_authenticated_path() {
+        let t0 = Instant::now();
+        let mut l = Link::new(sa("198.51.100.1:3478"), [4; 16], t0);
+        assert!(l.may_carry_peer_frames(sa("198.51.100.1:3478")));
+        assert!(!l.may_carry_peer_frames(sa("203.0.113.7:4000")));
+        l.set_path(PathKind::Direct(sa("203.0.113.7:4000")), t0);
+        assert!(l.may_carry_peer_frames(sa("203.0.113.7:4000")));
+        assert!(!l.may_carry_peer_frames(sa("203.0.113.7:4001")));
+        // Each of the peer's frames, from a stranger: refused; from the path: accepted.
+        let s = [4; 16];
+        let frames = [
+            Frame::Pake {
+                session: s,
+                msg: vec![1; 33],
+            },
+            Frame::Confirm {
+                session: s,
+                fingerprint: [1; 32],
+                mac: [2; 32],
+            },
+            Frame::NatInfo {
+                session: s,
+                mapping: 1,
+                filtering: 1,
+                allocation: 1,
+                flags: 0,
+                step: 0,
+            },
+            Frame::TcpOffer {
+                session: s,
+                armed: true,
+                addr: sa("192.0.2.66:80"),
+            },
+            Frame::Predict {
+                session: s,
+                port: 9,
+            },
+        ];
+        for f in &frames {
+            assert!(!l.accepts_frame(sa("192.0.2.66:999"), f), "{f:?}");
+            assert!(l.accepts_frame(sa("203.0.113.7:4000"), f), "{f:?}");
+            assert!(l.accepts_frame(sa("198.51.100.1:3478"), f), "{f:?}");
+        }
+        // Checks and rendezvous frames have their own rules.
+        let probe = Frame::PunchProbe { session: s, tx: 1 };
+        assert!(l.accepts_frame(sa("192.0.2.66:999"), &probe));
+        // Falling back to the relay keeps the checked address trusted.
+        l.set_path(PathKind::Relay, t0);
+        assert!(l.may_carry_peer_frames(sa("203.0.113.7:4000")));
+        assert_eq!(
+            l.admit(t0, Via::Direct(sa("203.0.113.7:4000")), 1200),
+            Admit::Quic
+        );
     }
 
     #[test]
     fn relayed_packets_within_the_grace_are_stragglers() {
         let t0 = Instant::now();
         let mut l = direct_link(t0);
-        l.heard(t0 + FOLLOW_GRACE / 2, Via::Relay);
+        l.admit(t0 + FOLLOW_GRACE / 2, Via::Relay, 1200);
         assert!(!l.direct_is_dead(t0 + FOLLOW_GRACE / 2));
         assert!(!l.direct_is_dead(t0 + FOLLOW_GRACE * 3));
         // After the grace, the peer has left the direct path: so do we.
         let late = t0 + FOLLOW_GRACE + Duration::from_millis(1);
-        l.heard(late, Via::Relay);
+        l.admit(late, Via::Relay, 1200);
         assert!(l.direct_is_dead(late));
         // A new path clears the verdict.
         l.set_path(PathKind::Relay, late);
@@ -209,8 +462,11 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Link::new(sa("198.51.100.1:3478"), [4; 16], t0);
         // Direct packets while relayed neither follow nor kill anything.
-        assert_eq!(l.heard(t0, Via::Direct(sa("203.0.113.7:1"))), None);
-        l.heard(t0, Via::Relay);
+        assert_eq!(
+            l.admit(t0, Via::Direct(sa("203.0.113.7:1")), 1200),
+            Admit::Drop
+        );
+        assert_eq!(l.admit(t0, Via::Relay, 1200), Admit::Quic);
         assert_eq!(l.path(), PathKind::Relay);
         assert!(!l.direct_is_dead(t0 + Duration::from_secs(60)));
         let (dst, bytes) = l.wrap(b"quic");
@@ -235,7 +491,7 @@ mod tests {
         let dead = t0 + PATH_STALL + Duration::from_millis(1);
         assert!(l.direct_is_dead(dead));
         // An answer revives it.
-        l.heard(dead, Via::Direct(sa("203.0.113.7:4000")));
+        l.admit(dead, Via::Direct(sa("203.0.113.7:4000")), 1200);
         assert!(!l.direct_is_dead(dead + PATH_STALL * 2));
         // Silence on the relay is never "dead direct".
         l.set_path(PathKind::Relay, dead);

@@ -15,7 +15,9 @@ pub mod fallback;
 pub mod link;
 pub mod nat;
 pub mod pake;
+pub mod path;
 pub mod rendezvous;
+pub mod reuse;
 pub mod tcp;
 
 use std::collections::VecDeque;
@@ -312,6 +314,12 @@ impl Puncher {
             || self.checks.handle_datagram(now, from, data);
         self.drive(now);
         ours
+    }
+
+    /// The peer may probe us from `ip` although no candidate names it (see
+    /// [`Checks::allow_ip`]).
+    pub fn allow_peer_ip(&mut self, ip: std::net::IpAddr) {
+        self.checks.allow_ip(ip);
     }
 
     /// Offers one more candidate address to the peer (see [`RvClient::add_candidate`]).

@@ -3,8 +3,13 @@
 //! fingerprint the peer confirmed with the PAKE key. A wrong code gives different keys on
 //! the two sides, so both confirmations fail: "wrong code", and no data passes. An attacker
 //! gets one online guess per attempt and learns nothing usable offline (SPAKE2).
+//!
+//! A malformed message from the peer's side does not use up the SPAKE2 state: the state is
+//! made from a seed we keep, and made again, identical, when `finish` rejects a message, so
+//! one bad frame cannot end a session.
 
 use hmac::{Hmac, Mac};
+use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
@@ -29,6 +34,9 @@ pub struct Pake {
     session: SessionId,
     role: Role,
     state: Option<Spake2<Ed25519Group>>,
+    /// What made the state: the password and our secret scalar's seed.
+    password: Vec<u8>,
+    seed: [u8; 32],
     outbound: Vec<u8>,
     key: Option<Vec<u8>>,
     my_fingerprint: [u8; 32],
@@ -63,19 +71,35 @@ fn confirm_mac(key: &[u8], session: &SessionId, role: Role, fp: &[u8; 32]) -> [u
     m.finalize().into_bytes().into()
 }
 
+/// The SPAKE2 state of `role` for `password`, its secret scalar drawn from `seed`: the same
+/// inputs give the same state and message.
+fn spake2_start(role: Role, password: &[u8], seed: [u8; 32]) -> (Spake2<Ed25519Group>, Vec<u8>) {
+    let (a, b) = identities();
+    let pw = Password::new(password);
+    let rng = rand::rngs::StdRng::from_seed(seed);
+    match role {
+        Role::Listener => Spake2::<Ed25519Group>::start_a_with_rng(&pw, &a, &b, rng),
+        Role::Connector => Spake2::<Ed25519Group>::start_b_with_rng(&pw, &a, &b, rng),
+    }
+}
+
 impl Pake {
-    /// Starts; the returned frame goes to the peer.
-    pub fn new(session: SessionId, role: Role, password: &[u8], my_cert_der: &[u8]) -> Pake {
-        let (a, b) = identities();
-        let pw = Password::new(password);
-        let (state, outbound) = match role {
-            Role::Listener => Spake2::<Ed25519Group>::start_a(&pw, &a, &b),
-            Role::Connector => Spake2::<Ed25519Group>::start_b(&pw, &a, &b),
-        };
+    /// Starts; the returned frame goes to the peer. `seed` makes our secret scalar (the
+    /// driver passes 32 random bytes).
+    pub fn new(
+        session: SessionId,
+        role: Role,
+        password: &[u8],
+        my_cert_der: &[u8],
+        seed: [u8; 32],
+    ) -> Pake {
+        let (state, outbound) = spake2_start(role, password, seed);
         Pake {
             session,
             role,
             state: Some(state),
+            password: password.to_vec(),
+            seed,
             outbound,
             key: None,
             my_fingerprint: fingerprint(my_cert_der),
@@ -95,13 +119,29 @@ impl Pake {
         self.key.is_some()
     }
 
-    /// The peer's SPAKE2 message: derives the key and returns our confirmation.
+    /// The peer's SPAKE2 message: derives the key and returns our confirmation. A malformed
+    /// message leaves us as we were (the state is made again from its seed).
     pub fn handle_message(&mut self, msg: &[u8]) -> Result<Frame, PakeError> {
         if let Some(state) = self.state.take() {
-            let key = state.finish(msg).map_err(|_| PakeError::BadMessage)?;
-            self.key = Some(key);
+            match state.finish(msg) {
+                Ok(key) => self.key = Some(key),
+                Err(_) => {
+                    self.state = Some(spake2_start(self.role, &self.password, self.seed).0);
+                    return Err(PakeError::BadMessage);
+                }
+            }
         }
         self.confirmation().ok_or(PakeError::Unexpected)
+    }
+
+    /// The key that path validation ([`crate::proto::punch::path`]) uses, derived from the
+    /// PAKE key (never the PAKE key itself), once known.
+    pub fn path_key(&self) -> Option<[u8; 32]> {
+        let key = self.key.as_ref()?;
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        m.update(b"natkit path key v1");
+        m.update(&self.session);
+        Some(m.finalize().into_bytes().into())
     }
 
     /// Our confirmation, once the key is known.
@@ -135,8 +175,8 @@ mod tests {
         pa: &[u8],
         pb: &[u8],
     ) -> (Result<[u8; 32], PakeError>, Result<[u8; 32], PakeError>) {
-        let mut a = Pake::new([1; 16], Role::Listener, pa, b"cert a");
-        let mut b = Pake::new([1; 16], Role::Connector, pb, b"cert b");
+        let mut a = Pake::new([1; 16], Role::Listener, pa, b"cert a", [1; 32]);
+        let mut b = Pake::new([1; 16], Role::Connector, pb, b"cert b", [2; 32]);
         let Frame::Pake { msg: ma, .. } = a.message() else {
             unreachable!()
         };
@@ -176,16 +216,22 @@ mod tests {
         assert_eq!(b, Err(PakeError::WrongCode));
     }
 
-    #[test]
-    fn a_tampered_fingerprint_fails() {
-        let mut a = Pake::new([1; 16], Role::Listener, b"x", b"cert a");
-        let mut b = Pake::new([1; 16], Role::Connector, b"x", b"cert b");
+    /// Both sides for the code "x", and their SPAKE2 messages.
+    fn sides() -> (Pake, Pake, Vec<u8>, Vec<u8>) {
+        let a = Pake::new([1; 16], Role::Listener, b"x", b"cert a", [1; 32]);
+        let b = Pake::new([1; 16], Role::Connector, b"x", b"cert b", [2; 32]);
         let Frame::Pake { msg: ma, .. } = a.message() else {
             unreachable!()
         };
         let Frame::Pake { msg: mb, .. } = b.message() else {
             unreachable!()
         };
+        (a, b, ma, mb)
+    }
+
+    #[test]
+    fn a_tampered_fingerprint_fails() {
+        let (mut a, mut b, ma, mb) = sides();
         a.handle_message(&mb).unwrap();
         let Frame::Confirm { mac, .. } = b.handle_message(&ma).unwrap() else {
             unreachable!()
@@ -195,8 +241,32 @@ mod tests {
             Err(PakeError::WrongCode)
         );
         assert_eq!(
-            Pake::new([1; 16], Role::Listener, b"x", b"c").handle_message(b"junk"),
+            Pake::new([1; 16], Role::Listener, b"x", b"c", [3; 32]).handle_message(b"junk"),
             Err(PakeError::BadMessage)
         );
+    }
+
+    #[test]
+    fn a_malformed_message_does_not_use_up_the_exchange() {
+        let (mut a, mut b, ma, mb) = sides();
+        // Junk, a truncated message, a message of our own side: rejected, state kept.
+        for bad in [&b"junk"[..], &mb[..10], &ma[..]] {
+            assert_eq!(a.handle_message(bad), Err(PakeError::BadMessage));
+            assert!(!a.has_key());
+        }
+        // The genuine message still completes the exchange.
+        let Frame::Confirm {
+            fingerprint, mac, ..
+        } = b.handle_message(&ma).unwrap()
+        else {
+            unreachable!()
+        };
+        a.handle_message(&mb).unwrap();
+        assert_eq!(
+            a.verify(&fingerprint, &mac),
+            Ok(super::fingerprint(b"cert b"))
+        );
+        assert_eq!(a.path_key(), b.path_key());
+        assert!(a.path_key().is_some());
     }
 }

@@ -37,6 +37,8 @@
 //! | 17 | `NatInfo` | peer → peer | session id (16), mapping (1), filtering (1), allocation (1), flags (1), step (1, signed) |
 //! | 18 | `TcpOffer` | peer → peer | session id (16), armed (1), address: the sender's TCP endpoint as the relay saw it |
 //! | 19 | `Predict` | peer → peer | session id (16), port (u16): the sender's sequential NAT gave this port to its last mapping |
+//! | 20 | `PathChallenge` | peer → peer | session id (16), nonce (16), padding (32 zero bytes) |
+//! | 21 | `PathResponse` | peer → peer | session id (16), nonce (16), MAC (32) |
 //!
 //! `NatInfo` carries the sender's NAT classification (RFC 4787 classes: 0 unknown,
 //! 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 no NAT;
@@ -52,6 +54,11 @@
 //! `Predict` (inside relayed `Data`) starts port prediction ([`crate::proto::punch::birthday`]): the
 //! sender's NAT allocates ports in order, the sender has just learned (by STUN) the port of
 //! one new mapping and opened the next one towards the receiver, which probes the ports after.
+//!
+//! `PathChallenge` and `PathResponse` validate a new direct address of the peer before the
+//! session's packets go there (RFC 9000 §8.2 in spirit, at natkit's link layer): the
+//! challenge is padded to [`PATH_FRAME_LEN`], the response's length, so answering one never
+//! amplifies; the response's MAC is keyed by the PAKE ([`crate::proto::punch::path`]).
 //!
 //! An address is `family (4 or 6) | ip (4 or 16) | port (u16)`.
 //!
@@ -70,6 +77,9 @@ pub const MAX_CANDIDATES: usize = 8;
 pub const MAX_PAYLOAD: usize = 1400;
 /// Length of a session id: derived by clients from the public part of their code.
 pub const SESSION_LEN: usize = 16;
+/// Length of a `PathChallenge` and of a `PathResponse` (the challenge is padded to the
+/// response's length: no amplification).
+pub const PATH_FRAME_LEN: usize = 4 + SESSION_LEN + 16 + 32;
 
 /// A session id.
 pub type SessionId = [u8; SESSION_LEN];
@@ -287,6 +297,22 @@ pub enum Frame {
         tx: u64,
         /// Where the probe came from, as the answering peer saw it.
         observed: SocketAddr,
+    },
+    /// Is the peer at the address this comes from? (padded to [`PATH_FRAME_LEN`]).
+    PathChallenge {
+        /// Session id.
+        session: SessionId,
+        /// Echoed in the response.
+        nonce: [u8; 16],
+    },
+    /// Answer to a [`Frame::PathChallenge`], sent to its source.
+    PathResponse {
+        /// Session id.
+        session: SessionId,
+        /// From the challenge.
+        nonce: [u8; 16],
+        /// HMAC-SHA256 under a key derived from the PAKE key.
+        mac: [u8; 32],
     },
 }
 
@@ -534,6 +560,19 @@ impl Frame {
                 session: r.array()?,
                 port: r.u16()?,
             },
+            20 => {
+                let f = Frame::PathChallenge {
+                    session: r.array()?,
+                    nonce: r.array()?,
+                };
+                r.take(32)?;
+                f
+            }
+            21 => Frame::PathResponse {
+                session: r.array()?,
+                nonce: r.array()?,
+                mac: r.array()?,
+            },
             t => return Err(ParseError::UnknownType(t)),
         };
         r.end()?;
@@ -684,6 +723,22 @@ impl Frame {
                 out.extend_from_slice(session);
                 out.extend_from_slice(&tx.to_be_bytes());
                 put_addr(&mut out, observed);
+            }
+            Frame::PathChallenge { session, nonce } => {
+                out.push(20);
+                out.extend_from_slice(session);
+                out.extend_from_slice(nonce);
+                out.resize(PATH_FRAME_LEN, 0);
+            }
+            Frame::PathResponse {
+                session,
+                nonce,
+                mac,
+            } => {
+                out.push(21);
+                out.extend_from_slice(session);
+                out.extend_from_slice(nonce);
+                out.extend_from_slice(mac);
             }
         }
         out

@@ -86,6 +86,15 @@ fn samples() -> Vec<Frame> {
             tx: 9,
             observed: a,
         },
+        Frame::PathChallenge {
+            session: [1; 16],
+            nonce: [6; 16],
+        },
+        Frame::PathResponse {
+            session: [1; 16],
+            nonce: [6; 16],
+            mac: [7; 32],
+        },
     ]
 }
 
@@ -117,6 +126,21 @@ fn truncations_and_extensions_are_rejected() {
             assert!(Frame::parse(&longer).is_err(), "{f:?} extended");
         }
     }
+}
+
+#[test]
+fn a_path_challenge_is_as_long_as_its_response() {
+    let c = Frame::PathChallenge {
+        session: [1; 16],
+        nonce: [2; 16],
+    };
+    let r = Frame::PathResponse {
+        session: [1; 16],
+        nonce: [2; 16],
+        mac: [3; 32],
+    };
+    assert_eq!(c.emit().len(), PATH_FRAME_LEN);
+    assert_eq!(r.emit().len(), PATH_FRAME_LEN);
 }
 
 #[test]
