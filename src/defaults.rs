@@ -176,6 +176,10 @@ pub const ICMP_ECHO_INTERVAL: Duration = Duration::from_secs(2);
 /// arrives (the first may come before the listener's NAT has the mapping).
 pub const ICMP_KNOCK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// `--icmp`: the listener's raw socket is read with this timeout, so it also sends its echo
+/// requests on time ([`ICMP_ECHO_INTERVAL`]) while no ICMP arrives.
+pub const ICMP_POLL: Duration = Duration::from_millis(200);
+
 /// `--icmp`: the default echo target, pwnat's: an address where nothing answers, so the
 /// echo requests never get replies that would close the NAT's mapping. Tests point it into
 /// the lab.
@@ -324,6 +328,9 @@ pub const NAT_EXCHANGE_RESEND: Duration = Duration::from_secs(1);
 /// The NAT classification exchange: a repeated class from the peer is answered at most this
 /// often (so that two sides never bounce frames).
 pub const NAT_EXCHANGE_ANSWER_GAP: Duration = Duration::from_millis(500);
+/// `--manual --portmap`: how much longer than the router's own answer bound the offer waits
+/// for the mapped port (the mapping task starts a moment after the offer's STUN query).
+pub const PUNCH_PORTMAP_OFFER_GRACE: Duration = Duration::from_millis(300);
 /// The punch control loop wakes at least this often, to notice a dead direct path soon.
 pub const CONTROL_TICK: Duration = Duration::from_millis(250);
 /// QUIC's idle timeout: generous, so a NAT rebinding or a path change is a stall that the

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -162,11 +162,7 @@ impl Control {
     pub(super) async fn wait(&mut self) -> Result<bool, PunchError> {
         let now = Instant::now();
         let wake = [
-            Some(
-                self.puncher
-                    .poll_timeout()
-                    .unwrap_or(now + Duration::from_secs(1)),
-            ),
+            self.puncher.poll_timeout(),
             Some(now + CONTROL_TICK),
             self.auth.poll_timeout(),
             self.birthday.as_ref().and_then(|r| r.b.poll_timeout()),

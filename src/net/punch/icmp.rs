@@ -90,7 +90,7 @@ pub async fn await_connector(
                 next_echo = Instant::now() + ICMP_ECHO_INTERVAL;
             }
             if let Ok(Some((p, IpAddr::V4(from)))) =
-                it.next_with_timeout(Duration::from_millis(200))
+                it.next_with_timeout(crate::defaults::ICMP_POLL)
             {
                 if let Some(port) = icmp::parse_time_exceeded(&session, echo_target, p.packet()) {
                     // A connector behind a NAT of its own sends its ICMP untranslated (its

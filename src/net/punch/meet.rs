@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -224,7 +224,8 @@ pub(super) async fn prepare(
                 }
             }
             if opts.portmap {
-                let wait = crate::defaults::PORTMAP_TIMEOUT + Duration::from_millis(300);
+                let wait =
+                    crate::defaults::PORTMAP_TIMEOUT + crate::defaults::PUNCH_PORTMAP_OFFER_GRACE;
                 if let Ok(Some((external, via))) =
                     tokio::time::timeout(wait, mapped_rx.recv()).await
                 {
