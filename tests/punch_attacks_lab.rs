@@ -5,23 +5,13 @@
 mod common;
 
 use common::lab::{Kind, Lab};
+use common::punch::{at_relay as live, is_direct};
 use natkit::proto::punch::code::Code;
 use natkit::proto::punch::pake::Pake;
 use natkit::wire::rendezvous::{Frame, Role};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-
-fn live(lab: &Lab, node: &str, args: &[&str]) -> common::punch::Live {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--relay", lab.get("PUB_IP"), "--json"]);
-    common::punch::live(lab, node, &all)
-}
-
-fn is_direct(v: &Value) -> bool {
-    v["event"] == "connected" && v["path"] == "direct"
-}
 
 /// Pseudo-random bytes (xorshift), so a corrupted transfer cannot pass by accident.
 fn noise(n: usize, mut seed: u64) -> Vec<u8> {

@@ -3,20 +3,10 @@
 mod common;
 
 use common::lab::{Kind, Lab};
+use common::punch::{at_relay as live, is_direct};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
-
-/// A punch side meeting at the lab's relay, JSON events while it runs.
-fn live(lab: &Lab, node: &str, args: &[&str]) -> common::punch::Live {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--relay", lab.get("PUB_IP"), "--json"]);
-    common::punch::live(lab, node, &all)
-}
-
-fn is_direct(v: &Value) -> bool {
-    v["event"] == "connected" && v["path"] == "direct"
-}
 
 /// One session: both sides connect (through the relay first), `method` (birthday probing or
 /// port prediction) finds a direct path; then 64 KiB each way must arrive intact over it.

@@ -50,6 +50,20 @@ pub fn live(lab: &Lab, node: &str, args: &[&str]) -> Live {
     }
 }
 
+/// A punch side meeting at the lab's relay (on `pub`), JSON events while it runs.
+#[allow(dead_code)]
+pub fn at_relay(lab: &Lab, node: &str, args: &[&str]) -> Live {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--relay", lab.get("PUB_IP"), "--json"]);
+    live(lab, node, &all)
+}
+
+/// A `connected` event on the direct path.
+#[allow(dead_code)]
+pub fn is_direct(v: &Value) -> bool {
+    v["event"] == "connected" && v["path"] == "direct"
+}
+
 impl Live {
     /// Waits up to `limit` for an event matching `want`.
     pub fn wait_for(&mut self, limit: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
