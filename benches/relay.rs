@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natkit::wire::rendezvous::{Frame, Role};
+use natkit::wire::rendezvous::{Frame, Role, Trailer};
 use tokio::net::UdpSocket;
 
 fn env_or(k: &str, d: u64) -> u64 {
@@ -39,16 +39,22 @@ async fn register(s: &UdpSocket, relay: SocketAddr, session: [u8; 16], role: Rol
         peer,
         token: vec![],
         candidates: vec![],
-    }
-    .emit();
+    };
+    // The relay answers a first UDP Register with its cookie; the Register then echoes it.
+    let mut t = Trailer {
+        tx: u64::from_be_bytes(peer),
+        cookie: vec![],
+    };
     let mut buf = [0u8; 256];
     for _ in 0..20 {
-        s.send_to(&f, relay).await.unwrap();
+        s.send_to(&f.emit_with(Some(&t)), relay).await.unwrap();
         if let Ok(Ok((n, _))) =
             tokio::time::timeout(Duration::from_millis(200), s.recv_from(&mut buf)).await
         {
-            if matches!(Frame::parse(&buf[..n]), Ok(Frame::Registered { .. })) {
-                return;
+            match Frame::parse_with(&buf[..n]) {
+                Ok((Frame::Registered { .. }, _)) => return,
+                Ok((Frame::Cookie, Some(c))) => t.cookie = c.cookie,
+                _ => {}
             }
         }
     }

@@ -401,3 +401,14 @@ pub const RELAY_TOKEN_MAX_SECS: u64 = 30 * 86_400;
 /// Shortest `--secret` (bytes): 128 bits from a random hex string; shorter ones fall to
 /// offline guessing by anyone who holds one token.
 pub const RELAY_SECRET_MIN_LEN: usize = 16;
+
+// --- relay (return routability) ---
+
+/// A relay cookie is made for one window of this many seconds and accepted in that window and
+/// the next: long enough for a slow client's retry, short enough that a cookie seen on the
+/// path soon stops working. Punch refreshes its registration every 15 s, so it renews its
+/// cookie at most once a window, one extra round trip.
+pub const RELAY_COOKIE_WINDOW_SECS: u64 = 60;
+
+/// Bytes of HMAC-SHA256 in a relay cookie: 128 bits, no guessing it from off the path.
+pub const RELAY_COOKIE_LEN: usize = 16;

@@ -10,14 +10,21 @@
 //! - everything sent because of one unauthenticated request (all answers together, to every
 //!   recipient) is at most [`MAX_AMPLIFICATION`] times the request; for a `Register` this
 //!   bounds how many of the other peer's candidates go out (see [`MAX_AMPLIFICATION`]);
-//! - PADDING (RFC 5780 §7.6) is refused: it exists to make responses bigger.
+//! - PADDING (RFC 5780 §7.6) is refused: it exists to make responses bigger;
+//! - over UDP, a `Register` or `DialBack` gets a slot or a probe only when it echoes the
+//!   cookie for its source address ([`cookie`]); until then the answer is a cookie, smaller
+//!   than the request, so spoofed sources cannot hold slots or fill `--max-sessions`;
+//! - answers to a request that carries a transaction id echo it, so clients can ignore what
+//!   an off-path host forges from the relay's address.
 
 //!
 //! The core is split by concern: [`binding`] (STUN and RFC 5780), [`rendezvous`] (meeting,
 //! nameplates and start signals), [`sessions`] (relaying, quotas and expiry), [`limits`]
-//! (per-source rate limits), [`dialback`], [`token`] (access tokens) and [`metrics`].
+//! (per-source rate limits), [`dialback`], [`cookie`] (return routability), [`token`]
+//! (access tokens) and [`metrics`].
 
 mod binding;
+mod cookie;
 mod dialback;
 mod limits;
 mod metrics;
@@ -30,11 +37,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::defaults;
 use crate::wire::netaddr;
-use crate::wire::rendezvous::{ErrorCode, Frame, SessionId};
+use crate::wire::rendezvous::{ErrorCode, Frame, SessionId, Trailer};
 use crate::wire::stun;
 
 pub use limits::{source_key, Throttle};
@@ -217,8 +224,12 @@ pub struct Relay {
     out: VecDeque<Output>,
     metrics: Metrics,
     next_sweep: Instant,
-    /// Every random choice (ping nonces) comes from here: seeded by the driver, fixed in tests.
+    /// Every random choice (ping nonces, the cookie key) comes from here: seeded by the
+    /// driver, fixed in tests.
     rng: StdRng,
+    cookies: cookie::Cookies,
+    /// The transaction id of the request being handled, echoed in its answers.
+    req_tx: Option<u64>,
 }
 
 /// The current time as the relay needs it: monotonic for timers, Unix seconds for tokens.
@@ -234,7 +245,10 @@ impl Relay {
     /// A relay with this configuration; `seed` seeds its random choices (the driver passes a
     /// random one, tests a fixed one).
     pub fn new(cfg: RelayConfig, now: Instant, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
         Relay {
+            cookies: cookie::Cookies::new(rng.gen()),
+            req_tx: None,
             locals: cfg.locals(),
             cfg,
             buckets: BucketTable::default(),
@@ -249,7 +263,7 @@ impl Relay {
             out: VecDeque::new(),
             metrics: Metrics::default(),
             next_sweep: now + defaults::RELAY_SWEEP_INTERVAL,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
         }
     }
 
@@ -281,8 +295,8 @@ impl Relay {
                 self.metrics.drop(DropReason::Malformed);
                 return;
             }
-            match Frame::parse(data) {
-                Ok(f) => self.on_frame(now, Path::Udp { local }, from, f, data.len()),
+            match Frame::parse_with(data) {
+                Ok((f, t)) => self.on_frame(now, Path::Udp { local }, from, f, t, data.len()),
                 Err(_) => self.metrics.drop(DropReason::Malformed),
             }
             return;
@@ -309,8 +323,8 @@ impl Relay {
             }
             return;
         }
-        match Frame::parse(frame) {
-            Ok(f) => self.on_frame(now, Path::Tcp(conn), from, f, frame.len()),
+        match Frame::parse_with(frame) {
+            Ok((f, t)) => self.on_frame(now, Path::Tcp(conn), from, f, t, frame.len()),
             Err(_) => self.metrics.drop(DropReason::Malformed),
         }
     }
@@ -339,15 +353,18 @@ impl Relay {
         why: DropReason,
     ) {
         self.metrics.drop(why);
-        self.reply(
-            path,
-            to,
-            &Frame::Error {
-                code,
-                reason: reason.to_string(),
-            },
-        );
+        let f = Frame::Error {
+            code,
+            reason: reason.to_string(),
+        };
+        self.send(path, to, f.emit_with(answer_trailer(self.req_tx).as_ref()));
     }
+}
+
+/// The trailer of an answer to a request with transaction id `tx` (none: no trailer, for
+/// clients that send none).
+fn answer_trailer(tx: Option<u64>) -> Option<Trailer> {
+    tx.map(|tx| Trailer { tx, cookie: vec![] })
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use rand::Rng;
 
 use super::sessions::{idx, release, Session, Slot};
 use super::token::token_valid;
-use super::{source_key, DropReason, Now, Path, Relay, MAX_AMPLIFICATION};
-use crate::wire::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId};
+use super::{answer_trailer, source_key, DropReason, Now, Path, Relay, MAX_AMPLIFICATION};
+use crate::wire::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId, Trailer};
 
 /// Wire size of an address in a frame: family (1), IP (4 or 16), port (2).
 fn addr_wire_len(a: &SocketAddr) -> usize {
@@ -57,9 +57,43 @@ impl Relay {
         path: Path,
         from: SocketAddr,
         f: Frame,
+        t: Option<Trailer>,
+        len: usize,
+    ) {
+        self.req_tx = t.as_ref().map(|t| t.tx);
+        self.dispatch(now, path, from, f, t, len);
+        self.req_tx = None;
+    }
+
+    /// Over UDP, whether the request echoes the cookie for its source; if not, the answer is
+    /// a fresh cookie (smaller than any `Register` or `DialBack`) and nothing else happens.
+    fn routable(&mut self, now: Now, path: Path, from: SocketAddr, t: Option<&Trailer>) -> bool {
+        if matches!(path, Path::Tcp(_))
+            || t.is_some_and(|t| self.cookies.valid(from, &t.cookie, now.unix))
+        {
+            return true;
+        }
+        self.metrics.cookies_sent += 1;
+        let answer = Trailer {
+            tx: t.map_or(0, |t| t.tx),
+            cookie: self.cookies.make(from, now.unix),
+        };
+        self.send(path, from, Frame::Cookie.emit_with(Some(&answer)));
+        false
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Now,
+        path: Path,
+        from: SocketAddr,
+        f: Frame,
+        t: Option<Trailer>,
         len: usize,
     ) {
         match f {
+            Frame::Register { .. } | Frame::DialBack { .. }
+                if !self.routable(now, path, from, t.as_ref()) => {}
             Frame::Register {
                 session,
                 role,
@@ -235,6 +269,7 @@ impl Relay {
                 x.path = path;
                 x.candidates = candidates;
                 x.last_seen = now.mono;
+                x.tx = self.req_tx;
             }
             slot @ None => {
                 *self.per_source.entry(key).or_default() += 1;
@@ -246,6 +281,7 @@ impl Relay {
                     last_seen: now.mono,
                     ping: None,
                     rtt: None,
+                    tx: self.req_tx,
                 });
             }
         }
@@ -256,7 +292,7 @@ impl Relay {
             observed: from,
             peer_present: other.is_some(),
         }
-        .emit();
+        .emit_with(answer_trailer(me.tx).as_ref());
         let Some(o) = other else {
             return self.send(path, from, registered);
         };
@@ -264,7 +300,7 @@ impl Relay {
             observed: me.observed,
             candidates: me.candidates,
         }
-        .emit();
+        .emit_with(answer_trailer(o.tx).as_ref());
         // With --secret, reaching here means the token was valid: authenticated, unbounded.
         let theirs = if self.cfg.secret.is_some() {
             o.candidates
@@ -273,7 +309,7 @@ impl Relay {
                 observed: o.observed,
                 candidates: vec![],
             }
-            .emit()
+            .emit_with(answer_trailer(me.tx).as_ref())
             .len();
             let spent = registered.len() + to_other.len() + bare;
             let budget = (len * MAX_AMPLIFICATION).saturating_sub(spent);
@@ -291,7 +327,7 @@ impl Relay {
             observed: o.observed,
             candidates: theirs,
         }
-        .emit();
+        .emit_with(answer_trailer(me.tx).as_ref());
         self.send(path, from, registered);
         self.send(me.path, me.observed, to_me);
         self.send(o.path, o.observed, to_other);

@@ -18,6 +18,8 @@ pub(super) struct Slot {
     pub(super) last_seen: Instant,
     pub(super) ping: Option<(u64, Instant)>,
     pub(super) rtt: Option<Duration>,
+    /// The transaction id of the peer's last `Register`, echoed in what it is sent.
+    pub(super) tx: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +199,8 @@ impl Relay {
         // Quotas: at most `session_bytes` relayed, and nothing from `created + session_secs`
         // on. The datagram that would go beyond either ends the session; its sender is told.
         if s.bytes > max_bytes || now.mono.saturating_duration_since(s.created) >= max_life {
+            // The sender is told under the transaction id of its registration.
+            self.req_tx = s.slots[i].as_ref().and_then(|x| x.tx);
             if let Some(s) = self.sessions.remove(session) {
                 release_all(&mut self.per_source, &s);
             }
@@ -207,6 +211,7 @@ impl Relay {
                 "session quota used up",
                 DropReason::Limit,
             );
+            self.req_tx = None;
             return None;
         }
         self.metrics.relayed_packets += 1;

@@ -37,6 +37,14 @@
 //! | 17 | `NatInfo` | peer → peer | session id (16), mapping (1), filtering (1), allocation (1), flags (1), step (1, signed) |
 //! | 18 | `TcpOffer` | peer → peer | session id (16), armed (1), address: the sender's TCP endpoint as the relay saw it |
 //! | 19 | `Predict` | peer → peer | session id (16), port (u16): the sender's sequential NAT gave this port to its last mapping |
+//! | 22 | `Cookie` | relay → client | empty: the cookie is in the [`Trailer`]; echo it to be served over UDP |
+//!
+//! `Register`, `Sync`, `DialBack`, `Registered`, `Peer`, `Error` and `Cookie` may end with a
+//! [`Trailer`]: `tx (8) | cookie (len u8 + bytes)`. A client's random `tx` comes back in
+//! every answer, so an off-path host that forges the relay's address cannot abort or
+//! redirect a session; the relay's stateless `cookie` (an HMAC of the client's address and a
+//! time window) proves over UDP that the client receives at that address before it gets any
+//! state or work (return routability; DTLS's HelloVerifyRequest, RFC 6347 §4.2.1).
 //!
 //! `NatInfo` carries the sender's NAT classification (RFC 4787 classes: 0 unknown,
 //! 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 no NAT;
@@ -76,6 +84,15 @@ pub type SessionId = [u8; SESSION_LEN];
 /// A random per-client-instance id, so a re-registration from a new address is recognised as
 /// the same peer and a different peer cannot take the slot.
 pub type PeerId = [u8; 8];
+
+/// The optional end of a request or answer (see the module docs): transaction id and cookie.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trailer {
+    /// The client's random transaction id, echoed in the relay's answers.
+    pub tx: u64,
+    /// The relay's return-routability cookie (empty in answers other than `Cookie`).
+    pub cookie: Vec<u8>,
+}
 
 /// Which side of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -238,6 +255,8 @@ pub enum Frame {
         /// The SPAKE2 message.
         msg: Vec<u8>,
     },
+    /// Echo the cookie in this frame's [`Trailer`] to be served over UDP.
+    Cookie,
     /// Key confirmation: the sender's QUIC certificate fingerprint, MACed with the PAKE key.
     Confirm {
         /// Session id.
@@ -403,8 +422,38 @@ fn put_bytes8(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 impl Frame {
-    /// Parses one frame (the whole datagram, or one TCP frame without its length prefix).
+    /// Parses one frame (the whole datagram, or one TCP frame without its length prefix),
+    /// ignoring a [`Trailer`].
     pub fn parse(buf: &[u8]) -> Result<Frame, ParseError> {
+        Frame::parse_with(buf).map(|(f, _)| f)
+    }
+
+    /// Whether this frame type may end with a [`Trailer`].
+    fn takes_trailer(&self) -> bool {
+        matches!(
+            self,
+            Frame::Register { .. }
+                | Frame::Sync { .. }
+                | Frame::DialBack { .. }
+                | Frame::Registered { .. }
+                | Frame::Peer { .. }
+                | Frame::Error { .. }
+                | Frame::Cookie
+        )
+    }
+
+    /// Encodes the frame, with `t` at its end when its type takes a [`Trailer`].
+    pub fn emit_with(&self, t: Option<&Trailer>) -> Vec<u8> {
+        let mut out = self.emit();
+        if let Some(t) = t.filter(|_| self.takes_trailer()) {
+            out.extend_from_slice(&t.tx.to_be_bytes());
+            put_bytes8(&mut out, &t.cookie);
+        }
+        out
+    }
+
+    /// Parses one frame and its [`Trailer`], if any.
+    pub fn parse_with(buf: &[u8]) -> Result<(Frame, Option<Trailer>), ParseError> {
         if !is_frame(buf) {
             return Err(ParseError::NotOurs);
         }
@@ -534,10 +583,18 @@ impl Frame {
                 session: r.array()?,
                 port: r.u16()?,
             },
+            22 => Frame::Cookie,
             t => return Err(ParseError::UnknownType(t)),
         };
+        let t = if f.takes_trailer() && !r.buf.is_empty() {
+            let tx = r.u64()?;
+            let cookie = r.bytes8()?.to_vec();
+            Some(Trailer { tx, cookie })
+        } else {
+            None
+        };
         r.end()?;
-        Ok(f)
+        Ok((f, t))
     }
 
     /// Encodes the frame.
@@ -685,6 +742,7 @@ impl Frame {
                 out.extend_from_slice(&tx.to_be_bytes());
                 put_addr(&mut out, observed);
             }
+            Frame::Cookie => out.push(22),
         }
         out
     }
