@@ -412,3 +412,8 @@ pub const RELAY_COOKIE_WINDOW_SECS: u64 = 60;
 
 /// Bytes of HMAC-SHA256 in a relay cookie: 128 bits, no guessing it from off the path.
 pub const RELAY_COOKIE_LEN: usize = 16;
+
+/// Most nameplates a listener draws before giving up: with [`crate::proto::punch::code`]'s
+/// seven digits, even 100,000 listeners at once make a draw fail 1 time in 100, so eight
+/// failures in a row mean the relay is full or someone holds nameplates on purpose.
+pub const NAMEPLATE_DRAWS: usize = 8;

@@ -159,8 +159,14 @@ pub(super) async fn prepare(
     // meet; the TCP punch itself starts once the peer is authenticated.
     let tcp_endpoint = (opts.tcp && manual.is_none())
         .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay)));
-    let session = opts.code.session_id();
-    let peer_id: crate::wire::rendezvous::PeerId = rand::random();
+    // A listener with a code natkit drew shows it once the relay gave it the nameplate.
+    let (code, peer_id) =
+        if opts.role == Role::Listener && manual.is_none() && opts.code.is_generated() {
+            super::nameplate::claim(&sock, relay, &opts.token, opts.code.clone()).await?
+        } else {
+            (opts.code.clone(), rand::random())
+        };
+    let session = code.session_id();
     let cfg = PunchConfig {
         relay,
         session,
@@ -173,7 +179,7 @@ pub(super) async fn prepare(
     };
     if opts.role == Role::Listener {
         emit.send(&Event::Code {
-            code: opts.code.to_string(),
+            code: code.to_string(),
         });
     }
     // --manual: print our offer (server-reflexive first, then a router-mapped port, then
@@ -271,7 +277,7 @@ pub(super) async fn prepare(
     let (bday_tx, bday_rx) = mpsc::channel(1024);
     let (tcp_notes_tx, tcp_notes_rx) = mpsc::channel(16);
     let now = Instant::now();
-    let pake = Pake::new(session, opts.role, &opts.code.password(), &cert_der);
+    let pake = Pake::new(session, opts.role, &code.password(), &cert_der);
     let mut c = Control {
         sock,
         wire: wire.clone(),

@@ -14,6 +14,7 @@ mod birthday;
 mod control;
 pub mod icmp;
 mod meet;
+mod nameplate;
 mod pipe;
 pub mod quic;
 mod runs;

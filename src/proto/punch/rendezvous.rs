@@ -47,6 +47,39 @@ pub enum RvEvent {
     RelayLost,
 }
 
+/// What a listener's claim of a nameplate natkit drew came to, from the first event of its
+/// registration (see [`crate::proto::punch::code::Code::is_generated`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The nameplate is ours: show the code.
+    Held,
+    /// The nameplate is taken, or a peer already waits there (a fresh one has none: a
+    /// collision or a squatter): draw another before showing anything.
+    DrawAgain,
+    /// The relay refused for another reason (a cap, the token): fatal, as it would be for
+    /// the session.
+    Refused(String),
+    /// No answer over UDP: go on as before (the session falls back to TCP).
+    GoOn,
+}
+
+impl Claim {
+    /// The claim's outcome once `e` arrived, if `e` decides it.
+    pub fn from_event(e: &RvEvent) -> Option<Claim> {
+        Some(match e {
+            RvEvent::Registered { peer_present, .. } if *peer_present => Claim::DrawAgain,
+            RvEvent::Registered { .. } => Claim::Held,
+            RvEvent::Refused {
+                code: ErrorCode::SessionBusy,
+                ..
+            } => Claim::DrawAgain,
+            RvEvent::Refused { reason, .. } => Claim::Refused(reason.clone()),
+            RvEvent::RelayLost => Claim::GoOn,
+            _ => return None,
+        })
+    }
+}
+
 /// The rendezvous client: registers (and keeps the registration alive), answers the relay's
 /// RTT pings, asks for start signals and carries relayed data.
 ///

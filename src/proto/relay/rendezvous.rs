@@ -251,11 +251,17 @@ impl Relay {
         let i = idx(role);
         match &mut s.slots[i] {
             Some(x) if x.peer != peer => {
+                let reason = match role {
+                    Role::Listener => {
+                        "this nameplate is in use by another listener: choose another code"
+                    }
+                    Role::Connector => "another connector already joined with this code",
+                };
                 return self.error(
                     path,
                     from,
                     ErrorCode::SessionBusy,
-                    "this side of the session is taken",
+                    reason,
                     DropReason::Limit,
                 );
             }

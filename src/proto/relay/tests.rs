@@ -4,6 +4,7 @@ use super::DropReason as Drop;
 use super::*;
 use crate::wire::rendezvous::{Role, Trailer};
 use crate::wire::stun::Change;
+use rand::Rng;
 use std::time::Duration;
 
 fn sa(s: &str) -> SocketAddr {
@@ -1392,4 +1393,113 @@ fn answers_echo_the_transaction_id_of_their_request() {
         matches!(&out[..], [(_, Frame::Error { .. }, Some(33))]),
         "{out:?}"
     );
+}
+
+/// Runs one listener's nameplate claim (as `net::punch::nameplate` does) through the relay
+/// core: registers from `from` with a fresh peer id per draw, draws again while the outcome
+/// says so; returns the code it holds and how many draws it took.
+fn claim_through(
+    r: &mut Relay,
+    t: Instant,
+    from: SocketAddr,
+    rng: &mut rand::rngs::StdRng,
+) -> (crate::proto::punch::code::Code, usize) {
+    use crate::proto::punch::code::Code;
+    use crate::proto::punch::rendezvous::Claim;
+    use crate::proto::punch::{PunchConfig, RvClient};
+    let mut code = Code::generate(rng);
+    for draws in 1..=defaults::NAMEPLATE_DRAWS {
+        let mut rv = RvClient::new(
+            PunchConfig {
+                relay: sa(P),
+                session: code.session_id(),
+                role: Role::Listener,
+                peer: rng.gen(),
+                token: vec![],
+                candidates: vec![],
+                direct_timeout: Duration::from_secs(3),
+                keepalive: Duration::from_secs(15),
+            },
+            t,
+        );
+        let outcome = loop {
+            while let Some((_, b)) = rv.poll_transmit() {
+                r.handle_udp(now(t), sa(P), from, &b);
+            }
+            for o in drain(r) {
+                let (src, dst, b) = udp(&o);
+                if dst == from {
+                    rv.handle_datagram(t, src, b);
+                }
+            }
+            if let Some(c) =
+                std::iter::from_fn(|| rv.poll_event()).find_map(|e| Claim::from_event(&e))
+            {
+                break c;
+            }
+        };
+        match outcome {
+            Claim::Held => return (code, draws),
+            Claim::DrawAgain => code = Code::generate(rng),
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("no free nameplate");
+}
+
+/// Issue 12 #3: 10,000 concurrent listeners, each drawing its own code and claiming its
+/// nameplate before showing it, all hold distinct nameplates; a nameplate where a squatter
+/// waits is left for another draw, and the squatter's source holds no more than its cap.
+/// Before (999 nameplates, no claim): with 10,000 listeners at most 999 could hold one, and
+/// a squatter was paired with the first listener drawing its nameplate.
+#[test]
+fn ten_thousand_listeners_hold_distinct_nameplates_and_squatters_are_skipped() {
+    use rand::SeedableRng;
+    let t = Instant::now();
+    let mut r = Relay::new(cfg_with(|l| l.max_sessions = 20_000), t, 1);
+    // A squatter (one source) waits as connector on the nameplate the first listener's first
+    // draw will be, and on as many others as it may.
+    let mut peek = rand::rngs::StdRng::seed_from_u64(42);
+    let first = crate::proto::punch::code::Code::generate(&mut peek);
+    let squatter = sa("203.0.113.66:1000");
+    let mut held = 0;
+    for i in 0..100u32 {
+        let f = Frame::Register {
+            session: crate::proto::punch::code::Code::parse(&format!(
+                "{}-acid-acid",
+                first.nameplate + i
+            ))
+            .unwrap()
+            .session_id(),
+            role: Role::Connector,
+            peer: [66; 8],
+            token: vec![],
+            candidates: vec![],
+        };
+        r.handle_udp(now(t), sa(P), squatter, &echo(&r, squatter, &f));
+        held += frames(&drain(&mut r))
+            .iter()
+            .filter(|(_, f)| matches!(f, Frame::Registered { .. }))
+            .count();
+    }
+    assert_eq!(held, defaults::RELAY_SESSIONS_PER_SOURCE);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut nameplates = std::collections::HashSet::new();
+    let mut extra_draws = 0;
+    for i in 0..10_000u32 {
+        let from = SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 4000));
+        let (code, draws) = claim_through(&mut r, t, from, &mut rng);
+        if i == 0 {
+            assert_ne!(
+                code.nameplate, first.nameplate,
+                "the squatted nameplate was kept"
+            );
+            assert!(draws >= 2);
+        }
+        extra_draws += draws - 1;
+        assert!(nameplates.insert(code.nameplate), "{code} given twice");
+    }
+    assert_eq!(nameplates.len(), 10_000);
+    assert_eq!(r.sessions(), 10_000 + defaults::RELAY_SESSIONS_PER_SOURCE);
+    eprintln!("10,000 listeners: {extra_draws} extra draws");
 }
