@@ -32,7 +32,7 @@ mod rendezvous;
 mod sessions;
 mod token;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -221,6 +221,14 @@ pub struct Relay {
     sessions: HashMap<SessionId, Session>,
     /// Slots held per source key, kept as counters (no scan under the driver's lock).
     per_source: HashMap<IpAddr, usize>,
+    /// Timer queue of session ends (time quota), by instant: an entry whose session is gone
+    /// or was made again since is skipped when it comes up.
+    ends: BTreeSet<(Instant, SessionId)>,
+    /// Timer queue of late pongs (a sync's measuring round ends), likewise.
+    pongs: BTreeSet<(Instant, SessionId)>,
+    /// Sessions that have (or had) a slot on each TCP connection, so a closed connection
+    /// finds its slots without a scan; checked against the slots when used.
+    by_conn: HashMap<ConnId, HashSet<SessionId>>,
     out: VecDeque<Output>,
     metrics: Metrics,
     next_sweep: Instant,
@@ -260,6 +268,9 @@ impl Relay {
             warn_sources: Throttle::default(),
             sessions: HashMap::new(),
             per_source: HashMap::new(),
+            ends: BTreeSet::new(),
+            pongs: BTreeSet::new(),
+            by_conn: HashMap::new(),
             out: VecDeque::new(),
             metrics: Metrics::default(),
             next_sweep: now + defaults::RELAY_SWEEP_INTERVAL,

@@ -152,7 +152,7 @@ impl Relay {
                             release(&mut self.per_source, &x);
                         }
                         if s.slots.iter().all(|x| x.is_none()) {
-                            self.sessions.remove(&session);
+                            self.end_session(&session);
                         }
                     }
                 }
@@ -234,16 +234,15 @@ impl Relay {
             );
         }
         if existing.is_none() {
-            self.sessions.insert(
-                session,
-                Session {
-                    slots: [None, None],
-                    created: now.mono,
-                    bytes: 0,
-                    attempt: 0,
-                    sync_started: None,
-                },
-            );
+            let s = Session {
+                slots: [None, None],
+                created: now.mono,
+                bytes: 0,
+                attempt: 0,
+                sync_started: None,
+            };
+            self.session_started(session, &s);
+            self.sessions.insert(session, s);
             self.metrics.sessions_created += 1;
             tracing::info!(session = %hex8(&session), %from, ?role, "session created");
         }
@@ -294,6 +293,9 @@ impl Relay {
         self.metrics.rendezvous_requests += 1;
         let other = s.slots[1 - i].clone();
         let me = s.slots[i].clone().expect("set above");
+        if let Path::Tcp(conn) = path {
+            self.note_conn(conn, session);
+        }
         let registered = Frame::Registered {
             observed: from,
             peer_present: other.is_some(),
@@ -347,7 +349,10 @@ impl Relay {
             return;
         }
         s.attempt += 1;
-        s.sync_started = Some(now);
+        if let Some(old) = s.sync_started.replace(now) {
+            self.pongs.remove(&(Self::pong_deadline(old), session));
+        }
+        self.pongs.insert((Self::pong_deadline(now), session));
         let mut pings = Vec::new();
         for slot in s.slots.iter_mut().flatten() {
             let nonce: u64 = self.rng.gen();
@@ -366,7 +371,9 @@ impl Relay {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        s.sync_started = None;
+        if let Some(st) = s.sync_started.take() {
+            self.pongs.remove(&(Self::pong_deadline(st), session));
+        }
         let rtts: Vec<Option<Duration>> = s
             .slots
             .iter()
