@@ -306,11 +306,7 @@ impl Relay {
                 self.metrics.drop(DropReason::Malformed);
                 return;
             }
-            match Frame::parse_with(data) {
-                Ok((f, t)) => self.on_frame(now, Path::Udp { local }, from, f, t, data.len()),
-                Err(_) => self.metrics.drop(DropReason::Malformed),
-            }
-            return;
+            return self.on_bytes(now, Path::Udp { local }, from, data);
         }
         if !self.allowed(now.mono, from.ip()) {
             return;
@@ -334,8 +330,18 @@ impl Relay {
             }
             return;
         }
-        match Frame::parse_with(frame) {
-            Ok((f, t)) => self.on_frame(now, Path::Tcp(conn), from, f, t, frame.len()),
+        self.on_bytes(now, Path::Tcp(conn), from, frame);
+    }
+
+    /// A frame (datagram, or TCP frame without its prefix): handled with its transaction id
+    /// at hand for the answers.
+    fn on_bytes(&mut self, now: Now, path: Path, from: SocketAddr, data: &[u8]) {
+        match Frame::parse_with(data) {
+            Ok((f, t)) => {
+                self.req_tx = t.as_ref().map(|t| t.tx);
+                self.on_frame(now, path, from, f, t, data.len());
+                self.req_tx = None;
+            }
             Err(_) => self.metrics.drop(DropReason::Malformed),
         }
     }

@@ -51,20 +51,6 @@ fn hex8(s: &SessionId) -> String {
 }
 
 impl Relay {
-    pub(super) fn on_frame(
-        &mut self,
-        now: Now,
-        path: Path,
-        from: SocketAddr,
-        f: Frame,
-        t: Option<Trailer>,
-        len: usize,
-    ) {
-        self.req_tx = t.as_ref().map(|t| t.tx);
-        self.dispatch(now, path, from, f, t, len);
-        self.req_tx = None;
-    }
-
     /// Over UDP, whether the request echoes the cookie for its source; if not, the answer is
     /// a fresh cookie (smaller than any `Register` or `DialBack`) and nothing else happens.
     fn routable(&mut self, now: Now, path: Path, from: SocketAddr, t: Option<&Trailer>) -> bool {
@@ -82,7 +68,7 @@ impl Relay {
         false
     }
 
-    fn dispatch(
+    pub(super) fn on_frame(
         &mut self,
         now: Now,
         path: Path,

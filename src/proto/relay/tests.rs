@@ -415,38 +415,17 @@ fn dial_back_only_reaches_the_requester() {
     assert_eq!(dst, me, "UDP dial-back ignores the named port");
     assert_eq!(src, sa("203.0.113.11:3479"));
     assert_eq!(Frame::parse(b).unwrap(), Frame::Probe { nonce: 5 });
-    r.handle_udp(
-        now(t),
-        sa(P),
-        me,
-        &echo(
-            &r,
-            me,
-            &Frame::DialBack {
-                proto: 6,
-                port: 8080,
-                nonce: 6,
-            },
-        ),
-    );
+    let tcp_ask = Frame::DialBack {
+        proto: 6,
+        port: 8080,
+        nonce: 6,
+    };
+    r.handle_udp(now(t), sa(P), me, &echo(&r, me, &tcp_ask));
     assert!(
         matches!(drain(&mut r)[0], Output::DialTcp { dst, .. } if dst == sa("198.51.100.1:8080"))
     );
     for _ in 0..20 {
-        r.handle_udp(
-            now(t),
-            sa(P),
-            me,
-            &echo(
-                &r,
-                me,
-                &Frame::DialBack {
-                    proto: 6,
-                    port: 8080,
-                    nonce: 6,
-                },
-            ),
-        );
+        r.handle_udp(now(t), sa(P), me, &echo(&r, me, &tcp_ask));
     }
     let n = drain(&mut r)
         .iter()
