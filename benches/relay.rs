@@ -1,17 +1,23 @@
 //! Relay benchmark on loopback (run through `scripts/bench-relay`):
 //! 1. many concurrent relayed sessions for a while: packets lost below the caps, relay RSS;
 //! 2. forwarding throughput of 1,200-byte datagrams through the relay, as a ratio to sending
-//!    the same datagrams directly over loopback in the same run.
+//!    the same datagrams directly over loopback in the same run;
+//! 3. relay CPU under a Register flood: CPU seconds of the relay process per 10,000 requests
+//!    answered, for Registers without a cookie (what spoofed sources can send: each gets a
+//!    cookie), Registers with one (each makes a session) and, as the baseline of the same
+//!    run, STUN Binding requests.
 //!
 //! Environment: NATKIT_RELAY_BIN (the relay binary), BENCH_SESSIONS (default 1000),
-//! BENCH_SECS (default 30), BENCH_PPS (packets per second per peer, default 5).
+//! BENCH_SECS (default 30), BENCH_PPS (packets per second per peer, default 5), BENCH_FLOOD
+//! (requests per flood, default 50,000; each flood stops after 30 s).
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natkit::wire::rendezvous::{Frame, Role};
+use natkit::wire::rendezvous::{Frame, Role, Trailer};
+use natkit::wire::stun;
 use tokio::net::UdpSocket;
 
 fn env_or(k: &str, d: u64) -> u64 {
@@ -39,20 +45,69 @@ async fn register(s: &UdpSocket, relay: SocketAddr, session: [u8; 16], role: Rol
         peer,
         token: vec![],
         candidates: vec![],
-    }
-    .emit();
+    };
+    // The relay answers a first UDP Register with its cookie; the Register then echoes it.
+    let mut t = Trailer {
+        tx: u64::from_be_bytes(peer),
+        cookie: vec![],
+    };
     let mut buf = [0u8; 256];
     for _ in 0..20 {
-        s.send_to(&f, relay).await.unwrap();
+        s.send_to(&f.emit_with(Some(&t)), relay).await.unwrap();
         if let Ok(Ok((n, _))) =
             tokio::time::timeout(Duration::from_millis(200), s.recv_from(&mut buf)).await
         {
-            if matches!(Frame::parse(&buf[..n]), Ok(Frame::Registered { .. })) {
-                return;
+            match Frame::parse_with(&buf[..n]) {
+                Ok((Frame::Registered { .. }, _)) => return,
+                Ok((Frame::Cookie, Some(c))) => t.cookie = c.cookie,
+                _ => {}
             }
         }
     }
     panic!("registration failed");
+}
+
+/// User plus system CPU time of process `pid` so far (/proc/PID/stat, fields 14 and 15).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let ticks: u64 = stat[close + 2..]
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Sends `n` requests made by `make(i)` from `s`, at most 256 unanswered at a time, for at
+/// most 30 s; returns (answers, relay CPU seconds spent meanwhile).
+async fn flood(
+    s: &UdpSocket,
+    relay: SocketAddr,
+    pid: u32,
+    n: u32,
+    make: impl Fn(u32) -> Vec<u8>,
+) -> (u64, f64) {
+    let (mut sent, mut answered) = (0u32, 0u64);
+    let mut buf = [0u8; 2048];
+    let cpu0 = cpu_secs(pid);
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until && (sent < n || answered < sent as u64) {
+        while sent < n && (sent as u64) < answered + 256 {
+            let _ = s.send_to(&make(sent), relay).await;
+            sent += 1;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), s.recv_from(&mut buf)).await {
+            Ok(Ok(_)) => answered += 1,
+            // A lost request or answer: count it as answered so the window moves on.
+            _ => answered = sent as u64,
+        }
+    }
+    (answered, cpu_secs(pid) - cpu0)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -228,6 +283,70 @@ async fn main() {
         relayed / 1e6,
         relayed / direct
     );
+
+    // 3. Register flood: relay CPU per 10,000 requests, against STUN Binding in this run.
+    let n = env_or("BENCH_FLOOD", 50_000) as u32;
+    let pid = child.id();
+    let register_in = |i: u32| {
+        let mut session = [0xf1u8; 16];
+        session[..4].copy_from_slice(&i.to_be_bytes());
+        Frame::Register {
+            session,
+            role: Role::Listener,
+            peer: [9; 8],
+            token: vec![],
+            candidates: vec![],
+        }
+    };
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (stun_n, stun_cpu) = flood(&s, relay, pid, n, |i| {
+        let mut tid = [0u8; 12];
+        tid[..4].copy_from_slice(&i.to_be_bytes());
+        stun::binding_request(tid, stun::Change::NONE)
+    })
+    .await;
+    let (bare_n, bare_cpu) = flood(&s, relay, pid, n, |i| register_in(i).emit()).await;
+    // One cookie serves every Register from one socket within its window.
+    let mut t = Trailer {
+        tx: 9,
+        cookie: vec![],
+    };
+    s.send_to(&register_in(0).emit_with(Some(&t)), relay)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    if let Ok(Ok((k, _))) =
+        tokio::time::timeout(Duration::from_secs(1), s.recv_from(&mut buf)).await
+    {
+        if let Ok((Frame::Cookie, Some(c))) = Frame::parse_with(&buf[..k]) {
+            t.cookie = c.cookie;
+        }
+    }
+    let (full_n, full_cpu) = flood(&s, relay, pid, n, |i| register_in(i).emit_with(Some(&t))).await;
+    let per10k = |answered: u64, cpu: f64| cpu * 10_000.0 / answered.max(1) as f64;
+    let base = per10k(stun_n, stun_cpu);
+    println!(
+        "relay CPU per 10,000 requests: STUN Binding {:.3} s (baseline, {stun_n} answered)",
+        base
+    );
+    for (name, k, cpu) in [
+        (
+            "Register without cookie (spoofable; answered by a cookie)",
+            bare_n,
+            bare_cpu,
+        ),
+        (
+            "Register with cookie (each makes a session)",
+            full_n,
+            full_cpu,
+        ),
+    ] {
+        let v = per10k(k, cpu);
+        println!(
+            "relay CPU per 10,000 requests: {name} {v:.3} s, {:.1}x the baseline ({k} answered)",
+            v / base.max(1e-9)
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -433,3 +433,19 @@ pub const QUIC_PENDING_HANDSHAKES: usize = 4;
 pub const CODE_REUSE_MAX: usize = 256;
 /// How long a hand-made code is remembered: reuse within this long is warned about.
 pub const CODE_REUSE_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
+
+// --- relay (return routability) ---
+
+/// A relay cookie is made for one window of this many seconds and accepted in that window and
+/// the next: long enough for a slow client's retry, short enough that a cookie seen on the
+/// path soon stops working. Punch refreshes its registration every 15 s, so it renews its
+/// cookie at most once a window, one extra round trip.
+pub const RELAY_COOKIE_WINDOW_SECS: u64 = 60;
+
+/// Bytes of HMAC-SHA256 in a relay cookie: 128 bits, no guessing it from off the path.
+pub const RELAY_COOKIE_LEN: usize = 16;
+
+/// Most nameplates a listener draws before giving up: with [`crate::proto::punch::code`]'s
+/// seven digits, even 100,000 listeners at once make a draw fail 1 time in 100, so eight
+/// failures in a row mean the relay is full or someone holds nameplates on purpose.
+pub const NAMEPLATE_DRAWS: usize = 8;

@@ -3,10 +3,28 @@
 mod common;
 
 use common::lab::{Kind, Lab};
-use natkit::wire::rendezvous::{Frame, Role};
+use natkit::wire::rendezvous::{Frame, Role, Trailer};
 use natkit::wire::stun;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
+
+/// `f` as its sender sends it once it has the relay's cookie: over UDP the relay serves a
+/// Register or DialBack only so (the attacker here is not spoofing, so it gets one).
+fn with_cookie(s: &UdpSocket, relay: SocketAddr, f: Frame) -> Vec<u8> {
+    let mut t = Trailer {
+        tx: 1,
+        cookie: vec![],
+    };
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s.send_to(&f.emit_with(Some(&t)), relay).unwrap();
+    let mut b = [0u8; 2048];
+    let (n, _) = s.recv_from(&mut b).expect("the relay's cookie");
+    if let Ok((Frame::Cookie, Some(c))) = Frame::parse_with(&b[..n]) {
+        t.cookie = c.cookie;
+    }
+    f.emit_with(Some(&t))
+}
 
 #[test]
 fn relay_never_sends_to_a_third_address() {
@@ -38,37 +56,46 @@ fn relay_never_sends_to_a_third_address() {
     let attacks: Vec<(&UdpSocket, Vec<u8>)> = vec![
         (
             &a1,
-            Frame::Register {
-                session,
-                role: Role::Listener,
-                peer: [1; 8],
-                token: vec![],
-                candidates: evil.clone(),
-            }
-            .emit(),
+            with_cookie(
+                &a1,
+                relay_addr,
+                Frame::Register {
+                    session,
+                    role: Role::Listener,
+                    peer: [1; 8],
+                    token: vec![],
+                    candidates: evil.clone(),
+                },
+            ),
         ),
         (
             &a2,
-            Frame::Register {
-                session,
-                role: Role::Connector,
-                peer: [2; 8],
-                token: vec![],
-                candidates: evil.clone(),
-            }
-            .emit(),
+            with_cookie(
+                &a2,
+                relay_addr,
+                Frame::Register {
+                    session,
+                    role: Role::Connector,
+                    peer: [2; 8],
+                    token: vec![],
+                    candidates: evil.clone(),
+                },
+            ),
         ),
         // A forged join of a taken role, with the victim as candidate.
         (
             &a2,
-            Frame::Register {
-                session,
-                role: Role::Listener,
-                peer: [3; 8],
-                token: vec![],
-                candidates: evil.clone(),
-            }
-            .emit(),
+            with_cookie(
+                &a2,
+                relay_addr,
+                Frame::Register {
+                    session,
+                    role: Role::Listener,
+                    peer: [3; 8],
+                    token: vec![],
+                    candidates: evil.clone(),
+                },
+            ),
         ),
         (
             &a1,
@@ -88,21 +115,27 @@ fn relay_never_sends_to_a_third_address() {
         ),
         (
             &a1,
-            Frame::DialBack {
-                proto: 6,
-                port: 7000,
-                nonce: 1,
-            }
-            .emit(),
+            with_cookie(
+                &a1,
+                relay_addr,
+                Frame::DialBack {
+                    proto: 6,
+                    port: 7000,
+                    nonce: 1,
+                },
+            ),
         ),
         (
             &a1,
-            Frame::DialBack {
-                proto: 17,
-                port: 7000,
-                nonce: 2,
-            }
-            .emit(),
+            with_cookie(
+                &a1,
+                relay_addr,
+                Frame::DialBack {
+                    proto: 17,
+                    port: 7000,
+                    nonce: 2,
+                },
+            ),
         ),
         (&a1, stun::binding_request_response_port([1; 12], 7000)),
         (

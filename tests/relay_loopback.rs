@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use natkit::wire::rendezvous::{ErrorCode, Frame, Role};
+use natkit::wire::rendezvous::{ErrorCode, Frame, Role, Trailer};
 use natkit::wire::stun;
 
 struct Relay {
@@ -127,6 +127,27 @@ fn reg(session: u8, role: Role, peer: u8) -> Vec<u8> {
     .emit()
 }
 
+/// `f` with the relay's cookie for `s` (transaction id 1): sends it once without, and takes
+/// the cookie the relay answers with. Over UDP a Register or DialBack is served only so.
+fn with_cookie(s: &UdpSocket, f: &Frame, to: SocketAddr) -> Vec<u8> {
+    let mut t = Trailer {
+        tx: 1,
+        cookie: vec![],
+    };
+    s.send_to(&f.emit_with(Some(&t)), to).unwrap();
+    let mut b = [0u8; 2048];
+    let (n, _) = s.recv_from(&mut b).unwrap();
+    match Frame::parse_with(&b[..n]) {
+        Ok((Frame::Cookie, Some(c))) if c.tx == 1 => t.cookie = c.cookie,
+        other => panic!("expected a cookie, got {other:?}"),
+    }
+    f.emit_with(Some(&t))
+}
+
+fn reg_frame(session: u8, role: Role, peer: u8) -> Frame {
+    Frame::parse(&reg(session, role, peer)).unwrap()
+}
+
 fn tcp_send(s: &mut TcpStream, f: &Frame) {
     let b = f.emit();
     let mut v = (b.len() as u16).to_be_bytes().to_vec();
@@ -146,7 +167,8 @@ fn tcp_recv(s: &mut TcpStream) -> Frame {
 fn udp_peer_and_tcp_peer_meet_and_relay() {
     let r = relay(&[]);
     let a = client("127.0.0.1");
-    a.send_to(&reg(1, Role::Listener, 1), r.addr()).unwrap();
+    let req = with_cookie(&a, &reg_frame(1, Role::Listener, 1), r.addr());
+    a.send_to(&req, r.addr()).unwrap();
     assert!(matches!(
         recv_frame(&a),
         Some(Frame::Registered {
@@ -262,7 +284,8 @@ fn flood_is_limited_and_visible_while_another_source_is_served() {
 fn secret_refuses_requests_without_a_valid_token() {
     let r = relay(&["--secret", "hunter2-is-too-weak-so-this-is-longer"]);
     let a = client("127.0.0.1");
-    a.send_to(&reg(2, Role::Listener, 1), r.addr()).unwrap();
+    let req = with_cookie(&a, &reg_frame(2, Role::Listener, 1), r.addr());
+    a.send_to(&req, r.addr()).unwrap();
     assert!(matches!(
         recv_frame(&a),
         Some(Frame::Error {
@@ -293,7 +316,7 @@ fn secret_refuses_requests_without_a_valid_token() {
         token,
         candidates: vec![],
     };
-    a.send_to(&f.emit(), r.addr()).unwrap();
+    a.send_to(&with_cookie(&a, &f, r.addr()), r.addr()).unwrap();
     assert!(matches!(recv_frame(&a), Some(Frame::Registered { .. })));
     // Data from a stranger for that session goes nowhere.
     let stranger = client("127.0.0.2");
@@ -356,7 +379,8 @@ fn amplification_of_every_unauthenticated_request_is_bounded() {
     }
     // A minimal Register that joins a session whose other peer announced the most candidates
     // there may be, all IPv6: everything the relay sends because of it, to the sender and to
-    // the other peer, counts (unbounded, this was 176 + 12 bytes for 31).
+    // the other peer, counts (unbounded, this was 176 + 12 bytes for 31; with the cookie and
+    // transaction id it echoes, the smallest Register served over UDP is 56 bytes).
     let other = client("127.0.0.1");
     let many: Vec<SocketAddr> = (0..natkit::wire::rendezvous::MAX_CANDIDATES)
         .map(|i| {
@@ -372,7 +396,9 @@ fn amplification_of_every_unauthenticated_request_is_bounded() {
         token: vec![],
         candidates: many.clone(),
     };
-    other.send_to(&first.emit(), r.addr()).unwrap();
+    other
+        .send_to(&with_cookie(&other, &first, r.addr()), r.addr())
+        .unwrap();
     assert!(matches!(
         recv_frame(&other),
         Some(Frame::Registered {
@@ -380,8 +406,8 @@ fn amplification_of_every_unauthenticated_request_is_bounded() {
             ..
         })
     ));
-    let join = reg(10, Role::Connector, 11);
-    assert_eq!(join.len(), 31);
+    let join = with_cookie(&c, &reg_frame(10, Role::Connector, 11), r.addr());
+    assert_eq!(join.len(), 31 + 25);
     let (got, frames) = answered(&c, &[&other], &join, r.addr());
     check_factor(
         "register (joins a peer with 8 IPv6 candidates)",

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use std::time::Instant;
 
 fn frame_like() -> impl Strategy<Value = Vec<u8>> {
-    (0u8..16, proptest::collection::vec(any::<u8>(), 0..80)).prop_map(|(ty, body)| {
+    (0u8..24, proptest::collection::vec(any::<u8>(), 0..80)).prop_map(|(ty, body)| {
         let mut v = b"NK\x01".to_vec();
         v.push(ty);
         v.extend_from_slice(&body);
@@ -20,6 +20,10 @@ proptest! {
     fn parse_never_panics_and_roundtrips(data in prop_oneof![frame_like(), proptest::collection::vec(any::<u8>(), 0..200)]) {
         if let Ok(f) = Frame::parse(&data) {
             prop_assert_eq!(Frame::parse(&f.emit()), Ok(f));
+        }
+        // With its trailer (transaction id, cookie), too.
+        if let Ok((f, t)) = Frame::parse_with(&data) {
+            prop_assert_eq!(Frame::parse_with(&f.emit_with(t.as_ref())), Ok((f, t)));
         }
     }
 

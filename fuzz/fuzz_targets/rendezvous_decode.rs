@@ -9,6 +9,11 @@ fuzz_target!(|data: &[u8]| {
         // Whatever parses must re-emit to something that parses to the same frame.
         assert_eq!(natkit::wire::rendezvous::Frame::parse(&f.emit()), Ok(f));
     }
+    // With its trailer (transaction id, cookie), too.
+    if let Ok((f, t)) = natkit::wire::rendezvous::Frame::parse_with(data) {
+        let again = natkit::wire::rendezvous::Frame::parse_with(&f.emit_with(t.as_ref()));
+        assert_eq!(again, Ok((f, t)));
+    }
     let t = Instant::now();
     let cfg = RelayConfig {
         primary: "203.0.113.10:3478".parse().unwrap(),

@@ -488,7 +488,6 @@ impl PunchArgs {
         self,
     ) -> Result<(crate::net::punch::PunchOptions, bool, u8), PunchArgsError> {
         use crate::net::punch::quic::Mode;
-        let hand_made_code = matches!(&self.cmd, PunchCmd::Listen { code: Some(_), .. });
         let (common, role, code, mode, icmp) = match self.cmd {
             PunchCmd::Listen {
                 common,
@@ -597,7 +596,6 @@ impl PunchArgs {
                 portmap: !common.no_portmap,
                 hard: common.hard,
                 tcp: common.tcp,
-                hand_made_code,
             },
             common.json,
             common.verbose,

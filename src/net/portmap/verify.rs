@@ -11,7 +11,7 @@ use super::gateway::PortmapError;
 use super::state::Mapping;
 use crate::defaults;
 use crate::proto::portmap::{pcp, Proto};
-use crate::wire::rendezvous::Frame;
+use crate::wire::rendezvous::{Frame, Trailer};
 
 /// Whether a stranger got through.
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +27,44 @@ impl Verification {
         Verification {
             reachable: false,
             detail: format!("the relay refused the check: {reason}"),
+        }
+    }
+}
+
+/// The dial-back request: a transaction id of its own, and the relay's return-routability
+/// cookie once it sent one (the relay answers a UDP request without it with a cookie only).
+struct Ask {
+    frame: Frame,
+    trailer: Trailer,
+}
+
+/// What a datagram from the relay means for the request.
+enum Answer {
+    /// The relay refused, for this reason.
+    Refused(String),
+    /// A cookie arrived: send the request again now.
+    Resend,
+    /// Nothing of ours.
+    Nothing,
+}
+
+impl Ask {
+    fn bytes(&self) -> Vec<u8> {
+        self.frame.emit_with(Some(&self.trailer))
+    }
+
+    /// Only answers that echo our transaction id count: the relay's address can be forged.
+    fn answer(&mut self, data: &[u8]) -> Answer {
+        match Frame::parse_with(data) {
+            Ok((f, Some(t))) if t.tx == self.trailer.tx => match f {
+                Frame::Error { reason, .. } => Answer::Refused(reason),
+                Frame::Cookie if t.cookie != self.trailer.cookie => {
+                    self.trailer.cookie = t.cookie;
+                    Answer::Resend
+                }
+                _ => Answer::Nothing,
+            },
+            _ => Answer::Nothing,
         }
     }
 }
@@ -50,12 +88,17 @@ pub async fn verify(relay: &str, m: &Mapping) -> Result<Verification, PortmapErr
             m.internal.port()
         ),
     };
-    let request = Frame::DialBack {
-        proto: pcp::protocol_number(m.proto),
-        port: m.external_port,
-        nonce,
-    }
-    .emit();
+    let mut ask = Ask {
+        frame: Frame::DialBack {
+            proto: pcp::protocol_number(m.proto),
+            port: m.external_port,
+            nonce,
+        },
+        trailer: Trailer {
+            tx: rand::random(),
+            cookie: Vec::new(),
+        },
+    };
     let deadline = Instant::now() + defaults::PORTMAP_VERIFY_TIMEOUT;
     match m.proto {
         Proto::Tcp => {
@@ -82,7 +125,7 @@ pub async fn verify(relay: &str, m: &Mapping) -> Result<Verification, PortmapErr
                     }
                 }
             };
-            let refused = relay_refusal(&udp, relay, &request, deadline);
+            let refused = relay_refusal(&udp, relay, &mut ask, deadline);
             tokio::select! {
                 r = accept => {
                     let from = r?;
@@ -109,27 +152,28 @@ pub async fn verify(relay: &str, m: &Mapping) -> Result<Verification, PortmapErr
             let mut next_send = Instant::now();
             loop {
                 if Instant::now() >= next_send {
-                    udp.send_to(&request, relay).await?;
+                    udp.send_to(&ask.bytes(), relay).await?;
                     next_send = Instant::now() + defaults::PORTMAP_VERIFY_RESEND;
                 }
                 let wake = next_send.min(deadline);
                 tokio::select! {
                     r = udp.recv_from(&mut buf) => {
                         let (n, from) = r?;
-                        match Frame::parse(&buf[..n]) {
-                            Ok(Frame::Probe { nonce: x }) if x == nonce => {
-                                return Ok(Verification {
-                                    reachable: true,
-                                    detail: format!(
-                                        "a datagram from a stranger ({from}) reached {}",
-                                        m.internal
-                                    ),
-                                })
+                        if matches!(Frame::parse(&buf[..n]), Ok(Frame::Probe { nonce: x }) if x == nonce) {
+                            return Ok(Verification {
+                                reachable: true,
+                                detail: format!(
+                                    "a datagram from a stranger ({from}) reached {}",
+                                    m.internal
+                                ),
+                            });
+                        }
+                        if from == relay {
+                            match ask.answer(&buf[..n]) {
+                                Answer::Refused(reason) => return Ok(Verification::refused(reason)),
+                                Answer::Resend => next_send = Instant::now(),
+                                Answer::Nothing => {}
                             }
-                            Ok(Frame::Error { reason, .. }) if from == relay => {
-                                return Ok(Verification::refused(reason))
-                            }
-                            _ => {}
                         }
                     }
                     _ = tokio::time::sleep_until(wake.into()) => {
@@ -156,22 +200,29 @@ pub async fn verify(relay: &str, m: &Mapping) -> Result<Verification, PortmapErr
 async fn relay_refusal(
     udp: &UdpSocket,
     relay: SocketAddr,
-    request: &[u8],
+    ask: &mut Ask,
     deadline: Instant,
 ) -> Verification {
     let mut buf = [0u8; 1500];
     let mut sends = 0;
+    let mut resend = false;
     loop {
-        if sends < defaults::PORTMAP_VERIFY_TCP_SENDS {
-            let _ = udp.send_to(request, relay).await;
+        // The cookie's round trip does not count against the sends.
+        let again = std::mem::take(&mut resend);
+        if sends < defaults::PORTMAP_VERIFY_TCP_SENDS || again {
+            let _ = udp.send_to(&ask.bytes(), relay).await;
             sends += 1;
         }
         let wake = (Instant::now() + defaults::PORTMAP_VERIFY_RESEND).min(deadline);
         tokio::select! {
             r = udp.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
-                    if let (true, Ok(Frame::Error { reason, .. })) = (from == relay, Frame::parse(&buf[..n])) {
-                        return Verification::refused(reason);
+                    if from == relay {
+                        match ask.answer(&buf[..n]) {
+                            Answer::Refused(reason) => return Verification::refused(reason),
+                            Answer::Resend => resend = true,
+                            Answer::Nothing => {}
+                        }
                     }
                 }
             }

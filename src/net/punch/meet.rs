@@ -45,6 +45,9 @@ pub(super) struct Session {
     pub(super) listener: Option<tokio::net::TcpListener>,
     pub(super) cert: rcgen::CertifiedKey,
     pub(super) peer_id: crate::wire::rendezvous::PeerId,
+    /// The session id at the relay: the claimed nameplate's, which for a generated code may
+    /// not be the one first drawn.
+    pub(super) session: crate::wire::rendezvous::SessionId,
     pub(super) manual: bool,
     /// `--icmp` connector: knocks until the listener is heard.
     pub(super) knocking: Option<crate::net::punch::icmp::Stop>,
@@ -159,8 +162,14 @@ pub(super) async fn prepare(
     // meet; the TCP punch itself starts once the peer is authenticated.
     let tcp_endpoint = (opts.tcp && manual.is_none())
         .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay)));
-    let session = opts.code.session_id();
-    let peer_id: crate::wire::rendezvous::PeerId = rand::random();
+    // A listener with a code natkit drew shows it once the relay gave it the nameplate.
+    let (code, peer_id) =
+        if opts.role == Role::Listener && manual.is_none() && opts.code.is_generated() {
+            super::nameplate::claim(&sock, relay, &opts.token, opts.code.clone()).await?
+        } else {
+            (opts.code.clone(), rand::random())
+        };
+    let session = code.session_id();
     let cfg = PunchConfig {
         relay,
         session,
@@ -173,7 +182,7 @@ pub(super) async fn prepare(
     };
     if opts.role == Role::Listener {
         emit.send(&Event::Code {
-            code: opts.code.to_string(),
+            code: code.to_string(),
         });
     }
     // --manual: print our offer (server-reflexive first, then a router-mapped port, then
@@ -275,7 +284,7 @@ pub(super) async fn prepare(
     let pake = Pake::new(
         session,
         opts.role,
-        &opts.code.password(),
+        &code.password(),
         &cert_der,
         rand::random(),
     );
@@ -337,6 +346,7 @@ pub(super) async fn prepare(
         listener,
         cert,
         peer_id,
+        session,
         manual: manual.is_some(),
         knocking,
     };

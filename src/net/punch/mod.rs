@@ -14,6 +14,7 @@ mod birthday;
 mod control;
 pub mod icmp;
 mod meet;
+mod nameplate;
 mod pipe;
 pub mod quic;
 mod reuse;
@@ -188,9 +189,6 @@ pub struct PunchOptions {
     pub manual: Option<Manual>,
     /// Symmetric × symmetric: attempt birthday probing from both sides within its budget.
     pub hard: bool,
-    /// The code was chosen by hand (`listen --code`): remember it, and warn when it is
-    /// reused ([`crate::proto::punch::reuse`]).
-    pub hand_made_code: bool,
     /// After authenticating, try TCP hole punching ([`crate::proto::punch::tcp`]) and carry the
     /// pipe over TLS on the TCP connection when it works.
     pub tcp: bool,
@@ -278,7 +276,7 @@ where
 {
     let t0 = Instant::now();
     let emit = Emit::new(on_event);
-    if opts.hand_made_code && opts.role == Role::Listener {
+    if !opts.code.is_generated() && opts.role == Role::Listener {
         if let Some(message) = reuse::note_hand_made(&opts.code) {
             emit.send(&Event::Warning { message });
         }
@@ -368,7 +366,7 @@ where
     // Leave the session so the code's nameplate is free again at once.
     if !s.manual {
         let bye = Frame::Bye {
-            session: opts.code.session_id(),
+            session: s.session,
             peer: s.peer_id,
         };
         let _ = s.wire.send(s.wire.relay, bye.emit());

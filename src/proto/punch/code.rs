@@ -39,8 +39,12 @@ pub const WORDS: [&str; 256] = [
     "umbrella", "valley", "velvet", "violet", "volcano",
 ];
 
-/// Highest nameplate natkit picks by itself; users may choose any up to `u32::MAX`.
-pub const MAX_NAMEPLATE: u32 = 999;
+/// Highest nameplate natkit picks by itself (seven digits, over 23 bits); users may choose
+/// any up to `u32::MAX`. Wide enough that 10,000 listeners at once collide rarely (each new
+/// one with odds of 1 in 1,000) and that holding them all would take millions of slots at
+/// the relay; a collision or a squatter is then seen before the code is shown, and the
+/// listener draws another ([`Code::is_generated`]).
+pub const MAX_NAMEPLATE: u32 = 9_999_999;
 
 /// Why a code did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,13 +60,23 @@ pub enum CodeError {
     Word(String),
 }
 
-/// A punch code.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A punch code. Two codes are equal when they read the same: whether natkit drew one is
+/// not part of it.
+#[derive(Debug, Clone, Eq)]
 pub struct Code {
     /// Public part.
     pub nameplate: u32,
     /// Secret part: indices into [`WORDS`].
     pub words: [u8; 2],
+    /// Drawn by [`Code::generate`] (not typed): its nameplate may be replaced by a free one
+    /// before the code is shown.
+    generated: bool,
+}
+
+impl PartialEq for Code {
+    fn eq(&self, o: &Code) -> bool {
+        (self.nameplate, self.words) == (o.nameplate, o.words)
+    }
 }
 
 impl Code {
@@ -70,9 +84,17 @@ impl Code {
     pub fn generate(rng: &mut impl rand::RngCore) -> Code {
         use rand::Rng;
         Code {
-            nameplate: rng.gen::<u32>() % MAX_NAMEPLATE + 1,
+            nameplate: rng.gen_range(1..=MAX_NAMEPLATE),
             words: rng.gen(),
+            generated: true,
         }
+    }
+
+    /// Whether natkit drew this code: a listener then claims its nameplate at the relay
+    /// before showing it, and draws another when that one is taken or has a waiting peer
+    /// (a fresh nameplate has none: someone there is a collision or a squatter).
+    pub fn is_generated(&self) -> bool {
+        self.generated
     }
 
     /// Parses `7-lantern-harbor` (case-insensitive, surrounding spaces ignored).
@@ -95,6 +117,7 @@ impl Code {
         Ok(Code {
             nameplate,
             words: [idx(a)?, idx(b)?],
+            generated: false,
         })
     }
 
@@ -151,6 +174,7 @@ mod tests {
         }
         let c = Code::parse("  7-Lantern-HARBOR ").unwrap();
         assert_eq!(c.to_string(), "7-lantern-harbor");
+        assert!(!c.is_generated() && Code::generate(&mut rng).is_generated());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::defaults;
 use crate::proto::punch::PunchConfig;
 use crate::proto::stun::{Schedule, Transaction};
-use crate::wire::rendezvous::{ErrorCode, Frame};
+use crate::wire::rendezvous::{ErrorCode, Frame, Trailer};
 
 /// What the rendezvous client reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +47,54 @@ pub enum RvEvent {
     RelayLost,
 }
 
+/// What a listener's claim of a nameplate natkit drew came to, from the first event of its
+/// registration (see [`crate::proto::punch::code::Code::is_generated`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The nameplate is ours: show the code.
+    Held,
+    /// The nameplate is taken, or a peer already waits there (a fresh one has none: a
+    /// collision or a squatter): draw another before showing anything.
+    DrawAgain,
+    /// The relay refused for another reason (a cap, the token): fatal, as it would be for
+    /// the session.
+    Refused(String),
+    /// No answer over UDP: go on as before (the session falls back to TCP).
+    GoOn,
+}
+
+impl Claim {
+    /// The claim's outcome once `e` arrived, if `e` decides it.
+    pub fn from_event(e: &RvEvent) -> Option<Claim> {
+        Some(match e {
+            RvEvent::Registered { peer_present, .. } if *peer_present => Claim::DrawAgain,
+            RvEvent::Registered { .. } => Claim::Held,
+            RvEvent::Refused {
+                code: ErrorCode::SessionBusy,
+                ..
+            } => Claim::DrawAgain,
+            RvEvent::Refused { reason, .. } => Claim::Refused(reason.clone()),
+            RvEvent::RelayLost => Claim::GoOn,
+            _ => return None,
+        })
+    }
+}
+
 /// The rendezvous client: registers (and keeps the registration alive), answers the relay's
 /// RTT pings, asks for start signals and carries relayed data.
+///
+/// Its requests carry a transaction id, and it takes `Registered`, `Peer`, `Error` and
+/// `Cookie` only when they echo it: the relay's address alone is no proof, since an off-path
+/// host can forge it. Over UDP the relay first answers a `Register` with a return-routability
+/// cookie, which every later `Register` echoes ([`crate::wire::rendezvous::Trailer`]).
 #[derive(Debug)]
 pub struct RvClient {
     cfg: PunchConfig,
+    /// Transaction id: the peer id, which is already a random secret of this instance that
+    /// only the relay (and hosts on the path to it) see.
+    tx: u64,
+    /// The relay's last cookie for our address (empty before the first).
+    cookie: Vec<u8>,
     register: Option<Transaction>,
     registered: bool,
     next_keepalive: Option<Instant>,
@@ -66,6 +109,8 @@ impl RvClient {
     /// Starts registering at `now`.
     pub fn new(cfg: PunchConfig, now: Instant) -> Self {
         let mut c = RvClient {
+            tx: u64::from_be_bytes(cfg.peer),
+            cookie: Vec::new(),
             cfg,
             register: None,
             registered: false,
@@ -84,6 +129,8 @@ impl RvClient {
     /// no-op.
     pub fn inert(cfg: PunchConfig) -> Self {
         RvClient {
+            tx: u64::from_be_bytes(cfg.peer),
+            cookie: Vec::new(),
             cfg,
             register: None,
             registered: false,
@@ -115,7 +162,14 @@ impl RvClient {
             token: self.cfg.token.clone(),
             candidates: self.cfg.candidates.clone(),
         }
-        .emit()
+        .emit_with(Some(&self.trailer()))
+    }
+
+    fn trailer(&self) -> Trailer {
+        Trailer {
+            tx: self.tx,
+            cookie: self.cookie.clone(),
+        }
     }
 
     fn pump(&mut self, now: Instant) {
@@ -137,7 +191,7 @@ impl RvClient {
                     session: self.cfg.session,
                     peer: self.cfg.peer,
                 }
-                .emit();
+                .emit_with(Some(&self.trailer()));
                 self.out.push_back((self.cfg.relay, f));
             }
         }
@@ -206,10 +260,26 @@ impl RvClient {
         if from != self.cfg.relay {
             return false;
         }
-        let Ok(f) = Frame::parse(data) else {
+        let Ok((f, t)) = Frame::parse_with(data) else {
             return true;
         };
+        let mine = t.as_ref().is_some_and(|t| t.tx == self.tx);
         match f {
+            // Forged from the relay's address by a host that does not know our transaction
+            // id: it must not abort, redirect or confirm anything.
+            Frame::Registered { .. } | Frame::Peer { .. } | Frame::Error { .. } | Frame::Cookie
+                if !mine => {}
+            Frame::Cookie => {
+                let cookie = t.map(|t| t.cookie).unwrap_or_default();
+                // Register again at once with the new cookie; the same cookie again is a late
+                // duplicate, and the retransmissions already carry it.
+                if cookie != self.cookie {
+                    self.cookie = cookie;
+                    if self.register.is_some() {
+                        self.register = Some(Transaction::new(now, Self::register_schedule()));
+                    }
+                }
+            }
             Frame::Registered {
                 observed,
                 peer_present,
@@ -284,5 +354,74 @@ impl RvClient {
     /// Advances timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.pump(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::rendezvous::Role;
+
+    fn client(t: Instant) -> RvClient {
+        RvClient::new(
+            PunchConfig {
+                relay: "203.0.113.10:3478".parse().unwrap(),
+                session: [7; 16],
+                role: Role::Listener,
+                peer: [5; 8],
+                token: vec![],
+                candidates: vec![],
+                direct_timeout: Duration::from_secs(3),
+                keepalive: Duration::from_secs(15),
+            },
+            t,
+        )
+    }
+
+    /// Issue 12 (low): frames from the relay's address that do not echo our transaction id
+    /// (an off-path host forging the relay) are ignored; before, a forged Error ended the
+    /// session and a forged Peer redirected the checks.
+    #[test]
+    fn forged_relay_frames_without_our_transaction_id_change_nothing() {
+        let t = Instant::now();
+        let mut c = client(t);
+        let relay = c.cfg.relay;
+        let (sent, _) = c.poll_transmit().unwrap();
+        assert_eq!(sent, relay);
+        let forged = [
+            Frame::Error {
+                code: ErrorCode::Other,
+                reason: "go away".into(),
+            },
+            Frame::Peer {
+                observed: "198.51.100.66:1".parse().unwrap(),
+                candidates: vec![],
+            },
+            Frame::Registered {
+                observed: "198.51.100.66:1".parse().unwrap(),
+                peer_present: true,
+            },
+        ];
+        for f in &forged {
+            for t in [None, Some(u64::from_be_bytes([5; 8]) ^ 1)] {
+                let tr = t.map(|tx| Trailer { tx, cookie: vec![] });
+                assert!(c.handle_datagram(Instant::now(), relay, &f.emit_with(tr.as_ref())));
+                assert_eq!(c.poll_event(), None, "{f:?} {t:?}");
+            }
+        }
+        assert!(!c.is_registered());
+        // The relay's cookie (with our id): the Register goes again at once, echoing it.
+        let mine = Trailer {
+            tx: c.tx,
+            cookie: vec![1; 16],
+        };
+        c.handle_datagram(t, relay, &Frame::Cookie.emit_with(Some(&mine)));
+        let (_, again) = c.poll_transmit().expect("a new Register");
+        let (f, tr) = Frame::parse_with(&again).unwrap();
+        assert!(matches!(f, Frame::Register { .. }));
+        assert_eq!(tr, Some(mine.clone()));
+        // The real answer, with our id.
+        c.handle_datagram(t, relay, &forged[0].emit_with(Some(&mine)));
+        assert!(matches!(c.poll_event(), Some(RvEvent::Refused { .. })));
     }
 }

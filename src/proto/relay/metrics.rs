@@ -58,6 +58,8 @@ pub struct Metrics {
     pub peer_candidates_trimmed: u64,
     /// Sources evicted from the full rate-limit table (least recently used first).
     pub sources_evicted: u64,
+    /// Return-routability cookies sent (a UDP request without a valid one).
+    pub cookies_sent: u64,
     /// Drops by reason.
     pub drops: std::collections::BTreeMap<DropReason, u64>,
 }
@@ -115,6 +117,11 @@ impl Metrics {
             "sources_evicted_total",
             "Least recently used sources evicted from the full rate-limit table.",
             self.sources_evicted,
+        );
+        c(
+            "cookies_sent_total",
+            "Return-routability cookies sent to UDP requests without a valid one.",
+            self.cookies_sent,
         );
         s.push_str(
             "# HELP natkit_relay_sessions Sessions now.\n# TYPE natkit_relay_sessions gauge\n",

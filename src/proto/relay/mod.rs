@@ -10,14 +10,21 @@
 //! - everything sent because of one unauthenticated request (all answers together, to every
 //!   recipient) is at most [`MAX_AMPLIFICATION`] times the request; for a `Register` this
 //!   bounds how many of the other peer's candidates go out (see [`MAX_AMPLIFICATION`]);
-//! - PADDING (RFC 5780 §7.6) is refused: it exists to make responses bigger.
+//! - PADDING (RFC 5780 §7.6) is refused: it exists to make responses bigger;
+//! - over UDP, a `Register` or `DialBack` gets a slot or a probe only when it echoes the
+//!   cookie for its source address ([`cookie`]); until then the answer is a cookie, smaller
+//!   than the request, so spoofed sources cannot hold slots or fill `--max-sessions`;
+//! - answers to a request that carries a transaction id echo it, so clients can ignore what
+//!   an off-path host forges from the relay's address.
 
 //!
 //! The core is split by concern: [`binding`] (STUN and RFC 5780), [`rendezvous`] (meeting,
 //! nameplates and start signals), [`sessions`] (relaying, quotas and expiry), [`limits`]
-//! (per-source rate limits), [`dialback`], [`token`] (access tokens) and [`metrics`].
+//! (per-source rate limits), [`dialback`], [`cookie`] (return routability), [`token`]
+//! (access tokens) and [`metrics`].
 
 mod binding;
+mod cookie;
 mod dialback;
 mod limits;
 mod metrics;
@@ -25,16 +32,16 @@ mod rendezvous;
 mod sessions;
 mod token;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::defaults;
 use crate::wire::netaddr;
-use crate::wire::rendezvous::{ErrorCode, Frame, SessionId};
+use crate::wire::rendezvous::{ErrorCode, Frame, SessionId, Trailer};
 use crate::wire::stun;
 
 pub use limits::{source_key, Throttle};
@@ -214,11 +221,23 @@ pub struct Relay {
     sessions: HashMap<SessionId, Session>,
     /// Slots held per source key, kept as counters (no scan under the driver's lock).
     per_source: HashMap<IpAddr, usize>,
+    /// Timer queue of session ends (time quota), by instant: an entry whose session is gone
+    /// or was made again since is skipped when it comes up.
+    ends: BTreeSet<(Instant, SessionId)>,
+    /// Timer queue of late pongs (a sync's measuring round ends), likewise.
+    pongs: BTreeSet<(Instant, SessionId)>,
+    /// Sessions that have (or had) a slot on each TCP connection, so a closed connection
+    /// finds its slots without a scan; checked against the slots when used.
+    by_conn: HashMap<ConnId, HashSet<SessionId>>,
     out: VecDeque<Output>,
     metrics: Metrics,
     next_sweep: Instant,
-    /// Every random choice (ping nonces) comes from here: seeded by the driver, fixed in tests.
+    /// Every random choice (ping nonces, the cookie key) comes from here: seeded by the
+    /// driver, fixed in tests.
     rng: StdRng,
+    cookies: cookie::Cookies,
+    /// The transaction id of the request being handled, echoed in its answers.
+    req_tx: Option<u64>,
 }
 
 /// The current time as the relay needs it: monotonic for timers, Unix seconds for tokens.
@@ -234,7 +253,10 @@ impl Relay {
     /// A relay with this configuration; `seed` seeds its random choices (the driver passes a
     /// random one, tests a fixed one).
     pub fn new(cfg: RelayConfig, now: Instant, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
         Relay {
+            cookies: cookie::Cookies::new(rng.gen()),
+            req_tx: None,
             locals: cfg.locals(),
             cfg,
             buckets: BucketTable::default(),
@@ -246,10 +268,13 @@ impl Relay {
             warn_sources: Throttle::default(),
             sessions: HashMap::new(),
             per_source: HashMap::new(),
+            ends: BTreeSet::new(),
+            pongs: BTreeSet::new(),
+            by_conn: HashMap::new(),
             out: VecDeque::new(),
             metrics: Metrics::default(),
             next_sweep: now + defaults::RELAY_SWEEP_INTERVAL,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
         }
     }
 
@@ -281,11 +306,7 @@ impl Relay {
                 self.metrics.drop(DropReason::Malformed);
                 return;
             }
-            match Frame::parse(data) {
-                Ok(f) => self.on_frame(now, Path::Udp { local }, from, f, data.len()),
-                Err(_) => self.metrics.drop(DropReason::Malformed),
-            }
-            return;
+            return self.on_bytes(now, Path::Udp { local }, from, data);
         }
         if !self.allowed(now.mono, from.ip()) {
             return;
@@ -309,8 +330,18 @@ impl Relay {
             }
             return;
         }
-        match Frame::parse(frame) {
-            Ok(f) => self.on_frame(now, Path::Tcp(conn), from, f, frame.len()),
+        self.on_bytes(now, Path::Tcp(conn), from, frame);
+    }
+
+    /// A frame (datagram, or TCP frame without its prefix): handled with its transaction id
+    /// at hand for the answers.
+    fn on_bytes(&mut self, now: Now, path: Path, from: SocketAddr, data: &[u8]) {
+        match Frame::parse_with(data) {
+            Ok((f, t)) => {
+                self.req_tx = t.as_ref().map(|t| t.tx);
+                self.on_frame(now, path, from, f, t, data.len());
+                self.req_tx = None;
+            }
             Err(_) => self.metrics.drop(DropReason::Malformed),
         }
     }
@@ -339,15 +370,18 @@ impl Relay {
         why: DropReason,
     ) {
         self.metrics.drop(why);
-        self.reply(
-            path,
-            to,
-            &Frame::Error {
-                code,
-                reason: reason.to_string(),
-            },
-        );
+        let f = Frame::Error {
+            code,
+            reason: reason.to_string(),
+        };
+        self.send(path, to, f.emit_with(answer_trailer(self.req_tx).as_ref()));
     }
+}
+
+/// The trailer of an answer to a request with transaction id `tx` (none: no trailer, for
+/// clients that send none).
+fn answer_trailer(tx: Option<u64>) -> Option<Trailer> {
+    tx.map(|tx| Trailer { tx, cookie: vec![] })
 }
 
 #[cfg(test)]

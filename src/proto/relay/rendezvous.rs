@@ -8,8 +8,8 @@ use rand::Rng;
 
 use super::sessions::{idx, release, Session, Slot};
 use super::token::token_valid;
-use super::{source_key, DropReason, Now, Path, Relay, MAX_AMPLIFICATION};
-use crate::wire::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId};
+use super::{answer_trailer, source_key, DropReason, Now, Path, Relay, MAX_AMPLIFICATION};
+use crate::wire::rendezvous::{ErrorCode, Frame, PeerId, Role, SessionId, Trailer};
 
 /// Wire size of an address in a frame: family (1), IP (4 or 16), port (2).
 fn addr_wire_len(a: &SocketAddr) -> usize {
@@ -51,15 +51,35 @@ fn hex8(s: &SessionId) -> String {
 }
 
 impl Relay {
+    /// Over UDP, whether the request echoes the cookie for its source; if not, the answer is
+    /// a fresh cookie (smaller than any `Register` or `DialBack`) and nothing else happens.
+    fn routable(&mut self, now: Now, path: Path, from: SocketAddr, t: Option<&Trailer>) -> bool {
+        if matches!(path, Path::Tcp(_))
+            || t.is_some_and(|t| self.cookies.valid(from, &t.cookie, now.unix))
+        {
+            return true;
+        }
+        self.metrics.cookies_sent += 1;
+        let answer = Trailer {
+            tx: t.map_or(0, |t| t.tx),
+            cookie: self.cookies.make(from, now.unix),
+        };
+        self.send(path, from, Frame::Cookie.emit_with(Some(&answer)));
+        false
+    }
+
     pub(super) fn on_frame(
         &mut self,
         now: Now,
         path: Path,
         from: SocketAddr,
         f: Frame,
+        t: Option<Trailer>,
         len: usize,
     ) {
         match f {
+            Frame::Register { .. } | Frame::DialBack { .. }
+                if !self.routable(now, path, from, t.as_ref()) => {}
             Frame::Register {
                 session,
                 role,
@@ -118,7 +138,7 @@ impl Relay {
                             release(&mut self.per_source, &x);
                         }
                         if s.slots.iter().all(|x| x.is_none()) {
-                            self.sessions.remove(&session);
+                            self.end_session(&session);
                         }
                     }
                 }
@@ -200,16 +220,15 @@ impl Relay {
             );
         }
         if existing.is_none() {
-            self.sessions.insert(
-                session,
-                Session {
-                    slots: [None, None],
-                    created: now.mono,
-                    bytes: 0,
-                    attempt: 0,
-                    sync_started: None,
-                },
-            );
+            let s = Session {
+                slots: [None, None],
+                created: now.mono,
+                bytes: 0,
+                attempt: 0,
+                sync_started: None,
+            };
+            self.session_started(session, &s);
+            self.sessions.insert(session, s);
             self.metrics.sessions_created += 1;
             tracing::info!(session = %hex8(&session), %from, ?role, "session created");
         }
@@ -217,11 +236,17 @@ impl Relay {
         let i = idx(role);
         match &mut s.slots[i] {
             Some(x) if x.peer != peer => {
+                let reason = match role {
+                    Role::Listener => {
+                        "this nameplate is in use by another listener: choose another code"
+                    }
+                    Role::Connector => "another connector already joined with this code",
+                };
                 return self.error(
                     path,
                     from,
                     ErrorCode::SessionBusy,
-                    "this side of the session is taken",
+                    reason,
                     DropReason::Limit,
                 );
             }
@@ -235,6 +260,7 @@ impl Relay {
                 x.path = path;
                 x.candidates = candidates;
                 x.last_seen = now.mono;
+                x.tx = self.req_tx;
             }
             slot @ None => {
                 *self.per_source.entry(key).or_default() += 1;
@@ -246,17 +272,21 @@ impl Relay {
                     last_seen: now.mono,
                     ping: None,
                     rtt: None,
+                    tx: self.req_tx,
                 });
             }
         }
         self.metrics.rendezvous_requests += 1;
         let other = s.slots[1 - i].clone();
         let me = s.slots[i].clone().expect("set above");
+        if let Path::Tcp(conn) = path {
+            self.note_conn(conn, session);
+        }
         let registered = Frame::Registered {
             observed: from,
             peer_present: other.is_some(),
         }
-        .emit();
+        .emit_with(answer_trailer(me.tx).as_ref());
         let Some(o) = other else {
             return self.send(path, from, registered);
         };
@@ -264,7 +294,7 @@ impl Relay {
             observed: me.observed,
             candidates: me.candidates,
         }
-        .emit();
+        .emit_with(answer_trailer(o.tx).as_ref());
         // With --secret, reaching here means the token was valid: authenticated, unbounded.
         let theirs = if self.cfg.secret.is_some() {
             o.candidates
@@ -273,7 +303,7 @@ impl Relay {
                 observed: o.observed,
                 candidates: vec![],
             }
-            .emit()
+            .emit_with(answer_trailer(me.tx).as_ref())
             .len();
             let spent = registered.len() + to_other.len() + bare;
             let budget = (len * MAX_AMPLIFICATION).saturating_sub(spent);
@@ -291,7 +321,7 @@ impl Relay {
             observed: o.observed,
             candidates: theirs,
         }
-        .emit();
+        .emit_with(answer_trailer(me.tx).as_ref());
         self.send(path, from, registered);
         self.send(me.path, me.observed, to_me);
         self.send(o.path, o.observed, to_other);
@@ -305,7 +335,10 @@ impl Relay {
             return;
         }
         s.attempt += 1;
-        s.sync_started = Some(now);
+        if let Some(old) = s.sync_started.replace(now) {
+            self.pongs.remove(&(Self::pong_deadline(old), session));
+        }
+        self.pongs.insert((Self::pong_deadline(now), session));
         let mut pings = Vec::new();
         for slot in s.slots.iter_mut().flatten() {
             let nonce: u64 = self.rng.gen();
@@ -324,7 +357,9 @@ impl Relay {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        s.sync_started = None;
+        if let Some(st) = s.sync_started.take() {
+            self.pongs.remove(&(Self::pong_deadline(st), session));
+        }
         let rtts: Vec<Option<Duration>> = s
             .slots
             .iter()

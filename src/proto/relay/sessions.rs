@@ -18,6 +18,8 @@ pub(super) struct Slot {
     pub(super) last_seen: Instant,
     pub(super) ping: Option<(u64, Instant)>,
     pub(super) rtt: Option<Duration>,
+    /// The transaction id of the peer's last `Register`, echoed in what it is sent.
+    pub(super) tx: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,45 +68,69 @@ impl Relay {
             .checked_add(Duration::from_secs(self.cfg.limits.session_secs))
     }
 
-    /// When to call [`Relay::handle_timeout`]: the next sweep, late pong or session end.
+    /// When to call [`Relay::handle_timeout`]: the next sweep, late pong or session end
+    /// (the first of each timer queue, not a scan of the sessions).
     pub fn poll_timeout(&self) -> Instant {
-        let mut t = self.next_sweep;
-        for s in self.sessions.values() {
-            if let Some(st) = s.sync_started {
-                t = t.min(st + defaults::RELAY_PONG_TIMEOUT);
-            }
-            if let Some(end) = self.session_end(s) {
-                t = t.min(end);
-            }
+        [self.ends.first(), self.pongs.first()]
+            .into_iter()
+            .flatten()
+            .map(|(t, _)| *t)
+            .fold(self.next_sweep, Instant::min)
+    }
+
+    /// A new session: its end goes in the timer queue.
+    pub(super) fn session_started(&mut self, id: SessionId, s: &Session) {
+        if let Some(end) = self.session_end(s) {
+            self.ends.insert((end, id));
         }
-        t
+    }
+
+    /// The deadline of a sync's measuring round that started at `started`.
+    pub(super) fn pong_deadline(started: Instant) -> Instant {
+        started + defaults::RELAY_PONG_TIMEOUT
+    }
+
+    /// Ends a session: gives back its slots' places and takes it out of the timer queues.
+    pub(super) fn end_session(&mut self, id: &SessionId) -> Option<Session> {
+        let s = self.sessions.remove(id)?;
+        release_all(&mut self.per_source, &s);
+        self.forget_timers(id, &s);
+        Some(s)
+    }
+
+    fn forget_timers(&mut self, id: &SessionId, s: &Session) {
+        if let Some(end) = self.session_end(s) {
+            self.ends.remove(&(end, *id));
+        }
+        if let Some(st) = s.sync_started {
+            self.pongs.remove(&(Self::pong_deadline(st), *id));
+        }
     }
 
     /// Expires idle registrations and sessions, and starts syncs whose pongs are late. A
     /// session ends at exactly `created + session_secs` (its time quota); idle registrations
     /// are swept once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let life = Duration::from_secs(self.cfg.limits.session_secs);
-        let per_source = &mut self.per_source;
-        self.sessions.retain(|_, s| {
-            let keep = now.saturating_duration_since(s.created) < life;
-            if !keep {
+        while let Some(&(at, id)) = self.ends.first().filter(|(at, _)| *at <= now) {
+            self.ends.remove(&(at, id));
+            if let Some(s) = self
+                .sessions
+                .get(&id)
+                .filter(|s| self.session_end(s) == Some(at))
+            {
                 tracing::info!(bytes = s.bytes, "session reached its time quota");
-                release_all(per_source, s);
+                self.end_session(&id);
             }
-            keep
-        });
-        let late: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
+        }
+        while let Some(&(at, id)) = self.pongs.first().filter(|(at, _)| *at <= now) {
+            self.pongs.remove(&(at, id));
+            let due = self.sessions.get(&id).is_some_and(|s| {
                 s.sync_started
-                    .is_some_and(|t| now >= t + defaults::RELAY_PONG_TIMEOUT)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for k in late {
-            self.send_start(k);
+                    .is_some_and(|st| Self::pong_deadline(st) == at)
+            });
+            if due {
+                self.send_start(id);
+            }
         }
         if now < self.next_sweep {
             return;
@@ -112,8 +138,9 @@ impl Relay {
         self.next_sweep = now + defaults::RELAY_SWEEP_INTERVAL;
         let idle = Duration::from_secs(self.cfg.limits.idle_secs);
         let mut closed = Vec::new();
+        let mut ended = Vec::new();
         let per_source = &mut self.per_source;
-        self.sessions.retain(|_, s| {
+        self.sessions.retain(|id, s| {
             for slot in s.slots.iter_mut() {
                 if slot
                     .as_ref()
@@ -130,9 +157,13 @@ impl Relay {
             let keep = s.slots.iter().any(|x| x.is_some());
             if !keep {
                 tracing::info!(bytes = s.bytes, "session expired (idle)");
+                ended.push((*id, s.clone()));
             }
             keep
         });
+        for (id, s) in ended {
+            self.forget_timers(&id, &s);
+        }
         for c in closed {
             self.out.push_back(Output::Close(c));
         }
@@ -145,9 +176,13 @@ impl Relay {
             .forget_older(now, defaults::RELAY_DIALBACK_FORGET);
     }
 
-    /// A TCP connection closed: its registrations go with it.
+    /// A TCP connection closed: its registrations go with it (found through the
+    /// connection's index, not a scan).
     pub fn tcp_closed(&mut self, conn: ConnId) {
-        for s in self.sessions.values_mut() {
+        for id in self.by_conn.remove(&conn).unwrap_or_default() {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             for slot in s.slots.iter_mut() {
                 if slot.as_ref().is_some_and(|x| x.path == Path::Tcp(conn)) {
                     if let Some(x) = slot.take() {
@@ -155,9 +190,27 @@ impl Relay {
                     }
                 }
             }
+            if s.slots.iter().all(|x| x.is_none()) {
+                self.end_session(&id);
+            }
         }
-        self.sessions
-            .retain(|_, s| s.slots.iter().any(|x| x.is_some()));
+    }
+
+    /// Notes that session `id` has a slot on `conn`. Entries of sessions the connection no
+    /// longer holds are dropped when the set outgrows twice the per-source cap, so a
+    /// long-lived connection cannot grow it for ever.
+    pub(super) fn note_conn(&mut self, conn: ConnId, id: SessionId) {
+        let cap = 2 * self.cfg.limits.sessions_per_source.max(1);
+        let sessions = &self.sessions;
+        let set = self.by_conn.entry(conn).or_default();
+        set.insert(id);
+        if set.len() > cap {
+            set.retain(|k| {
+                sessions
+                    .get(k)
+                    .is_some_and(|s| s.slots.iter().flatten().any(|x| x.path == Path::Tcp(conn)))
+            });
+        }
     }
 
     /// Checks and accounts one relayed datagram; returns where the other peer is.
@@ -197,9 +250,9 @@ impl Relay {
         // Quotas: at most `session_bytes` relayed, and nothing from `created + session_secs`
         // on. The datagram that would go beyond either ends the session; its sender is told.
         if s.bytes > max_bytes || now.mono.saturating_duration_since(s.created) >= max_life {
-            if let Some(s) = self.sessions.remove(session) {
-                release_all(&mut self.per_source, &s);
-            }
+            // The sender is told under the transaction id of its registration.
+            self.req_tx = s.slots[i].as_ref().and_then(|x| x.tx);
+            self.end_session(session);
             self.error(
                 path,
                 from,
@@ -207,6 +260,7 @@ impl Relay {
                 "session quota used up",
                 DropReason::Limit,
             );
+            self.req_tx = None;
             return None;
         }
         self.metrics.relayed_packets += 1;

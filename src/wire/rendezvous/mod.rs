@@ -39,6 +39,14 @@
 //! | 19 | `Predict` | peer → peer | session id (16), port (u16): the sender's sequential NAT gave this port to its last mapping |
 //! | 20 | `PathChallenge` | peer → peer | session id (16), nonce (16), padding (32 zero bytes) |
 //! | 21 | `PathResponse` | peer → peer | session id (16), nonce (16), MAC (32) |
+//! | 22 | `Cookie` | relay → client | empty: the cookie is in the [`Trailer`]; echo it to be served over UDP |
+//!
+//! `Register`, `Sync`, `DialBack`, `Registered`, `Peer`, `Error` and `Cookie` may end with a
+//! [`Trailer`]: `tx (8) | cookie (len u8 + bytes)`. A client's random `tx` comes back in
+//! every answer, so an off-path host that forges the relay's address cannot abort or
+//! redirect a session; the relay's stateless `cookie` (an HMAC of the client's address and a
+//! time window) proves over UDP that the client receives at that address before it gets any
+//! state or work (return routability; DTLS's HelloVerifyRequest, RFC 6347 §4.2.1).
 //!
 //! `NatInfo` carries the sender's NAT classification (RFC 4787 classes: 0 unknown,
 //! 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 no NAT;
@@ -65,7 +73,7 @@
 //! The relay only ever sends to the *observed* address of a registered peer; addresses a
 //! client names (its candidates) are forwarded as data to the other peer, never sent to.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"NK";
@@ -86,6 +94,15 @@ pub type SessionId = [u8; SESSION_LEN];
 /// A random per-client-instance id, so a re-registration from a new address is recognised as
 /// the same peer and a different peer cannot take the slot.
 pub type PeerId = [u8; 8];
+
+/// The optional end of a request or answer (see the module docs): transaction id and cookie.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trailer {
+    /// The client's random transaction id, echoed in the relay's answers.
+    pub tx: u64,
+    /// The relay's return-routability cookie (empty in answers other than `Cookie`).
+    pub cookie: Vec<u8>,
+}
 
 /// Which side of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -248,6 +265,8 @@ pub enum Frame {
         /// The SPAKE2 message.
         msg: Vec<u8>,
     },
+    /// Echo the cookie in this frame's [`Trailer`] to be served over UDP.
+    Cookie,
     /// Key confirmation: the sender's QUIC certificate fingerprint, MACed with the PAKE key.
     Confirm {
         /// Session id.
@@ -338,99 +357,39 @@ pub fn is_frame(buf: &[u8]) -> bool {
     buf.len() >= 4 && buf[..2] == MAGIC
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
-        if self.buf.len() < n {
-            return Err(ParseError::Malformed);
-        }
-        let (a, b) = self.buf.split_at(n);
-        self.buf = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, ParseError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, ParseError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, ParseError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> Result<u64, ParseError> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ParseError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    fn addr(&mut self) -> Result<SocketAddr, ParseError> {
-        let ip = match self.u8()? {
-            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
-            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
-            _ => return Err(ParseError::Malformed),
-        };
-        Ok(SocketAddr::new(ip, self.u16()?))
-    }
-    fn addrs(&mut self) -> Result<Vec<SocketAddr>, ParseError> {
-        let n = self.u8()? as usize;
-        if n > MAX_CANDIDATES {
-            return Err(ParseError::Malformed);
-        }
-        (0..n).map(|_| self.addr()).collect()
-    }
-    fn bytes8(&mut self) -> Result<&'a [u8], ParseError> {
-        let n = self.u8()? as usize;
-        self.take(n)
-    }
-    fn end(&self) -> Result<(), ParseError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(ParseError::Malformed)
-        }
-    }
-}
-
-fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
-    match a.ip() {
-        IpAddr::V4(v) => {
-            out.push(4);
-            out.extend_from_slice(&v.octets());
-        }
-        IpAddr::V6(v) => {
-            out.push(6);
-            out.extend_from_slice(&v.octets());
-        }
-    }
-    out.extend_from_slice(&a.port().to_be_bytes());
-}
-
-fn put_addrs(out: &mut Vec<u8>, v: &[SocketAddr]) {
-    let v = &v[..v.len().min(MAX_CANDIDATES)];
-    out.push(v.len() as u8);
-    for a in v {
-        put_addr(out, a);
-    }
-}
-
-fn put_bytes8(out: &mut Vec<u8>, b: &[u8]) {
-    let b = &b[..b.len().min(255)];
-    out.push(b.len() as u8);
-    out.extend_from_slice(b);
-}
-
 impl Frame {
-    /// Parses one frame (the whole datagram, or one TCP frame without its length prefix).
+    /// Parses one frame (the whole datagram, or one TCP frame without its length prefix),
+    /// ignoring a [`Trailer`].
     pub fn parse(buf: &[u8]) -> Result<Frame, ParseError> {
+        Frame::parse_with(buf).map(|(f, _)| f)
+    }
+
+    /// Whether this frame type may end with a [`Trailer`].
+    fn takes_trailer(&self) -> bool {
+        matches!(
+            self,
+            Frame::Register { .. }
+                | Frame::Sync { .. }
+                | Frame::DialBack { .. }
+                | Frame::Registered { .. }
+                | Frame::Peer { .. }
+                | Frame::Error { .. }
+                | Frame::Cookie
+        )
+    }
+
+    /// Encodes the frame, with `t` at its end when its type takes a [`Trailer`].
+    pub fn emit_with(&self, t: Option<&Trailer>) -> Vec<u8> {
+        let mut out = self.emit();
+        if let Some(t) = t.filter(|_| self.takes_trailer()) {
+            out.extend_from_slice(&t.tx.to_be_bytes());
+            put_bytes8(&mut out, &t.cookie);
+        }
+        out
+    }
+
+    /// Parses one frame and its [`Trailer`], if any.
+    pub fn parse_with(buf: &[u8]) -> Result<(Frame, Option<Trailer>), ParseError> {
         if !is_frame(buf) {
             return Err(ParseError::NotOurs);
         }
@@ -573,10 +532,18 @@ impl Frame {
                 nonce: r.array()?,
                 mac: r.array()?,
             },
+            22 => Frame::Cookie,
             t => return Err(ParseError::UnknownType(t)),
         };
+        let t = if f.takes_trailer() && !r.buf.is_empty() {
+            let tx = r.u64()?;
+            let cookie = r.bytes8()?.to_vec();
+            Some(Trailer { tx, cookie })
+        } else {
+            None
+        };
         r.end()?;
-        Ok(f)
+        Ok((f, t))
     }
 
     /// Encodes the frame.
@@ -740,10 +707,14 @@ impl Frame {
                 out.extend_from_slice(nonce);
                 out.extend_from_slice(mac);
             }
+            Frame::Cookie => out.push(22),
         }
         out
     }
 }
+
+mod codec;
+use codec::{put_addr, put_addrs, put_bytes8, Reader};
 
 #[cfg(test)]
 mod tests;

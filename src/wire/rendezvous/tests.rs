@@ -95,7 +95,37 @@ fn samples() -> Vec<Frame> {
             nonce: [6; 16],
             mac: [7; 32],
         },
+        Frame::Cookie,
     ]
+}
+
+#[test]
+fn trailers_roundtrip_where_allowed_and_are_exact() {
+    let t = Trailer {
+        tx: 0x0102_0304_0506_0708,
+        cookie: vec![7; 16],
+    };
+    for f in samples() {
+        let b = f.emit_with(Some(&t));
+        if !f.takes_trailer() {
+            assert_eq!(b, f.emit(), "{f:?} takes no trailer");
+            continue;
+        }
+        assert_eq!(
+            Frame::parse_with(&b),
+            Ok((f.clone(), Some(t.clone()))),
+            "{f:?}"
+        );
+        assert_eq!(Frame::parse(&b), Ok(f.clone()));
+        // Cut anywhere inside the trailer, or extended: refused.
+        let body = f.emit().len();
+        for n in body + 1..b.len() {
+            assert!(Frame::parse_with(&b[..n]).is_err(), "{f:?} cut at {n}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(Frame::parse_with(&longer).is_err(), "{f:?} extended");
+    }
 }
 
 #[test]
