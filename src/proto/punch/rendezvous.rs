@@ -108,18 +108,7 @@ pub struct RvClient {
 impl RvClient {
     /// Starts registering at `now`.
     pub fn new(cfg: PunchConfig, now: Instant) -> Self {
-        let mut c = RvClient {
-            tx: u64::from_be_bytes(cfg.peer),
-            cookie: Vec::new(),
-            cfg,
-            register: None,
-            registered: false,
-            next_keepalive: None,
-            sync: None,
-            inert: false,
-            out: VecDeque::new(),
-            events: VecDeque::new(),
-        };
+        let mut c = Self::idle(cfg, false);
         c.register = Some(Transaction::new(now, Self::register_schedule()));
         c.pump(now);
         c
@@ -128,6 +117,12 @@ impl RvClient {
     /// A client that never talks to a relay (serverless `--manual` mode): every request is a
     /// no-op.
     pub fn inert(cfg: PunchConfig) -> Self {
+        Self::idle(cfg, true)
+    }
+
+    /// A client with nothing sent yet. Its transaction id is the peer id read as a u64: random,
+    /// and seen only by the relay and hosts on the path.
+    fn idle(cfg: PunchConfig, inert: bool) -> Self {
         RvClient {
             tx: u64::from_be_bytes(cfg.peer),
             cookie: Vec::new(),
@@ -136,7 +131,7 @@ impl RvClient {
             registered: false,
             next_keepalive: None,
             sync: None,
-            inert: true,
+            inert,
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
