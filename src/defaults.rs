@@ -253,6 +253,22 @@ pub const OPENING_LEAD: Duration = Duration::from_millis(50);
 /// Round interval while the connectivity checks are quiet (before the peer's first probe):
 /// it only keeps our own NAT binding open.
 pub const QUIET_INTERVAL: Duration = Duration::from_millis(500);
+/// First resend of a silent TTL-limited measurement probe (doubling after): Linux sends at
+/// most one ICMP error per second to a destination after a burst of 6, and a first packet
+/// to a new neighbour may wait for ARP.
+pub const TTL_PROBE_RTO: Duration = Duration::from_millis(50);
+/// Sends per TTL-limited measurement probe before its hop counts as silent (0, 50, 150 ms).
+pub const TTL_PROBE_SENDS: u32 = 3;
+/// When the NATs clash, how long after the leader's first probe the follower's first one
+/// goes: the two sides' start signals differ by the relay's jitter, well under this.
+pub const CLASH_FOLLOW_DELAY: Duration = Duration::from_millis(150);
+/// How long both sides stay silent towards each other to let the conntrack entries of a
+/// clash expire: Linux forgets an unanswered UDP flow after 30 s
+/// (nf_conntrack_udp_timeout); 5 s on top for the routers' timer granularity.
+pub const CLASH_EXPIRY_WAIT: Duration = Duration::from_secs(35);
+/// Interval of the TTL-limited packets that keep the leader's mapping alive meanwhile:
+/// well inside the 30 s an unanswered UDP mapping lives on Linux.
+pub const CLASH_KEEP_OPEN: Duration = Duration::from_secs(5);
 /// First retry of a direct path after falling back to the relay: a NAT that just forgot its
 /// bindings usually accepts a fresh punch at once.
 pub const UPGRADE_FIRST: Duration = Duration::from_secs(1);

@@ -21,16 +21,22 @@ pub fn human(e: &Event) -> String {
         Event::Offer { offer } => {
             format!("punch: your offer — paste it on the other side:\n{offer}")
         }
-        Event::Nat { mine, peer, expect } => format!(
+        Event::Nat {
+            mine,
+            peer,
+            expect,
+            opening,
+        } => format!(
             "punch: our NAT: mapping {}, filtering {}; theirs: mapping {}, filtering {}; \
-             expected: {} ({}): {}",
+             expected: {} ({}): {}; {}",
             mine.mapping.as_str(),
             mine.filtering.as_str(),
             peer.mapping.as_str(),
             peer.filtering.as_str(),
             expect.path,
             expect.technique,
-            expect.why
+            expect.why,
+            opening_text(opening)
         ),
         Event::Mapped { external, via } => {
             format!("punch: the router forwards {external} to us ({via}); offered to the peer")
@@ -125,6 +131,24 @@ pub fn blocking_again() {
                 libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
             }
         }
+    }
+}
+
+/// How our NAT is opened for the peer, and why, in a sentence.
+fn opening_text(d: &crate::proto::punch::ttl::Distances) -> String {
+    let hops = |h: Option<u8>| h.map_or("unknown".to_string(), |h| format!("{h} hop(s)"));
+    let measured = format!(
+        "our NAT {}, theirs {} away",
+        hops(d.own_nat_hops),
+        hops(d.peer_nat_hops)
+    );
+    match (d.method, d.opening_ttl) {
+        ("ttl", Some(t)) => format!("opening packets with TTL {t} ({measured})"),
+        ("order", _) => format!(
+            "the NATs are next to each other and the peer's answers packets addressed to \
+             itself, so no TTL is safe: the sides take turns ({measured})"
+        ),
+        _ => "opening packets with TTL 2 and 3 (no router answered the TTL probes)".to_string(),
     }
 }
 

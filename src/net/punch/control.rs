@@ -47,6 +47,8 @@ pub(super) struct Inputs {
     pub(super) bday: mpsc::Receiver<(usize, SocketAddr, Vec<u8>)>,
     /// What the TCP connection attempts report.
     pub(super) tcp_notes: mpsc::Receiver<TcpNote>,
+    /// ICMP answers to the TTL measurement's probes.
+    pub(super) ttl: mpsc::Receiver<crate::net::punch::ttl::TtlAnswer>,
 }
 
 /// Senders the control plane hands to tasks it starts.
@@ -96,6 +98,8 @@ pub(super) struct Control {
     pub(super) path_changed: Arc<tokio::sync::Notify>,
     /// Reads the opener's winning socket once a birthday path carries the session.
     pub(super) bday_reader: Option<AbortOnDrop>,
+    /// The TTL measurement's sockets ([`crate::proto::punch::ttl`]).
+    pub(super) ttl_probes: crate::net::punch::ttl::TtlSockets,
 }
 
 impl Control {
@@ -178,6 +182,9 @@ impl Control {
                 Some(Inbound::Control(from, b)) => self.on_inbound(Instant::now(), from, &b),
                 None => return Ok(false),
             },
+            Some((target, ttl, answer)) = i.ttl.recv() => {
+                self.puncher.handle_ttl_answer(target, ttl, answer);
+            }
             Some(n) = i.tcp_notes.recv() => {
                 self.on_tcp_note(n);
                 self.flush();
@@ -272,7 +279,15 @@ impl Control {
         while let Some(p) = self.nat.poll_plan() {
             match p {
                 Plan::Told { mine, peer, expect } => {
-                    self.pending.push(Event::Nat { mine, peer, expect })
+                    self.puncher
+                        .set_permissive(mine.lets_in_any_port(), peer.lets_in_any_port());
+                    let opening = self.puncher.distances();
+                    self.pending.push(Event::Nat {
+                        mine,
+                        peer,
+                        expect,
+                        opening,
+                    })
                 }
                 Plan::PreferRelay => self.puncher.prefer_relay(Instant::now()),
                 Plan::Birthday(part) if self.birthday.is_none() => self.want_birthday = Some(part),
@@ -306,6 +321,9 @@ impl Control {
         }
         while let Some(d) = self.puncher.poll_transmit() {
             self.wire.send_ttl(d.dst, d.payload, d.ttl);
+        }
+        while let Some(p) = self.puncher.poll_ttl_probe() {
+            self.ttl_probes.send(p);
         }
     }
 

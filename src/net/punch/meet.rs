@@ -280,6 +280,7 @@ pub(super) async fn prepare(
     ));
     let (bday_tx, bday_rx) = mpsc::channel(1024);
     let (tcp_notes_tx, tcp_notes_rx) = mpsc::channel(16);
+    let (ttl_tx, ttl_rx) = mpsc::channel(64);
     let now = Instant::now();
     let pake = Pake::new(
         session,
@@ -311,6 +312,7 @@ pub(super) async fn prepare(
             offer: offer_rx,
             bday: bday_rx,
             tcp_notes: tcp_notes_rx,
+            ttl: ttl_rx,
         },
         outputs: Outputs {
             ctl: ctl_tx,
@@ -330,6 +332,7 @@ pub(super) async fn prepare(
         quiet: Arc::new(AtomicBool::new(false)),
         path_changed: Arc::new(tokio::sync::Notify::new()),
         bday_reader: None,
+        ttl_probes: crate::net::punch::ttl::TtlSockets::new(ttl_tx),
     };
     if let Some(ip) = icmp_listener {
         c.puncher.allow_peer_ip(ip.into());

@@ -22,6 +22,7 @@ mod runs;
 pub mod tcp;
 mod tls;
 mod transport;
+mod ttl;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -123,6 +124,9 @@ pub enum Event {
         peer: NatClass,
         /// What should work.
         expect: crate::proto::punch::nat::Expectation,
+        /// How far our NAT and the peer's are, measured with TTL-limited probes, and how
+        /// our NAT is opened for the peer because of it.
+        opening: crate::proto::punch::ttl::Distances,
     },
     /// The path in use.
     Connected {

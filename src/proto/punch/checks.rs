@@ -10,6 +10,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::defaults::{OPENING_LEAD, PROBE_INTERVAL, QUIET_INTERVAL};
+use crate::proto::punch::clash::Turn;
+use crate::proto::punch::ttl::Opening;
 use crate::proto::punch::{Datagram, MAX_TARGETS, OPENING_TTLS};
 use crate::wire::rendezvous::{Frame, SessionId};
 
@@ -56,6 +58,10 @@ pub struct Checks {
     /// probe arrives: without a start signal, probes that reach the peer's NAT before the
     /// peer has sent would make a Linux NAT move the peer's flow to another port.
     quiet: bool,
+    /// TTLs of the opening packets ([`crate::proto::punch::ttl`]); none when no TTL is safe.
+    openers: Vec<u8>,
+    /// From the opening packets (or the start, without them) to the first full probe.
+    lead: Duration,
     out: VecDeque<Datagram>,
     events: VecDeque<CheckEvent>,
     /// Transaction ids (seeded by the driver; fixed in tests).
@@ -79,6 +85,8 @@ impl Checks {
             done: false,
             opened: false,
             quiet: false,
+            openers: OPENING_TTLS.to_vec(),
+            lead: OPENING_LEAD,
             out: VecDeque::new(),
             events: VecDeque::new(),
             rng: StdRng::seed_from_u64(seed),
@@ -88,6 +96,35 @@ impl Checks {
     /// Sends only low-TTL packets until the peer's first probe arrives.
     pub fn set_quiet(&mut self, quiet: bool) {
         self.quiet = quiet;
+    }
+
+    /// How this round opens our NAT: opening packets with the measured TTL (or the classic
+    /// ones when nothing was measured), or — with no safe TTL — the round's [`Turn`]: full
+    /// probes after a delay, or holding still until the peer's probe arrives.
+    pub fn set_opening(&mut self, opening: Opening, turn: Option<Turn>) {
+        match (opening, turn) {
+            (Opening::Clash, Some(Turn::Probe(delay))) => {
+                self.openers.clear();
+                self.lead = delay;
+                self.quiet = false;
+            }
+            (Opening::Clash, _) => {
+                self.openers.clear();
+                self.quiet = true;
+            }
+            (Opening::Ttl(t), _) => self.openers = vec![t],
+            (Opening::Unknown, _) => self.openers = OPENING_TTLS.to_vec(),
+        }
+    }
+
+    /// The TTL of this round's opening packets, when it sends any.
+    pub fn opening_ttl(&self) -> Option<u8> {
+        self.openers.first().copied()
+    }
+
+    /// The peer's candidate addresses.
+    pub fn targets(&self) -> &[SocketAddr] {
+        &self.targets
     }
 
     /// Fresh checks towards the same targets (an upgrade attempt after a fallback).
@@ -135,7 +172,7 @@ impl Checks {
     /// and die before the peer's.
     fn send_opening(&mut self) {
         for &dst in &self.targets {
-            for ttl in OPENING_TTLS {
+            for &ttl in &self.openers {
                 let f = Frame::PunchProbe {
                     session: self.session,
                     tx: self.rng.gen(),
@@ -164,13 +201,15 @@ impl Checks {
         }
         if let Some(t) = self.next_round {
             if t <= now && self.quiet {
+                // Holding still without openers: nothing to repeat until the peer probes.
                 self.send_opening();
-                self.next_round = Some(now + QUIET_INTERVAL);
-            } else if t <= now && !self.opened {
+                self.next_round = (!self.openers.is_empty()).then(|| now + QUIET_INTERVAL);
+            } else if t <= now && !self.opened && !self.lead.is_zero() {
                 self.opened = true;
                 self.send_opening();
-                self.next_round = Some(now + OPENING_LEAD);
+                self.next_round = Some(now + self.lead);
             } else if t <= now {
+                self.opened = true;
                 for &dst in &self.targets {
                     let tx: u64 = self.rng.gen();
                     self.sent.insert(tx, (dst, now));

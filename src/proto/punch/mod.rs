@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod birthday;
 pub mod checks;
+pub mod clash;
 pub mod code;
 pub mod fallback;
 pub mod link;
@@ -19,12 +20,15 @@ pub mod path;
 pub mod rendezvous;
 pub mod reuse;
 pub mod tcp;
+pub mod ttl;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::defaults::{UPGRADE_FIRST, UPGRADE_MAX};
+use crate::defaults::{CLASH_KEEP_OPEN, UPGRADE_FIRST, UPGRADE_MAX};
+use crate::proto::punch::clash::ClashPlan;
+use crate::proto::punch::ttl::{Answer, Distances, Measure, Opening, Target, TtlProbe};
 use crate::wire::rendezvous::{PeerId, Role, SessionId};
 
 pub use checks::{CheckEvent, Checks};
@@ -33,11 +37,12 @@ pub use rendezvous::{RvClient, RvEvent};
 
 /// Most candidate addresses probed at once.
 pub use crate::wire::offer::MAX_TARGETS;
-/// TTLs of the opening packets sent to every candidate when punching starts: enough to pass
-/// our own NAT (and a carrier NAT behind it) and create the mapping, too few to reach the
-/// peer's NAT. Without them, a peer probe that arrives at our NAT first makes a Linux NAT
+/// TTLs of the opening packets sent to every candidate when punching starts and nothing was
+/// measured ([`ttl::Opening::Unknown`]): enough to pass our own NAT (and a carrier NAT
+/// behind it) and create the mapping, too few to reach the peer's NAT when routers lie
+/// between. Without them, a peer probe that arrives at our NAT first makes a Linux NAT
 /// create a conntrack entry that clashes with our own outgoing flow, and the NAT then picks
-/// another port (the field notes' low-TTL trick).
+/// another port (the field notes' low-TTL trick). [`ttl`] measures the real distances.
 pub const OPENING_TTLS: [u8; 2] = [2, 3];
 
 /// A datagram to send from the punch socket.
@@ -120,6 +125,14 @@ pub struct Puncher {
     serverless: bool,
     /// The peer's address as the relay sees it.
     peer_observed: Option<SocketAddr>,
+    /// How far our NAT and the peer's are ([`ttl`]).
+    measure: Measure,
+    /// Turn-taking when no opening TTL is safe ([`clash`]).
+    clash: ClashPlan,
+    /// Next TTL-limited packet keeping our mapping open while the peer waits out a clash.
+    keep_open_at: Option<Instant>,
+    keep_open_out: VecDeque<Datagram>,
+    session: SessionId,
     events: VecDeque<PunchEvent>,
 }
 
@@ -129,6 +142,11 @@ impl Puncher {
         Puncher {
             checks: Checks::new(cfg.session, cfg.direct_timeout, seed),
             role: cfg.role,
+            measure: Measure::new(now, Some(cfg.relay)),
+            clash: ClashPlan::new(cfg.role, false, cfg.direct_timeout),
+            keep_open_at: None,
+            keep_open_out: VecDeque::new(),
+            session: cfg.session,
             rv: RvClient::new(cfg, now),
             path: None,
             start_pending: None,
@@ -145,6 +163,8 @@ impl Puncher {
     /// to fall back to).
     pub fn serverless(cfg: PunchConfig, now: Instant, seed: u64) -> Self {
         let mut p = Puncher::new(cfg.clone(), now, seed);
+        p.measure = Measure::new(now, None);
+        p.clash = ClashPlan::new(cfg.role, true, cfg.direct_timeout);
         p.rv = RvClient::inert(cfg);
         p.serverless = true;
         p
@@ -155,16 +175,93 @@ impl Puncher {
     /// low-TTL packets that open its own NAT) until the listener's first probe arrives.
     pub fn peer_offer(&mut self, targets: &[SocketAddr], now: Instant) {
         self.checks.add_targets(targets.iter().copied());
+        if let Some(t) = targets
+            .iter()
+            .find(|a| !crate::wire::netaddr::is_unroutable(a.ip()))
+        {
+            self.measure.set_peer(now, t.ip());
+        }
         self.checks.set_quiet(self.role == Role::Connector);
+        self.start_round(now);
+        self.drive(now);
+    }
+
+    /// Starts a round of checks at `now`, opening our NAT as the measurement says.
+    fn start_round(&mut self, now: Instant) {
+        let opening = self.measure.opening();
+        let turn = (opening == Opening::Clash).then(|| self.clash.turn(now));
+        self.checks.set_opening(opening, turn);
+        if self.clash.keeps_open() && self.keep_open_at.is_none() {
+            self.keep_open_at = Some(now);
+        }
         self.checks.start_at(now);
         self.checks.handle_timeout(now);
-        self.drive(now);
+    }
+
+    /// The next TTL-limited probe of the measurement ([`ttl`]).
+    pub fn poll_ttl_probe(&mut self) -> Option<TtlProbe> {
+        self.measure.poll_transmit()
+    }
+
+    /// An ICMP answer to a measurement probe.
+    pub fn handle_ttl_answer(&mut self, target: Target, ttl: u8, answer: Answer) {
+        self.measure.handle_answer(target, ttl, answer);
+    }
+
+    /// What the measurement found, and the opening chosen.
+    pub fn distances(&self) -> Distances {
+        self.measure.distances()
+    }
+
+    /// Both NAT classes are known: whether each lets in any port of a contacted address
+    /// (decides who leads when the NATs clash).
+    pub fn set_permissive(&mut self, mine: bool, peer: bool) {
+        self.clash.set_permissive(mine, peer);
+    }
+
+    /// Packets whose TTL ends at our own outermost NAT: they refresh our mapping there and
+    /// go no further, while the peer waits out a clash ([`clash`]).
+    fn keep_open(&mut self, now: Instant) {
+        let Some(at) = self.keep_open_at else { return };
+        if matches!(self.path, Some(PathKind::Direct(_))) {
+            self.keep_open_at = None;
+            return;
+        }
+        if at > now {
+            return;
+        }
+        if let Some(ttl) = self.measure.distances().own_nat_hops.or_else(|| {
+            self.measure
+                .distances()
+                .peer_nat_hops
+                .map(|h| h.saturating_sub(1).max(1))
+        }) {
+            let payload = crate::wire::rendezvous::Frame::PunchProbe {
+                session: self.session,
+                tx: 0,
+            }
+            .emit();
+            for &dst in self.checks.targets() {
+                self.keep_open_out.push_back(Datagram {
+                    dst,
+                    payload: payload.clone(),
+                    ttl: Some(ttl),
+                });
+            }
+        }
+        self.keep_open_at = Some(now + CLASH_KEEP_OPEN);
     }
 
     /// While on the relay, the connector schedules the next upgrade attempt.
     fn schedule_upgrade(&mut self, now: Instant) {
         if self.role == Role::Connector && self.upgrade_at.is_none() {
-            self.upgrade_at = Some(now + self.upgrade_wait);
+            // Waiting out a clash: the one round that can work is the follower's, after the
+            // wait; rounds before it would only hold still.
+            let clash_round = (self.measure.opening() == Opening::Clash)
+                .then(|| self.clash.next_round())
+                .flatten()
+                .filter(|&at| at > now);
+            self.upgrade_at = Some(clash_round.unwrap_or(now + self.upgrade_wait));
             self.upgrade_wait = (self.upgrade_wait * 2).min(UPGRADE_MAX);
         }
     }
@@ -234,8 +331,7 @@ impl Puncher {
             if self.checks.is_done() && self.path == Some(PathKind::Relay) {
                 self.checks = self.checks.renewed();
             }
-            self.checks.start_at(now);
-            self.checks.handle_timeout(now);
+            self.start_round(now);
         }
         while let Some(e) = self.rv.poll_event() {
             match e {
@@ -254,6 +350,7 @@ impl Puncher {
                     candidates,
                 } => {
                     self.peer_observed = Some(observed);
+                    self.measure.set_peer(now, observed.ip());
                     self.checks
                         .add_targets(std::iter::once(observed).chain(candidates));
                 }
@@ -355,6 +452,9 @@ impl Puncher {
 
     /// Next datagram to send from the socket.
     pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        if let Some(d) = self.keep_open_out.pop_front() {
+            return Some(d);
+        }
         self.rv
             .poll_transmit()
             .map(|(dst, payload)| Datagram {
@@ -377,6 +477,8 @@ impl Puncher {
             self.checks.poll_timeout(),
             self.start_pending,
             self.upgrade_at,
+            self.measure.poll_timeout(),
+            self.keep_open_at,
         ]
         .into_iter()
         .flatten()
@@ -387,6 +489,8 @@ impl Puncher {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.rv.handle_timeout(now);
         self.checks.handle_timeout(now);
+        self.measure.handle_timeout(now);
+        self.keep_open(now);
         self.drive(now);
     }
 }

@@ -118,6 +118,13 @@ impl NatClass {
         !self.stable_address() && self.allocation == "sequential" && self.delta != 0
     }
 
+    /// Lets in every port of an address it has sent to: no NAT, endpoint-independent or
+    /// address-dependent filtering (RFC 4787 §5), or a forwarded port. Such a side leads
+    /// when the NATs clash ([`crate::proto::punch::clash`]).
+    pub fn lets_in_any_port(&self) -> bool {
+        self.accepts_any_port_of_a_contacted_ip() || self.filtering == Behaviour::None
+    }
+
     /// Lets in a peer whose port it cannot know in advance, once it has sent to the peer's
     /// IP (endpoint-independent or address-dependent filtering).
     fn accepts_any_port_of_a_contacted_ip(&self) -> bool {
