@@ -1,7 +1,7 @@
 //! Two punchers behind simulated NATs meet at the real relay core, on a virtual clock.
 use super::*;
 use crate::defaults::{
-    DIRECT_TIMEOUT, PATH_STALL as STALL, PUNCH_KEEPALIVE as KEEPALIVE, UPGRADE_FIRST,
+    DIRECT_TIMEOUT, PATH_STALL as STALL, PUNCH_KEEPALIVE as KEEPALIVE, UPGRADE_FIRST, UPGRADE_MAX,
 };
 use crate::proto::classify::Behaviour::{
     self, AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
@@ -338,6 +338,65 @@ fn a_forgotten_binding_falls_back_then_upgrades_to_direct() {
         "{:?}",
         now - t1
     );
+}
+
+/// Issue 13: the listener's host gets a new address (its NAT gives it a new mapping); it
+/// says so ([`Puncher::network_changed`]), the relay carries the session at once, and the
+/// peer, once it notices (the driver's link sees relayed packets), upgrades to a direct path
+/// to the new mapping.
+#[test]
+fn a_host_that_moved_re_registers_and_both_sides_go_direct_again() {
+    let (mut n, took) = punch((Ei, Apd), (Ei, Apd));
+    assert!(is_direct(&n));
+    let Some((PathKind::Direct(old), _)) = n.sides[1].path else {
+        unreachable!()
+    };
+    let t1 = Instant::now() + took + Duration::from_secs(5);
+    n.sides[0].local = sa("192.168.1.3:5000");
+    n.sides[0].p.network_changed(t1, true);
+    let mut now = t1;
+    n.flush(now);
+    assert!(matches!(n.sides[0].path, Some((PathKind::Relay, _))));
+    // The peer leaves the direct path a grace later (relayed packets of ours arrive).
+    let noticed = t1 + crate::defaults::FOLLOW_GRACE;
+    while now < noticed {
+        n.step(&mut now);
+    }
+    n.sides[1].p.path_failed(now);
+    n.flush(now);
+    while !is_direct(&n) && now < t1 + Duration::from_secs(10) {
+        n.step(&mut now);
+    }
+    assert!(
+        is_direct(&n),
+        "{:?}",
+        n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
+    );
+    let Some((PathKind::Direct(new), _)) = n.sides[1].path else {
+        unreachable!()
+    };
+    assert_ne!(new, old, "the peer must punch our new mapping");
+    assert!(now - t1 < Duration::from_secs(4), "{:?}", now - t1);
+}
+
+/// A route that comes back at the same address keeps the path, and a session on the relay
+/// tries a direct path again one short wait later, however far its attempts had backed off.
+#[test]
+fn a_network_that_comes_back_resets_the_upgrade_backoff() {
+    let t0 = Instant::now();
+    let mut n = Net::new(t0, (Ei, Apd), (Ei, Apd));
+    let now = n.run(t0, Duration::from_secs(10));
+    assert!(is_direct(&n));
+    n.sides[1].p.network_changed(now, false);
+    n.flush(now);
+    assert!(
+        is_direct(&n),
+        "a route back at the same address keeps the path"
+    );
+    n.sides[1].p.path_failed(now);
+    n.sides[1].p.upgrade_wait = UPGRADE_MAX;
+    n.sides[1].p.network_changed(now, false);
+    assert_eq!(n.sides[1].p.upgrade_at, Some(now + UPGRADE_FIRST));
 }
 
 /// A pair that cannot go direct keeps retrying, but less and less often.
