@@ -289,7 +289,9 @@ Both sides meet at a natkit relay, learn each other's addresses, and start UDP h
 punching at the same instant; when no direct path works within --direct-timeout, the \
 data goes through the relay instead. Either way, a PAKE (SPAKE2) keyed by the code \
 authenticates both ends, and QUIC with certificates pinned by the PAKE encrypts \
-everything: the relay sees only ciphertext. A wrong code fails on both sides.",
+everything: the relay sees only ciphertext. A wrong code fails on both sides.\n\nA network \
+that changes under a session (link down and up, a new address, a route gone for a while) is a \
+stall, not the end; a side that hears nothing from the other for --dead-peer-timeout exits 2.",
     after_long_help = "EXIT STATUS:\n  0  both directions finished\n  \
 2  an error: bad usage, the relay is unreachable or refused, the other side never came, \
 the connection broke, nothing came from the other side for --dead-peer-timeout (message on stderr)\n  3  wrong code\n\n\
