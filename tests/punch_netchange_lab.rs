@@ -156,7 +156,10 @@ fn link_flap(v: Variant, code: &str) {
         ip_a(lab, &["link", "set", "eth0", "down"]);
         std::thread::sleep(Duration::from_secs(3));
         ip_a(lab, &["link", "set", "eth0", "up"]);
-        ip_a(lab, &["route", "replace", "default", "via", lab.get("A_GW")]);
+        ip_a(
+            lab,
+            &["route", "replace", "default", "via", lab.get("A_GW")],
+        );
         true
     }) else {
         return;
@@ -173,7 +176,10 @@ fn address_replaced(v: Variant, code: &str) {
         std::thread::sleep(Duration::from_secs(2));
         let new = format!("{}3/24", lab.get("A_IP").trim_end_matches(char::is_numeric));
         ip_a(lab, &["addr", "add", &new, "dev", "eth0"]);
-        ip_a(lab, &["route", "replace", "default", "via", lab.get("A_GW")]);
+        ip_a(
+            lab,
+            &["route", "replace", "default", "via", lab.get("A_GW")],
+        );
         true
     }) else {
         return;

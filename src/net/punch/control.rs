@@ -279,16 +279,7 @@ impl Control {
         if !self.relay_tcp_lost {
             return;
         }
-        let r = self
-            .wire
-            .connect_tcp(
-                RELAY_TCP_CONNECT,
-                self.link.clone(),
-                self.outputs.ctl.clone(),
-                self.outputs.quic.clone(),
-            )
-            .await;
-        match r {
+        match self.connect_relay_tcp(RELAY_TCP_CONNECT).await {
             Ok(()) => {
                 self.relay_tcp_lost = false;
                 self.puncher.network_changed(Instant::now(), false);
@@ -305,16 +296,7 @@ impl Control {
             Fallback::ConnectTcp(t) => t,
             Fallback::GiveUp(why) => return Err(PunchError::Rendezvous(why)),
         };
-        let connected = self
-            .wire
-            .connect_tcp(
-                timeout,
-                self.link.clone(),
-                self.outputs.ctl.clone(),
-                self.outputs.quic.clone(),
-            )
-            .await;
-        if let Err(e) = connected {
+        if let Err(e) = self.connect_relay_tcp(timeout).await {
             let e = e.map(|e| e.to_string());
             return Err(PunchError::Rendezvous(
                 self.fallback.tcp_failed(e.as_deref()),
@@ -327,6 +309,20 @@ impl Control {
         self.set_my_nat(blocked);
         self.flush();
         Ok(())
+    }
+
+    /// Connects to the relay's TCP port within `timeout`; its frames then reach the loop
+    /// like the UDP socket's ([`Wire::connect_tcp`]).
+    async fn connect_relay_tcp(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<(), Option<std::io::Error>> {
+        let (link, ctl, quic) = (
+            self.link.clone(),
+            self.outputs.ctl.clone(),
+            self.outputs.quic.clone(),
+        );
+        self.wire.connect_tcp(timeout, link, ctl, quic).await
     }
 
     pub(super) fn set_my_nat(&mut self, c: NatClass) {

@@ -302,6 +302,18 @@ fn path_monitor_needs_unanswered_sending_to_declare_a_stall() {
     assert!(!m.is_stalled(t1 + STALL * 3));
 }
 
+/// Runs until both sides are direct (by `limit` at the latest): the listener's address as the
+/// connector punched it.
+fn until_direct(n: &mut Net, now: &mut Instant, limit: Instant) -> SocketAddr {
+    while !is_direct(n) && *now < limit {
+        n.step(now);
+    }
+    match n.sides[1].path {
+        Some((PathKind::Direct(p), _)) if is_direct(n) => p,
+        _ => panic!("{:?}", n.sides.iter().map(|s| s.path).collect::<Vec<_>>()),
+    }
+}
+
 /// Regression (CI, conntrack flush mid-transfer): after the listener's NAT forgets its
 /// bindings and renumbers, the session falls back to the relay and then upgrades to a new
 /// direct path on its own.
@@ -320,18 +332,8 @@ fn a_forgotten_binding_falls_back_then_upgrades_to_direct() {
         .sides
         .iter()
         .all(|s| matches!(s.path, Some((PathKind::Relay, _)))));
-    while !is_direct(&n) && now < t1 + Duration::from_secs(10) {
-        n.step(&mut now);
-    }
-    assert!(
-        is_direct(&n),
-        "{:?}",
-        n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
-    );
+    let p = until_direct(&mut n, &mut now, t1 + Duration::from_secs(10));
     // The listener's new public port differs from the one it had before.
-    let Some((PathKind::Direct(p), _)) = n.sides[1].path else {
-        unreachable!()
-    };
     assert_ne!(p.port(), 5000);
     assert!(
         now - t1 < UPGRADE_FIRST + Duration::from_secs(1),
@@ -364,17 +366,7 @@ fn a_host_that_moved_re_registers_and_both_sides_go_direct_again() {
     }
     n.sides[1].p.path_failed(now);
     n.flush(now);
-    while !is_direct(&n) && now < t1 + Duration::from_secs(10) {
-        n.step(&mut now);
-    }
-    assert!(
-        is_direct(&n),
-        "{:?}",
-        n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
-    );
-    let Some((PathKind::Direct(new), _)) = n.sides[1].path else {
-        unreachable!()
-    };
+    let new = until_direct(&mut n, &mut now, t1 + Duration::from_secs(10));
     assert_ne!(new, old, "the peer must punch our new mapping");
     assert!(now - t1 < Duration::from_secs(4), "{:?}", now - t1);
 }
