@@ -349,9 +349,19 @@ pub const NAT_EXCHANGE_ANSWER_GAP: Duration = Duration::from_millis(500);
 pub const PUNCH_PORTMAP_OFFER_GRACE: Duration = Duration::from_millis(300);
 /// The punch control loop wakes at least this often, to notice a dead direct path soon.
 pub const CONTROL_TICK: Duration = Duration::from_millis(250);
-/// QUIC's idle timeout: generous, so a NAT rebinding or a path change is a stall that the
-/// path switch repairs, not a lost connection.
-pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `--dead-peer-timeout`'s default, QUIC's idle timeout: a session that has heard nothing
+/// authenticated from the peer (directly or through the relay; the relay's own answers do
+/// not count) for this long ends with exit 2. Long enough for a NAT rebinding, a path change,
+/// a Wi-Fi roam or a link that drops for tens of seconds (each a stall the session repairs);
+/// short enough that a network gone for good ends the session within a minute.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// QUIC keepalives are sent at least this many times per dead-peer bound, so that an idle
+/// session never comes near it (RFC 9000 §10.1.2).
+pub const DEAD_PEER_KEEPALIVES: u32 = 3;
+/// How often a punch looks at its own network (the local address towards the relay, without
+/// sending anything): a route that comes back is noticed within this, well inside the 2 s
+/// the session aims to stall at most once the network is back.
+pub const NET_CHECK: Duration = Duration::from_millis(250);
 /// The QUIC or TLS handshake after the PAKE: both sides are known to be there, so a
 /// handshake that takes longer has failed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

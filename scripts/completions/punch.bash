@@ -55,7 +55,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__connect)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --verbose --local --icmp --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --local --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -90,6 +90,10 @@ _punch() {
                     return 0
                     ;;
                 --keepalive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dead-peer-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -165,7 +169,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__listen)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --verbose --code --expose --icmp --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --code --expose --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -200,6 +204,10 @@ _punch() {
                     return 0
                     ;;
                 --keepalive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dead-peer-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

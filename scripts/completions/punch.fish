@@ -37,6 +37,7 @@ complete -c punch -n "__fish_punch_using_subcommand listen" -l token -d 'Relay t
 complete -c punch -n "__fish_punch_using_subcommand listen" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l echo-target -d 'With --icmp: where the listener\'s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat\'s)' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l dead-peer-timeout -d 'End the session (exit 2) when nothing has come from the other side, directly or through the relay, for this many seconds: a network that changes is a stall, one gone for good is an error. Both sides end by the same rule' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l code -d 'Use this code instead of a random one' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l expose -d 'Host a local TCP service: each connection the other side makes (with --local) is carried to HOST:PORT here' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l manual -d 'Serverless: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to'
@@ -55,6 +56,7 @@ complete -c punch -n "__fish_punch_using_subcommand connect" -l token -d 'Relay 
 complete -c punch -n "__fish_punch_using_subcommand connect" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l echo-target -d 'With --icmp: where the listener\'s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat\'s)' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l keepalive -d 'Keepalive interval in seconds (keeps NAT mappings open)' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l dead-peer-timeout -d 'End the session (exit 2) when nothing has come from the other side, directly or through the relay, for this many seconds: a network that changes is a stall, one gone for good is an error. Both sides end by the same rule' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l local -d 'Listen on [HOST:]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side\'s --expose service, many at once' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l icmp -d 'No server at all (the pwnat technique; needs CAP_NET_RAW): send the listener at LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for an answer to its echo requests, then punch UDP' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l manual -d 'Serverless: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to'

@@ -38,6 +38,7 @@ _arguments "${_arguments_options[@]}" : \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--echo-target=[With --icmp\: where the listener'\''s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat'\''s)]:IP:_default' \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
+'--dead-peer-timeout=[End the session (exit 2) when nothing has come from the other side, directly or through the relay, for this many seconds\: a network that changes is a stall, one gone for good is an error. Both sides end by the same rule]:SECS:_default' \
 '--code=[Use this code instead of a random one]:CODE:_default' \
 '--expose=[Host a local TCP service\: each connection the other side makes (with --local) is carried to HOST\:PORT here]:HOST:PORT:_default' \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
@@ -62,6 +63,7 @@ _arguments "${_arguments_options[@]}" : \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--echo-target=[With --icmp\: where the listener'\''s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat'\''s)]:IP:_default' \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
+'--dead-peer-timeout=[End the session (exit 2) when nothing has come from the other side, directly or through the relay, for this many seconds\: a network that changes is a stall, one gone for good is an error. Both sides end by the same rule]:SECS:_default' \
 '--local=[Listen on \[HOST\:\]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side'\''s --expose service, many at once]:[HOST:]PORT:_default' \
 '(--relay --manual)--icmp=[No server at all (the pwnat technique; needs CAP_NET_RAW)\: send the listener at LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for an answer to its echo requests, then punch UDP]:LISTENER_HOST:_default' \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \

@@ -289,10 +289,12 @@ Both sides meet at a natkit relay, learn each other's addresses, and start UDP h
 punching at the same instant; when no direct path works within --direct-timeout, the \
 data goes through the relay instead. Either way, a PAKE (SPAKE2) keyed by the code \
 authenticates both ends, and QUIC with certificates pinned by the PAKE encrypts \
-everything: the relay sees only ciphertext. A wrong code fails on both sides.",
+everything: the relay sees only ciphertext. A wrong code fails on both sides.\n\nA network \
+that changes under a session (link down and up, a new address, a route gone for a while) is a \
+stall, not the end; a side that hears nothing from the other for --dead-peer-timeout exits 2.",
     after_long_help = "EXIT STATUS:\n  0  both directions finished\n  \
 2  an error: bad usage, the relay is unreachable or refused, the other side never came, \
-the connection broke (message on stderr)\n  3  wrong code\n\n\
+the connection broke, nothing came from the other side for --dead-peer-timeout (message on stderr)\n  3  wrong code\n\n\
 EXAMPLES:\n  punch listen --relay relay.example.net < file        # prints a code\n  \
 punch connect --relay relay.example.net 7-lantern-harbor > file\n  \
 punch listen --relay 203.0.113.10 --json",
@@ -407,6 +409,12 @@ pub struct PunchCommon {
     #[arg(long, value_name = "SECS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub keepalive: u64,
+    /// End the session (exit 2) when nothing has come from the other side, directly or
+    /// through the relay, for this many seconds: a network that changes is a stall, one
+    /// gone for good is an error. Both sides end by the same rule.
+    #[arg(long, value_name = "SECS", default_value_t = crate::defaults::DEAD_PEER_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub dead_peer_timeout: u64,
     /// More log output on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -591,6 +599,7 @@ impl PunchArgs {
                 code,
                 direct_timeout: Duration::from_millis(common.direct_timeout),
                 keepalive: Duration::from_secs(common.keepalive),
+                dead_peer: Duration::from_secs(common.dead_peer_timeout),
                 token,
                 mode,
                 portmap: !common.no_portmap,

@@ -90,6 +90,35 @@ pub fn local_ip_towards(dst: SocketAddr) -> std::io::Result<IpAddr> {
     Ok(s.local_addr()?.ip())
 }
 
+/// Whether a socket error is the network changing under the session rather than a broken
+/// socket: no route or no address (link down, address removed, default route gone:
+/// `ENETUNREACH`, `EHOSTUNREACH`, `ENETDOWN`, `EHOSTDOWN`, `EADDRNOTAVAIL`), a local
+/// firewall (`EPERM`, `EACCES`), full buffers (`ENOBUFS`, `EAGAIN`), an ICMP error reported
+/// on a connected socket (`ECONNREFUSED`), a packet over the path's MTU (`EMSGSIZE`: QUIC's
+/// MTU probes, as quinn-udp treats it) or a signal. Such an error costs the datagram only
+/// (QUIC and the rendezvous retransmit); anything else ends the session.
+pub fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::WouldBlock | K::Interrupted | K::ConnectionRefused | K::PermissionDenied
+    ) || matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENETUNREACH
+                | libc::EHOSTUNREACH
+                | libc::ENETDOWN
+                | libc::EHOSTDOWN
+                | libc::EADDRNOTAVAIL
+                | libc::EPERM
+                | libc::EACCES
+                | libc::ENOBUFS
+                | libc::ECONNREFUSED
+                | libc::EMSGSIZE
+        )
+    )
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it): for state that outlives the
 /// process (leases in the state file, relay tokens).
 pub fn unix_now() -> u64 {
@@ -273,6 +302,26 @@ fn parse_recverr(p: &[u8]) -> Option<(IpAddr, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_changes_are_transient_and_broken_sockets_are_not() {
+        use std::io::Error;
+        for code in [
+            libc::ENETUNREACH,
+            libc::EHOSTUNREACH,
+            libc::ENETDOWN,
+            libc::EADDRNOTAVAIL,
+            libc::EPERM,
+            libc::ENOBUFS,
+            libc::ECONNREFUSED,
+        ] {
+            assert!(is_transient(&Error::from_raw_os_error(code)), "{code}");
+        }
+        for code in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK, libc::EFAULT] {
+            assert!(!is_transient(&Error::from_raw_os_error(code)), "{code}");
+        }
+        assert!(!is_transient(&Error::other("broken")));
+    }
 
     #[test]
     fn a_short_recverr_message_is_ignored() {

@@ -129,3 +129,115 @@ impl Live {
         self.seen
     }
 }
+
+/// A stream of `len` bytes that the receiver can check without having kept them: byte `i`
+/// of stream `seed` (xorshift of its position, so no shifted run matches by chance).
+#[allow(dead_code)]
+pub fn stream_bytes(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| {
+            let mut x = (i / 8) ^ (seed << 40) ^ 0x9E37_79B9_7F4A_7C15;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> ((i % 8) * 8)) as u8
+        })
+        .collect()
+}
+
+/// What a punch side run by [`timed`] did.
+#[allow(dead_code)]
+pub struct Timed {
+    pub code: Option<i32>,
+    /// When it exited, since the common start.
+    pub exited: Duration,
+    pub stdout: Vec<u8>,
+    /// When stdout's bytes arrived, since the common start: (time, bytes so far).
+    pub arrivals: Vec<(Duration, usize)>,
+    pub stderr: String,
+}
+
+impl Timed {
+    /// The longest time stdout stood still after `from` (a gap that began before `from`
+    /// counts from `from`), and when that stall ended.
+    #[allow(dead_code)]
+    pub fn longest_stall_after(&self, from: Duration) -> (Duration, Duration) {
+        let mut last = from;
+        let mut worst = (Duration::ZERO, from);
+        for &(t, _) in self.arrivals.iter().filter(|a| a.0 > from) {
+            if t - last > worst.0 {
+                worst = (t - last, t);
+            }
+            last = t;
+        }
+        worst
+    }
+}
+
+/// Runs `punch ARGS --relay PUB_IP --json` in `node`, writing `input` to its stdin in
+/// `chunk`-byte pieces `pace` apart (a transfer that lasts), then closing it; stdout's
+/// arrival times are measured from `t0`. A side still running after `limit` is killed.
+#[allow(dead_code)]
+pub fn timed(
+    lab: &Lab,
+    node: &str,
+    args: &[&str],
+    (input, chunk, pace): (Vec<u8>, usize, Duration),
+    t0: Instant,
+    limit: Duration,
+) -> std::thread::JoinHandle<Timed> {
+    let mut child = lab
+        .cmd(node, env!("CARGO_BIN_EXE_punch"))
+        .args(args)
+        .args(["--relay", lab.get("PUB_IP"), "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        for c in input.chunks(chunk.max(1)) {
+            if stdin.write_all(c).is_err() {
+                return;
+            }
+            std::thread::sleep(pace);
+        }
+    });
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let (mut all, mut arrivals, mut buf) = (Vec::new(), Vec::new(), vec![0u8; 64 * 1024]);
+        while let Ok(k @ 1..) = std::io::Read::read(&mut out, &mut buf) {
+            all.extend_from_slice(&buf[..k]);
+            arrivals.push((t0.elapsed(), all.len()));
+        }
+        (all, arrivals)
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let exited = t0.elapsed();
+        let (stdout, arrivals) = reader.join().unwrap();
+        Timed {
+            code: status.code(),
+            exited,
+            stdout,
+            arrivals,
+            stderr: stderr.join().unwrap(),
+        }
+    })
+}

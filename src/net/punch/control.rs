@@ -11,15 +11,15 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::defaults::{CONTROL_TICK, PREDICT_RESEND};
+use crate::defaults::{CONTROL_TICK, NET_CHECK, PREDICT_RESEND, RELAY_TCP_CONNECT};
 use crate::net::punch::runs::{AbortOnDrop, BirthdayRun, TcpNote, TcpRun};
 use crate::net::punch::transport::{lock, switch_path, Inbound, LinkState, Wire};
 use crate::net::punch::{Emit, Event, PunchError};
 use crate::proto::punch::auth::Auth;
 use crate::proto::punch::birthday::Part;
-use crate::proto::punch::fallback::{Fallback, RelayFallback};
+use crate::proto::punch::fallback::{Fallback, RelayFallback, RelayVia};
 use crate::proto::punch::nat::NatClass;
-use crate::proto::punch::{PunchConfig, PunchEvent, Puncher};
+use crate::proto::punch::{NetChange, NetWatch, PathKind, PunchConfig, PunchEvent, Puncher};
 use crate::wire::rendezvous::{Frame, SessionId};
 
 /// Which phase of the punch turns the loop: what is news to the user and what may start.
@@ -100,6 +100,11 @@ pub(super) struct Control {
     pub(super) bday_reader: Option<AbortOnDrop>,
     /// The TTL measurement's sockets ([`crate::proto::punch::ttl`]).
     pub(super) ttl_probes: crate::net::punch::ttl::TtlSockets,
+    /// Our own network: a route that comes back or a new local address is news.
+    pub(super) net: NetWatch,
+    pub(super) next_net_check: Instant,
+    /// The relay's TCP connection (UDP blocked) broke and must be made again.
+    pub(super) relay_tcp_lost: bool,
 }
 
 impl Control {
@@ -177,14 +182,21 @@ impl Control {
         .min()
         .unwrap_or(now);
         let i = &mut self.inputs;
+        let wire = self.wire.clone();
         tokio::select! {
             m = i.ctl.recv() => match m {
                 Some(Inbound::Control(from, b)) => self.on_inbound(Instant::now(), from, &b),
+                Some(Inbound::Broken(e)) => return Err(PunchError::Io(e)),
+                Some(Inbound::RelayTcpLost) => {
+                    self.relay_tcp_lost = true;
+                    self.reconnect_relay_tcp().await;
+                }
                 None => return Ok(false),
             },
             Some((target, ttl, answer)) = i.ttl.recv() => {
                 self.puncher.handle_ttl_answer(target, ttl, answer);
             }
+            e = wire.failed() => return Err(PunchError::Io(e)),
             Some(n) = i.tcp_notes.recv() => {
                 self.on_tcp_note(n);
                 self.flush();
@@ -223,9 +235,65 @@ impl Control {
                 self.flush_tcp();
                 self.flush_birthday();
                 self.flush();
+                self.check_network(now).await;
             }
         }
         Ok(true)
+    }
+
+    /// Looks at our own network every [`NET_CHECK`] ([`NetWatch`]): the socket is bound to
+    /// the wildcard address and survives an address change, but when a route comes back,
+    /// or we have a new address (and so a new mapping on our NAT), the relay must learn
+    /// where we are (re-register), the paths are checked again, and QUIC is nudged to
+    /// retransmit at once rather than after its backed-off probe timer.
+    async fn check_network(&mut self, now: Instant) {
+        if now < self.next_net_check {
+            return;
+        }
+        self.next_net_check = now + NET_CHECK;
+        // --manual has no relay: the direct peer's route is the one that matters.
+        let towards = match lock(&self.link).link.path() {
+            _ if !self.wire.relay.ip().is_unspecified() => self.wire.relay,
+            PathKind::Direct(p) => p,
+            PathKind::Relay => return,
+        };
+        let addr = crate::net::sys::local_ip_towards(towards).ok();
+        match self.net.observe(addr) {
+            Some(NetChange::Lost) => {
+                tracing::warn!("no route to {towards} any more; waiting for the network")
+            }
+            Some(NetChange::Back { moved }) => {
+                tracing::warn!(
+                    ?addr,
+                    moved,
+                    "the network is back; telling the relay and the peer"
+                );
+                self.relay_tcp_lost |= moved && self.fallback.via() == RelayVia::Tcp;
+                self.reconnect_relay_tcp().await;
+                self.puncher.network_changed(now, moved);
+                self.path_changed.notify_one();
+                self.flush();
+            }
+            None if self.relay_tcp_lost && addr.is_some() => self.reconnect_relay_tcp().await,
+            None => {}
+        }
+    }
+
+    /// The relay's TCP connection broke (or left from an address we no longer have): make
+    /// it again and register over it. A failure is tried again at the next network check;
+    /// a session that stays cut off ends at the dead-peer bound.
+    async fn reconnect_relay_tcp(&mut self) {
+        if !self.relay_tcp_lost {
+            return;
+        }
+        match self.connect_relay_tcp(RELAY_TCP_CONNECT).await {
+            Ok(()) => {
+                self.relay_tcp_lost = false;
+                self.puncher.network_changed(Instant::now(), false);
+                self.flush();
+            }
+            Err(e) => tracing::warn!(?e, "the relay's TCP connection cannot be made again yet"),
+        }
     }
 
     /// UDP to the relay gets nowhere (blocked?): meet over TCP instead ([`RelayFallback`]);
@@ -235,16 +303,7 @@ impl Control {
             Fallback::ConnectTcp(t) => t,
             Fallback::GiveUp(why) => return Err(PunchError::Rendezvous(why)),
         };
-        let connected = self
-            .wire
-            .connect_tcp(
-                timeout,
-                self.link.clone(),
-                self.outputs.ctl.clone(),
-                self.outputs.quic.clone(),
-            )
-            .await;
-        if let Err(e) = connected {
+        if let Err(e) = self.connect_relay_tcp(timeout).await {
             let e = e.map(|e| e.to_string());
             return Err(PunchError::Rendezvous(
                 self.fallback.tcp_failed(e.as_deref()),
@@ -257,6 +316,20 @@ impl Control {
         self.set_my_nat(blocked);
         self.flush();
         Ok(())
+    }
+
+    /// Connects to the relay's TCP port within `timeout`; its frames then reach the loop
+    /// like the UDP socket's ([`Wire::connect_tcp`]).
+    async fn connect_relay_tcp(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<(), Option<std::io::Error>> {
+        let (link, ctl, quic) = (
+            self.link.clone(),
+            self.outputs.ctl.clone(),
+            self.outputs.quic.clone(),
+        );
+        self.wire.connect_tcp(timeout, link, ctl, quic).await
     }
 
     pub(super) fn set_my_nat(&mut self, c: NatClass) {
@@ -330,7 +403,7 @@ impl Control {
     /// Sends a frame to the peer on the current path.
     fn send_link(&mut self, f: &Frame) {
         let (dst, bytes) = lock(&self.link).link.wrap(&f.emit());
-        let _ = self.wire.send(dst, bytes);
+        self.wire.send(dst, bytes);
     }
 
     fn on_inbound(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {

@@ -31,7 +31,7 @@ pub(super) struct Session {
     pub(super) wire: Arc<Wire>,
     pub(super) link: Arc<Mutex<LinkState>>,
     /// QUIC datagrams from the readers, for [`crate::net::punch::transport::LinkSocket`].
-    pub(super) quic_rx: mpsc::Receiver<Vec<u8>>,
+    pub(super) quic_rx: Option<mpsc::Receiver<Vec<u8>>>,
     /// The socket reader and the NAT classifier.
     pub(super) tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The router mapping's task, and what ends it.
@@ -51,6 +51,19 @@ pub(super) struct Session {
     pub(super) manual: bool,
     /// `--icmp` connector: knocks until the listener is heard.
     pub(super) knocking: Option<crate::net::punch::icmp::Stop>,
+}
+
+/// A session that ends, however it ends (an error in any phase included), ends its tasks.
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some((m, _)) = &self.mapper {
+            m.abort();
+        }
+        self.wire.close();
+    }
 }
 
 /// Sets everything up and starts the rendezvous: the control plane, and the session's
@@ -333,6 +346,11 @@ pub(super) async fn prepare(
         path_changed: Arc::new(tokio::sync::Notify::new()),
         bday_reader: None,
         ttl_probes: crate::net::punch::ttl::TtlSockets::new(ttl_tx),
+        net: crate::proto::punch::NetWatch::new(
+            towards.and_then(|t| crate::net::sys::local_ip_towards(t).ok()),
+        ),
+        next_net_check: now,
+        relay_tcp_lost: false,
     };
     if let Some(ip) = icmp_listener {
         c.puncher.allow_peer_ip(ip.into());
@@ -342,7 +360,7 @@ pub(super) async fn prepare(
         local,
         wire,
         link,
-        quic_rx,
+        quic_rx: Some(quic_rx),
         tasks: vec![reader_task, classifier],
         mapper: mapper.map(|m| (m, unmap_tx)),
         tcp_endpoint,

@@ -27,7 +27,7 @@ mod ttl;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,13 @@ pub enum PunchError {
     /// The other side's offer could not be read.
     #[error("reading the other side's offer: {0}")]
     OfferInput(String),
+    /// Nothing authenticated came from the peer, over any path, for the dead-peer bound
+    /// (`--dead-peer-timeout`): our network, or the peer's, is gone.
+    #[error(
+        "the other side has not been heard from for {} s; giving up (--dead-peer-timeout)",
+        .0.as_secs()
+    )]
+    PeerSilent(Duration),
 }
 
 /// Progress events, printed by the binary (JSON lines with `--json`).
@@ -182,6 +189,8 @@ pub struct PunchOptions {
     pub direct_timeout: Duration,
     /// Keepalive interval.
     pub keepalive: Duration,
+    /// The session ends (exit 2) when nothing authenticated came from the peer for this long.
+    pub dead_peer: Duration,
     /// Relay token.
     pub token: Vec<u8>,
     /// What to carry.
@@ -305,58 +314,35 @@ where
     let (quiet, path_changed) = (c.quiet.clone(), c.path_changed.clone());
 
     // Keep the control plane alive (relay keepalives and pings, late PAKE answers, path
-    // changes, birthday probing).
-    let control = tokio::spawn(async move {
-        while c.settle(Phase::Run).await.is_ok() && matches!(c.wait().await, Ok(true)) {}
-    });
-
-    // 3. The punched TCP connection (--tcp) when there is one, else QUIC over the link;
-    // certificates pinned by the PAKE either way.
-    let tcp_stream = match tcp_wait {
-        Some(w) => tcp::tcp_result(w, &emit, t0).await,
-        None => None,
-    };
-    let result = match tcp_stream {
-        Some(stream) => {
-            quiet.store(true, Ordering::Relaxed);
-            tcp::run(
-                opts.role,
-                stream,
-                opts.keepalive,
-                &s.cert,
-                peer_fp,
-                input,
-                output,
-            )
-            .await
-        }
-        None => {
-            let link_sock = Arc::new(LinkSocket {
-                wire: s.wire.clone(),
-                state: s.link.clone(),
-                rx: Mutex::new(s.quic_rx),
-                local: s.local,
-            });
-            if let Some(l) = &s.listener {
-                emit.send(&Event::Listening {
-                    local: l.local_addr()?,
-                });
+    // changes, birthday probing, our own network). It runs until the session ends; an error
+    // in it (a socket that broke for good) ends the session.
+    let mut control = tokio::spawn(async move {
+        loop {
+            c.settle(Phase::Run).await?;
+            if !c.wait().await? {
+                return Err(PunchError::Transport("the socket reader ended".into()));
             }
-            quic::run(
-                opts.role,
-                link_sock,
-                VIRTUAL_PEER,
-                s.cert,
-                peer_fp,
-                opts.keepalive,
-                opts.mode,
-                s.listener,
-                path_changed,
-                input,
-                output,
-            )
-            .await
         }
+    });
+    let signals = (quiet, path_changed);
+    let data = carry(
+        &opts,
+        &emit,
+        t0,
+        &mut s,
+        tcp_wait,
+        peer_fp,
+        signals,
+        (input, output),
+    );
+    // Whichever ends first ends the other: no task outlives the session.
+    let result = tokio::select! {
+        r = data => r,
+        c = &mut control => Err(match c {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => PunchError::Transport("the control plane ended".into()),
+            Err(e) => PunchError::Transport(format!("the control plane failed: {e}")),
+        }),
     };
     control.abort();
     for t in &s.tasks {
@@ -373,7 +359,7 @@ where
             session: s.session,
             peer: s.peer_id,
         };
-        let _ = s.wire.send(s.wire.relay, bye.emit());
+        s.wire.send(s.wire.relay, bye.emit());
     }
     // Give the TCP writer a moment to flush the goodbye.
     if s.wire.over_tcp() {
@@ -386,6 +372,75 @@ where
         bytes_received: received,
         elapsed_ms: t0.elapsed().as_millis() as u64,
     })
+}
+
+/// Step 3 of [`run`]: the punched TCP connection (--tcp) when there is one, else QUIC over
+/// the link; certificates pinned by the PAKE either way. Returns (bytes sent, received).
+#[allow(clippy::too_many_arguments)]
+async fn carry<R, W>(
+    opts: &PunchOptions,
+    emit: &Emit,
+    t0: Instant,
+    s: &mut meet::Session,
+    tcp_wait: Option<tcp::TcpWait>,
+    peer_fp: [u8; 32],
+    (quiet, path_changed): (Arc<AtomicBool>, Arc<tokio::sync::Notify>),
+    (input, output): (R, W),
+) -> Result<(u64, u64), PunchError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let tcp_stream = match tcp_wait {
+        Some(w) => tcp::tcp_result(w, emit, t0).await,
+        None => None,
+    };
+    if let Some(stream) = tcp_stream {
+        quiet.store(true, Ordering::Relaxed);
+        return tcp::run(
+            opts.role,
+            stream,
+            opts.keepalive,
+            &s.cert,
+            peer_fp,
+            input,
+            output,
+        )
+        .await;
+    }
+    let link_sock = Arc::new(LinkSocket {
+        wire: s.wire.clone(),
+        state: s.link.clone(),
+        rx: Mutex::new(
+            s.quic_rx
+                .take()
+                .ok_or(PunchError::Transport("no QUIC queue".into()))?,
+        ),
+        local: s.local,
+    });
+    if let Some(l) = &s.listener {
+        emit.send(&Event::Listening {
+            local: l.local_addr()?,
+        });
+    }
+    let live = quic::Liveness {
+        keepalive: opts.keepalive,
+        dead_peer: opts.dead_peer,
+    };
+    quic::run(
+        opts.role,
+        link_sock,
+        VIRTUAL_PEER,
+        &s.cert,
+        peer_fp,
+        live,
+        opts.mode,
+        s.listener.take(),
+        path_changed,
+        input,
+        output,
+    )
+    .await
 }
 
 /// Default options.

@@ -19,11 +19,22 @@ const STREAM_VERSION: u8 = 1;
 /// Per-stream flow-control window (bytes the peer may send ahead of what we have read).
 const STREAM_WINDOW: u32 = 8 << 20;
 
-fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
+/// How long the peer may stay silent, and how often we keep the path alive.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// Keepalive interval (NAT bindings).
+    pub keepalive: Duration,
+    /// The dead-peer bound: QUIC's idle timeout.
+    pub dead_peer: Duration,
+}
+
+fn transport(l: Liveness) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // Keepalives well under NAT binding lifetimes; a generous idle timeout so a NAT
-    // rebinding or a path change is a stall, not a lost connection.
-    t.keep_alive_interval(Some(keepalive));
+    // Keepalives well under NAT binding lifetimes and under the dead-peer bound, which is
+    // the idle timeout: nothing authenticated from the peer for that long, over any path,
+    // ends the session (a NAT rebinding or a path change is only a stall).
+    let per_bound = l.dead_peer / crate::defaults::DEAD_PEER_KEEPALIVES;
+    t.keep_alive_interval(Some(l.keepalive.min(per_bound)));
     // Start at QUIC's 1200 bytes and let path-MTU discovery raise it, but never beyond what
     // a relay data frame carries: the path may switch to the relay at any time, and a packet
     // that fits one path must fit the other. 1400 instead of 1200 is 14 % fewer packets (and
@@ -39,9 +50,8 @@ fn transport(keepalive: Duration) -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(quinn::VarInt::from_u32(4 * STREAM_WINDOW));
     t.send_window(4 * STREAM_WINDOW as u64);
-    t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(crate::defaults::QUIC_IDLE_TIMEOUT).expect("60 s fits"),
-    ));
+    // Bounded by the CLI far below QUIC's limit (2^62 ms); a value beyond it waits forever.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(l.dead_peer).ok());
     Arc::new(t)
 }
 
@@ -65,9 +75,9 @@ pub async fn run<R, W>(
     role: Role,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
     peer: SocketAddr,
-    cert: rcgen::CertifiedKey,
+    cert: &rcgen::CertifiedKey,
     peer_fp: [u8; 32],
-    keepalive: Duration,
+    live: Liveness,
     mode: Mode,
     listener: Option<tokio::net::TcpListener>,
     path_changed: Arc<tokio::sync::Notify>,
@@ -78,27 +88,27 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (conn, ep) = establish(role, socket, peer, cert, peer_fp, keepalive).await?;
+    let (conn, ep) = establish(role, socket, peer, cert, peer_fp, live).await?;
     // After a path change, send one ack-eliciting packet at once: its acknowledgement tells
     // the peer where we are now and resets QUIC's probe timer, instead of waiting for a
     // backed-off PTO (RFC 9002 §6.2) that may be seconds away after a stall.
     let nudger = {
         let conn = conn.clone();
-        tokio::spawn(async move {
+        crate::net::punch::runs::AbortOnDrop(tokio::spawn(async move {
             loop {
                 path_changed.notified().await;
                 let _ = conn.send_datagram(vec![0u8].into());
             }
-        })
+        }))
     };
     let totals = Arc::new(Totals::default());
     let r = match mode {
-        Mode::Pipe => {
-            let (send, recv) = open_or_accept(&conn, role).await?;
-            bridge(send, recv, input, output, totals.clone())
+        Mode::Pipe => match open_or_accept(&conn, role).await {
+            Ok((send, recv)) => bridge(send, recv, input, output, totals.clone())
                 .await
-                .map_err(terr)
-        }
+                .map_err(terr),
+            Err(e) => Err(e),
+        },
         Mode::Expose(target) => expose(&conn, target, totals.clone()).await,
         Mode::Local(at) => match listener {
             Some(l) => local(&conn, l, totals.clone()).await,
@@ -112,10 +122,15 @@ where
             }
         },
     };
-    nudger.abort();
+    drop(nudger);
     tracing::debug!(stats = ?conn.stats(), "QUIC connection statistics");
+    // Silence past the bound ends every mode, hosting included, as an error.
+    let silent = matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
     conn.close(0u32.into(), b"done");
     ep.wait_idle().await;
+    if silent {
+        return Err(PunchError::PeerSilent(live.dead_peer));
+    }
     r?;
     use std::sync::atomic::Ordering::Relaxed;
     Ok((totals.sent.load(Relaxed), totals.received.load(Relaxed)))
@@ -125,17 +140,17 @@ async fn establish(
     role: Role,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
     peer: SocketAddr,
-    cert: rcgen::CertifiedKey,
+    cert: &rcgen::CertifiedKey,
     peer_fp: [u8; 32],
-    keepalive: Duration,
+    live: Liveness,
 ) -> Result<(quinn::Connection, quinn::Endpoint), PunchError> {
     let runtime = Arc::new(quinn::TokioRuntime);
     Ok(match role {
         Role::Listener => {
-            let tls = tls_server(&cert, peer_fp, ALPN)?;
+            let tls = tls_server(cert, peer_fp, ALPN)?;
             let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(terr)?;
             let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-            sc.transport_config(transport(keepalive));
+            sc.transport_config(transport(live));
             let ep = quinn::Endpoint::new_with_abstract_socket(
                 quinn::EndpointConfig::default(),
                 Some(sc),
@@ -146,10 +161,10 @@ async fn establish(
             (conn, ep)
         }
         Role::Connector => {
-            let tls = tls_client(&cert, peer_fp, ALPN)?;
+            let tls = tls_client(cert, peer_fp, ALPN)?;
             let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(terr)?;
             let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-            cc.transport_config(transport(keepalive));
+            cc.transport_config(transport(live));
             let mut ep = quinn::Endpoint::new_with_abstract_socket(
                 quinn::EndpointConfig::default(),
                 None,
@@ -157,11 +172,12 @@ async fn establish(
                 runtime,
             )?;
             ep.set_default_client_config(cc);
-            let c = ep
-                .connect(peer, "natkit")
-                .map_err(terr)?
-                .await
-                .map_err(terr)?;
+            let c = match ep.connect(peer, "natkit").map_err(terr)?.await {
+                Err(quinn::ConnectionError::TimedOut) => {
+                    return Err(PunchError::PeerSilent(live.dead_peer))
+                }
+                r => r.map_err(terr)?,
+            };
             (c, ep)
         }
     })
@@ -282,6 +298,8 @@ async fn expose(
     target: SocketAddr,
     totals: Arc<Totals>,
 ) -> Result<(), PunchError> {
+    // The copiers end with the session (dropping the set aborts them).
+    let mut copiers = tokio::task::JoinSet::new();
     loop {
         let (send, recv) = match accept(conn).await {
             Ok(s) => s,
@@ -289,7 +307,8 @@ async fn expose(
             Err(_) => return Ok(()),
         };
         let totals = totals.clone();
-        tokio::spawn(async move {
+        while copiers.try_join_next().is_some() {}
+        copiers.spawn(async move {
             match tokio::net::TcpStream::connect(target).await {
                 Ok(tcp) => {
                     let (r, w) = tcp.into_split();
@@ -310,6 +329,7 @@ async fn local(
     l: tokio::net::TcpListener,
     totals: Arc<Totals>,
 ) -> Result<(), PunchError> {
+    let mut copiers = tokio::task::JoinSet::new();
     loop {
         let (tcp, _) = tokio::select! {
             a = l.accept() => a?,
@@ -317,7 +337,8 @@ async fn local(
         };
         let conn = conn.clone();
         let totals = totals.clone();
-        tokio::spawn(async move {
+        while copiers.try_join_next().is_some() {}
+        copiers.spawn(async move {
             match open(&conn).await {
                 Ok((send, recv)) => {
                     let (r, w) = tcp.into_split();

@@ -61,6 +61,10 @@ pub(super) struct Wire {
     tcp: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     /// The relay connection's writer and reader, ended by [`Wire::close`].
     tcp_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// A send failed in a way no retry can mend (see [`crate::net::sys::is_transient`]): the
+    /// control plane ends the session with it ([`Wire::failed`]).
+    fatal: Mutex<Option<std::io::Error>>,
+    fatal_note: tokio::sync::Notify,
 }
 
 impl Wire {
@@ -70,6 +74,42 @@ impl Wire {
             relay,
             tcp: Mutex::new(None),
             tcp_tasks: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            fatal_note: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// What became of a send: `WouldBlock` stays (quinn waits for room on it); a transient
+    /// error (the network changing, [`crate::net::sys::is_transient`]) costs only the
+    /// datagram, as loss would; anything else is kept for [`Wire::failed`] and the datagram
+    /// is dropped. Never an error quinn would take for a dead socket: quinn's connection
+    /// driver ends on one and leaves the session hanging.
+    fn absorb(&self, r: std::io::Result<()>) -> std::io::Result<()> {
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(e),
+            Err(e) if crate::net::sys::is_transient(&e) => {
+                tracing::debug!("send failed, the datagram is lost: {e}");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("send failed: {e}");
+                if let Ok(mut f) = self.fatal.lock() {
+                    f.get_or_insert(e);
+                }
+                self.fatal_note.notify_one();
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Waits until a send fails for good, and returns that error.
+    pub(super) async fn failed(&self) -> std::io::Error {
+        loop {
+            if let Some(e) = self.fatal.lock().ok().and_then(|mut f| f.take()) {
+                return e;
+            }
+            self.fatal_note.notified().await;
         }
     }
 
@@ -77,34 +117,33 @@ impl Wire {
         self.tcp.lock().map(|t| t.is_some()).unwrap_or(false)
     }
 
-    /// Sends without waiting; a full queue or socket loses the datagram (QUIC and the
-    /// rendezvous retransmit).
-    pub(super) fn send(&self, dst: SocketAddr, bytes: Vec<u8>) -> std::io::Result<()> {
+    /// Sends without waiting; a full queue or socket, or a network that is changing, loses
+    /// the datagram (QUIC and the rendezvous retransmit).
+    pub(super) fn send(&self, dst: SocketAddr, bytes: Vec<u8>) {
         if dst == self.relay {
             if let Ok(t) = self.tcp.lock() {
                 if let Some(tx) = t.as_ref() {
                     let _ = tx.try_send(bytes);
-                    return Ok(());
+                    return;
                 }
             }
         }
-        send_now(&self.sock, &bytes, dst)
+        let _ = self.absorb(send_now(&self.sock, &bytes, dst));
     }
 
     /// [`Wire::send`] with a TTL for this datagram only (opening packets).
     pub(super) fn send_ttl(&self, dst: SocketAddr, bytes: Vec<u8>, ttl: Option<u8>) {
-        with_ttl(&self.sock, ttl, || {
-            let _ = self.send(dst, bytes);
-        });
+        with_ttl(&self.sock, ttl, || self.send(dst, bytes));
     }
 
     /// [`Wire::send`] for QUIC: a full UDP socket is reported (`WouldBlock`), and quinn waits
     /// until it has room instead of losing the datagram.
     fn send_quic(&self, dst: SocketAddr, bytes: Vec<u8>) -> std::io::Result<()> {
         if dst == self.relay && self.over_tcp() {
-            return self.send(dst, bytes);
+            self.send(dst, bytes);
+            return Ok(());
         }
-        self.sock.try_send_to(&bytes, dst).map(|_| ())
+        self.absorb(self.sock.try_send_to(&bytes, dst).map(|_| ()))
     }
 
     /// UDP to the relay gets nowhere: connects to its TCP port (within `timeout`), and from
@@ -138,6 +177,10 @@ impl Wire {
             *t = Some(tx);
         }
         if let Ok(mut t) = self.tcp_tasks.lock() {
+            // A connection made again replaces the broken one.
+            for old in t.drain(..) {
+                old.abort();
+            }
             t.extend([writer, reader]);
         }
         Ok(())
@@ -228,7 +271,8 @@ impl quinn::UdpPoller for Writable {
                 _ => self.0.wire.sock.clone(),
             }
         };
-        sock.poll_send_ready(cx)
+        // An error here would end quinn's connection driver: let `try_send` meet it instead.
+        sock.poll_send_ready(cx).map(|_| Ok(()))
     }
 }
 
@@ -260,16 +304,18 @@ impl quinn::AsyncUdpSocket for LinkSocket {
                 src_ip: None,
             };
             let sock = direct_sock.as_ref().unwrap_or(&self.wire.sock);
-            return sock.try_io(tokio::io::Interest::WRITABLE, || {
-                udp.send((&**sock).into(), &t)
-            });
+            return self
+                .wire
+                .absorb(sock.try_io(tokio::io::Interest::WRITABLE, || {
+                    udp.send((&**sock).into(), &t)
+                }));
         }
         for packet in t.contents.chunks(seg) {
             let (dst, bytes) = self.lock_state().link.wrap(packet);
             match (&direct_sock, path) {
                 // A birthday path: its own socket.
                 (Some(s), PathKind::Direct(_)) => {
-                    s.try_send_to(&bytes, dst)?;
+                    self.wire.absorb(s.try_send_to(&bytes, dst).map(|_| ()))?;
                 }
                 _ => self.wire.send_quic(dst, bytes)?,
             }
@@ -353,6 +399,11 @@ impl quinn::AsyncUdpSocket for LinkSocket {
 /// checks, PAKE) with its real source. Everything else is QUIC and goes to the QUIC queue.
 pub(super) enum Inbound {
     Control(SocketAddr, Vec<u8>),
+    /// The socket cannot be read any more (an error no retry mends): the session ends.
+    Broken(std::io::Error),
+    /// The relay's TCP connection ended (the network changed under it, or the relay closed
+    /// it): connect again.
+    RelayTcpLost,
 }
 
 /// Receive buffer asked for the punch socket, so that a burst from a fast QUIC sender (GSO
@@ -402,8 +453,14 @@ pub(super) async fn reader(
                 1
             }),
         };
-        let Ok(n) = got else {
-            continue;
+        let n = match got {
+            Ok(n) => n,
+            // An ICMP error, or the network changing under us: the next datagram may be fine.
+            Err(e) if crate::net::sys::is_transient(&e) => continue,
+            Err(e) => {
+                let _ = ctl.send(Inbound::Broken(e)).await;
+                return;
+            }
         };
         let io = Io {
             sock: Some(&sock),
@@ -448,6 +505,7 @@ async fn tcp_reader(
     };
     loop {
         let Ok(f) = crate::net::stream::read_prefixed(&mut rd).await else {
+            let _ = ctl.send(Inbound::RelayTcpLost).await;
             return;
         };
         if !io.demux(relay, &f, f.len()).await {

@@ -262,6 +262,58 @@ impl Link {
     }
 }
 
+/// What the host's own network did ([`NetWatch::observe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetChange {
+    /// No route any more (link down, address removed, default route gone): sends fail
+    /// until it comes back; the session waits, up to the dead-peer bound.
+    Lost,
+    /// A route again, or a new local address: tell the relay where we are now (re-register:
+    /// it learns our new mapping) and re-check the paths.
+    Back {
+        /// The local address is not the one the session last had: our NAT mapping, and with
+        /// it every path the peer knows, is gone.
+        moved: bool,
+    },
+}
+
+/// Watches the host's own network, sans-IO: the driver reports now and then the local
+/// address the kernel would use towards the relay (None: no route). A socket bound to the
+/// wildcard address keeps working across an address change, but the NAT in front sees a new
+/// inside address and gives a new mapping, like a NAT that renumbers; nobody else can
+/// notice that our side moved, so the session must say so itself.
+#[derive(Debug, Clone)]
+pub struct NetWatch {
+    /// The last local address that had a route.
+    addr: Option<std::net::IpAddr>,
+    /// No route since the last report.
+    lost: bool,
+}
+
+impl NetWatch {
+    /// Starts from the session's local address (None when unknown).
+    pub fn new(addr: Option<std::net::IpAddr>) -> NetWatch {
+        NetWatch { addr, lost: false }
+    }
+
+    /// The local address towards the relay now (None: no route): what changed, if anything.
+    pub fn observe(&mut self, addr: Option<std::net::IpAddr>) -> Option<NetChange> {
+        match addr {
+            None if self.lost => None,
+            None => {
+                self.lost = true;
+                Some(NetChange::Lost)
+            }
+            Some(a) => {
+                let moved = self.addr.is_some_and(|old| old != a);
+                let back = std::mem::take(&mut self.lost) || moved;
+                self.addr = Some(a);
+                back.then_some(NetChange::Back { moved })
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,6 +530,36 @@ mod tests {
                 payload: b"quic".to_vec()
             })
         );
+    }
+
+    #[test]
+    fn the_network_watch_reports_a_lost_route_once_and_its_return() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let mut w = NetWatch::new(ip("192.168.1.2"));
+        assert_eq!(w.observe(ip("192.168.1.2")), None);
+        // Link down: reported once, however often it is looked at.
+        assert_eq!(w.observe(None), Some(NetChange::Lost));
+        assert_eq!(w.observe(None), None);
+        // The same address again (link up, route back): back, not moved.
+        assert_eq!(
+            w.observe(ip("192.168.1.2")),
+            Some(NetChange::Back { moved: false })
+        );
+        assert_eq!(w.observe(ip("192.168.1.2")), None);
+        // Address replaced with a gap: lost, then back somewhere else.
+        assert_eq!(w.observe(None), Some(NetChange::Lost));
+        assert_eq!(
+            w.observe(ip("192.168.1.3")),
+            Some(NetChange::Back { moved: true })
+        );
+        // Replaced without a gap (the new one added first): moved all the same.
+        assert_eq!(
+            w.observe(ip("10.0.0.9")),
+            Some(NetChange::Back { moved: true })
+        );
+        // Unknown at the start: the first address is no move.
+        let mut w = NetWatch::new(None);
+        assert_eq!(w.observe(ip("10.0.0.9")), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::proto::punch::ttl::{Answer, Distances, Measure, Opening, Target, TtlP
 use crate::wire::rendezvous::{PeerId, Role, SessionId};
 
 pub use checks::{CheckEvent, Checks};
-pub use link::{Link, PathMonitor};
+pub use link::{Link, NetChange, NetWatch, PathMonitor};
 pub use rendezvous::{RvClient, RvEvent};
 
 /// Most candidate addresses probed at once.
@@ -313,6 +313,24 @@ impl Puncher {
         self.upgrade_wait = UPGRADE_FIRST;
         self.upgrade_at = None;
         self.schedule_upgrade(now);
+    }
+
+    /// Our own network changed ([`link::NetWatch`]: a route back after none, or a new local
+    /// address): register again at once, so the relay learns our mapping and tells the peer,
+    /// and while on the relay try a direct path again soon. `moved`: our address changed,
+    /// so the direct path's mapping is gone: the relay carries the session at once (the peer
+    /// follows when our packets reach it through the relay).
+    pub fn network_changed(&mut self, now: Instant, moved: bool) {
+        self.rv.register_now(now);
+        if moved {
+            self.path_failed(now);
+        }
+        if self.path == Some(PathKind::Relay) {
+            self.upgrade_wait = UPGRADE_FIRST;
+            self.upgrade_at = None;
+            self.schedule_upgrade(now);
+        }
+        self.drive(now);
     }
 
     fn drive(&mut self, now: Instant) {

@@ -210,7 +210,16 @@ impl RvClient {
 
     /// Re-registers at once (after a path failure: our observed address may have changed).
     pub fn refresh(&mut self, now: Instant) {
-        if self.register.is_none() && !self.is_inert() {
+        if self.register.is_none() {
+            self.register_now(now);
+        }
+    }
+
+    /// Registers again at once, even while a registration is under way: our own network
+    /// came back or moved, and that registration's retransmissions have backed off (or went
+    /// out from an address that is gone).
+    pub fn register_now(&mut self, now: Instant) {
+        if !self.is_inert() {
             self.register = Some(Transaction::new(now, Self::register_schedule()));
             self.pump(now);
         }

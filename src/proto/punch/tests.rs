@@ -1,7 +1,7 @@
 //! Two punchers behind simulated NATs meet at the real relay core, on a virtual clock.
 use super::*;
 use crate::defaults::{
-    DIRECT_TIMEOUT, PATH_STALL as STALL, PUNCH_KEEPALIVE as KEEPALIVE, UPGRADE_FIRST,
+    DIRECT_TIMEOUT, PATH_STALL as STALL, PUNCH_KEEPALIVE as KEEPALIVE, UPGRADE_FIRST, UPGRADE_MAX,
 };
 use crate::proto::classify::Behaviour::{
     self, AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
@@ -302,6 +302,18 @@ fn path_monitor_needs_unanswered_sending_to_declare_a_stall() {
     assert!(!m.is_stalled(t1 + STALL * 3));
 }
 
+/// Runs until both sides are direct (by `limit` at the latest): the listener's address as the
+/// connector punched it.
+fn until_direct(n: &mut Net, now: &mut Instant, limit: Instant) -> SocketAddr {
+    while !is_direct(n) && *now < limit {
+        n.step(now);
+    }
+    match n.sides[1].path {
+        Some((PathKind::Direct(p), _)) if is_direct(n) => p,
+        _ => panic!("{:?}", n.sides.iter().map(|s| s.path).collect::<Vec<_>>()),
+    }
+}
+
 /// Regression (CI, conntrack flush mid-transfer): after the listener's NAT forgets its
 /// bindings and renumbers, the session falls back to the relay and then upgrades to a new
 /// direct path on its own.
@@ -320,24 +332,63 @@ fn a_forgotten_binding_falls_back_then_upgrades_to_direct() {
         .sides
         .iter()
         .all(|s| matches!(s.path, Some((PathKind::Relay, _)))));
-    while !is_direct(&n) && now < t1 + Duration::from_secs(10) {
-        n.step(&mut now);
-    }
-    assert!(
-        is_direct(&n),
-        "{:?}",
-        n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
-    );
+    let p = until_direct(&mut n, &mut now, t1 + Duration::from_secs(10));
     // The listener's new public port differs from the one it had before.
-    let Some((PathKind::Direct(p), _)) = n.sides[1].path else {
-        unreachable!()
-    };
     assert_ne!(p.port(), 5000);
     assert!(
         now - t1 < UPGRADE_FIRST + Duration::from_secs(1),
         "{:?}",
         now - t1
     );
+}
+
+/// Issue 13: the listener's host gets a new address (its NAT gives it a new mapping); it
+/// says so ([`Puncher::network_changed`]), the relay carries the session at once, and the
+/// peer, once it notices (the driver's link sees relayed packets), upgrades to a direct path
+/// to the new mapping.
+#[test]
+fn a_host_that_moved_re_registers_and_both_sides_go_direct_again() {
+    let (mut n, took) = punch((Ei, Apd), (Ei, Apd));
+    assert!(is_direct(&n));
+    let Some((PathKind::Direct(old), _)) = n.sides[1].path else {
+        unreachable!()
+    };
+    let t1 = Instant::now() + took + Duration::from_secs(5);
+    n.sides[0].local = sa("192.168.1.3:5000");
+    n.sides[0].p.network_changed(t1, true);
+    let mut now = t1;
+    n.flush(now);
+    assert!(matches!(n.sides[0].path, Some((PathKind::Relay, _))));
+    // The peer leaves the direct path a grace later (relayed packets of ours arrive).
+    let noticed = t1 + crate::defaults::FOLLOW_GRACE;
+    while now < noticed {
+        n.step(&mut now);
+    }
+    n.sides[1].p.path_failed(now);
+    n.flush(now);
+    let new = until_direct(&mut n, &mut now, t1 + Duration::from_secs(10));
+    assert_ne!(new, old, "the peer must punch our new mapping");
+    assert!(now - t1 < Duration::from_secs(4), "{:?}", now - t1);
+}
+
+/// A route that comes back at the same address keeps the path, and a session on the relay
+/// tries a direct path again one short wait later, however far its attempts had backed off.
+#[test]
+fn a_network_that_comes_back_resets_the_upgrade_backoff() {
+    let t0 = Instant::now();
+    let mut n = Net::new(t0, (Ei, Apd), (Ei, Apd));
+    let now = n.run(t0, Duration::from_secs(10));
+    assert!(is_direct(&n));
+    n.sides[1].p.network_changed(now, false);
+    n.flush(now);
+    assert!(
+        is_direct(&n),
+        "a route back at the same address keeps the path"
+    );
+    n.sides[1].p.path_failed(now);
+    n.sides[1].p.upgrade_wait = UPGRADE_MAX;
+    n.sides[1].p.network_changed(now, false);
+    assert_eq!(n.sides[1].p.upgrade_at, Some(now + UPGRADE_FIRST));
 }
 
 /// A pair that cannot go direct keeps retrying, but less and less often.
