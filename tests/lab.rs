@@ -1482,3 +1482,74 @@ fn portmap_needs_a_router() {
         assert!(lab_namespaces("zzpmfail").is_empty());
     }
 }
+
+// ------------------------------------------------------------ hops and router input
+
+/// The smallest TTL (1-8) at which a datagram from host A reaches pub.
+fn ttl_to_pub(lab: &Lab) -> Option<u32> {
+    let port = 20000 + rand::random::<u16>() % 20000;
+    let srv = pub_udp(lab, lab.ip("PUB_IP"), port);
+    let a = host_udp(lab, "a");
+    (1..=8).find(|&ttl| {
+        a.set_ttl(ttl).unwrap();
+        let tag = format!("ttl-{ttl}");
+        a.send_to(tag.as_bytes(), v4(lab.ip("PUB_IP"), port))
+            .unwrap();
+        udp_arrives(&srv, tag.as_bytes(), NEG).is_some()
+    })
+}
+
+/// `--hops N` puts real routers between the NATs (A gets ceil(N/2) of them, and pub sits
+/// between the sides); without it the bridge drops what would die on the way (TTL <= 2 after
+/// the home router); with 0 nothing does.
+#[test]
+fn hops_put_real_routers_between_the_nats() {
+    for (hops, want) in [(None, 4), (Some(0), 2), (Some(3), 4)] {
+        let mut b = Lab::builder()
+            .a(Kind::PortRestricted)
+            .b(Kind::PortRestricted);
+        if let Some(n) = hops {
+            b = b.hops(n);
+        }
+        let Some(lab) = lab(b) else { return };
+        assert_eq!(ttl_to_pub(&lab), Some(want), "--hops {hops:?}");
+        assert_eq!(
+            lab.get("HOPS"),
+            hops.map(|n| n.to_string()).unwrap_or_default()
+        );
+        if hops == Some(3) {
+            for r in ["ia1", "ia2", "ib1"] {
+                assert!(lab.run_in(r, "true", &[]).is_ok(), "router {r}");
+            }
+        }
+    }
+}
+
+/// Whether a datagram from A to B's router's own address leaves a conntrack entry there
+/// (`--router-input accept`, plain Linux) or is dropped by an input firewall (`drop`).
+#[test]
+fn router_input_decides_whether_the_router_keeps_strangers_packets() {
+    for (mode, kept) in [("accept", true), ("drop", false)] {
+        let Some(lab) = lab(Lab::builder().hops(0).router_input(mode)) else {
+            return;
+        };
+        let port = 20000 + rand::random::<u16>() % 20000;
+        let a = host_udp(&lab, "a");
+        a.send_to(b"knock", v4(lab.ip("B_WAN"), port)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let ct = lab
+            .run_in("rb", "conntrack", &["-L", "-p", "udp"])
+            .unwrap_or_default();
+        let entry = format!(
+            "dst={} sport={} dport={port}",
+            lab.get("B_WAN"),
+            local_port(&a)
+        );
+        assert_eq!(
+            ct.lines().any(|l| l.contains(&entry)),
+            kept,
+            "--router-input {mode}: {ct}"
+        );
+        assert_eq!(lab.get("ROUTER_INPUT"), mode);
+    }
+}

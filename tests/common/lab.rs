@@ -102,6 +102,8 @@ pub struct LabBuilder {
     rate: Option<String>,
     portmap_a: String,
     portmap_b: String,
+    hops: Option<u8>,
+    router_input: Option<&'static str>,
 }
 
 impl Default for LabBuilder {
@@ -117,11 +119,23 @@ impl Default for LabBuilder {
             rate: None,
             portmap_a: "off".to_string(),
             portmap_b: "off".to_string(),
+            hops: None,
+            router_input: None,
         }
     }
 }
 
 impl LabBuilder {
+    /// `--hops N`: N real routers between the two sides' NATs (0: neighbours).
+    pub fn hops(mut self, n: u8) -> Self {
+        self.hops = Some(n);
+        self
+    }
+    /// `--router-input accept|drop`.
+    pub fn router_input(mut self, what: &'static str) -> Self {
+        self.router_input = Some(what);
+        self
+    }
     pub fn a(mut self, kind: Kind) -> Self {
         self.a = kind;
         self
@@ -203,6 +217,12 @@ impl LabBuilder {
         }
         if self.portmap_b != "off" {
             v.extend(["--portmap-b".to_string(), self.portmap_b.clone()]);
+        }
+        if let Some(n) = self.hops {
+            v.extend(["--hops".to_string(), n.to_string()]);
+        }
+        if let Some(r) = self.router_input {
+            v.extend(["--router-input".to_string(), r.to_string()]);
         }
         v
     }
