@@ -14,6 +14,7 @@ mod birthday;
 mod control;
 pub mod icmp;
 mod meet;
+mod migrate;
 mod nameplate;
 mod pipe;
 pub mod quic;
@@ -26,7 +27,6 @@ mod transport;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -306,37 +306,35 @@ where
         while c.settle(Phase::Run).await.is_ok() && matches!(c.wait().await, Ok(true)) {}
     });
 
-    // 3. The punched TCP connection (--tcp) when there is one, else QUIC over the link;
-    // certificates pinned by the PAKE either way.
-    let tcp_stream = match tcp_wait {
-        Some(w) => tcp::tcp_result(w, &emit, t0).await,
-        None => None,
+    // 3. QUIC over the link at once; a punched TCP connection, once TLS over it is up, takes
+    // the pipe over without loss ([`migrate`]). Certificates pinned by the PAKE either way.
+    let (upgrade, tcp_task) =
+        match tcp_wait.map(|w| (w, tcp::TlsSide::new(opts.role, &s.cert, peer_fp))) {
+            Some((w, Ok(tls))) => {
+                let (u, t) = migrate::start(w, tls, opts.keepalive, emit.clone(), t0, quiet);
+                (u, Some(t))
+            }
+            Some((_, Err(e))) => {
+                tcp::tried(&emit, t0, 0, &e.to_string());
+                (migrate::Upgrade::none(), None)
+            }
+            None => (migrate::Upgrade::none(), None),
+        };
+    let link_sock = Arc::new(LinkSocket {
+        wire: s.wire.clone(),
+        state: s.link.clone(),
+        rx: Mutex::new(s.quic_rx),
+        local: s.local,
+    });
+    let listening = match &s.listener {
+        Some(l) => l.local_addr().map(|local| Some(Event::Listening { local })),
+        None => Ok(None),
     };
-    let result = match tcp_stream {
-        Some(stream) => {
-            quiet.store(true, Ordering::Relaxed);
-            tcp::run(
-                opts.role,
-                stream,
-                opts.keepalive,
-                &s.cert,
-                peer_fp,
-                input,
-                output,
-            )
-            .await
-        }
-        None => {
-            let link_sock = Arc::new(LinkSocket {
-                wire: s.wire.clone(),
-                state: s.link.clone(),
-                rx: Mutex::new(s.quic_rx),
-                local: s.local,
-            });
-            if let Some(l) = &s.listener {
-                emit.send(&Event::Listening {
-                    local: l.local_addr()?,
-                });
+    let result = match listening {
+        Err(e) => Err(e.into()),
+        Ok(l) => {
+            if let Some(ev) = l {
+                emit.send(&ev);
             }
             quic::run(
                 opts.role,
@@ -348,12 +346,14 @@ where
                 opts.mode,
                 s.listener,
                 path_changed,
+                upgrade,
                 input,
                 output,
             )
             .await
         }
     };
+    drop(tcp_task);
     control.abort();
     for t in &s.tasks {
         t.abort();

@@ -58,8 +58,8 @@ pub enum Mode {
     Local(SocketAddr),
 }
 
-/// Connects (connector) or accepts (listener), then carries data as `mode` says. Returns
-/// (bytes sent, bytes received).
+/// Connects (connector) or accepts (listener), then carries data as `mode` says (a pipe
+/// moves to TCP when `upgrade` delivers it). Returns (bytes sent, bytes received).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<R, W>(
     role: Role,
@@ -71,6 +71,7 @@ pub async fn run<R, W>(
     mode: Mode,
     listener: Option<tokio::net::TcpListener>,
     path_changed: Arc<tokio::sync::Notify>,
+    upgrade: crate::net::punch::migrate::Upgrade,
     input: R,
     output: W,
 ) -> Result<(u64, u64), PunchError>
@@ -95,7 +96,7 @@ where
     let r = match mode {
         Mode::Pipe => {
             let (send, recv) = open_or_accept(&conn, role).await?;
-            bridge(send, recv, input, output, totals.clone())
+            crate::net::punch::migrate::pipe(&conn, send, recv, input, output, &totals, upgrade)
                 .await
                 .map_err(terr)
         }
