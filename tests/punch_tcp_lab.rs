@@ -14,11 +14,10 @@
 mod common;
 
 use common::lab::{Kind, Lab};
+use common::punch::{at_relay, noise};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One side's run.
 struct Side {
@@ -29,7 +28,6 @@ struct Side {
     /// Since spawn, when the process exited.
     wall: Duration,
     events: Vec<Value>,
-    stderr: String,
 }
 
 impl Side {
@@ -42,7 +40,7 @@ impl Side {
     fn ms(&self, what: &str, method: Option<&str>) -> u64 {
         self.event(what, method)
             .and_then(|e| e["elapsed_ms"].as_u64())
-            .unwrap_or_else(|| panic!("no {what} {method:?} event: {}", self.stderr))
+            .unwrap_or_else(|| panic!("no {what} {method:?} event: {}", self.events_text()))
     }
 
     /// Time to first byte (see the module doc), in ms.
@@ -51,17 +49,21 @@ impl Side {
         first - self.ms("connected", None) as i64
     }
 
+    fn events_text(&self) -> String {
+        self.events.iter().map(|e| format!("{e}\n")).collect()
+    }
+
     fn last_connected(&self) -> &Value {
         self.events
             .iter()
             .rev()
             .find(|e| e["event"] == "connected")
-            .unwrap_or_else(|| panic!("no connected event: {}", self.stderr))
+            .unwrap_or_else(|| panic!("no connected event: {}", self.events_text()))
     }
 }
 
 /// Runs `punch ARGS --relay PUB_IP --json` in `node`, writing `input` in 16 KiB chunks
-/// `pace` apart, then closing stdin. A watchdog kills it after 40 s.
+/// `pace` apart, then closing stdin.
 fn side(
     lab: &Lab,
     node: &str,
@@ -69,77 +71,19 @@ fn side(
     input: Vec<u8>,
     pace: Duration,
 ) -> std::thread::JoinHandle<Side> {
-    let t0 = Instant::now();
-    let mut child = lab
-        .cmd(node, env!("CARGO_BIN_EXE_punch"))
-        .args(args)
-        .args(["--relay", lab.get("PUB_IP"), "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut l = at_relay(lab, node, args);
+    l.feed_paced(input, pace);
     std::thread::spawn(move || {
-        for c in input.chunks(16 * 1024) {
-            if stdin.write_all(c).is_err() {
-                return;
-            }
-            std::thread::sleep(pace);
-        }
-    });
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let stdout = std::thread::spawn(move || {
-        let (mut all, mut first, mut buf) = (Vec::new(), None, vec![0u8; 64 * 1024]);
-        while let Ok(k @ 1..) = out.read(&mut buf) {
-            first.get_or_insert_with(|| t0.elapsed());
-            all.extend_from_slice(&buf[..k]);
-        }
-        (all, first)
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).to_string()
-    });
-    std::thread::spawn(move || {
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if t0.elapsed() > Duration::from_secs(40) {
-                let _ = child.kill();
-                break child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let wall = t0.elapsed();
-        let (stdout, first_byte) = stdout.join().unwrap();
-        let stderr = stderr.join().unwrap();
+        let started = l.started;
+        let (code, stdout, events, first_byte) = l.finish_timed();
         Side {
-            code: status.code(),
+            code,
             stdout,
             first_byte,
-            wall,
-            events: stderr
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect(),
-            stderr,
+            wall: started.elapsed(),
+            events,
         }
     })
-}
-
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// What a pair must show.
@@ -177,7 +121,7 @@ fn tcp_pair(a: Kind, b: Kind, pace: Duration, ends: Ends) -> Option<(Side, Side)
         (&sa, "listener", &sa.stdout, &db, lab.get("B_WAN")),
         (&sb, "connector", &sb.stdout, &da, lab.get("A_WAN")),
     ] {
-        assert_eq!(s.code, Some(0), "{what} {name}: {}", s.stderr);
+        assert_eq!(s.code, Some(0), "{what} {name}: {}", s.events_text());
         assert!(
             Sha256::digest(got) == Sha256::digest(want),
             "{what} {name}: {} bytes, not the peer's {} intact",
@@ -193,19 +137,23 @@ fn tcp_pair(a: Kind, b: Kind, pace: Duration, ends: Ends) -> Option<(Side, Side)
         assert!(
             ttfb <= 1000,
             "{what} {name}: first byte after {ttfb} ms: {}",
-            s.stderr
+            s.events_text()
         );
         let last = s.last_connected();
         match ends {
             Ends::OnTcp => {
-                assert_eq!(last["path"], "direct", "{what} {name}: {}", s.stderr);
-                assert_eq!(last["method"], "tcp", "{what} {name}: {}", s.stderr);
+                assert_eq!(last["path"], "direct", "{what} {name}: {}", s.events_text());
+                assert_eq!(last["method"], "tcp", "{what} {name}: {}", s.events_text());
                 let peer = last["peer"].as_str().unwrap();
                 assert!(peer.starts_with(&format!("{other_wan}:")), "{what}: {last}");
-                assert!(s.event("tried", Some("tcp")).is_none(), "{}", s.stderr);
+                assert!(
+                    s.event("tried", Some("tcp")).is_none(),
+                    "{}",
+                    s.events_text()
+                );
             }
             Ends::Tried => {
-                assert_ne!(last["method"], "tcp", "{what} {name}: {}", s.stderr);
+                assert_ne!(last["method"], "tcp", "{what} {name}: {}", s.events_text());
                 assert_eq!(s.event("tried", Some("tcp")).unwrap()["found"], false);
             }
             Ends::Either => {}
@@ -273,7 +221,7 @@ fn one_mib_open_x_port_restricted_does_not_wait_for_tcp() {
         transfer(&sa),
         transfer(&sb)
     );
-    assert!(transfer(&sb) < 2000, "{}", sb.stderr);
+    assert!(transfer(&sb) < 2000, "{}", sb.events_text());
 }
 
 /// A symmetric NAT gives the peer a TCP port that is never used again: the data flows over
