@@ -150,7 +150,14 @@ impl TlsSide {
         peer_fp: [u8; 32],
     ) -> Result<TlsSide, PunchError> {
         Ok(match role {
-            Role::Listener => TlsSide::Server(Arc::new(tls_server(cert, peer_fp, ALPN)?)),
+            Role::Listener => {
+                let mut tls = tls_server(cert, peer_fp, ALPN)?;
+                // No session tickets: nothing resumes, and a client whose pipe stays on QUIC
+                // never reads its TLS stream; unread tickets there would turn its close into
+                // a reset that can cut off the tail of our data (RFC 9293 §3.6).
+                tls.send_tls13_tickets = 0;
+                TlsSide::Server(Arc::new(tls))
+            }
             Role::Connector => TlsSide::Client(Arc::new(tls_client(cert, peer_fp, ALPN)?)),
         })
     }
