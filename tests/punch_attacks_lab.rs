@@ -5,25 +5,13 @@
 mod common;
 
 use common::lab::{Kind, Lab};
-use common::punch::{at_relay as live, is_direct};
+use common::punch::{at_relay as live, is_direct, noise};
 use natkit::proto::punch::code::Code;
 use natkit::proto::punch::pake::Pake;
 use natkit::wire::rendezvous::{Frame, Role};
 use sha2::{Digest, Sha256};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-
-/// Pseudo-random bytes (xorshift), so a corrupted transfer cannot pass by accident.
-fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
 
 /// What the attacker sends: plain junk, QUIC-looking short-header packets, a forged QUIC
 /// Initial (long header, version 1), and natkit frames with a made-up session.

@@ -12,10 +12,15 @@ pub struct Live {
     stdin: Option<std::process::ChildStdin>,
     events: mpsc::Receiver<Value>,
     stdout: std::thread::JoinHandle<Vec<u8>>,
+    /// When the first stdout byte arrived.
+    first_byte: std::sync::Arc<std::sync::OnceLock<Instant>>,
+    /// When the side was started.
+    pub started: Instant,
     seen: Vec<Value>,
 }
 
 pub fn live(lab: &Lab, node: &str, args: &[&str]) -> Live {
+    let started = Instant::now();
     let mut child = lab
         .cmd(node, env!("CARGO_BIN_EXE_punch"))
         .args(args)
@@ -26,9 +31,14 @@ pub fn live(lab: &Lab, node: &str, args: &[&str]) -> Live {
         .unwrap();
     let stdin = child.stdin.take();
     let mut out = child.stdout.take().unwrap();
+    let first_byte = std::sync::Arc::new(std::sync::OnceLock::new());
+    let first = first_byte.clone();
     let stdout = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        let (mut v, mut buf) = (Vec::new(), vec![0u8; 64 * 1024]);
+        while let Ok(k @ 1..) = std::io::Read::read(&mut out, &mut buf) {
+            first.get_or_init(Instant::now);
+            v.extend_from_slice(&buf[..k]);
+        }
         v
     });
     let (tx, events) = mpsc::channel();
@@ -46,8 +56,23 @@ pub fn live(lab: &Lab, node: &str, args: &[&str]) -> Live {
         stdin,
         events,
         stdout,
+        first_byte,
+        started,
         seen: Vec::new(),
     }
+}
+
+/// Pseudo-random bytes (xorshift), so a corrupted transfer cannot pass by accident.
+#[allow(dead_code)]
+pub fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
 }
 
 /// A punch side meeting at the lab's relay (on `pub`), JSON events while it runs.
@@ -98,6 +123,22 @@ impl Live {
         }
     }
 
+    /// Writes `input` to stdin from a thread in 16 KiB chunks `pace` apart (a transfer that
+    /// lasts), then closes it.
+    #[allow(dead_code)]
+    pub fn feed_paced(&mut self, input: Vec<u8>, pace: Duration) {
+        if let Some(mut s) = self.stdin.take() {
+            std::thread::spawn(move || {
+                for c in input.chunks(16 * 1024) {
+                    if s.write_all(c).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(pace);
+                }
+            });
+        }
+    }
+
     pub fn close_input(&mut self) {
         self.stdin = None;
     }
@@ -118,6 +159,14 @@ impl Live {
         let out = self.stdout.join().unwrap();
         self.seen.extend(self.events.iter());
         (status.code(), out, self.seen)
+    }
+
+    /// [`Live::finish`], and when the first stdout byte arrived, since the side was started.
+    #[allow(dead_code)]
+    pub fn finish_timed(self) -> (Option<i32>, Vec<u8>, Vec<Value>, Option<Duration>) {
+        let (first, started) = (self.first_byte.clone(), self.started);
+        let (code, out, events) = self.finish();
+        (code, out, events, first.get().map(|t| *t - started))
     }
 
     /// Kills the side now; returns every event it printed.

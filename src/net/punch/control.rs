@@ -92,6 +92,8 @@ pub(super) struct Control {
     pub(super) birthday: Option<BirthdayRun>,
     /// TCP hole punching (`--tcp`), once authenticated.
     pub(super) tcp: Option<TcpRun>,
+    /// Both NAT classifications (ours, the peer's), for the TCP punch's plan.
+    pub(super) classes: Option<(NatClass, NatClass)>,
     /// Once a punched TCP connection carries the data, UDP path changes are not news.
     pub(super) quiet: Arc<AtomicBool>,
     /// Tells QUIC the path changed (it then probes the new path at once).
@@ -352,6 +354,7 @@ impl Control {
         while let Some(p) = self.nat.poll_plan() {
             match p {
                 Plan::Told { mine, peer, expect } => {
+                    self.tcp_classes(mine, peer);
                     self.puncher
                         .set_permissive(mine.lets_in_any_port(), peer.lets_in_any_port());
                     let opening = self.puncher.distances();

@@ -14,6 +14,7 @@ mod birthday;
 mod control;
 pub mod icmp;
 mod meet;
+mod migrate;
 mod nameplate;
 mod pipe;
 pub mod quic;
@@ -27,7 +28,6 @@ mod ttl;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -324,15 +324,26 @@ where
             }
         }
     });
-    let signals = (quiet, path_changed);
+    // 3. QUIC over the link at once; a punched TCP connection, once TLS over it is up, takes
+    // the pipe over without loss ([`migrate`]). Certificates pinned by the PAKE either way.
+    let (upgrade, tcp_task) =
+        match tcp_wait.map(|w| (w, tcp::TlsSide::new(opts.role, &s.cert, peer_fp))) {
+            Some((w, Ok(tls))) => {
+                let (u, t) = migrate::start(w, tls, opts.keepalive, emit.clone(), t0, quiet);
+                (u, Some(t))
+            }
+            Some((_, Err(e))) => {
+                tcp::tried(&emit, t0, 0, &e.to_string());
+                (migrate::Upgrade::none(), None)
+            }
+            None => (migrate::Upgrade::none(), None),
+        };
     let data = carry(
         &opts,
         &emit,
-        t0,
         &mut s,
-        tcp_wait,
         peer_fp,
-        signals,
+        (path_changed, upgrade),
         (input, output),
     );
     // Whichever ends first ends the other: no task outlives the session.
@@ -344,6 +355,7 @@ where
             Err(e) => PunchError::Transport(format!("the control plane failed: {e}")),
         }),
     };
+    drop(tcp_task);
     control.abort();
     for t in &s.tasks {
         t.abort();
@@ -374,40 +386,20 @@ where
     })
 }
 
-/// Step 3 of [`run`]: the punched TCP connection (--tcp) when there is one, else QUIC over
-/// the link; certificates pinned by the PAKE either way. Returns (bytes sent, received).
-#[allow(clippy::too_many_arguments)]
+/// Step 3 of [`run`]: QUIC over the link (the pipe moves to a punched TCP connection when
+/// `upgrade` brings one, see [`migrate`]). Returns (bytes sent, received).
 async fn carry<R, W>(
     opts: &PunchOptions,
     emit: &Emit,
-    t0: Instant,
     s: &mut meet::Session,
-    tcp_wait: Option<tcp::TcpWait>,
     peer_fp: [u8; 32],
-    (quiet, path_changed): (Arc<AtomicBool>, Arc<tokio::sync::Notify>),
+    (path_changed, upgrade): (Arc<tokio::sync::Notify>, migrate::Upgrade),
     (input, output): (R, W),
 ) -> Result<(u64, u64), PunchError>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let tcp_stream = match tcp_wait {
-        Some(w) => tcp::tcp_result(w, emit, t0).await,
-        None => None,
-    };
-    if let Some(stream) = tcp_stream {
-        quiet.store(true, Ordering::Relaxed);
-        return tcp::run(
-            opts.role,
-            stream,
-            opts.keepalive,
-            &s.cert,
-            peer_fp,
-            input,
-            output,
-        )
-        .await;
-    }
     let link_sock = Arc::new(LinkSocket {
         wire: s.wire.clone(),
         state: s.link.clone(),
@@ -437,6 +429,7 @@ where
         opts.mode,
         s.listener.take(),
         path_changed,
+        upgrade,
         input,
         output,
     )

@@ -68,8 +68,8 @@ pub enum Mode {
     Local(SocketAddr),
 }
 
-/// Connects (connector) or accepts (listener), then carries data as `mode` says. Returns
-/// (bytes sent, bytes received).
+/// Connects (connector) or accepts (listener), then carries data as `mode` says (a pipe
+/// moves to TCP when `upgrade` delivers it). Returns (bytes sent, bytes received).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<R, W>(
     role: Role,
@@ -81,6 +81,7 @@ pub async fn run<R, W>(
     mode: Mode,
     listener: Option<tokio::net::TcpListener>,
     path_changed: Arc<tokio::sync::Notify>,
+    upgrade: crate::net::punch::migrate::Upgrade,
     input: R,
     output: W,
 ) -> Result<(u64, u64), PunchError>
@@ -104,9 +105,11 @@ where
     let totals = Arc::new(Totals::default());
     let r = match mode {
         Mode::Pipe => match open_or_accept(&conn, role).await {
-            Ok((send, recv)) => bridge(send, recv, input, output, totals.clone())
-                .await
-                .map_err(terr),
+            Ok((send, recv)) => {
+                crate::net::punch::migrate::pipe(&conn, send, recv, input, output, &totals, upgrade)
+                    .await
+                    .map_err(terr)
+            }
             Err(e) => Err(e),
         },
         Mode::Expose(target) => expose(&conn, target, totals.clone()).await,

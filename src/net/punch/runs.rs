@@ -47,6 +47,8 @@ pub(super) enum TcpNote {
     Failed,
     /// Connected to the peer.
     Connected(TcpStream, SocketAddr),
+    /// The punch port accepted a connection from this address.
+    Accepted(TcpStream, SocketAddr),
 }
 
 /// The TCP punch's result for the main flow: the stream, the peer and attempts made, or
@@ -61,6 +63,8 @@ pub(super) struct TcpRun {
     pub(super) notes: mpsc::Sender<TcpNote>,
     /// The attempt in flight (aborted when replaced or when the run ends).
     pub(super) attempt: Option<AbortOnDrop>,
+    /// Accepts on the punch port until the run ends.
+    pub(super) acceptor: Option<AbortOnDrop>,
     pub(super) stream: Option<TcpStream>,
     pub(super) done: Option<tokio::sync::oneshot::Sender<TcpResult>>,
 }

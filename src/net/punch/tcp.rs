@@ -1,25 +1,25 @@
 //! TCP hole punching, the IO half ([`crate::proto::punch::tcp`] decides what to do): sockets bound
 //! to one reusable local port, the relay's STUN over TCP for our public endpoint, the
-//! connection attempts, then TLS 1.3 over the punched stream with both certificates pinned by
-//! the PAKE — the same authentication and key confirmation as QUIC, over TCP.
+//! connection attempts and an acceptor on the same port, then TLS 1.3 over the punched stream
+//! with both certificates pinned by the PAKE — the same authentication and key confirmation
+//! as QUIC, over TCP. [`super::migrate`] moves the pipe onto it.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::net::punch::control::Control;
-use crate::net::punch::pipe::{copy_up, grow, Totals, COPY_BUF_MIN};
 use crate::net::punch::runs::{AbortOnDrop, TcpNote, TcpResult, TcpRun};
 use crate::net::punch::tls::{terr, tls_client, tls_server};
 use crate::net::punch::{Emit, Event, PunchError};
+use crate::proto::punch::nat::NatClass;
 use crate::proto::punch::tcp::{Action as TcpAction, Outcome as TcpOutcome, TcpPunch};
 use crate::wire::rendezvous::Role;
 
@@ -132,120 +132,103 @@ pub async fn endpoint(relay: SocketAddr) -> io::Result<Endpoint> {
     })
 }
 
-/// TLS over the punched stream (the listener is the TLS server), then netcat semantics as
-/// QUIC's pipe: returns (bytes sent, bytes received). TCP keepalives every `keepalive` keep
-/// both NATs' mappings of an idle connection (RFC 5382 §5 lets a NAT drop an idle one after
-/// 2 h 4 min, and many do sooner) and find a vanished peer when idle. No TCP_USER_TIMEOUT:
-/// recent Linux applies it to a receive window that stays closed too, which would end a session
-/// whose reader merely paused (`punch connect CODE | less`); a peer that vanishes mid-send
-/// is found by TCP's own retransmission limit.
-pub async fn run<R, W>(
-    role: Role,
-    stream: TcpStream,
-    keepalive: Duration,
-    cert: &rcgen::CertifiedKey,
-    peer_fp: [u8; 32],
-    input: R,
-    output: W,
-) -> Result<(u64, u64), PunchError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    stream.set_nodelay(true)?;
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(keepalive)
-        .with_interval(keepalive)
-        .with_retries(crate::defaults::TCP_KEEPALIVE_PROBES);
-    socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
-    let stream = tokio::io::BufReader::with_capacity(RECV_BUF, stream);
-    let handshake = async {
-        Ok::<_, PunchError>(match role {
+/// Which end of TLS this side is (the listener is the server), with its configuration:
+/// our certificate, the peer's pinned by the PAKE ([`crate::net::punch::tls`]).
+pub(super) enum TlsSide {
+    Server(Arc<rustls::ServerConfig>),
+    Client(Arc<rustls::ClientConfig>),
+}
+
+/// TLS 1.3 over a punched TCP connection.
+pub(super) type Tls = tokio_rustls::TlsStream<tokio::io::BufReader<TcpStream>>;
+
+impl TlsSide {
+    /// The configuration for `role`, made before the certificate goes to QUIC.
+    pub(super) fn new(
+        role: Role,
+        cert: &rcgen::CertifiedKey,
+        peer_fp: [u8; 32],
+    ) -> Result<TlsSide, PunchError> {
+        Ok(match role {
             Role::Listener => {
-                let tls = tls_server(cert, peer_fp, ALPN)?;
-                tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+                let mut tls = tls_server(cert, peer_fp, ALPN)?;
+                // No session tickets: nothing resumes, and a client whose pipe stays on QUIC
+                // never reads its TLS stream; unread tickets there would turn its close into
+                // a reset that can cut off the tail of our data (RFC 9293 §3.6).
+                tls.send_tls13_tickets = 0;
+                TlsSide::Server(Arc::new(tls))
+            }
+            Role::Connector => TlsSide::Client(Arc::new(tls_client(cert, peer_fp, ALPN)?)),
+        })
+    }
+
+    /// TLS over the punched stream, within [`crate::defaults::HANDSHAKE_TIMEOUT`]. TCP
+    /// keepalives every `keepalive` keep both NATs' mappings of an idle connection (RFC 5382
+    /// §5 lets a NAT drop an idle one after 2 h 4 min, and many do sooner) and find a vanished
+    /// peer when idle. No TCP_USER_TIMEOUT: recent Linux applies it to a receive window that
+    /// stays closed too, which would end a session whose reader merely paused (`punch
+    /// connect CODE | less`); a peer that vanishes mid-send is found by TCP's own
+    /// retransmission limit.
+    pub(super) async fn handshake(
+        self,
+        stream: TcpStream,
+        keepalive: Duration,
+    ) -> Result<Tls, PunchError> {
+        stream.set_nodelay(true)?;
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(keepalive)
+            .with_interval(keepalive)
+            .with_retries(crate::defaults::TCP_KEEPALIVE_PROBES);
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
+        let stream = tokio::io::BufReader::with_capacity(RECV_BUF, stream);
+        let handshake = async {
+            Ok::<_, PunchError>(match self {
+                TlsSide::Server(tls) => tokio_rustls::TlsAcceptor::from(tls)
                     .accept(stream)
                     .await
                     .map_err(terr)?
-                    .into()
-            }
-            Role::Connector => {
-                let tls = tls_client(cert, peer_fp, ALPN)?;
-                let name = rustls::pki_types::ServerName::try_from("natkit").map_err(terr)?;
-                tokio_rustls::TlsConnector::from(Arc::new(tls))
-                    .connect(name, stream)
-                    .await
-                    .map_err(terr)?
-                    .into()
-            }
-        })
-    };
-    let tls: tokio_rustls::TlsStream<tokio::io::BufReader<TcpStream>> =
+                    .into(),
+                TlsSide::Client(tls) => {
+                    let name = rustls::pki_types::ServerName::try_from("natkit").map_err(terr)?;
+                    tokio_rustls::TlsConnector::from(tls)
+                        .connect(name, stream)
+                        .await
+                        .map_err(terr)?
+                        .into()
+                }
+            })
+        };
         tokio::time::timeout(crate::defaults::HANDSHAKE_TIMEOUT, handshake)
             .await
-            .map_err(|_| terr("the TLS handshake over TCP did not finish"))??;
-    let totals = Totals::default();
-    bridge(tls, input, output, &totals).await.map_err(terr)?;
-    Ok((totals.sent.load(Relaxed), totals.received.load(Relaxed)))
+            .map_err(|_| terr("the TLS handshake over TCP did not finish"))?
+    }
 }
 
-/// Copies `input` to the TLS stream and the stream to `output`, both at once. End of input
-/// sends TLS close_notify and a TCP FIN (half-close); the peer's end reaches `output` as end
-/// of output.
-async fn bridge<S, R, W>(tls: S, mut input: R, mut output: W, totals: &Totals) -> io::Result<()>
-where
-    S: AsyncRead + AsyncWrite,
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let up = async {
-        copy_up(&mut input, &mut wr, &totals.sent).await?;
-        wr.shutdown().await
-    };
-    let down = async {
-        let mut buf = vec![0u8; COPY_BUF_MIN];
-        let mut reader_gone = false;
-        let mut eof = false;
-        while !eof {
-            // One TLS record (16 KiB) per read: gather what has already arrived before
-            // writing, so a bulk transfer writes large chunks (a write to a non-pipe stdout
-            // is a hop to tokio's blocking pool) and a trickle is written at once.
-            let mut k = rd.read(&mut buf).await?;
-            if k == 0 {
-                break;
-            }
-            while k < buf.len() {
-                match tokio::time::timeout(Duration::ZERO, rd.read(&mut buf[k..])).await {
-                    Ok(Ok(0)) => {
-                        eof = true;
-                        break;
+/// Accepts on the punch port (bound like every attempt, so it is the port the peer was
+/// told) and hands each connection to the control task, which keeps the peer's.
+fn acceptor(
+    local: SocketAddr,
+    notes: tokio::sync::mpsc::Sender<TcpNote>,
+) -> io::Result<AbortOnDrop> {
+    let s = socket(local)?;
+    s.listen(8)?;
+    let l = tokio::net::TcpListener::from_std(std::net::TcpListener::from(s))?;
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        loop {
+            match l.accept().await {
+                Ok((s, from)) => {
+                    if notes.send(TcpNote::Accepted(s, from)).await.is_err() {
+                        return;
                     }
-                    Ok(Ok(n)) => k += n,
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => break,
+                }
+                // Out of descriptors and the like: the punch has a budget; try again shortly.
+                Err(e) => {
+                    tracing::debug!("TCP punch port: accept: {e}");
+                    tokio::time::sleep(crate::defaults::TCP_RETRY).await;
                 }
             }
-            totals.received.fetch_add(k as u64, Relaxed);
-            if reader_gone {
-                // Drain, so the peer's writes finish and it can exit.
-                continue;
-            }
-            match output.write_all(&buf[..k]).await {
-                Ok(()) => grow(&mut buf, k),
-                // Our reader went away (`punch … | head`): not an error.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => reader_gone = true,
-                Err(e) => return Err(e),
-            }
         }
-        if !reader_gone {
-            output.flush().await?;
-            output.shutdown().await?;
-        }
-        Ok(())
-    };
-    tokio::try_join!(up, down)?;
-    Ok(())
+    })))
 }
 
 /// A TCP punch the main flow waits for: its result, and our endpoint (whose relay
@@ -285,14 +268,24 @@ impl Control {
             }
             Err(_) => None,
         };
+        if let Some((mine, peer)) = &self.classes {
+            p.set_nat(now, mine, peer);
+        }
         p.set_mine(now, ep.as_ref().map(|e| e.public));
+        let notes = self.outputs.tcp_notes.clone();
+        let acceptor = ep.as_ref().and_then(|e| {
+            acceptor(e.local, notes.clone())
+                .inspect_err(|e| tracing::debug!("TCP punch port: listen: {e}"))
+                .ok()
+        });
         self.tcp = Some(TcpRun {
             p,
             local: ep
                 .as_ref()
                 .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |e| e.local),
-            notes: self.outputs.tcp_notes.clone(),
+            notes,
             attempt: None,
+            acceptor,
             stream: None,
             done: Some(done_tx),
         });
@@ -337,6 +330,7 @@ impl Control {
         if let Some(o) = t.p.outcome().cloned() {
             if let Some(done) = t.done.take() {
                 t.attempt = None;
+                t.acceptor = None;
                 let r = match (o, t.stream.take()) {
                     (TcpOutcome::Connected { peer, attempts }, Some(s)) => Ok((s, peer, attempts)),
                     (TcpOutcome::Connected { attempts, .. }, None) => Err((attempts, "lost")),
@@ -357,46 +351,60 @@ impl Control {
                 t.stream = Some(s);
                 t.p.attempt_connected(peer);
             }
+            // Anyone's connection but the peer's is closed at once.
+            TcpNote::Accepted(s, from) => {
+                if t.p.accepted(from) {
+                    t.stream = Some(s);
+                } else {
+                    tracing::debug!(%from, "TCP punch port: not the peer's connection");
+                }
+            }
         }
         self.flush_tcp();
     }
+
+    /// Both NAT classifications are known: they say who connects
+    /// ([`crate::proto::punch::tcp::plan`]), now or once the TCP punch starts.
+    pub(super) fn tcp_classes(&mut self, mine: NatClass, peer: NatClass) {
+        self.classes = Some((mine, peer));
+        if let Some(t) = &mut self.tcp {
+            t.p.set_nat(Instant::now(), &mine, &peer);
+            self.flush_tcp();
+        }
+    }
 }
 
-/// Waits for the TCP punch and tells the user how it went: the stream when it worked.
-pub(super) async fn tcp_result(wait: TcpWait, emit: &Emit, t0: Instant) -> Option<TcpStream> {
+/// Waits for the TCP punch: the stream, the peer and the attempts made when it worked; a
+/// `tried` event when it did not.
+pub(super) async fn tcp_result(
+    wait: TcpWait,
+    emit: &Emit,
+    t0: Instant,
+) -> Option<(TcpStream, SocketAddr, u32)> {
     let TcpWait(done, ep) = wait;
     let r = tokio::time::timeout(crate::defaults::TCP_PUNCH_BUDGET * 2, done)
         .await
         .ok()
         .and_then(Result::ok)
         .unwrap_or(Err((0, "the TCP punch did not finish")));
-    let elapsed_ms = t0.elapsed().as_millis() as u64;
-    let (ev, stream) = match r {
-        Ok((s, peer, attempts)) => (
-            Event::Connected {
-                path: "direct",
-                method: "tcp",
-                peer,
-                elapsed_ms,
-                probes: attempts,
-            },
-            Some(s),
-        ),
-        Err((attempts, why)) => {
-            tracing::info!("TCP punching: {why}");
-            (
-                Event::Tried {
-                    method: "tcp",
-                    found: false,
-                    probes: attempts,
-                    elapsed_ms,
-                },
-                None,
-            )
-        }
-    };
-    emit.send(&ev);
     // The relay connection kept our NAT's TCP mapping until now.
     drop(ep);
-    stream
+    match r {
+        Ok(found) => Some(found),
+        Err((attempts, why)) => {
+            tried(emit, t0, attempts, why);
+            None
+        }
+    }
+}
+
+/// Tells the user TCP found nothing (the session stays where it is).
+pub(super) fn tried(emit: &Emit, t0: Instant, attempts: u32, why: &str) {
+    tracing::info!("TCP punching: {why}");
+    emit.send(&Event::Tried {
+        method: "tcp",
+        found: false,
+        probes: attempts,
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+    });
 }

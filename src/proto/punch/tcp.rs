@@ -24,13 +24,61 @@
 //! Works when both NATs keep the port the relay saw (endpoint-independent mapping, RFC 4787
 //! §4.1) — the same pairs as UDP punching; a symmetric NAT gives the peer a port that is
 //! never used again.
+//!
+//! **A reachable side is connected to directly.** Both sides also accept on their punch
+//! port. When the two NAT classifications ([`crate::proto::punch::nat`]) say one side lets
+//! strangers in ([`reachable`]: no NAT, or endpoint-independent filtering, RFC 5382 §5 — a
+//! full cone), the other side makes a plain connection to its public endpoint and the
+//! reachable side only accepts ([`Plan`]): no arming, no wait for `armed`. Arming towards a
+//! host without a NAT is what fails otherwise: the low-TTL SYN reaches the peer's NAT (the
+//! open host is one hop from it), which resets the listener's socket. Until both
+//! classifications are known the sides punch as above; the accepting socket takes a peer
+//! whose SYN comes in either way.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::defaults::{TCP_OFFER_INTERVAL, TCP_RETRY};
+use crate::proto::classify::Behaviour;
+use crate::proto::punch::nat::NatClass;
 use crate::wire::rendezvous::{Frame, Role, SessionId};
+
+/// Strangers' TCP connections reach this side's punch port: no NAT, or a NAT whose filter
+/// lets anyone reach a mapping once it exists (endpoint-independent filtering, RFC 5382 §5;
+/// the relay connection keeps the mapping). Judged from the UDP classification, which is all
+/// there is: a router filters TCP like UDP in the common case, and a wrong guess costs the
+/// budget, not the session. A port mapped by `--portmap` is the UDP punch port, not this one.
+pub fn reachable(c: &NatClass) -> bool {
+    !c.udp_blocked
+        && (c.mapping == Behaviour::None
+            || matches!(
+                c.filtering,
+                Behaviour::EndpointIndependent | Behaviour::None
+            ))
+}
+
+/// Who connects, from the two sides' reachability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Neither side is known to be reachable: armed simultaneous open.
+    Simultaneous,
+    /// The peer is reachable: connect to it directly.
+    Connect,
+    /// We are reachable: accept the peer's connection.
+    Accept,
+}
+
+/// The plan for `role` given whether the listener and the connector are [`reachable`]; both
+/// sides compute the same pair. The connector connects when the listener is reachable
+/// (both reachable included), else the listener when the connector is.
+pub fn plan(role: Role, listener_reachable: bool, connector_reachable: bool) -> Plan {
+    match (role, listener_reachable, connector_reachable) {
+        (Role::Connector, true, _) | (Role::Listener, false, true) => Plan::Connect,
+        (Role::Listener, true, _) | (Role::Connector, false, true) => Plan::Accept,
+        (_, false, false) => Plan::Simultaneous,
+    }
+}
 
 /// Something for the driver to do with a TCP socket bound to the punch port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +86,8 @@ pub enum Action {
     /// Listener: connect to this endpoint with a low-TTL SYN (then restore the TTL), report
     /// [`TcpPunch::armed`] once the SYN has gone, and the attempt's end later.
     Arm(SocketAddr),
-    /// Connector: connect to this endpoint normally.
+    /// Connect to this endpoint normally (the connector of a simultaneous open, or either
+    /// side towards a reachable peer).
     Connect(SocketAddr),
 }
 
@@ -79,6 +128,8 @@ pub struct TcpPunch {
     peer: Option<SocketAddr>,
     /// Listener: our arming SYN is out. Connector: the listener said it is armed.
     armed: bool,
+    /// Who connects, once both classifications are known.
+    plan: Plan,
     state: State,
     attempts: u32,
     retry_at: Instant,
@@ -98,6 +149,7 @@ impl TcpPunch {
             mine: None,
             peer: None,
             armed: false,
+            plan: Plan::Simultaneous,
             state: State::Idle,
             attempts: 0,
             retry_at: now,
@@ -119,6 +171,33 @@ impl TcpPunch {
             }
             None => self.fail("the relay could not tell us our public TCP endpoint"),
         }
+    }
+
+    /// Both NAT classifications are known (again): who connects ([`plan`]). An attempt in
+    /// flight goes on; the next one follows the plan.
+    pub fn set_nat(&mut self, now: Instant, mine: &NatClass, peer: &NatClass) {
+        let (l, c) = match self.role {
+            Role::Listener => (reachable(mine), reachable(peer)),
+            Role::Connector => (reachable(peer), reachable(mine)),
+        };
+        self.plan = plan(self.role, l, c);
+        self.drive(now);
+    }
+
+    /// The punch port accepted a connection from `from`: it is the peer's when it comes from
+    /// the peer's public address (a NAT may give the connection another port than the one
+    /// the relay saw). True when it is taken; anything else is to be closed.
+    pub fn accepted(&mut self, from: SocketAddr) -> bool {
+        if self.outcome.is_some() || self.peer.is_none_or(|p| p.ip() != from.ip()) {
+            return false;
+        }
+        self.state = State::Done;
+        self.next_offer = None;
+        self.outcome = Some(Outcome::Connected {
+            peer: from,
+            attempts: self.attempts,
+        });
+        true
     }
 
     /// A relayed frame from the peer; true when it was ours to handle.
@@ -208,10 +287,12 @@ impl TcpPunch {
         let (Some(_), Some(peer)) = (self.mine, self.peer) else {
             return;
         };
-        let action = match self.role {
-            Role::Listener => Action::Arm(peer),
-            Role::Connector if self.armed => Action::Connect(peer),
-            Role::Connector => return,
+        let action = match (self.plan, self.role) {
+            (Plan::Connect, _) => Action::Connect(peer),
+            (Plan::Accept, _) => return,
+            (Plan::Simultaneous, Role::Listener) => Action::Arm(peer),
+            (Plan::Simultaneous, Role::Connector) if self.armed => Action::Connect(peer),
+            (Plan::Simultaneous, Role::Connector) => return,
         };
         self.attempts += 1;
         self.state = State::Trying;
@@ -383,6 +464,125 @@ mod tests {
                 why: "the other side's TCP endpoint never came"
             })
         );
+    }
+
+    fn class(mapping: Behaviour, filtering: Behaviour) -> NatClass {
+        NatClass {
+            mapping,
+            filtering,
+            allocation: "preserving",
+            mapped_port: false,
+            delta: 0,
+            udp_blocked: false,
+        }
+    }
+
+    #[test]
+    fn only_no_nat_and_endpoint_independent_filtering_are_reachable() {
+        use Behaviour::{AddressAndPortDependent as Apd, EndpointIndependent as Ei};
+        assert!(reachable(&class(Behaviour::None, Behaviour::None)), "open");
+        assert!(reachable(&class(Ei, Ei)), "full cone");
+        assert!(
+            !reachable(&class(Ei, Behaviour::AddressDependent)),
+            "restricted"
+        );
+        assert!(!reachable(&class(Ei, Apd)), "port-restricted");
+        assert!(!reachable(&class(Apd, Apd)), "symmetric");
+        let blocked = NatClass {
+            udp_blocked: true,
+            ..class(Behaviour::Unknown, Behaviour::Unknown)
+        };
+        assert!(!reachable(&blocked), "udp-blocked");
+        let mapped = NatClass {
+            mapped_port: true,
+            ..class(Ei, Apd)
+        };
+        assert!(!reachable(&mapped), "the mapped port is UDP's");
+    }
+
+    #[test]
+    fn the_unreachable_side_connects_and_the_reachable_one_accepts() {
+        use Role::{Connector as C, Listener as L};
+        for (l, c, want_l, want_c) in [
+            (true, false, Plan::Accept, Plan::Connect),
+            (false, true, Plan::Connect, Plan::Accept),
+            (true, true, Plan::Accept, Plan::Connect),
+            (false, false, Plan::Simultaneous, Plan::Simultaneous),
+        ] {
+            assert_eq!((plan(L, l, c), plan(C, l, c)), (want_l, want_c), "{l} {c}");
+        }
+    }
+
+    /// Open listener × port-restricted connector: the connector connects at once (no
+    /// arming, no `armed`), the listener only accepts, and only from the peer's address.
+    #[test]
+    fn a_reachable_listener_is_connected_to_directly() {
+        use Behaviour::{AddressAndPortDependent as Apd, EndpointIndependent as Ei};
+        let t0 = Instant::now();
+        let (la, ca) = (sa("203.0.113.41:40000"), sa("203.0.113.22:40001"));
+        let (open, pr) = (class(Behaviour::None, Behaviour::None), class(Ei, Apd));
+        let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
+        let mut c = TcpPunch::new([1; 16], Role::Connector, t0, BUDGET);
+        l.set_nat(t0, &open, &pr);
+        c.set_nat(t0, &pr, &open);
+        l.set_mine(t0, Some(la));
+        c.set_mine(t0, Some(ca));
+        relay(&mut c, &mut l, t0);
+        relay(&mut l, &mut c, t0);
+        assert_eq!(l.poll_action(), None, "the reachable side does not arm");
+        assert_eq!(c.poll_action(), Some(Action::Connect(la)));
+        assert!(!l.accepted(sa("203.0.113.99:40001")), "a stranger");
+        assert!(
+            l.accepted(sa("203.0.113.22:50000")),
+            "the peer, from another port"
+        );
+        assert_eq!(
+            l.outcome(),
+            Some(&Outcome::Connected {
+                peer: sa("203.0.113.22:50000"),
+                attempts: 0
+            })
+        );
+        assert!(!l.accepted(sa("203.0.113.22:50001")), "only one connection");
+        c.attempt_connected(la);
+        assert!(matches!(c.outcome(), Some(Outcome::Connected { .. })));
+    }
+
+    /// The classifications may come after the punch started: an armed simultaneous open
+    /// until then, the plan for the next attempt after.
+    #[test]
+    fn a_late_classification_changes_the_next_attempt() {
+        use Behaviour::{AddressAndPortDependent as Apd, EndpointIndependent as Ei};
+        let t0 = Instant::now();
+        let ca = sa("203.0.113.42:40001");
+        let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
+        l.set_mine(t0, Some(sa("203.0.113.21:40000")));
+        let offer = Frame::TcpOffer {
+            session: [1; 16],
+            armed: false,
+            addr: ca,
+        };
+        assert!(l.handle_frame(t0, &offer));
+        assert_eq!(l.poll_action(), Some(Action::Arm(ca)));
+        l.set_nat(
+            t0,
+            &class(Ei, Apd),
+            &class(Behaviour::None, Behaviour::None),
+        );
+        assert_eq!(l.poll_action(), None, "one attempt at a time");
+        l.attempt_failed(t0);
+        l.handle_timeout(t0 + TCP_RETRY);
+        assert_eq!(l.poll_action(), Some(Action::Connect(ca)));
+    }
+
+    /// Nobody takes a connection before the peer's endpoint is known.
+    #[test]
+    fn nothing_is_accepted_before_the_peer_offers() {
+        let t0 = Instant::now();
+        let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
+        l.set_mine(t0, Some(sa("203.0.113.41:1")));
+        assert!(!l.accepted(sa("203.0.113.22:2")));
+        assert_eq!(l.outcome(), None);
     }
 
     #[test]

@@ -1,0 +1,238 @@
+//! `punch --tcp` on the NAT lab (issue 13 #2): the pipe never waits for TCP. Data flows over
+//! QUIC from the start and moves to the punched TCP connection without loss once TLS over
+//! it is up; a reachable side (no NAT, a full cone) is connected to directly.
+//!
+//! **Time to first byte**, per receiving side: the time of its first stdout byte, minus its
+//! first `connected` event's `elapsed_ms` — both since that side's process started (the
+//! stdout clock starts at spawn, a few milliseconds before the process's own clock, so the
+//! figure errs high). The sending side has its input ready from the start. It must be at
+//! most 1 s for every pair; before, a pipe waited for TCP (5 s when TCP failed).
+//!
+//! Each side writes 1 MiB in 16 KiB chunks a few milliseconds apart, so the transfer is
+//! still running when TCP comes up and the move happens mid-stream; both outputs must be
+//! byte-exact and, where TCP can work, the last `connected` event says `method: tcp`.
+mod common;
+
+use common::lab::{Kind, Lab};
+use common::punch::{at_relay, noise};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// One side's run.
+struct Side {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    /// When the first stdout byte arrived, since spawn.
+    first_byte: Option<Duration>,
+    /// Since spawn, when the process exited.
+    wall: Duration,
+    events: Vec<Value>,
+}
+
+impl Side {
+    fn event(&self, what: &str, method: Option<&str>) -> Option<&Value> {
+        self.events
+            .iter()
+            .find(|e| e["event"] == what && method.is_none_or(|m| e["method"] == m))
+    }
+
+    fn ms(&self, what: &str, method: Option<&str>) -> u64 {
+        self.event(what, method)
+            .and_then(|e| e["elapsed_ms"].as_u64())
+            .unwrap_or_else(|| panic!("no {what} {method:?} event: {}", self.events_text()))
+    }
+
+    /// Time to first byte (see the module doc), in ms.
+    fn ttfb_ms(&self) -> i64 {
+        let first = self.first_byte.expect("no byte arrived").as_millis() as i64;
+        first - self.ms("connected", None) as i64
+    }
+
+    fn events_text(&self) -> String {
+        self.events.iter().map(|e| format!("{e}\n")).collect()
+    }
+
+    fn last_connected(&self) -> &Value {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "connected")
+            .unwrap_or_else(|| panic!("no connected event: {}", self.events_text()))
+    }
+}
+
+/// Runs `punch ARGS --relay PUB_IP --json` in `node`, writing `input` in 16 KiB chunks
+/// `pace` apart, then closing stdin.
+fn side(
+    lab: &Lab,
+    node: &str,
+    args: &[&str],
+    input: Vec<u8>,
+    pace: Duration,
+) -> std::thread::JoinHandle<Side> {
+    let mut l = at_relay(lab, node, args);
+    l.feed_paced(input, pace);
+    std::thread::spawn(move || {
+        let started = l.started;
+        let (code, stdout, events, first_byte) = l.finish_timed();
+        Side {
+            code,
+            stdout,
+            first_byte,
+            wall: started.elapsed(),
+            events,
+        }
+    })
+}
+
+/// What a pair must show.
+#[derive(Clone, Copy, PartialEq)]
+enum Ends {
+    /// The last `connected` is the punched TCP connection (`direct`, `tcp`), to the other
+    /// side's public address.
+    OnTcp,
+    /// TCP cannot work: a `tried` event (method `tcp`), and the data stays on UDP/QUIC.
+    Tried,
+    /// Either: a fast transfer may end before TCP is up.
+    Either,
+}
+
+/// Listener in `a`, connector in `b`, `--tcp` on both, 1 MiB each way `pace` per 16 KiB;
+/// checks the bytes, the exit codes, time to first byte and how the session ended. Returns
+/// both sides.
+fn tcp_pair(a: Kind, b: Kind, pace: Duration, ends: Ends) -> Option<(Side, Side)> {
+    let lab = Lab::up_or_skip(Lab::builder().a(a).b(b))?;
+    let _r = common::relay::start(&lab, 3478);
+    let what = format!("--tcp {a:?} x {b:?}");
+    let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
+    let (da, db) = (noise(1 << 20, 1), noise(1 << 20, 2));
+    let la = side(
+        &lab,
+        "a",
+        &["listen", "--code", &code, "--tcp"],
+        da.clone(),
+        pace,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let lb = side(&lab, "b", &["connect", &code, "--tcp"], db.clone(), pace);
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    for (s, name, got, want, other_wan) in [
+        (&sa, "listener", &sa.stdout, &db, lab.get("B_WAN")),
+        (&sb, "connector", &sb.stdout, &da, lab.get("A_WAN")),
+    ] {
+        assert_eq!(s.code, Some(0), "{what} {name}: {}", s.events_text());
+        assert!(
+            Sha256::digest(got) == Sha256::digest(want),
+            "{what} {name}: {} bytes, not the peer's {} intact",
+            got.len(),
+            want.len()
+        );
+        let ttfb = s.ttfb_ms();
+        eprintln!(
+            "{what} {name}: first byte {ttfb} ms after connected; ended on {} after {} ms",
+            s.last_connected()["method"],
+            s.wall.as_millis()
+        );
+        assert!(
+            ttfb <= 1000,
+            "{what} {name}: first byte after {ttfb} ms: {}",
+            s.events_text()
+        );
+        let last = s.last_connected();
+        match ends {
+            Ends::OnTcp => {
+                assert_eq!(last["path"], "direct", "{what} {name}: {}", s.events_text());
+                assert_eq!(last["method"], "tcp", "{what} {name}: {}", s.events_text());
+                let peer = last["peer"].as_str().unwrap();
+                assert!(peer.starts_with(&format!("{other_wan}:")), "{what}: {last}");
+                assert!(
+                    s.event("tried", Some("tcp")).is_none(),
+                    "{}",
+                    s.events_text()
+                );
+            }
+            Ends::Tried => {
+                assert_ne!(last["method"], "tcp", "{what} {name}: {}", s.events_text());
+                assert_eq!(s.event("tried", Some("tcp")).unwrap()["found"], false);
+            }
+            Ends::Either => {}
+        }
+        let done = s.event("done", None).unwrap();
+        assert_eq!(done["bytes_sent"], 1 << 20, "{what} {name}");
+        assert_eq!(done["bytes_received"], 1 << 20, "{what} {name}");
+    }
+    Some((sa, sb))
+}
+
+/// 16 KiB every 15 ms: about a second of transfer after the pipe opens, longer than TCP and
+/// TLS take to come up.
+const PACE: Duration = Duration::from_millis(15);
+
+macro_rules! on_tcp {
+    ($($name:ident: $a:ident x $b:ident;)*) => {
+        $(#[test] fn $name() { tcp_pair(Kind::$a, Kind::$b, PACE, Ends::OnTcp); })*
+    };
+}
+
+on_tcp! {
+    port_restricted_x_port_restricted_moves_to_tcp: PortRestricted x PortRestricted;
+    full_cone_x_port_restricted_moves_to_tcp: FullCone x PortRestricted;
+    port_restricted_x_full_cone_moves_to_tcp: PortRestricted x FullCone;
+    port_restricted_x_open_moves_to_tcp: PortRestricted x Open;
+    // UDP blocked on one side: QUIC goes through the relay over TCP at once, then moves.
+    udp_blocked_x_port_restricted_moves_to_tcp: UdpBlocked x PortRestricted;
+    port_restricted_x_udp_blocked_moves_to_tcp: PortRestricted x UdpBlocked;
+}
+
+/// The issue's case: an open listener and a port-restricted connector. The connector
+/// connects to the listener directly (no arming, which the connector's router answered with
+/// a reset), so the move comes within a second of authenticating, not after the 5 s budget.
+#[test]
+fn open_x_port_restricted_connects_directly_and_moves_to_tcp_at_once() {
+    let Some((sa, sb)) = tcp_pair(Kind::Open, Kind::PortRestricted, PACE, Ends::OnTcp) else {
+        return;
+    };
+    for s in [&sa, &sb] {
+        let after = s.ms("connected", Some("tcp")) - s.ms("authenticated", None);
+        assert!(after < 1000, "on TCP {after} ms after authenticating");
+        let probes = s.event("connected", Some("tcp")).unwrap()["probes"].clone();
+        eprintln!(
+            "open x port-restricted: on TCP {after} ms after authenticating ({probes} attempts)"
+        );
+    }
+}
+
+/// 1 MiB each way as fast as it goes, open × port-restricted: the whole session (spawn to
+/// exit) no longer includes a wait for TCP (5.5 s in the issue).
+#[test]
+fn one_mib_open_x_port_restricted_does_not_wait_for_tcp() {
+    let Some((sa, sb)) = tcp_pair(
+        Kind::Open,
+        Kind::PortRestricted,
+        Duration::ZERO,
+        Ends::Either,
+    ) else {
+        return;
+    };
+    let transfer = |s: &Side| s.ms("done", None) - s.ms("connected", None);
+    eprintln!(
+        "1 MiB open x port-restricted, first connected to done: listener {} ms, connector {} ms",
+        transfer(&sa),
+        transfer(&sb)
+    );
+    assert!(transfer(&sb) < 2000, "{}", sb.events_text());
+}
+
+/// A symmetric NAT gives the peer a TCP port that is never used again: the data flows over
+/// QUIC from the start, the TCP punch says `tried` after its budget, and nothing moves.
+/// 16 KiB every 150 ms keeps the session past the 5 s budget.
+#[test]
+fn symmetric_x_port_restricted_stays_on_quic_and_says_tried() {
+    tcp_pair(
+        Kind::Symmetric,
+        Kind::PortRestricted,
+        Duration::from_millis(150),
+        Ends::Tried,
+    );
+}
