@@ -28,7 +28,7 @@ impl Control {
             return;
         };
         let now = Instant::now();
-        let b = Birthday::new(
+        let mut b = Birthday::new(
             self.session,
             part,
             peer,
@@ -41,6 +41,8 @@ impl Control {
             now,
             rand::random(),
         );
+        let (opening, own) = self.puncher.opening_plan();
+        b.set_opening(now, opening, own);
         let mut run = BirthdayRun {
             sockets: Vec::new(),
             readers: Vec::new(),
@@ -86,14 +88,17 @@ impl Control {
             return;
         };
         let seen = SocketAddr::new(peer.ip(), base);
-        let b = Birthday::predicting(
+        let now = Instant::now();
+        let mut b = Birthday::predicting(
             self.session,
             seen,
             delta,
             PREDICTION_BUDGET,
-            Instant::now(),
+            now,
             rand::random(),
         );
+        let (opening, own) = self.puncher.opening_plan();
+        b.set_opening(now, opening, own);
         tracing::info!(%seen, delta, "port prediction");
         self.birthday = Some(BirthdayRun {
             b,
@@ -135,6 +140,8 @@ impl Control {
         );
         tracing::info!(%seen, %peer, "port prediction: opening the next port");
         let mut b = b;
+        let (opening, own) = self.puncher.opening_plan();
+        b.set_opening(Instant::now(), opening, own);
         // The low-TTL packet goes out now, before the peer hears where to probe.
         b.handle_timeout(Instant::now());
         self.birthday = Some(BirthdayRun {
@@ -167,22 +174,31 @@ impl Control {
     }
 
     /// The finished attempt (and how it was made), with the opener's winning socket.
-    fn birthday_done(&mut self) -> Option<(Outcome, &'static str, Option<Arc<UdpSocket>>)> {
+    #[allow(clippy::type_complexity)]
+    fn birthday_done(
+        &mut self,
+    ) -> Option<(
+        Outcome,
+        &'static str,
+        Option<Arc<UdpSocket>>,
+        (Option<u8>, u64),
+    )> {
         let o = self.birthday.as_ref()?.b.outcome()?.clone();
         let r = self.birthday.take()?;
+        let opening = (r.b.opening_ttl(), r.b.waited().as_millis() as u64);
         let chosen = match o {
             Outcome::Connected { socket, .. } if r.part != Part::Prober => {
                 r.sockets.get(socket).cloned()
             }
             _ => None,
         };
-        Some((o, r.method, chosen))
+        Some((o, r.method, chosen, opening))
     }
 
     /// A finished attempt: a direct path found is adopted (read like the punch socket when
     /// it is an opener's socket); a failure is news.
     pub(super) fn on_birthday_done(&mut self) {
-        let Some((outcome, method, chosen)) = self.birthday_done() else {
+        let Some((outcome, method, chosen, (opening_ttl, waited_ms))) = self.birthday_done() else {
             return;
         };
         match outcome {
@@ -213,6 +229,8 @@ impl Control {
                 found: false,
                 probes,
                 elapsed_ms: self.t0.elapsed().as_millis() as u64,
+                opening_ttl,
+                waited_ms,
             }),
         }
     }

@@ -103,6 +103,12 @@ pub enum Event {
         probes: u32,
         /// Since start.
         elapsed_ms: u64,
+        /// TTL of the packets that opened our NAT for the technique (measured, see the
+        /// `nat` event's `opening`); null when none was sent.
+        opening_ttl: Option<u8>,
+        /// How long the technique waited for the traces of a clash to expire on the routers
+        /// (neighbouring NATs, see README), in ms; 0 when it did not.
+        waited_ms: u64,
     },
     /// `--manual`: the line to paste on the other side.
     Offer {

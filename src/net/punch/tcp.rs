@@ -406,5 +406,7 @@ pub(super) fn tried(emit: &Emit, t0: Instant, attempts: u32, why: &str) {
         found: false,
         probes: attempts,
         elapsed_ms: t0.elapsed().as_millis() as u64,
+        opening_ttl: None,
+        waited_ms: 0,
     });
 }

@@ -11,7 +11,12 @@
 //!
 //! The opener's packets must not reach the prober's NAT: arriving first, they would make a
 //! Linux NAT create conntrack entries that move the prober's own flows to other ports (the
-//! same trap as in ordinary punching), hence the low TTL.
+//! same trap as in ordinary punching), hence the low TTL — measured
+//! ([`crate::proto::punch::ttl`], [`Birthday::set_opening`]). When the NATs are next to
+//! each other no TTL is safe: the opener opens its mappings once, then keeps them alive with
+//! packets whose TTL ends at its own NAT, and the prober starts only once the conntrack
+//! entries the opening left on its NAT have expired ([`CLASH_EXPIRY_WAIT`], as in
+//! [`crate::proto::punch::clash`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -20,7 +25,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::defaults::BIRTHDAY_OPEN_REFRESH;
+use crate::defaults::{BIRTHDAY_OPEN_REFRESH, CLASH_EXPIRY_WAIT};
+use crate::proto::punch::ttl::Opening;
 use crate::wire::rendezvous::{Frame, SessionId};
 
 /// Sockets the opener opens (frp and hyperdht use 256 too).
@@ -106,6 +112,13 @@ pub struct Birthday {
     out: VecDeque<Transmit>,
     /// Port prediction: the sequential NAT's port the relay saw, and its step.
     predict: Option<(u16, i32)>,
+    /// TTL of the opener's packets that create its mappings.
+    open_ttl: u8,
+    /// Neighbouring NATs: after the first round, refresh the mappings with this TTL (it
+    /// ends at our own NAT).
+    keep_ttl: Option<u8>,
+    /// Opening rounds sent so far.
+    rounds: u32,
     /// Transaction ids and random ports (seeded by the driver; fixed in tests).
     rng: StdRng,
 }
@@ -140,7 +153,30 @@ impl Birthday {
             outcome: None,
             out: VecDeque::new(),
             predict: None,
+            open_ttl: OPEN_TTL,
+            keep_ttl: None,
+            rounds: 0,
             rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// How to open the opener's mappings, from the TTL measurement: `own_nat` is the
+    /// distance of our outermost NAT. With [`Opening::Clash`] the opener's first packets
+    /// reach the prober's NAT whatever their TTL, so the prober waits for the traces they
+    /// leave there to expire before probing.
+    pub fn set_opening(&mut self, now: Instant, opening: Opening, own_nat: Option<u8>) {
+        match opening {
+            Opening::Ttl(t) => self.open_ttl = t,
+            Opening::Unknown => self.open_ttl = OPEN_TTL,
+            Opening::Clash => {
+                let own = own_nat.unwrap_or(1).max(1);
+                self.open_ttl = own + 1;
+                self.keep_ttl = Some(own);
+                if self.part == Part::Prober {
+                    self.next = self.next.max(now) + CLASH_EXPIRY_WAIT;
+                }
+                self.deadline += CLASH_EXPIRY_WAIT;
+            }
         }
     }
 
@@ -198,15 +234,17 @@ impl Birthday {
         while self.next <= now {
             match self.part {
                 Part::Opener => {
+                    let ttl = self.round_ttl();
                     for s in 0..self.sockets {
-                        self.probe(s, self.peer, Some(OPEN_TTL));
+                        self.probe(s, self.peer, Some(ttl));
                     }
                     self.next += BIRTHDAY_OPEN_REFRESH;
                 }
                 Part::Both | Part::Prober => {
                     if self.part == Part::Both && self.probes % (PROBE_RATE * 5) == 0 {
+                        let ttl = self.round_ttl();
                         for s in 0..self.sockets {
-                            self.probe(s, self.peer, Some(OPEN_TTL));
+                            self.probe(s, self.peer, Some(ttl));
                         }
                     }
                     let port = match self.predict {
@@ -223,6 +261,30 @@ impl Birthday {
                     self.next += Duration::from_secs(1) / PROBE_RATE;
                 }
             }
+        }
+    }
+
+    /// The TTL of the packets that open mappings (None for a prober: it opens none).
+    pub fn opening_ttl(&self) -> Option<u8> {
+        (self.part != Part::Prober).then_some(self.open_ttl)
+    }
+
+    /// How long the prober waits for a clash to expire before probing.
+    pub fn waited(&self) -> Duration {
+        if self.keep_ttl.is_some() && self.part == Part::Prober {
+            CLASH_EXPIRY_WAIT
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The TTL of this opening round: the first creates the mappings; with neighbouring
+    /// NATs the later ones only refresh them at our own NAT.
+    fn round_ttl(&mut self) -> u8 {
+        self.rounds += 1;
+        match self.keep_ttl {
+            Some(keep) if self.rounds > 1 => keep,
+            _ => self.open_ttl,
         }
     }
 
@@ -494,5 +556,55 @@ mod tests {
             .collect();
         assert_eq!(ports, want, "in order, from the port after the one seen");
         assert!(now - t0 <= Duration::from_secs(1) / PROBE_RATE * 4);
+    }
+
+    /// Neighbouring NATs: the opener's first round creates its mappings (TTL past its own
+    /// NAT), later rounds only refresh them at its own NAT; the prober starts after the wait
+    /// for the clash to expire, and both budgets grow by it.
+    #[test]
+    fn neighbouring_nats_open_once_then_wait_out_the_clash() {
+        let t0 = Instant::now();
+        let mut o = Birthday::new(
+            [1; 16],
+            Part::Opener,
+            sa("203.0.113.22:6000"),
+            2,
+            BUDGET,
+            t0,
+            1,
+        );
+        o.set_opening(t0, Opening::Clash, Some(1));
+        o.handle_timeout(t0);
+        let first: Vec<_> = std::iter::from_fn(|| o.poll_transmit()).collect();
+        assert!(first.len() == 2 && first.iter().all(|t| t.ttl == Some(2)));
+        let later = t0 + BIRTHDAY_OPEN_REFRESH;
+        o.handle_timeout(later);
+        let refresh: Vec<_> = std::iter::from_fn(|| o.poll_transmit()).collect();
+        assert!(refresh.len() == 2 && refresh.iter().all(|t| t.ttl == Some(1)));
+        assert_eq!(o.opening_ttl(), Some(2));
+
+        let mut p = prober(t0, 3);
+        p.set_opening(t0, Opening::Clash, Some(1));
+        p.handle_timeout(t0 + CLASH_EXPIRY_WAIT - Duration::from_millis(1));
+        assert_eq!(p.poll_transmit(), None, "the prober waits");
+        p.handle_timeout(t0 + CLASH_EXPIRY_WAIT);
+        assert!(p.poll_transmit().is_some());
+        assert_eq!(p.waited(), CLASH_EXPIRY_WAIT);
+        // Still probing where the budget alone would have ended.
+        assert_eq!(p.poll_timeout().map(|t| t > t0 + BUDGET), Some(true));
+
+        // A measured TTL replaces the classic one.
+        let mut m = Birthday::new(
+            [1; 16],
+            Part::Opener,
+            sa("203.0.113.22:6000"),
+            1,
+            BUDGET,
+            t0,
+            1,
+        );
+        m.set_opening(t0, Opening::Ttl(3), Some(2));
+        m.handle_timeout(t0);
+        assert_eq!(m.poll_transmit().map(|t| t.ttl), Some(Some(3)));
     }
 }

@@ -208,6 +208,17 @@ impl Puncher {
         self.measure.handle_answer(target, ttl, answer);
     }
 
+    /// How to open our NAT for the peer, and our outermost NAT's distance (when a router
+    /// said, or the peer's NAT is right behind it) — for the techniques that open mappings
+    /// of their own (birthday probing, prediction, TCP arming).
+    pub fn opening_plan(&self) -> (Opening, Option<u8>) {
+        let d = self.measure.distances();
+        let own = d
+            .own_nat_hops
+            .or_else(|| d.peer_nat_hops.map(|h| h.saturating_sub(1).max(1)));
+        (self.measure.opening(), own)
+    }
+
     /// What the measurement found, and the opening chosen.
     pub fn distances(&self) -> Distances {
         self.measure.distances()
@@ -230,12 +241,7 @@ impl Puncher {
         if at > now {
             return;
         }
-        if let Some(ttl) = self.measure.distances().own_nat_hops.or_else(|| {
-            self.measure
-                .distances()
-                .peer_nat_hops
-                .map(|h| h.saturating_sub(1).max(1))
-        }) {
+        if let (_, Some(ttl)) = self.opening_plan() {
             let payload = crate::wire::rendezvous::Frame::PunchProbe {
                 session: self.session,
                 tx: 0,

@@ -413,14 +413,15 @@ impl Exchange {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
     use Behaviour::{
         AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
     };
 
-    fn c(mapping: Behaviour, filtering: Behaviour) -> NatClass {
+    /// A port-preserving NAT class with these behaviours (shared by the cores' tests).
+    pub(crate) fn c(mapping: Behaviour, filtering: Behaviour) -> NatClass {
         NatClass {
             mapping,
             filtering,

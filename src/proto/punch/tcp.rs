@@ -466,16 +466,7 @@ mod tests {
         );
     }
 
-    fn class(mapping: Behaviour, filtering: Behaviour) -> NatClass {
-        NatClass {
-            mapping,
-            filtering,
-            allocation: "preserving",
-            mapped_port: false,
-            delta: 0,
-            udp_blocked: false,
-        }
-    }
+    use crate::proto::punch::nat::tests::c as class;
 
     #[test]
     fn only_no_nat_and_endpoint_independent_filtering_are_reachable() {

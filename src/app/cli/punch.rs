@@ -1,0 +1,341 @@
+//! punch's command line.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// punch's arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "punch",
+    version,
+    about = "Connect two shells through NATs: direct when possible, relayed when not, always encrypted",
+    long_about = "punch connects two machines behind NATs with a short code, like \
+7-lantern-harbor. Each side's stdin goes to the other side's stdout (binary-safe, both \
+directions at once, end of input reaches the other side as end of output).\n\n\
+Both sides meet at a natkit relay, learn each other's addresses, and start UDP hole \
+punching at the same instant; when no direct path works within --direct-timeout, the \
+data goes through the relay instead. Either way, a PAKE (SPAKE2) keyed by the code \
+authenticates both ends, and QUIC with certificates pinned by the PAKE encrypts \
+everything: the relay sees only ciphertext. A wrong code fails on both sides.\n\nA network \
+that changes under a session (link down and up, a new address, a route gone for a while) is a \
+stall, not the end; a side that hears nothing from the other for --dead-peer-timeout exits 2.",
+    after_long_help = "EXIT STATUS:\n  0  both directions finished\n  \
+2  an error: bad usage, the relay is unreachable or refused, the other side never came, \
+the connection broke, nothing came from the other side for --dead-peer-timeout (message on stderr)\n  3  wrong code\n\n\
+EXAMPLES:\n  punch listen --relay relay.example.net < file        # prints a code\n  \
+punch connect --relay relay.example.net 7-lantern-harbor > file\n  \
+punch listen --relay 203.0.113.10 --json",
+    after_help = "Exit status: 0 done, 2 error, 3 wrong code."
+)]
+pub struct PunchArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: PunchCmd,
+}
+
+/// punch's subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum PunchCmd {
+    /// Wait for the other side; prints a code unless --code is given.
+    Listen {
+        /// Options shared by both sides.
+        #[command(flatten)]
+        common: PunchCommon,
+        /// Use this code instead of a random one.
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+        /// Host a local TCP service: each connection the other side makes (with --local) is
+        /// carried to HOST:PORT here.
+        #[arg(long, value_name = "HOST:PORT")]
+        expose: Option<String>,
+        /// No server at all (the pwnat technique; needs CAP_NET_RAW): send ICMP echo requests
+        /// to --echo-target and wait for a connector's ICMP Time Exceeded, which the NAT lets
+        /// in and which tells where to punch UDP. Works when the connector has a public
+        /// address.
+        #[arg(long, conflicts_with_all = ["relay", "manual"])]
+        icmp: bool,
+    },
+    /// Join the side that printed CODE.
+    Connect {
+        /// Options shared by both sides.
+        #[command(flatten)]
+        common: PunchCommon,
+        /// The code the listening side printed.
+        code: String,
+        /// Listen on [HOST:]PORT here (HOST defaults to 127.0.0.1) and carry every accepted
+        /// TCP connection to the other side's --expose service, many at once.
+        #[arg(long, value_name = "[HOST:]PORT")]
+        local: Option<String>,
+        /// No server at all (the pwnat technique; needs CAP_NET_RAW): send the listener at
+        /// LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for
+        /// an answer to its echo requests, then punch UDP.
+        #[arg(long, value_name = "LISTENER_HOST", conflicts_with_all = ["relay", "manual"])]
+        icmp: Option<String>,
+    },
+}
+
+/// Options of both punch subcommands.
+#[derive(Debug, clap::Args)]
+pub struct PunchCommon {
+    /// natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual.
+    #[arg(
+        long,
+        env = "NATKIT_RELAY",
+        value_name = "HOST[:PORT]",
+        required_unless_present_any = ["manual", "icmp"]
+    )]
+    pub relay: Option<String>,
+    /// Serverless: print a one-line offer to paste on the other side and take theirs (from
+    /// --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to.
+    #[arg(long)]
+    pub manual: bool,
+    /// With --manual: a STUN server HOST[:PORT] that tells this side's public address (put
+    /// in the offer; without it, the offer carries only local and router-mapped addresses).
+    #[arg(long, value_name = "HOST[:PORT]", requires = "manual")]
+    pub stun: Option<String>,
+    /// With --manual: the other side's offer.
+    #[arg(
+        long,
+        value_name = "OFFER",
+        requires = "manual",
+        conflicts_with = "peer_file"
+    )]
+    pub peer: Option<String>,
+    /// With --manual: wait for the other side's offer as the first line of FILE.
+    #[arg(long, value_name = "FILE", requires = "manual")]
+    pub peer_file: Option<std::path::PathBuf>,
+    /// Relay token, hex (when the relay runs with --secret).
+    #[arg(long, env = "NATKIT_RELAY_TOKEN", value_name = "HEX")]
+    pub token: Option<String>,
+    /// JSON lines on stderr instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up on a direct path after this many milliseconds and use the relay.
+    #[arg(long, value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub direct_timeout: u64,
+    /// When both NATs pick a new port per destination (symmetric × symmetric), still try
+    /// birthday probing from both sides for 10 s before settling on the relay (it works only
+    /// with NATs whose ports are not fully random).
+    #[arg(long)]
+    pub hard: bool,
+    /// Punch TCP too: after authenticating, try a direct TCP connection (simultaneous open
+    /// from the port the relay saw) and carry the pipe over TLS on it when it works; else go
+    /// on over UDP. Carries the pipe only (not --expose / --local).
+    #[arg(long, conflicts_with_all = ["manual", "icmp"])]
+    pub tcp: bool,
+    /// With --icmp: where the listener's echo requests go — an address where nothing
+    /// answers, the same on both sides (default 3.3.3.3, pwnat's).
+    #[arg(long, value_name = "IP", requires = "icmp")]
+    pub echo_target: Option<std::net::Ipv4Addr>,
+    /// Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a
+    /// mapped port is offered to the peer as one more candidate and removed at exit.
+    #[arg(long)]
+    pub no_portmap: bool,
+    /// Keepalive interval in seconds (keeps NAT mappings open).
+    #[arg(long, value_name = "SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub keepalive: u64,
+    /// End the session (exit 2) when nothing has come from the other side, directly or
+    /// through the relay, for this many seconds: a network that changes is a stall, one
+    /// gone for good is an error. Both sides end by the same rule.
+    #[arg(long, value_name = "SECS", default_value_t = crate::defaults::DEAD_PEER_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub dead_peer_timeout: u64,
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Why punch arguments are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum PunchArgsError {
+    /// Bad code.
+    #[error(transparent)]
+    Code(#[from] crate::proto::punch::code::CodeError),
+    /// Bad relay address.
+    #[error(transparent)]
+    Relay(#[from] crate::net::natprobe::ProbeError),
+    /// Token not hex.
+    #[error("--token must be hex")]
+    Token,
+    /// --tcp with --expose / --local.
+    #[error("--tcp carries the pipe (stdin/stdout) only; --expose and --local go over QUIC (drop --tcp)")]
+    TcpHosting,
+    /// Bad --expose / --local address.
+    #[error("{0}: expected {1}")]
+    Addr(String, &'static str),
+    /// Bad --peer offer.
+    #[error("--peer: {0}")]
+    Offer(#[from] crate::wire::offer::OfferError),
+}
+
+fn socket_addr(
+    s: &str,
+    default_host: Option<&str>,
+    what: &'static str,
+) -> Result<std::net::SocketAddr, PunchArgsError> {
+    use std::net::ToSocketAddrs;
+    let full = match (default_host, s.parse::<u16>()) {
+        (Some(h), Ok(p)) => format!("{h}:{p}"),
+        _ => s.to_string(),
+    };
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| PunchArgsError::Addr(s.to_string(), what))
+}
+
+/// `--manual` without `--peer`: the other side's offer is pasted on the controlling
+/// terminal (stdin carries the data, so never stdin).
+fn terminal_offer() -> crate::net::punch::OfferPrompt {
+    crate::net::punch::OfferPrompt(std::sync::Arc::new(|| {
+        Box::pin(async {
+            tokio::task::spawn_blocking(|| {
+                use std::io::{BufRead, Write};
+                let mut tty = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/tty")
+                    .map_err(|e| {
+                        format!(
+                            "no terminal to paste it on ({e}); give it with --peer OFFER or \
+                             --peer-file FILE"
+                        )
+                    })?;
+                let _ = write!(tty, "paste the other side's offer: ");
+                let _ = tty.flush();
+                let mut line = String::new();
+                std::io::BufReader::new(tty)
+                    .read_line(&mut line)
+                    .map_err(|e| e.to_string())?;
+                Ok(line)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }))
+}
+
+impl PunchArgs {
+    /// Validates before any IO; returns the options, JSON flag and verbosity.
+    pub fn into_options(
+        self,
+    ) -> Result<(crate::net::punch::PunchOptions, bool, u8), PunchArgsError> {
+        use crate::net::punch::quic::Mode;
+        let (common, role, code, mode, icmp) = match self.cmd {
+            PunchCmd::Listen {
+                common,
+                code,
+                expose,
+                icmp,
+            } => {
+                let c = match code {
+                    Some(c) => crate::proto::punch::code::Code::parse(&c)?,
+                    None => crate::proto::punch::code::Code::generate(&mut rand::thread_rng()),
+                };
+                let mode = match expose {
+                    Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
+                    None => Mode::Pipe,
+                };
+                let target = common
+                    .echo_target
+                    .unwrap_or(crate::defaults::ICMP_ECHO_TARGET);
+                let icmp = icmp.then_some(crate::net::punch::PeerOffer::IcmpListen {
+                    echo_target: target,
+                });
+                (
+                    common,
+                    crate::wire::rendezvous::Role::Listener,
+                    c,
+                    mode,
+                    icmp,
+                )
+            }
+            PunchCmd::Connect {
+                common,
+                code,
+                local,
+                icmp,
+            } => {
+                let mode = match local {
+                    Some(l) => Mode::Local(socket_addr(&l, Some("127.0.0.1"), "[HOST:]PORT")?),
+                    None => Mode::Pipe,
+                };
+                let target = common
+                    .echo_target
+                    .unwrap_or(crate::defaults::ICMP_ECHO_TARGET);
+                let icmp = icmp.map(|listener| crate::net::punch::PeerOffer::IcmpConnect {
+                    listener,
+                    echo_target: target,
+                });
+                (
+                    common,
+                    crate::wire::rendezvous::Role::Connector,
+                    crate::proto::punch::code::Code::parse(&code)?,
+                    mode,
+                    icmp,
+                )
+            }
+        };
+        if common.tcp && mode != Mode::Pipe {
+            return Err(PunchArgsError::TcpHosting);
+        }
+        let relay = common.relay.clone().unwrap_or_default();
+        let manual = if let Some(peer) = icmp {
+            Some(crate::net::punch::Manual { stun: None, peer })
+        } else if common.manual {
+            if let Some(s) = &common.stun {
+                crate::net::sys::parse_server(s)?;
+            }
+            if let Some(o) = &common.peer {
+                crate::wire::offer::parse(o)?;
+            }
+            Some(crate::net::punch::Manual {
+                stun: common.stun.clone(),
+                peer: match (&common.peer, &common.peer_file) {
+                    (Some(o), _) => crate::net::punch::PeerOffer::Given(o.clone()),
+                    (None, Some(f)) => crate::net::punch::PeerOffer::File(f.clone()),
+                    (None, None) => crate::net::punch::PeerOffer::Prompt(terminal_offer()),
+                },
+            })
+        } else {
+            crate::net::sys::parse_server(&relay)?;
+            None
+        };
+        let token = match &common.token {
+            None => Vec::new(),
+            Some(h) => {
+                let h = h.trim();
+                if h.len() % 2 != 0 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(PunchArgsError::Token);
+                }
+                (0..h.len())
+                    .step_by(2)
+                    .map(|i| {
+                        u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| PunchArgsError::Token)
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok((
+            crate::net::punch::PunchOptions {
+                relay,
+                manual,
+                role,
+                code,
+                direct_timeout: Duration::from_millis(common.direct_timeout),
+                keepalive: Duration::from_secs(common.keepalive),
+                dead_peer: Duration::from_secs(common.dead_peer_timeout),
+                token,
+                mode,
+                portmap: !common.no_portmap,
+                hard: common.hard,
+                tcp: common.tcp,
+            },
+            common.json,
+            common.verbose,
+        ))
+    }
+}
