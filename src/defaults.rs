@@ -259,6 +259,9 @@ pub const QUIET_INTERVAL: Duration = Duration::from_millis(500);
 pub const TTL_PROBE_RTO: Duration = Duration::from_millis(50);
 /// Sends per TTL-limited measurement probe before its hop counts as silent (0, 50, 150 ms).
 pub const TTL_PROBE_SENDS: u32 = 3;
+/// `--manual`: longest wait for the TTL measurement towards the peer before the checks start
+/// (its probes are resent at 50 and 150 ms; an adjacent NAT answers within a millisecond).
+pub const TTL_MEASURE_WAIT: Duration = Duration::from_millis(200);
 /// When the NATs clash, how long after the leader's first probe the follower's first one
 /// goes: the two sides' start signals differ by the relay's jitter, well under this.
 pub const CLASH_FOLLOW_DELAY: Duration = Duration::from_millis(150);

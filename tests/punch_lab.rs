@@ -801,24 +801,6 @@ fn port_restricted_with_a_mapped_port_x_symmetric_connects_directly() {
     mapped_port_pair(Kind::PortRestricted, Kind::Symmetric, "a");
 }
 
-/// A `punch --manual --json` side, with `input` written to its stdin.
-fn manual_side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> common::punch::Live {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--manual", "--json"]);
-    let mut s = common::punch::live(lab, node, &all);
-    s.feed(input);
-    s
-}
-
-/// The `offer` event of a manual side.
-fn offer_of(s: &mut common::punch::Live) -> String {
-    s.wait_for(Duration::from_secs(10), |v| v["event"] == "offer")
-        .expect("no offer event")["offer"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// `--manual`: no relay anywhere; each side prints an offer that the other takes (the
 /// listener waits for the connector's in a file, as a person would paste it later), both
 /// port-restricted NATs are punched directly, 1 MiB each way intact. The connector, which
@@ -839,7 +821,7 @@ fn manual_offers_punch_two_port_restricted_nats_without_any_server() {
     let offer_file = dir.join("connector-offer");
     let (da, db) = (random(1 << 20), random(1 << 20));
     let stun = lab.get("PUB_IP").to_string();
-    let mut l = manual_side(
+    let mut l = common::punch::manual_side(
         &lab,
         "a",
         &[
@@ -853,9 +835,9 @@ fn manual_offers_punch_two_port_restricted_nats_without_any_server() {
         ],
         da.clone(),
     );
-    let offer_l = offer_of(&mut l);
+    let offer_l = common::punch::offer_of(&mut l);
     assert!(offer_l.contains(lab.get("A_WAN")), "{offer_l}");
-    let mut c = manual_side(
+    let mut c = common::punch::manual_side(
         &lab,
         "b",
         &[
@@ -868,7 +850,7 @@ fn manual_offers_punch_two_port_restricted_nats_without_any_server() {
         ],
         db.clone(),
     );
-    let offer_c = offer_of(&mut c);
+    let offer_c = common::punch::offer_of(&mut c);
     // The person takes a moment to paste it.
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&offer_file, format!("{offer_c}\n")).unwrap();

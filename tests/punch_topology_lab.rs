@@ -10,7 +10,7 @@
 mod common;
 
 use common::lab::{Kind, Lab};
-use common::punch::{at_relay, is_direct, stream_bytes};
+use common::punch::{at_relay, is_direct, manual_side, offer_of, stream_bytes};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -148,5 +148,84 @@ fn neighbours_with_input_firewalls_punch_at_once() {
         Kind::PortRestricted,
         true,
         "ttl",
+    );
+}
+
+/// `--manual` (no relay at all) between neighbouring NATs that accept packets to themselves:
+/// the connector, which starts first, leads; when its NAT is the strict one (port-restricted
+/// against the listener's address-restricted NAT) the first round cannot work, and both wait
+/// out the clash once — direct after about 40 s, every byte intact, never a hang.
+fn manual_neighbours(a: Kind, b: Kind, within: Duration) {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b).hops(0).router_input("accept")) else {
+        return;
+    };
+    let _stun = common::coturn::start(&lab);
+    let dir = std::env::temp_dir().join(format!("natkit-manual-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let offer_file = dir.join("connector-offer");
+    let (da, db) = (stream_bytes(3, 256 << 10), stream_bytes(4, 256 << 10));
+    let stun = lab.get("PUB_IP").to_string();
+    let file = offer_file.to_str().unwrap();
+    let listen = [
+        "listen",
+        "--code",
+        "9-lantern-harbor",
+        "--stun",
+        &stun,
+        "--peer-file",
+        file,
+    ];
+    let mut l = manual_side(&lab, "a", &listen, da.clone());
+    let offer_l = offer_of(&mut l);
+    let connect = [
+        "connect",
+        "9-lantern-harbor",
+        "--stun",
+        &stun,
+        "--peer",
+        &offer_l,
+    ];
+    let mut c = manual_side(&lab, "b", &connect, db.clone());
+    let offer_c = offer_of(&mut c);
+    // The person takes a moment to paste it.
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&offer_file, format!("{offer_c}\n")).unwrap();
+    let t = std::time::Instant::now();
+    if c.wait_for(within, is_direct).is_none() {
+        let (ce, le) = (c.kill(), l.kill());
+        panic!("{a:?} x {b:?}: connector not direct\nconnector: {ce:?}\nlistener: {le:?}");
+    }
+    assert!(
+        l.wait_for(Duration::from_secs(5), is_direct).is_some(),
+        "listener not direct"
+    );
+    let took = t.elapsed();
+    let (lcode, lout, levents) = l.finish();
+    let (ccode, cout, cevents) = c.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (lcode, ccode),
+        (Some(0), Some(0)),
+        "{levents:?} {cevents:?}"
+    );
+    assert!(cout == da && lout == db, "{a:?} x {b:?}: bytes differ");
+    eprintln!("--manual {a:?} x {b:?} at --hops 0: direct after {took:?}");
+}
+
+#[test]
+fn manual_neighbours_strict_connector_waits_out_the_clash() {
+    manual_neighbours(
+        Kind::Restricted,
+        Kind::PortRestricted,
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn manual_neighbours_permissive_connector_leads() {
+    manual_neighbours(
+        Kind::PortRestricted,
+        Kind::Restricted,
+        Duration::from_secs(10),
     );
 }

@@ -290,3 +290,23 @@ pub fn timed(
         }
     })
 }
+
+/// A `punch --manual --json` side, with `input` written to its stdin.
+#[allow(dead_code)]
+pub fn manual_side(lab: &Lab, node: &str, args: &[&str], input: Vec<u8>) -> Live {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--manual", "--json"]);
+    let mut s = live(lab, node, &all);
+    s.feed(input);
+    s
+}
+
+/// The `offer` event of a manual side.
+#[allow(dead_code)]
+pub fn offer_of(s: &mut Live) -> String {
+    s.wait_for(Duration::from_secs(10), |v| v["event"] == "offer")
+        .expect("no offer event")["offer"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

@@ -117,6 +117,12 @@ impl Checks {
         }
     }
 
+    /// Lets this round run for `bound` from its start instead (a long hold, see
+    /// [`crate::proto::punch::clash::ClashPlan::hold_bound`]).
+    pub fn set_bound(&mut self, bound: Duration) {
+        self.bound = bound;
+    }
+
     /// The TTL of this round's opening packets, when it sends any.
     pub fn opening_ttl(&self) -> Option<u8> {
         self.openers.first().copied()

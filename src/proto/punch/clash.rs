@@ -10,8 +10,10 @@
 //!    (endpoint-independent or address-dependent filtering, RFC 4787 §5, or no NAT) leads:
 //!    it probes at once, which moves the follower's flow, but the follower's packets from
 //!    the moved port are still let in. The follower probes a moment later
-//!    ([`CLASH_FOLLOW_DELAY`]). With both NATs permissive the listener leads; with the NAT
-//!    classes unknown (`--manual`) the listener leads too.
+//!    ([`CLASH_FOLLOW_DELAY`]). With both NATs permissive the listener leads. With the NAT
+//!    classes unknown (`--manual`: no relay to exchange them) the connector leads: it has
+//!    the listener's offer first and starts first, and the listener follows when it gets the
+//!    connector's offer; phase 2 rescues the pairs where that order is the wrong one.
 //! 2. **Waiting out the clash.** When neither NAT is permissive (port-restricted on both
 //!    sides), phase 1 cannot work: the leader's packet has already left its mark on the
 //!    follower's NAT. The leader then keeps its own mapping alive with packets whose TTL
@@ -27,7 +29,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::defaults::{CLASH_EXPIRY_WAIT, CLASH_FOLLOW_DELAY};
+use crate::defaults::{CLASH_EXPIRY_WAIT, CLASH_FOLLOW_DELAY, DIRECT_TIMEOUT, MANUAL_TIMEOUT};
 use crate::wire::rendezvous::Role;
 
 /// One side's part in a round of checks.
@@ -54,12 +56,16 @@ pub struct ClashPlan {
     resume: Option<(Instant, Duration)>,
     /// The checks' bound: a round's probes go on that long.
     bound: Duration,
+    /// The follower's probing rounds after a wait so far.
+    resumed: u32,
 }
 
 impl ClashPlan {
     /// A plan for `role`; `serverless` (`--manual`): no NAT classes will come; `bound`: how
-    /// long a round of checks probes.
+    /// long a round of checks probes (at most the usual punching bound: `--manual`'s long
+    /// wait for the other side is the holding rounds', see [`ClashPlan::hold_bound`]).
     pub fn new(role: Role, serverless: bool, bound: Duration) -> ClashPlan {
+        let bound = bound.min(DIRECT_TIMEOUT);
         ClashPlan {
             role,
             serverless,
@@ -68,6 +74,7 @@ impl ClashPlan {
             phase1: None,
             resume: None,
             bound,
+            resumed: 0,
         }
     }
 
@@ -93,7 +100,7 @@ impl ClashPlan {
     /// What to do in a round of checks starting at `now`.
     pub fn turn(&mut self, now: Instant) -> Turn {
         if self.lead.is_none() && self.serverless {
-            self.lead = Some(self.role == Role::Listener);
+            self.lead = Some(self.role == Role::Connector);
         }
         let Some(lead) = self.lead else {
             // Wait for the NAT classes: a wrong order would spoil this pair of ports.
@@ -101,9 +108,9 @@ impl ClashPlan {
         };
         let Some(p1) = self.phase1 else {
             self.phase1 = Some(now);
-            if self.strict_pair {
-                // Phase 1 cannot work: the leader opens its mapping once, the follower
-                // waits for the mark it leaves on its NAT to expire.
+            if self.strict_pair || self.serverless {
+                // Phase 1 cannot work (or, without the classes, may not): the leader opens
+                // its mapping, the follower waits for the mark it leaves on its NAT to expire.
                 self.resume = Some((now + self.bound + CLASH_EXPIRY_WAIT, CLASH_EXPIRY_WAIT));
             }
             return if lead {
@@ -122,13 +129,30 @@ impl ClashPlan {
         }
         // The follower's probing round after the wait; if it fails, wait longer.
         self.resume = Some((now + self.bound + wait * 2, wait * 2));
+        self.resumed += 1;
         Turn::Probe(Duration::ZERO)
     }
 
     /// When a round of checks must start (the connector asks the relay for it): the
-    /// follower's probing round after the wait.
+    /// follower's probing round after the wait. Without a relay to fall back to, one such
+    /// round is all there is.
     pub fn next_round(&self) -> Option<Instant> {
+        if self.serverless && self.resumed > 0 {
+            return None;
+        }
         self.resume.map(|(at, _)| at)
+    }
+
+    /// How long a holding round lasts without a relay: the follower's round may come as
+    /// late as the leader's wait plus the time the user took to pass the offer on.
+    pub fn hold_bound(&self) -> Option<Duration> {
+        self.serverless
+            .then_some(MANUAL_TIMEOUT + CLASH_EXPIRY_WAIT * 2)
+    }
+
+    /// How long a probing round lasts.
+    pub fn round_bound(&self) -> Duration {
+        self.bound
     }
 
     /// Whether our mapping must be kept open with TTL-limited packets: we lead, and the
@@ -163,13 +187,34 @@ mod tests {
     }
 
     #[test]
-    fn two_permissive_nats_let_the_listener_lead_and_manual_mode_too() {
+    fn two_permissive_nats_let_the_listener_lead() {
         let t0 = Instant::now();
         let mut l = ClashPlan::new(Role::Listener, false, BOUND);
         l.set_permissive(true, true);
         assert_eq!(l.turn(t0), Turn::Probe(Duration::ZERO));
-        let mut m = ClashPlan::new(Role::Connector, true, BOUND);
-        assert_eq!(m.turn(t0), Turn::Probe(CLASH_FOLLOW_DELAY));
+    }
+
+    /// `--manual`: the connector starts first and leads; both then wait out the clash, the
+    /// leader holding (for long: the follower started later), the follower probing once.
+    #[test]
+    fn manual_mode_lets_the_connector_lead_then_waits_once() {
+        let t0 = Instant::now();
+        let mut c = ClashPlan::new(Role::Connector, true, BOUND);
+        let mut l = ClashPlan::new(Role::Listener, true, BOUND);
+        assert_eq!(c.turn(t0), Turn::Probe(Duration::ZERO));
+        let tl = t0 + Duration::from_secs(2);
+        assert_eq!(l.turn(tl), Turn::Probe(CLASH_FOLLOW_DELAY));
+        assert!(c.keeps_open());
+        let (rc, rl) = (c.next_round().unwrap(), l.next_round().unwrap());
+        assert!(rl > rc);
+        assert_eq!(c.turn(rc), Turn::Hold);
+        assert_eq!(c.hold_bound(), Some(MANUAL_TIMEOUT + CLASH_EXPIRY_WAIT * 2));
+        assert_eq!(l.turn(rl), Turn::Probe(Duration::ZERO));
+        assert_eq!(
+            l.next_round(),
+            None,
+            "one round after the wait, then give up"
+        );
     }
 
     #[test]

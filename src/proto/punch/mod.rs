@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::defaults::{CLASH_KEEP_OPEN, UPGRADE_FIRST, UPGRADE_MAX};
+use crate::defaults::{CLASH_KEEP_OPEN, TTL_MEASURE_WAIT, UPGRADE_FIRST, UPGRADE_MAX};
 use crate::proto::punch::clash::ClashPlan;
 use crate::proto::punch::ttl::{Answer, Distances, Measure, Opening, Target, TtlProbe};
 use crate::wire::rendezvous::{PeerId, Role, SessionId};
@@ -133,6 +133,8 @@ pub struct Puncher {
     keep_open_at: Option<Instant>,
     keep_open_out: VecDeque<Datagram>,
     session: SessionId,
+    /// How long a round of checks probes (`--direct-timeout`).
+    bound: Duration,
     events: VecDeque<PunchEvent>,
 }
 
@@ -147,6 +149,7 @@ impl Puncher {
             keep_open_at: None,
             keep_open_out: VecDeque::new(),
             session: cfg.session,
+            bound: cfg.direct_timeout,
             rv: RvClient::new(cfg, now),
             path: None,
             start_pending: None,
@@ -182,7 +185,9 @@ impl Puncher {
             self.measure.set_peer(now, t.ip());
         }
         self.checks.set_quiet(self.role == Role::Connector);
-        self.start_round(now);
+        // Start once the TTL measurement towards the peer has settled (an adjacent NAT
+        // answers within a millisecond), or after a short bound.
+        self.start_pending = Some(now + TTL_MEASURE_WAIT);
         self.drive(now);
     }
 
@@ -191,6 +196,11 @@ impl Puncher {
         let opening = self.measure.opening();
         let turn = (opening == Opening::Clash).then(|| self.clash.turn(now));
         self.checks.set_opening(opening, turn);
+        match (turn, self.clash.hold_bound()) {
+            (Some(clash::Turn::Hold), Some(b)) => self.checks.set_bound(b),
+            (Some(clash::Turn::Probe(_)), _) => self.checks.set_bound(self.clash.round_bound()),
+            _ => self.checks.set_bound(self.bound),
+        }
         if self.clash.keeps_open() && self.keep_open_at.is_none() {
             self.keep_open_at = Some(now);
         }
@@ -263,13 +273,18 @@ impl Puncher {
         if self.role == Role::Connector && self.upgrade_at.is_none() {
             // Waiting out a clash: the one round that can work is the follower's, after the
             // wait; rounds before it would only hold still.
-            let clash_round = (self.measure.opening() == Opening::Clash)
-                .then(|| self.clash.next_round())
-                .flatten()
-                .filter(|&at| at > now);
-            self.upgrade_at = Some(clash_round.unwrap_or(now + self.upgrade_wait));
+            let at = self.clash_round(now).unwrap_or(now + self.upgrade_wait);
+            self.upgrade_at = Some(at);
             self.upgrade_wait = (self.upgrade_wait * 2).min(UPGRADE_MAX);
         }
+    }
+
+    /// The round after waiting out a clash, when one is due after `now`.
+    fn clash_round(&self, now: Instant) -> Option<Instant> {
+        (self.measure.opening() == Opening::Clash)
+            .then(|| self.clash.next_round())
+            .flatten()
+            .filter(|&at| at > now)
     }
 
     /// A direct path found outside the checks (birthday probing): stop upgrade attempts.
@@ -350,9 +365,15 @@ impl Puncher {
                 self.schedule_upgrade(now);
             }
         }
+        if self.serverless && self.start_pending.is_some() && self.measure.peer_settled() {
+            if !self.checks.is_done() && self.checks.poll_timeout().is_none() {
+                // The first round of a serverless session: the measurement is in.
+                self.start_pending = Some(now);
+            }
+        }
         if self.start_pending.is_some_and(|t| t <= now) {
             self.start_pending = None;
-            if self.checks.is_done() && self.path == Some(PathKind::Relay) {
+            if self.checks.is_done() && (self.path == Some(PathKind::Relay) || self.serverless) {
                 self.checks = self.checks.renewed();
             }
             self.start_round(now);
@@ -397,6 +418,11 @@ impl Puncher {
         while let Some(e) = self.checks.poll_event() {
             let (path, probes) = match e {
                 CheckEvent::Connected { peer, probes, .. } => (PathKind::Direct(peer), probes),
+                CheckEvent::Failed { .. } if self.serverless && self.clash_round(now).is_some() => {
+                    // Neighbouring NATs without a relay: the next round is after the wait.
+                    self.start_pending = self.clash_round(now);
+                    continue;
+                }
                 CheckEvent::Failed { probes } if self.serverless => {
                     if self.path.is_none() {
                         self.events.push_back(PunchEvent::Failed(format!(

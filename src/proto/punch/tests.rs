@@ -456,7 +456,9 @@ fn serverless_offers_connect_port_restricted_pairs_without_a_relay() {
         "{:?}",
         n.sides.iter().map(|s| s.path).collect::<Vec<_>>()
     );
-    assert!(now - t1 < Duration::from_millis(200), "took {:?}", now - t1);
+    // The checks start once the TTL measurement settles (no router answers here: its bound).
+    let bound = crate::defaults::TTL_MEASURE_WAIT + Duration::from_millis(200);
+    assert!(now - t1 < bound, "took {:?}", now - t1);
     let m = n.relay.metrics();
     assert_eq!(
         (m.stun_requests, m.rendezvous_requests),

@@ -196,6 +196,11 @@ impl Measure {
         self.peer_ip.is_some() && !self.pending.keys().any(|(t, _)| *t == Target::Peer)
     }
 
+    /// Whether what the peer probes can tell is known: its NAT answered, or all are done.
+    pub fn peer_settled(&self) -> bool {
+        self.peer_nat_hops().is_some() || self.peer_done()
+    }
+
     fn at(&self, ttl: u8) -> Option<Answer> {
         self.answers
             .get(&(Target::Relay, ttl))
