@@ -365,11 +365,14 @@ impl Puncher {
                 self.schedule_upgrade(now);
             }
         }
-        if self.serverless && self.start_pending.is_some() && self.measure.peer_settled() {
-            if !self.checks.is_done() && self.checks.poll_timeout().is_none() {
-                // The first round of a serverless session: the measurement is in.
-                self.start_pending = Some(now);
-            }
+        // The first round of a serverless session starts once the measurement is in.
+        if self.serverless
+            && self.start_pending.is_some()
+            && self.measure.peer_settled()
+            && !self.checks.is_done()
+            && self.checks.poll_timeout().is_none()
+        {
+            self.start_pending = Some(now);
         }
         if self.start_pending.is_some_and(|t| t <= now) {
             self.start_pending = None;
