@@ -113,13 +113,20 @@ impl Relay {
         } else {
             let (_, changed) = self.answer_origin(local, Change::NONE);
             let src = self.classic_origin(local, m.change.unwrap_or_default());
-            let resp = stun_classic::ClassicResponse {
+            let mut resp = stun_classic::ClassicResponse {
                 tid: m.tid,
                 mapped: from,
                 source: src,
                 changed,
             };
-            (src, resp.encode())
+            let mut bytes = resp.encode();
+            // All-IPv6 (which RFC 3489 never defined) is 92 bytes for a 20-byte request:
+            // CHANGED-ADDRESS goes, as OTHER-ADDRESS would, to stay within the bound.
+            if bytes.len() > data.len() * MAX_AMPLIFICATION {
+                resp.changed = None;
+                bytes = resp.encode();
+            }
+            (src, bytes)
         };
         if payload.1.len() > data.len() * MAX_AMPLIFICATION {
             self.metrics.drop(DropReason::Limit);

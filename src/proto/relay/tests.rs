@@ -1644,3 +1644,30 @@ fn classic_requests_without_alt_addr_or_with_response_address() {
     assert_eq!(dst, client);
     assert_eq!(&bytes[..2], &[0x01, 0x11]);
 }
+
+#[test]
+fn classic_answers_to_ipv6_stay_within_the_amplification_bound() {
+    let mut c = cfg(true);
+    c.primary = sa("[2001:db8::10]:3478");
+    c.alt_ip = Some("2001:db8::11".parse().unwrap());
+    let mut r = Relay::new(c, Instant::now(), 1);
+    let req = classic_request(None);
+    r.handle_udp(
+        now(Instant::now()),
+        sa("[2001:db8::10]:3478"),
+        sa("[2001:db8::7]:5000"),
+        &req,
+    );
+    let out = drain(&mut r);
+    let (_, _, bytes) = udp(&out[0]);
+    assert!(
+        bytes.len() <= req.len() * MAX_AMPLIFICATION,
+        "{}",
+        bytes.len()
+    );
+    assert_eq!(
+        bytes.len(),
+        20 + 2 * 24,
+        "MAPPED- and SOURCE-ADDRESS, no CHANGED-ADDRESS"
+    );
+}
