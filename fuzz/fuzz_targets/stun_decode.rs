@@ -6,6 +6,7 @@ use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
     let _ = natkit::wire::stun::decode(data);
+    let _ = natkit::wire::stun_classic::decode_request(data);
     let t0 = Instant::now();
     let server = "203.0.113.10:3478".parse().unwrap();
     let mut p = Prober::new(ProbeConfig::new(vec![server], 1), t0);

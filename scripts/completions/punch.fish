@@ -29,8 +29,8 @@ complete -c punch -n "__fish_punch_needs_command" -s V -l version -d 'Print vers
 complete -c punch -n "__fish_punch_needs_command" -f -a "listen" -d 'Wait for the other side; prints a code unless --code is given'
 complete -c punch -n "__fish_punch_needs_command" -f -a "connect" -d 'Join the side that printed CODE'
 complete -c punch -n "__fish_punch_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c punch -n "__fish_punch_using_subcommand listen" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual' -r
-complete -c punch -n "__fish_punch_using_subcommand listen" -l stun -d 'With --manual: a STUN server HOST[:PORT] that tells this side\'s public address (put in the offer; without it, the offer carries only local and router-mapped addresses)' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe\'s built-in public STUN servers' -r
+complete -c punch -n "__fish_punch_using_subcommand listen" -l stun -d 'With --manual: a STUN server HOST[:PORT] that tells this side\'s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay: instead of the built-in public servers' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l peer -d 'With --manual: the other side\'s offer' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE' -r -F
 complete -c punch -n "__fish_punch_using_subcommand listen" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
@@ -48,8 +48,8 @@ complete -c punch -n "__fish_punch_using_subcommand listen" -l no-portmap -d 'Do
 complete -c punch -n "__fish_punch_using_subcommand listen" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c punch -n "__fish_punch_using_subcommand listen" -l icmp -d 'No server at all (the pwnat technique; needs CAP_NET_RAW): send ICMP echo requests to --echo-target and wait for a connector\'s ICMP Time Exceeded, which the NAT lets in and which tells where to punch UDP. Works when the connector has a public address'
 complete -c punch -n "__fish_punch_using_subcommand listen" -s h -l help -d 'Print help'
-complete -c punch -n "__fish_punch_using_subcommand connect" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual' -r
-complete -c punch -n "__fish_punch_using_subcommand connect" -l stun -d 'With --manual: a STUN server HOST[:PORT] that tells this side\'s public address (put in the offer; without it, the offer carries only local and router-mapped addresses)' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe\'s built-in public STUN servers' -r
+complete -c punch -n "__fish_punch_using_subcommand connect" -l stun -d 'With --manual: a STUN server HOST[:PORT] that tells this side\'s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay: instead of the built-in public servers' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l peer -d 'With --manual: the other side\'s offer' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE' -r -F
 complete -c punch -n "__fish_punch_using_subcommand connect" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r

@@ -30,8 +30,8 @@ _punch() {
         case $line[1] in
             (listen)
 _arguments "${_arguments_options[@]}" : \
-'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual]:HOST[:PORT]:_default' \
-'--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses)]:HOST[:PORT]:_default' \
+'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe'\''s built-in public STUN servers]:HOST[:PORT]:_default' \
+'--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay\: instead of the built-in public servers]:HOST[:PORT]:_default' \
 '(--peer-file)--peer=[With --manual\: the other side'\''s offer]:OFFER:_default' \
 '--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
@@ -55,8 +55,8 @@ _arguments "${_arguments_options[@]}" : \
 ;;
 (connect)
 _arguments "${_arguments_options[@]}" : \
-'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual]:HOST[:PORT]:_default' \
-'--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses)]:HOST[:PORT]:_default' \
+'--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe'\''s built-in public STUN servers]:HOST[:PORT]:_default' \
+'--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay\: instead of the built-in public servers]:HOST[:PORT]:_default' \
 '(--peer-file)--peer=[With --manual\: the other side'\''s offer]:OFFER:_default' \
 '--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \

@@ -76,15 +76,27 @@ pub fn finish_output(r: io::Result<()>, prog: &str) -> Result<(), i32> {
     }
 }
 
-/// Prints an error with its cause chain to stderr.
+/// Prints an error with its cause chain to stderr, one line each, the last one ended too. A
+/// cause whose text the message already shows (`"…: {0}"` over its source) is not repeated.
 pub fn print_error(prog: &str, err: &(dyn std::error::Error + 'static)) {
+    let _ = io::stderr()
+        .lock()
+        .write_all(error_text(prog, err).as_bytes());
+}
+
+/// The text [`print_error`] writes.
+pub fn error_text(prog: &str, err: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = format!("{prog}: error: {err}");
     let mut src = err.source();
     while let Some(s) = src {
-        msg.push_str(&format!("\n  caused by: {s}"));
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!("\n  caused by: {text}"));
+        }
         src = s.source();
     }
-    eprintln!("{msg}");
+    msg.push('\n');
+    msg
 }
 
 /// Formats an optional bool for people.

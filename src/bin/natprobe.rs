@@ -27,6 +27,10 @@ fn run() -> i32 {
     let result = rt.block_on(natkit::net::natprobe::run(&cfg.probe, |done, total| {
         bar.update(done, total)
     }));
+    // A DNS lookup that timed out still runs in a blocking thread (getaddrinfo cannot be
+    // cancelled); dropping the runtime would wait for it, and the process would outlive its
+    // report's `elapsed_ms` by seconds. The run is over: do not wait.
+    rt.shutdown_background();
     bar.finish();
     let rep = match result {
         Ok(r) => r,

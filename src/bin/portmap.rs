@@ -34,7 +34,7 @@ fn run() -> i32 {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let emitted = |r: std::io::Result<()>, code: i32| match output::finish_output(r, "portmap")
         {
             Ok(()) => code,
@@ -131,7 +131,10 @@ fn run() -> i32 {
                 }
             },
         }
-    })
+    });
+    // As natprobe: a timed-out DNS lookup (the --relay of --verify) must not hold the exit.
+    rt.shutdown_background();
+    code
 }
 
 /// SIGINT or SIGTERM, both registered at once so neither kills the process before the

@@ -9,3 +9,4 @@ pub mod offer;
 pub mod pcp;
 pub mod rendezvous;
 pub mod stun;
+pub mod stun_classic;

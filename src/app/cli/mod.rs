@@ -122,7 +122,9 @@ discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST, RESPONSE-PORT) on all
 address/port combinations. On the primary port (UDP and TCP) it also speaks natkit's \
 rendezvous protocol: two peers meet by a session id, learn each other's observed address, \
 get a simultaneous start signal, and can exchange opaque (end-to-end encrypted) datagrams \
-through the relay when no direct path works.\n\n\
+through the relay when no direct path works. Classic RFC 3489 clients (pystun3) get \
+MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS, their CHANGE-REQUEST answered from the \
+other IP at the same port (see README).\n\n\
 It only ever sends to the source of the request it answers or to the observed address of a \
 registered peer, never to an address a client names. Sources in private, loopback, \
 link-local, multicast and CGNAT ranges (also as IPv4-mapped IPv6) are refused unless \

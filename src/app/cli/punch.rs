@@ -79,12 +79,9 @@ pub enum PunchCmd {
 #[derive(Debug, clap::Args)]
 pub struct PunchCommon {
     /// natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual.
-    #[arg(
-        long,
-        env = "NATKIT_RELAY",
-        value_name = "HOST[:PORT]",
-        required_unless_present_any = ["manual", "icmp"]
-    )]
+    /// Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its
+    /// public address from --stun or from natprobe's built-in public STUN servers.
+    #[arg(long, env = "NATKIT_RELAY", value_name = "HOST[:PORT]")]
     pub relay: Option<String>,
     /// Serverless: print a one-line offer to paste on the other side and take theirs (from
     /// --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to.
@@ -92,18 +89,14 @@ pub struct PunchCommon {
     pub manual: bool,
     /// With --manual: a STUN server HOST[:PORT] that tells this side's public address (put
     /// in the offer; without it, the offer carries only local and router-mapped addresses).
-    #[arg(long, value_name = "HOST[:PORT]", requires = "manual")]
+    /// Without a relay: instead of the built-in public servers.
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub stun: Option<String>,
     /// With --manual: the other side's offer.
-    #[arg(
-        long,
-        value_name = "OFFER",
-        requires = "manual",
-        conflicts_with = "peer_file"
-    )]
+    #[arg(long, value_name = "OFFER", conflicts_with = "peer_file")]
     pub peer: Option<String>,
     /// With --manual: wait for the other side's offer as the first line of FILE.
-    #[arg(long, value_name = "FILE", requires = "manual")]
+    #[arg(long, value_name = "FILE")]
     pub peer_file: Option<std::path::PathBuf>,
     /// Relay token, hex (when the relay runs with --secret).
     #[arg(long, env = "NATKIT_RELAY_TOKEN", value_name = "HEX")]
@@ -169,6 +162,27 @@ pub enum PunchArgsError {
     /// Bad --peer offer.
     #[error("--peer: {0}")]
     Offer(#[from] crate::wire::offer::OfferError),
+    /// A serverless-mode option with a relay.
+    #[error("{0} is for serverless mode (--manual, or no --relay and no NATKIT_RELAY)")]
+    ManualOnly(&'static str),
+    /// --tcp in serverless mode (TCP hole punching meets through the relay).
+    #[error(
+        "--tcp needs a relay (--relay or NATKIT_RELAY): TCP endpoints are exchanged through it"
+    )]
+    TcpManual,
+}
+
+/// Zero configuration, shared by every subcommand that meets at a relay: without `--relay`
+/// and `NATKIT_RELAY` (and without `--manual`), punch runs serverless, as with `--manual`,
+/// instead of stopping at a missing argument. True when it did so; the session then says so
+/// in one `warning` event and asks natprobe's built-in public STUN servers unless `--stun`
+/// names one.
+pub fn zero_config(common: &mut PunchCommon) -> bool {
+    if common.relay.is_some() || common.manual {
+        return false;
+    }
+    common.manual = true;
+    true
 }
 
 fn socket_addr(
@@ -207,9 +221,14 @@ fn terminal_offer() -> crate::net::punch::OfferPrompt {
                 let _ = write!(tty, "paste the other side's offer: ");
                 let _ = tty.flush();
                 let mut line = String::new();
-                std::io::BufReader::new(tty)
-                    .read_line(&mut line)
-                    .map_err(|e| e.to_string())?;
+                let mut reader = std::io::BufReader::new(tty);
+                let read = reader.read_line(&mut line);
+                // End of input (Ctrl-D) or an error leaves the cursor after the prompt: end
+                // the line, or the error that follows runs into it.
+                if !line.ends_with('\n') {
+                    let _ = writeln!(reader.get_mut());
+                }
+                read.map_err(|e| e.to_string())?;
                 Ok(line)
             })
             .await
@@ -282,9 +301,27 @@ impl PunchArgs {
         if common.tcp && mode != Mode::Pipe {
             return Err(PunchArgsError::TcpHosting);
         }
+        let mut common = common;
+        let fallback = icmp.is_none() && zero_config(&mut common);
+        if !common.manual {
+            let given = [
+                (common.stun.is_some(), "--stun"),
+                (common.peer.is_some(), "--peer"),
+                (common.peer_file.is_some(), "--peer-file"),
+            ];
+            if let Some((_, flag)) = given.iter().find(|g| g.0) {
+                return Err(PunchArgsError::ManualOnly(flag));
+            }
+        } else if common.tcp {
+            return Err(PunchArgsError::TcpManual);
+        }
         let relay = common.relay.clone().unwrap_or_default();
         let manual = if let Some(peer) = icmp {
-            Some(crate::net::punch::Manual { stun: None, peer })
+            Some(crate::net::punch::Manual {
+                stun: None,
+                peer,
+                fallback: false,
+            })
         } else if common.manual {
             if let Some(s) = &common.stun {
                 crate::net::sys::parse_server(s)?;
@@ -294,6 +331,7 @@ impl PunchArgs {
             }
             Some(crate::net::punch::Manual {
                 stun: common.stun.clone(),
+                fallback,
                 peer: match (&common.peer, &common.peer_file) {
                     (Some(o), _) => crate::net::punch::PeerOffer::Given(o.clone()),
                     (None, Some(f)) => crate::net::punch::PeerOffer::File(f.clone()),

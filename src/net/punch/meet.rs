@@ -83,8 +83,8 @@ pub(super) async fn prepare(
             .await
             .map_err(PunchError::Resolve)?
     };
-    let stun = match manual.as_ref().and_then(|m| m.stun.as_ref()) {
-        Some(s) => {
+    let stun = match manual.as_ref().map(|m| (m.stun.as_ref(), m.fallback)) {
+        Some((Some(s), _)) => {
             let (host, port) = crate::net::sys::parse_server(s)?;
             Some(
                 crate::net::sys::resolve(&host, port)
@@ -92,7 +92,8 @@ pub(super) async fn prepare(
                     .map_err(PunchError::Resolve)?,
             )
         }
-        None => None,
+        Some((None, true)) => builtin_stun().await,
+        _ => None,
     };
     // --icmp: raw sockets first, so a missing capability is the first thing the user hears.
     let icmp = manual.as_ref().and_then(|m| match &m.peer {
@@ -193,6 +194,13 @@ pub(super) async fn prepare(
         direct_timeout: opts.direct_timeout,
         keepalive: opts.keepalive,
     };
+    if manual.as_ref().is_some_and(|m| m.fallback) {
+        emit.send(&Event::Warning {
+            message: "no relay given (--relay or NATKIT_RELAY): serverless mode, as with \
+                      --manual — each side pastes the other's offer"
+                .into(),
+        });
+    }
     if opts.role == Role::Listener {
         emit.send(&Event::Code {
             code: code.to_string(),
@@ -420,6 +428,20 @@ async fn read_peer_offer(src: PeerOffer) -> Result<Vec<SocketAddr>, PunchError> 
         PeerOffer::IcmpListen { .. } | PeerOffer::IcmpConnect { .. } => return Ok(Vec::new()),
     };
     Ok(crate::wire::offer::parse(&line)?)
+}
+
+/// Zero configuration: the first of natprobe's built-in STUN servers whose name resolves
+/// (none on an offline machine: the offer then carries local and router-mapped addresses).
+async fn builtin_stun() -> Option<SocketAddr> {
+    for s in crate::defaults::DEFAULT_SERVERS {
+        let Ok((host, port)) = crate::net::sys::parse_server(s) else {
+            continue;
+        };
+        if let Ok(a) = crate::net::sys::resolve(&host, port).await {
+            return Some(a);
+        }
+    }
+    None
 }
 
 /// Our server-reflexive address from a STUN server, asked on the punch socket itself before

@@ -218,6 +218,10 @@ pub struct PunchOptions {
 pub struct Manual {
     /// STUN server `HOST[:PORT]` for our server-reflexive address.
     pub stun: Option<String>,
+    /// Chosen because no relay was given (zero configuration): a `warning` event says so,
+    /// and without `stun` natprobe's built-in public servers are asked, the first whose
+    /// name resolves.
+    pub fallback: bool,
     /// Where the other side's offer comes from.
     pub peer: PeerOffer,
 }

@@ -1537,3 +1537,137 @@ fn closing_connections_and_polling_timers_do_not_scan_every_session() {
     assert_eq!(r.sessions(), 0);
     assert!(r.per_source.is_empty() && r.ends.is_empty());
 }
+
+/// A classic (RFC 3489) Binding request as pystun3 sends it: no magic cookie, 16-byte id.
+fn classic_request(flags: Option<u32>) -> Vec<u8> {
+    let mut m = vec![0x00, 0x01, 0x00, if flags.is_some() { 8 } else { 0 }];
+    m.extend_from_slice(&[0xC1; 16]);
+    if let Some(f) = flags {
+        m.extend_from_slice(&[0x00, 0x03, 0x00, 0x04]);
+        m.extend_from_slice(&f.to_be_bytes());
+    }
+    m
+}
+
+/// The address attributes of a classic answer by type: (MAPPED, SOURCE, CHANGED).
+fn classic_addrs(b: &[u8]) -> [Option<SocketAddr>; 3] {
+    let mut out = [None; 3];
+    let mut rest = &b[20..];
+    while rest.len() >= 12 {
+        let t = u16::from_be_bytes([rest[0], rest[1]]);
+        let port = u16::from_be_bytes([rest[6], rest[7]]);
+        let ip = std::net::Ipv4Addr::new(rest[8], rest[9], rest[10], rest[11]);
+        let slot = match t {
+            1 => 0,
+            4 => 1,
+            5 => 2,
+            _ => panic!("unexpected attribute {t:#x}"),
+        };
+        out[slot] = Some(SocketAddr::new(ip.into(), port));
+        rest = &rest[12..];
+    }
+    out
+}
+
+/// One classic exchange at `local`: (answer's source, CHANGED-ADDRESS), after checking the
+/// answer's shape.
+fn classic_exchange(
+    r: &mut Relay,
+    local: SocketAddr,
+    flags: Option<u32>,
+) -> (SocketAddr, SocketAddr) {
+    let client = sa("198.51.100.7:5000");
+    let req = classic_request(flags);
+    r.handle_udp(now(Instant::now()), local, client, &req);
+    let out = drain(r);
+    let (src, dst, bytes) = udp(&out[0]);
+    assert_eq!(dst, client);
+    assert_eq!(&bytes[..2], &[0x01, 0x01], "a Binding response");
+    assert_eq!(&bytes[4..20], &req[4..20], "the whole 16-byte id echoed");
+    assert!(bytes.len() <= req.len() * MAX_AMPLIFICATION);
+    assert!(r.locals.contains(&src));
+    let [mapped, source, changed] = classic_addrs(bytes);
+    assert_eq!((mapped, source), (Some(client), Some(src)));
+    (src, changed.unwrap())
+}
+
+#[test]
+fn classic_stun_clients_never_hear_first_from_an_address_they_contact_later() {
+    let mut r = Relay::new(cfg(true), Instant::now(), 1);
+    // pystun3's sequence on one socket, started at any of the four addresses: I to A, II at
+    // A (change IP and port), I to CHANGED-ADDRESS X, III at X (change port).
+    for a in r.cfg.locals() {
+        let (s1, x) = classic_exchange(&mut r, a, None);
+        assert_eq!(s1, a);
+        assert!(
+            x.ip() != a.ip() && x.port() != a.port(),
+            "RFC 3489's CHANGED-ADDRESS"
+        );
+        let (y, _) = classic_exchange(&mut r, a, Some(6));
+        assert_eq!(classic_exchange(&mut r, x, None).0, x);
+        let (z, _) = classic_exchange(&mut r, x, Some(2));
+        assert_ne!(y.ip(), a.ip(), "test II answers from another IP");
+        for unasked in [y, z] {
+            assert!(
+                unasked != a && unasked != x,
+                "{unasked} is contacted by the client"
+            );
+        }
+        assert_ne!(y, z, "test III's source answered before (test II)");
+        // Test III: an IP the client has sent to, from a port it has not sent to there.
+        assert!(z.ip() == a.ip() || z.ip() == x.ip());
+        assert!(z.ip() != a.ip() || z.port() != a.port());
+        assert!(z.ip() != x.ip() || z.port() != x.port());
+    }
+    assert_eq!(r.metrics().stun_requests, 16);
+}
+
+#[test]
+fn classic_requests_without_alt_addr_or_with_response_address() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg(false), t, 1);
+    let client = sa("198.51.100.7:5000");
+    r.handle_udp(now(t), sa(P), client, &classic_request(None));
+    let out = drain(&mut r);
+    let [mapped, source, changed] = classic_addrs(udp(&out[0]).2);
+    assert_eq!((mapped, source, changed), (Some(client), Some(sa(P)), None));
+    // No second address: CHANGE-REQUEST unanswered (an error would be resent for ever).
+    r.handle_udp(now(t), sa(P), client, &classic_request(Some(6)));
+    assert!(drain(&mut r).is_empty());
+    // RESPONSE-ADDRESS (send the answer elsewhere) is refused with 420, to the source.
+    let mut m = vec![0x00, 0x01, 0x00, 0x0C];
+    m.extend_from_slice(&[9; 16]);
+    m.extend_from_slice(&[0, 2, 0, 8, 0, 1, 0x12, 0x34, 198, 51, 100, 99]);
+    r.handle_udp(now(t), sa(P), client, &m);
+    let out = drain(&mut r);
+    let (_, dst, bytes) = udp(&out[0]);
+    assert_eq!(dst, client);
+    assert_eq!(&bytes[..2], &[0x01, 0x11]);
+}
+
+#[test]
+fn classic_answers_to_ipv6_stay_within_the_amplification_bound() {
+    let mut c = cfg(true);
+    c.primary = sa("[2001:db8::10]:3478");
+    c.alt_ip = Some("2001:db8::11".parse().unwrap());
+    let mut r = Relay::new(c, Instant::now(), 1);
+    let req = classic_request(None);
+    r.handle_udp(
+        now(Instant::now()),
+        sa("[2001:db8::10]:3478"),
+        sa("[2001:db8::7]:5000"),
+        &req,
+    );
+    let out = drain(&mut r);
+    let (_, _, bytes) = udp(&out[0]);
+    assert!(
+        bytes.len() <= req.len() * MAX_AMPLIFICATION,
+        "{}",
+        bytes.len()
+    );
+    assert_eq!(
+        bytes.len(),
+        20 + 2 * 24,
+        "MAPPED- and SOURCE-ADDRESS, no CHANGED-ADDRESS"
+    );
+}
