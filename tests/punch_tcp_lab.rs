@@ -102,7 +102,18 @@ enum Ends {
 /// checks the bytes, the exit codes, time to first byte and how the session ended. Returns
 /// both sides.
 fn tcp_pair(a: Kind, b: Kind, pace: Duration, ends: Ends) -> Option<(Side, Side)> {
-    let lab = Lab::up_or_skip(Lab::builder().a(a).b(b))?;
+    tcp_pair_in(Lab::builder(), a, b, pace, ends)
+}
+
+/// [`tcp_pair`] on a lab built from `builder` (other topologies).
+fn tcp_pair_in(
+    builder: common::lab::LabBuilder,
+    a: Kind,
+    b: Kind,
+    pace: Duration,
+    ends: Ends,
+) -> Option<(Side, Side)> {
+    let lab = Lab::up_or_skip(builder.a(a).b(b))?;
     let _r = common::relay::start(&lab, 3478);
     let what = format!("--tcp {a:?} x {b:?}");
     let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
@@ -235,4 +246,35 @@ fn symmetric_x_port_restricted_stays_on_quic_and_says_tried() {
         Duration::from_millis(150),
         Ends::Tried,
     );
+}
+
+/// `--tcp` between neighbouring NATs whose routers accept packets to themselves
+/// (`natlab --hops 0 --router-input accept`): a SYN that opens our NAT also reaches the
+/// peer's router, which answers it with a reset that closes our mapping, so simultaneous
+/// open works only when the SYNs cross. A reachable side (open, full cone) is connected to
+/// directly and the pipe moves to TCP; for the others the data never waits for TCP and
+/// arrives intact whichever way the session ends.
+fn tcp_neighbours(a: Kind, b: Kind, ends: Ends) {
+    let builder = Lab::builder().hops(0).router_input("accept");
+    tcp_pair_in(builder, a, b, PACE, ends);
+}
+
+#[test]
+fn neighbours_full_cone_x_port_restricted_moves_to_tcp() {
+    tcp_neighbours(Kind::FullCone, Kind::PortRestricted, Ends::OnTcp);
+}
+
+#[test]
+fn neighbours_port_restricted_x_open_moves_to_tcp() {
+    tcp_neighbours(Kind::PortRestricted, Kind::Open, Ends::OnTcp);
+}
+
+#[test]
+fn neighbours_port_restricted_x_port_restricted_never_waits_for_tcp() {
+    tcp_neighbours(Kind::PortRestricted, Kind::PortRestricted, Ends::Either);
+}
+
+#[test]
+fn neighbours_udp_blocked_x_port_restricted_never_waits_for_tcp() {
+    tcp_neighbours(Kind::UdpBlocked, Kind::PortRestricted, Ends::Either);
 }

@@ -21,6 +21,7 @@ use crate::net::punch::tls::{terr, tls_client, tls_server};
 use crate::net::punch::{Emit, Event, PunchError};
 use crate::proto::punch::nat::NatClass;
 use crate::proto::punch::tcp::{Action as TcpAction, Outcome as TcpOutcome, TcpPunch};
+use crate::proto::punch::ttl::Opening;
 use crate::wire::rendezvous::Role;
 
 /// rustls reads the socket 4 KiB at a time (its deframer's read size): a buffer under it
@@ -30,9 +31,9 @@ const RECV_BUF: usize = 256 * 1024;
 /// ALPN of natkit's TLS over a punched TCP stream.
 const ALPN: &[u8] = b"natkit-punch-tcp/1";
 
-/// TTL of the listener's arming SYN: it passes the listener's own NAT (and a carrier NAT
-/// behind it) and dies before the peer's NAT, which would answer an unexpected SYN with a
-/// reset (the same reasoning as UDP's opening packets, [`crate::proto::punch::OPENING_TTLS`]).
+/// TTL of the listener's arming SYN when nothing was measured ([`crate::proto::punch::ttl`]):
+/// it passes the listener's own NAT (and a carrier NAT behind it) and dies before the peer's
+/// NAT, which would answer an unexpected SYN with a reset (the same reasoning as UDP's opening packets, [`crate::proto::punch::OPENING_TTLS`]).
 pub const ARM_TTL: u32 = 3;
 /// The TTL restored once the arming SYN has gone: the SYN-ACK must reach the peer.
 const DEFAULT_TTL: u32 = 64;
@@ -300,9 +301,15 @@ impl Control {
         while let Some(f) = t.p.poll_transmit() {
             self.puncher.send_relayed(f);
         }
+        // The arming SYN opens our NAT and must die before the peer's: the measured TTL
+        // (with neighbouring NATs none is safe, and only SYNs that cross can work).
+        let arm_ttl = match self.puncher.opening_plan() {
+            (Opening::Ttl(t), _) => u32::from(t),
+            _ => ARM_TTL,
+        };
         while let Some(a) = t.p.poll_action() {
             let (dst, ttl) = match a {
-                TcpAction::Arm(d) => (d, Some(ARM_TTL)),
+                TcpAction::Arm(d) => (d, Some(arm_ttl)),
                 TcpAction::Connect(d) => (d, None),
             };
             let (notes, local) = (t.notes.clone(), t.local);

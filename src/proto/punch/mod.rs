@@ -229,6 +229,12 @@ impl Puncher {
         (self.measure.opening(), own)
     }
 
+    /// Whether the TTL measurement towards the peer has settled (its NAT answered, or every
+    /// probe was answered or given up).
+    pub fn measured(&self) -> bool {
+        self.measure.peer_settled()
+    }
+
     /// What the measurement found, and the opening chosen.
     pub fn distances(&self) -> Distances {
         self.measure.distances()
