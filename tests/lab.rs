@@ -1466,22 +1466,33 @@ fn portmap_needs_a_router() {
     if !common::lab::require_lab() {
         return;
     }
-    for args in [
-        &["--a", "open", "--portmap-a", "all"][..],
-        &["--b", "none", "--portmap-b", "natpmp"],
-        &["--a", "offline", "--portmap-a=natpmp"],
-        &["--portmap-a", "upnp"],
-        &["--portmap-b"],
-    ] {
+    up_is_refused(
+        "zzpmfail",
+        &[
+            &["--a", "open", "--portmap-a", "all"][..],
+            &["--b", "none", "--portmap-b", "natpmp"],
+            &["--a", "offline", "--portmap-a=natpmp"],
+            &["--portmap-a", "upnp"],
+            &["--portmap-b"],
+        ],
+        "",
+    );
+}
+
+/// Each of these `natlab up NAME ARGS` is a usage error (exit 2, stderr naming `needle`) that
+/// leaves no namespace behind.
+fn up_is_refused(name: &str, cases: &[&[&str]], needle: &str) {
+    for args in cases {
         let out = std::process::Command::new(common::lab::NATLAB)
             .arg("up")
-            .arg("zzpmfail")
-            .args(args)
+            .arg(name)
+            .args(*args)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(!out.stderr.is_empty());
-        assert!(lab_namespaces("zzpmfail").is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.is_empty() && err.contains(needle), "{args:?}: {err}");
+        assert!(lab_namespaces(name).is_empty());
     }
 }
 
@@ -1812,26 +1823,17 @@ fn v6_usage_errors() {
     if !common::lab::require_lab() {
         return;
     }
-    for args in [
-        &["--a", "open", "--v6-a", "fw"][..],
-        &["--a", "offline", "--v6-a", "open"],
-        &["--b", "none", "--v6-b=fw"],
-        &["--v6-a", "nat66"],
-        &["--v6-b"],
-    ] {
-        let out = std::process::Command::new(common::lab::NATLAB)
-            .arg("up")
-            .arg("zzv6fail")
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("v6"),
-            "{args:?}"
-        );
-        assert!(lab_namespaces("zzv6fail").is_empty());
-    }
+    up_is_refused(
+        "zzv6fail",
+        &[
+            &["--a", "open", "--v6-a", "fw"][..],
+            &["--a", "offline", "--v6-a", "open"],
+            &["--b", "none", "--v6-b=fw"],
+            &["--v6-a", "nat66"],
+            &["--v6-b"],
+        ],
+        "v6",
+    );
 }
 
 /// With IPv6, the router's miniupnpd (IGD:2 WANIPv6FirewallControl) opens a pinhole in fw's
