@@ -1878,3 +1878,41 @@ fn portmap_v6_upnp_pinhole_opens_fw() {
     assert!(ok, "DeletePinhole: {out}");
     assert!(udp6_reaches(&lab, "pub", v6(p1, 5003), v6(host, 7000), &a, NEG).is_none());
 }
+
+/// PCP MAP for an IPv6 internal address (RFC 6887 §11) over IPv6 to the router's LAN
+/// address: miniupnpd opens a pinhole in fw's filter for that protocol and port only, and a
+/// MAP with lifetime 0 closes it again.
+#[test]
+fn portmap_v6_pcp_map_opens_fw() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::PortRestricted)
+        .v6_a("fw")
+        .b(Kind::None)
+        .portmap_a("natpmp"))
+    else {
+        return;
+    };
+    let (gw, host, p1) = (lab.ip6("A_GW6"), lab.ip6("A_IP6"), lab.ip6("PUB_IP6"));
+    let a = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 7100);
+    assert!(udp6_reaches(&lab, "pub", v6(p1, 5000), v6(host, 7100), &a, NEG).is_none());
+    let m = pcp_map(&lab, "a", gw, host, 17, 7100, 7100, 60).expect("no PCP answer over IPv6");
+    assert_eq!(m.result, PCP_SUCCESS, "{m:?}");
+    assert_eq!(m.internal_port, 7100);
+    let open = udp6_reaches(&lab, "pub", v6(p1, 5001), v6(host, 7100), &a, POS);
+    assert_eq!(
+        open,
+        Some(v6(p1, 5001)),
+        "the PCP pinhole must let pub in: {m:?}"
+    );
+    let tcp = in_ns(&lab.ns("a"), || {
+        TcpListener::bind(v6(Ipv6Addr::UNSPECIFIED, 7100)).unwrap()
+    });
+    let r = in_ns(&lab.ns("pub"), || {
+        TcpStream::connect_timeout(&v6(host, 7100), NEG)
+    });
+    assert!(r.is_err(), "a UDP pinhole must not open TCP");
+    drop(tcp);
+    let d = pcp_map(&lab, "a", gw, host, 17, 7100, 0, 0).expect("no PCP answer to delete");
+    assert_eq!(d.result, PCP_SUCCESS, "{d:?}");
+    assert!(udp6_reaches(&lab, "pub", v6(p1, 5002), v6(host, 7100), &a, NEG).is_none());
+}
