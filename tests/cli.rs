@@ -140,7 +140,7 @@ fn silent_server_exits_2_with_what_was_tried() {
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["udp"], false);
-    assert_eq!(v["schema"], 1);
+    assert_eq!(v["schema"], 2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&addr.to_string()), "{err}");
 }

@@ -305,3 +305,156 @@ fn binding_lifetime_is_found() {
         r.took
     );
 }
+
+// ------------------------------------------------------------ IPv6 (issue 14)
+
+/// Median of wall times.
+fn median(mut t: Vec<Duration>) -> Duration {
+    t.sort();
+    t[t.len() / 2]
+}
+
+/// Issue 14: a dual-stack run is no slower than 1.1 × an IPv4-only one (medians; 20 ms of
+/// slack for the lab's scheduling noise).
+fn assert_no_slower(what: &str, dual: Vec<Duration>, v4only: Vec<Duration>) {
+    let (d, o) = (median(dual), median(v4only));
+    eprintln!("{what}: dual-stack median {d:?}, IPv4-only median {o:?}");
+    assert!(
+        d.as_secs_f64() <= o.as_secs_f64() * 1.1 + 0.02,
+        "{what}: dual-stack {d:?} vs IPv4-only {o:?}"
+    );
+}
+
+/// natprobe's IPv6 run against coturn on pub's two IPv6 addresses, behind IPv4
+/// port-restricted, 20 runs in a row: `open` can host over IPv6 (exit 0), `fw` is the RFC 6092
+/// firewall (address-and-port-dependent, exit 1); both agree with coturn's client on IPv6, and
+/// the dual-stack run is no slower than 1.1 × an IPv4-only one.
+fn ipv6_matches(mode: &str, filtering: &str, can_host: bool) {
+    let Some(lab) = Lab::up_or_skip(
+        Lab::builder()
+            .a(Kind::PortRestricted)
+            .v6_a(mode)
+            .b(Kind::None),
+    ) else {
+        return;
+    };
+    let _v4 = coturn::start(&lab);
+    let _v6 = coturn::start_v6(&lab);
+    let (_, cf) = coturn::natdiscovery(&lab, "a", lab.get("PUB_IP6"));
+    assert_eq!(cf, filtering, "coturn's client over IPv6 behind {mode}");
+    let host = lab.get("A_IP6");
+    let name = lab.get("PUB_NAME");
+    let (mut dual, mut v4only) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        let r = natprobe(&lab, "a", &["--server", name]);
+        dual.push(r.took);
+        let v6 = &r.json["ipv6"];
+        assert_eq!(v6["udp"], true, "run {i}: {}", r.json);
+        assert_eq!(v6["filtering"], filtering, "run {i}: {}", r.json);
+        assert_eq!(v6["can_host"], can_host, "run {i}: {}", r.json);
+        assert_eq!(v6["translated"], false);
+        assert_eq!(v6["address"], host);
+        let mapped: std::net::SocketAddr = v6["mapped_addr"].as_str().unwrap().parse().unwrap();
+        assert_eq!(mapped.ip().to_string(), host);
+        // IPv4 is untouched at the top level: port-restricted.
+        assert_eq!(
+            class(&r.json),
+            (
+                "endpoint-independent".to_string(),
+                "address-and-port-dependent".to_string()
+            )
+        );
+        assert_eq!(r.json["verdict"]["can_host"], can_host, "{}", r.json);
+        assert_eq!(r.code, if can_host { 0 } else { 1 }, "{}", r.stderr);
+        if can_host {
+            assert_eq!(
+                r.json["verdict"]["reasons"][0],
+                "reachable over IPv6 only: your peers need IPv6 too"
+            );
+        }
+        v4only.push(natprobe(&lab, "a", &["--server", lab.get("PUB_IP")]).took);
+    }
+    assert_no_slower(mode, dual, v4only);
+    // The human report has the IPv6 section.
+    let out = lab
+        .cmd("a", env!("CARGO_BIN_EXE_natprobe"))
+        .args(["--server", name, "--color", "never"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("IPv6          works"), "{text}");
+    assert!(
+        text.contains(&format!("v6 filtering  {filtering}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn ipv6_open_can_host_and_matches_coturn() {
+    ipv6_matches("open", "endpoint-independent", true);
+}
+
+#[test]
+fn ipv6_fw_is_address_and_port_dependent_and_matches_coturn() {
+    ipv6_matches("fw", "address-and-port-dependent", false);
+}
+
+/// No IPv6 (link-local only): `ipv6.udp` false with the reason, known before anything is
+/// sent, so the run is as fast as an IPv4-only one.
+#[test]
+fn no_ipv6_is_known_at_once() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::None)) else {
+        return;
+    };
+    let _v4 = coturn::start(&lab);
+    let (mut dual, mut v4only) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let r = natprobe(&lab, "a", &["--server", lab.get("PUB_NAME")]);
+        dual.push(r.took);
+        let v6 = &r.json["ipv6"];
+        assert_eq!(v6["udp"], false);
+        assert_eq!(v6["address"], Value::Null);
+        assert!(
+            v6["reasons"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("no global IPv6 address"),
+            "{v6}"
+        );
+        assert_eq!(r.json["udp"], true);
+        assert_eq!(r.code, 1);
+        v4only.push(natprobe(&lab, "a", &["--server", lab.get("PUB_IP")]).took);
+    }
+    assert_no_slower("no IPv6", dual, v4only);
+}
+
+/// IPv6 literals with and without brackets and port are servers; with a zone id natprobe
+/// refuses clearly; the dual-stack symmetric × open-IPv6 host (a mobile network's case) can
+/// host over IPv6 only.
+#[test]
+fn ipv6_literals_and_symmetric_ipv4_with_open_ipv6() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Symmetric).v6_a("open").b(Kind::None))
+    else {
+        return;
+    };
+    let _v6 = coturn::start_v6(&lab);
+    let p6 = lab.get("PUB_IP6");
+    for server in [format!("[{p6}]:3478"), p6.to_string(), format!("[{p6}]")] {
+        let r = natprobe(&lab, "a", &["--server", &server]);
+        assert_eq!(r.json["ipv6"]["udp"], true, "{server}: {}", r.json);
+        assert_eq!(r.json["ipv6"]["can_host"], true, "{server}");
+        // No IPv4 server given: IPv4 has nothing to say, IPv6 answers.
+        assert_eq!(r.json["udp"], false);
+        assert_eq!(r.json["verdict"]["can_host"], true);
+        assert_eq!(r.code, 0, "{server}: {}", r.stderr);
+        assert!(r.stderr.is_empty(), "{server}: {}", r.stderr);
+    }
+    let out = lab
+        .cmd("a", env!("CARGO_BIN_EXE_natprobe"))
+        .args(["--server", "fe80::1%eth0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zone id"), "{err}");
+}

@@ -1,4 +1,4 @@
-complete -c natprobe -s s -l server -d 'STUN server HOST[:PORT] (port 3478 when omitted); repeat to compare servers. Default: a built-in list of public servers, RFC 5780-capable ones first' -r
+complete -c natprobe -s s -l server -d 'STUN server HOST[:PORT] (port 3478 when omitted; IPv6 as 2001:db8::1 or [2001:db8::1]:3478, no zone id); repeat to compare servers. Default: a built-in list of public servers, RFC 5780-capable ones first' -r
 complete -c natprobe -l timeout -d 'Give up on the first answer after this many milliseconds' -r
 complete -c natprobe -l lifetime-max -d 'Longest idle gap tried by --lifetime, in seconds' -r
 complete -c natprobe -l color -d 'When to colour the text output' -r -f -a "auto\t'Colour when stdout is a terminal, `NO_COLOR` is unset and `TERM` is not `dumb`'

@@ -15,8 +15,8 @@ _natprobe() {
 
     local context curcontext="$curcontext" state line
     _arguments "${_arguments_options[@]}" : \
-'*-s+[STUN server HOST\[\:PORT\] (port 3478 when omitted); repeat to compare servers. Default\: a built-in list of public servers, RFC 5780-capable ones first]:HOST[:PORT]:_default' \
-'*--server=[STUN server HOST\[\:PORT\] (port 3478 when omitted); repeat to compare servers. Default\: a built-in list of public servers, RFC 5780-capable ones first]:HOST[:PORT]:_default' \
+'*-s+[STUN server HOST\[\:PORT\] (port 3478 when omitted; IPv6 as 2001\:db8\:\:1 or \[2001\:db8\:\:1\]\:3478, no zone id); repeat to compare servers. Default\: a built-in list of public servers, RFC 5780-capable ones first]:HOST[:PORT]:_default' \
+'*--server=[STUN server HOST\[\:PORT\] (port 3478 when omitted; IPv6 as 2001\:db8\:\:1 or \[2001\:db8\:\:1\]\:3478, no zone id); repeat to compare servers. Default\: a built-in list of public servers, RFC 5780-capable ones first]:HOST[:PORT]:_default' \
 '--timeout=[Give up on the first answer after this many milliseconds]:MS:_default' \
 '--lifetime-max=[Longest idle gap tried by --lifetime, in seconds]:SECS:_default' \
 '--color=[When to colour the text output]:WHEN:((auto\:"Colour when stdout is a terminal, \`NO_COLOR\` is unset and \`TERM\` is not \`dumb\`"

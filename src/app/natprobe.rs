@@ -29,7 +29,7 @@ fn behaviour_words(b: Behaviour, mapping: bool) -> &'static str {
 
 impl Human for NatprobeReport {
     fn human(&self, w: &mut dyn Write) -> io::Result<()> {
-        let head = if !self.udp {
+        let head = if !self.udp && !self.ipv6.udp {
             "natprobe: no answer".red().bold()
         } else if self.verdict.can_host {
             "natprobe: strangers CAN reach this machine".green().bold()
@@ -131,6 +131,7 @@ impl Human for NatprobeReport {
                 row(w, "lifetime", s)?;
             }
         }
+        ipv6_section(self, w)?;
         if !self.verdict.advice.is_empty() {
             writeln!(w, "\n{}", "What would work:".bold())?;
             for a in &self.verdict.advice {
@@ -160,6 +161,38 @@ impl Human for NatprobeReport {
             format!("\ndone in {} ms", self.elapsed_ms).dimmed()
         )
     }
+}
+
+/// The IPv6 rows: what the IPv6 run found, or in one line why there was none.
+fn ipv6_section(rep: &NatprobeReport, w: &mut dyn Write) -> io::Result<()> {
+    let v6 = &rep.ipv6;
+    let row = |w: &mut dyn Write, k: &str, v: String| writeln!(w, "  {:<13} {v}", k.bold());
+    writeln!(w)?;
+    if !v6.udp {
+        let why = v6.reasons.first().map_or("no answer", |s| s.as_str());
+        return row(w, "IPv6", format!("{} ({why})", "no".yellow()));
+    }
+    row(w, "IPv6", format!("{}", "works".green()))?;
+    if let (Some(a), Some(m)) = (v6.address, v6.mapped_addr) {
+        row(w, "v6 address", format!("{a} → {m}"))?;
+    }
+    row(w, "v6 translated", yes_no(Some(v6.translated)))?;
+    let words = behaviour_words(v6.filtering, false).replace("you", "this host");
+    let f = if words.is_empty() {
+        v6.filtering.as_str().to_string()
+    } else {
+        format!("{} ({words})", v6.filtering.as_str())
+    };
+    row(w, "v6 filtering", f)?;
+    row(
+        w,
+        "v6 can host",
+        if v6.can_host {
+            "yes".green().to_string()
+        } else {
+            "no".to_string()
+        },
+    )
 }
 
 /// The binding-lifetime search takes minutes (one idle gap after another): on a terminal, a
@@ -200,7 +233,7 @@ impl Progress {
 /// The stderr line when no server answered over UDP (the exit code says so too): the first
 /// reason and what was tried.
 pub fn no_answer_line(rep: &NatprobeReport) -> Option<String> {
-    if rep.udp {
+    if rep.udp || rep.ipv6.udp {
         return None;
     }
     let tried = if rep.tried.is_empty() {

@@ -24,9 +24,10 @@ fn run() -> i32 {
         Err(code) => return code,
     };
     let bar = Progress::new(cfg.probe.lifetime_max.is_some());
-    let result = rt.block_on(natkit::net::natprobe::run(&cfg.probe, |done, total| {
-        bar.update(done, total)
-    }));
+    let result = rt.block_on(natkit::net::natprobe::run_dual(
+        &cfg.probe,
+        |done, total| bar.update(done, total),
+    ));
     // A DNS lookup that timed out still runs in a blocking thread (getaddrinfo cannot be
     // cancelled); dropping the runtime would wait for it, and the process would outlive its
     // report's `elapsed_ms` by seconds. The run is over: do not wait.

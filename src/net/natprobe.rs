@@ -14,17 +14,19 @@ use tokio::sync::mpsc;
 
 use crate::defaults;
 use crate::net::sys::{
-    local_ip_towards, read_errqueue, recv_with_ttl, resolve, set_recverr, set_recvttl,
+    global_ipv6_addrs, local_ip_towards, prefer_ipv4, read_errqueue, recv_with_ttl, resolve_all,
+    set_recverr, set_recvttl,
 };
 pub use crate::net::sys::{parse_server, ProbeError};
 use crate::proto::classify::{
-    probe_targets, Behaviour, Channel, Hop, IcmpKind, Input, Lifetime, Observations,
-    PortAllocation, ProbeConfig, Prober, SocketId,
+    merge_verdict, probe_targets, Behaviour, Channel, Hop, IcmpKind, Input, Ipv6Report, Lifetime,
+    Observations, PortAllocation, ProbeConfig, Prober, SocketId, VerdictParts,
 };
 use crate::proto::verdict::{self, CgnatFinding, Verdict};
 
-/// JSON schema version of [`NatprobeReport`]. Bump on any incompatible change.
-pub const SCHEMA: u32 = 1;
+/// JSON schema version of [`NatprobeReport`]. Bump on any incompatible change. 2: the `ipv6`
+/// object, and `verdict.can_host` true when either family can host.
+pub const SCHEMA: u32 = 2;
 
 /// Options for one run, already validated.
 #[derive(Debug, Clone)]
@@ -115,6 +117,8 @@ pub struct NatprobeReport {
     /// The router's port-mapping protocols (`portmap probe`; null with --no-portmap or
     /// without a default gateway).
     pub portmap: Option<crate::proto::portmap::ProbeReport>,
+    /// IPv6, probed at the same time (everything above is IPv4).
+    pub ipv6: Ipv6Report,
     /// Wall time of the run.
     pub elapsed_ms: u64,
 }
@@ -122,7 +126,7 @@ pub struct NatprobeReport {
 impl NatprobeReport {
     /// Exit status per the man page: 0 can host, 1 cannot, 2 no answer.
     pub fn exit_code(&self) -> i32 {
-        if !self.udp {
+        if !self.udp && !self.ipv6.udp {
             crate::exit::NO_ANSWER
         } else if self.verdict.can_host {
             crate::exit::OK
@@ -139,9 +143,28 @@ enum Event {
 }
 
 /// Runs one probe and builds the report. `progress` is told (done, total) during a lifetime
-/// search.
+/// search. IPv4 only (the family of the first address, as before IPv6 had its own run); the
+/// report's `ipv6` says it was not probed.
 pub async fn run(
     opts: &ProbeOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<NatprobeReport, ProbeError> {
+    run_families(opts, false, progress).await
+}
+
+/// Like [`run`], probing IPv4 and IPv6 at once (natprobe): the top level is IPv4, `ipv6` the
+/// other run. A missing IPv6 (no address beyond link-local, no route) is known before
+/// anything is sent, so it never makes the run longer.
+pub async fn run_dual(
+    opts: &ProbeOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<NatprobeReport, ProbeError> {
+    run_families(opts, true, progress).await
+}
+
+async fn run_families(
+    opts: &ProbeOptions,
+    dual: bool,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<NatprobeReport, ProbeError> {
     let t0 = Instant::now();
@@ -152,15 +175,20 @@ pub async fn run(
     let lookups = futures_join_all(
         parsed
             .into_iter()
-            .map(|(h, p)| async move { resolve(&h, p).await })
+            .map(|(h, p)| async move { resolve_all(&h, p).await })
             .collect::<Vec<_>>(),
     )
     .await;
     let mut tried = Vec::new();
     let mut entries: Vec<ServerEntry> = Vec::new();
+    let mut all_addrs: Vec<SocketAddr> = Vec::new();
     for (name, r) in opts.servers.iter().zip(lookups) {
         let addr = match r {
-            Ok(a) => Some(a),
+            Ok(all) => {
+                all_addrs.extend(&all);
+                // The entry names the address the top level probes: IPv4 first.
+                prefer_ipv4(&all)
+            }
             Err(e) => {
                 tried.push(format!("{name}: {e}"));
                 None
@@ -178,7 +206,14 @@ pub async fn run(
             problems: Vec::new(),
         });
     }
-    let addrs = probe_targets(entries.iter().filter_map(|e| e.addr));
+    let addrs = if dual {
+        probe_targets(all_addrs.iter().copied().filter(SocketAddr::is_ipv4))
+    } else {
+        probe_targets(entries.iter().filter_map(|e| e.addr))
+    };
+    if dual && addrs.is_empty() && !all_addrs.is_empty() {
+        tried.push("no server has an IPv4 address (IPv6 is probed on its own: see ipv6)".into());
+    }
     let stun = async {
         if addrs.is_empty() {
             Ok(None)
@@ -189,6 +224,16 @@ pub async fn run(
             drive(cfg, &mut tried, &mut progress).await.map(Some)
         }
     };
+    let v6 = async {
+        if !dual {
+            return Ipv6Report::missing(None, "not probed".to_string());
+        }
+        probe_ipv6(
+            probe_targets(all_addrs.iter().copied().filter(SocketAddr::is_ipv6)),
+            opts.first_timeout,
+        )
+        .await
+    };
     // The router's port-mapping protocols, asked at the same time (read-only).
     let portmap = async {
         if !opts.portmap {
@@ -197,8 +242,45 @@ pub async fn run(
         let ctx = crate::net::portmap::Ctx::new(None, defaults::PORTMAP_TIMEOUT, None).ok()?;
         Some(crate::net::portmap::probe(&ctx).await)
     };
-    let (obs, portmap) = tokio::join!(stun, portmap);
-    Ok(build_report(obs?, entries, tried, t0.elapsed(), portmap))
+    let (obs, v6, portmap) = tokio::join!(stun, v6, portmap);
+    let mut rep = build_report(obs?, entries, tried, t0.elapsed(), portmap);
+    let v = &mut rep.verdict;
+    merge_verdict(
+        VerdictParts {
+            can_host: &mut v.can_host,
+            reasons: &mut v.reasons,
+            advice: &mut v.advice,
+        },
+        &v6,
+    );
+    rep.ipv6 = v6;
+    Ok(rep)
+}
+
+/// The IPv6 run: first what is known without sending (an address beyond link-local, a server
+/// with an IPv6 address, a route to it), then the same classification as IPv4 without the
+/// lifetime search.
+async fn probe_ipv6(targets: Vec<SocketAddr>, first_timeout: Duration) -> Ipv6Report {
+    if global_ipv6_addrs().is_empty() {
+        return Ipv6Report::missing(
+            None,
+            "no global IPv6 address (this machine has only link-local IPv6, or none)".into(),
+        );
+    }
+    let Some(&first) = targets.first() else {
+        return Ipv6Report::missing(None, "no server has an IPv6 address (AAAA)".into());
+    };
+    let address = match local_ip_towards(first) {
+        Ok(ip) => ip,
+        Err(e) => return Ipv6Report::missing(None, format!("no IPv6 route to {first}: {e}")),
+    };
+    let mut cfg = ProbeConfig::new(targets, rand::random());
+    cfg.first_timeout = first_timeout;
+    let mut tried = Vec::new();
+    match drive(cfg, &mut tried, &mut |_, _| {}).await {
+        Ok(obs) => Ipv6Report::from_observations(&obs, address),
+        Err(e) => Ipv6Report::missing(Some(address), format!("IPv6: {e}")),
+    }
 }
 
 /// Joins futures without pulling in the `futures` crate: spawn each on the local runtime.
@@ -433,6 +515,7 @@ fn build_report(
         tried,
         ignored: obs.ignored,
         portmap,
+        ipv6: Ipv6Report::missing(None, "not probed".to_string()),
         elapsed_ms: elapsed.as_millis() as u64,
     }
 }

@@ -2,7 +2,7 @@
 //! driver: name resolution, the local address towards a destination, the wall clock, and the
 //! socket options and `recvmsg(2)` control messages (TTL, ICMP error queue) the probes read.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,10 @@ pub enum ProbeError {
     /// The runtime could not create a socket.
     #[error("cannot create a UDP socket")]
     Socket(#[source] std::io::Error),
+    /// An IPv6 literal with a zone id (`fe80::1%eth0`): only link-local addresses need one,
+    /// and a server on the internet is never link-local.
+    #[error("invalid server {0:?}: a zone id (%...) is meaningless here; give a global address or a name")]
+    ZoneId(String),
 }
 
 /// Splits `HOST[:PORT]` (`[v6]:port` for IPv6 literals).
@@ -55,9 +59,22 @@ pub fn parse_server(s: &str) -> Result<(String, u16), ProbeError> {
     Ok((host.to_string(), port))
 }
 
+/// Resolves `host` to one address: its first IPv4 one, else its first.
 pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    prefer_ipv4(&resolve_all(host, port).await?).ok_or_else(|| "DNS returned no address".into())
+}
+
+/// The first IPv4 address of a name's addresses, else the first (what a single-family driver
+/// probes).
+pub fn prefer_ipv4(all: &[SocketAddr]) -> Option<SocketAddr> {
+    all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
+}
+
+/// Every address `host` resolves to (A and AAAA, in the resolver's order; a literal is its
+/// own), for probing each family on its own.
+pub async fn resolve_all(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let q = format!("{host}:{port}");
     match tokio::time::timeout(defaults::DNS_TIMEOUT, tokio::net::lookup_host(q)).await {
@@ -66,15 +83,60 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
             defaults::DNS_TIMEOUT.as_millis()
         )),
         Ok(Err(e)) => Err(format!("DNS lookup failed: {e}")),
-        Ok(Ok(mut addrs)) => {
-            let all: Vec<SocketAddr> = addrs.by_ref().collect();
-            all.iter()
-                .find(|a| a.is_ipv4())
-                .or(all.first())
-                .copied()
-                .ok_or_else(|| "DNS returned no address".to_string())
+        Ok(Ok(addrs)) => {
+            let mut all: Vec<SocketAddr> = Vec::new();
+            for a in addrs {
+                if !all.contains(&a) {
+                    all.push(a);
+                }
+            }
+            if all.is_empty() {
+                Err("DNS returned no address".to_string())
+            } else {
+                Ok(all)
+            }
         }
     }
+}
+
+/// An IPv6 address other hosts could send to: not loopback, unspecified, multicast,
+/// link-local (fe80::/10, RFC 4291 §2.5.6) or IPv4-mapped. Unique-local addresses count, so
+/// that a NAT66 in front of them is measured rather than assumed.
+fn is_usable_ipv6(ip: Ipv6Addr) -> bool {
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (ip.segments()[0] & 0xffc0) == 0xfe80
+        || ip.to_ipv4_mapped().is_some())
+}
+
+/// This host's IPv6 addresses beyond link-local (getifaddrs(3)): empty when it has no IPv6
+/// but link-local, which natprobe then knows without sending anything.
+pub fn global_ipv6_addrs() -> Vec<Ipv6Addr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list that is freed below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut p = ifap;
+    while !p.is_null() {
+        // SAFETY: `p` is a node of the list getifaddrs returned, alive until freeifaddrs.
+        let ifa = unsafe { &*p };
+        // SAFETY: a non-null ifa_addr points to a sockaddr whose family says its real type;
+        // AF_INET6 ones are sockaddr_in6 (read unaligned to be safe).
+        let ip = (!ifa.ifa_addr.is_null()
+            && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET6)
+            .then(|| unsafe { std::ptr::read_unaligned(ifa.ifa_addr as *const libc::sockaddr_in6) })
+            .map(|sin6| Ipv6Addr::from(sin6.sin6_addr.s6_addr));
+        if let Some(ip) = ip.filter(|ip| is_usable_ipv6(*ip) && !out.contains(ip)) {
+            out.push(ip);
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: `ifap` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(ifap) };
+    out
 }
 
 /// Learns which local IP the kernel would use towards `dst` without sending anything
@@ -321,6 +383,24 @@ mod tests {
             assert!(!is_transient(&Error::from_raw_os_error(code)), "{code}");
         }
         assert!(!is_transient(&Error::other("broken")));
+    }
+
+    #[test]
+    fn only_addresses_others_can_reach_are_usable_ipv6() {
+        for bad in [
+            "::1",
+            "::",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "::ffff:192.0.2.1",
+        ] {
+            assert!(!is_usable_ipv6(bad.parse().unwrap()), "{bad}");
+        }
+        for good in ["2001:db8::2", "fd00::2", "2a00:1450::1"] {
+            assert!(is_usable_ipv6(good.parse().unwrap()), "{good}");
+        }
+        assert!(!global_ipv6_addrs().iter().any(|ip| ip.is_loopback()));
     }
 
     #[test]

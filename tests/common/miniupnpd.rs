@@ -4,7 +4,7 @@
 //!
 //! Facts about miniupnpd 2.3.1 in the lab are in `natlab --help`, PORT MAPPING.
 use super::lab::Lab;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -78,7 +78,10 @@ pub struct PcpMap {
     pub protocol: u8,
     pub internal_port: u16,
     pub external_port: u16,
+    /// The external address's last four bytes (the IPv4 one of an IPv4-mapped address).
     pub external_ip: Ipv4Addr,
+    /// The external address's 16 bytes (IPv4-mapped for IPv4).
+    pub external_ip6: std::net::Ipv6Addr,
 }
 
 /// PCP result code SUCCESS.
@@ -87,15 +90,16 @@ pub const PCP_SUCCESS: u8 = 0;
 /// disabled port forwarding, e.g. behind cgnat).
 pub const PCP_NETWORK_FAILURE: u8 = 8;
 
-fn v4_mapped(ip: Ipv4Addr) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[10] = 0xff;
-    a[11] = 0xff;
-    a[12..].copy_from_slice(&ip.octets());
-    a
+/// A PCP address field (RFC 6887 §5): IPv4 as IPv4-mapped IPv6, IPv6 as is.
+fn pcp_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
-/// Sends a PCP MAP request from `client` (an address of `node`) to `gw`:5351
+/// Sends a PCP MAP request from `client` (an address of `node`; IPv6 for a pinhole, RFC 6887
+/// §11) to `gw`:5351
 /// for `protocol` (6 TCP, 17 UDP) `internal_port`, suggesting `external_port`
 /// and `lifetime` (0 deletes). The nonce depends on the protocol and
 /// internal port only, so a later call renews or deletes the mapping. Returns
@@ -104,15 +108,16 @@ fn v4_mapped(ip: Ipv4Addr) -> [u8; 16] {
 pub fn pcp_map(
     lab: &Lab,
     node: &str,
-    gw: Ipv4Addr,
-    client: Ipv4Addr,
+    gw: impl Into<IpAddr>,
+    client: impl Into<IpAddr>,
     protocol: u8,
     internal_port: u16,
     external_port: u16,
     lifetime: u32,
 ) -> Option<PcpMap> {
+    let (gw, client) = (gw.into(), client.into());
     let sock = lab.in_node(node, || {
-        UdpSocket::bind(SocketAddrV4::new(client, 0)).expect("bind pcp client")
+        UdpSocket::bind(SocketAddr::new(client, 0)).expect("bind pcp client")
     });
     // The same nonce for the same mapping: miniupnpd (as RFC 6887 asks)
     // refuses to renew or delete a mapping with another nonce (NOT_AUTHORIZED).
@@ -125,16 +130,20 @@ pub fn pcp_map(
     let mut req = Vec::with_capacity(60);
     req.extend_from_slice(&[2, 1, 0, 0]); // version 2, request, opcode MAP
     req.extend_from_slice(&lifetime.to_be_bytes());
-    req.extend_from_slice(&v4_mapped(client));
+    req.extend_from_slice(&pcp_addr(client));
     req.extend_from_slice(&nonce);
     req.extend_from_slice(&[protocol, 0, 0, 0]);
     req.extend_from_slice(&internal_port.to_be_bytes());
     req.extend_from_slice(&external_port.to_be_bytes());
-    req.extend_from_slice(&v4_mapped(Ipv4Addr::UNSPECIFIED));
+    // No preference: the family's all-zeros address (§11.1).
+    let any = match client {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    req.extend_from_slice(&pcp_addr(any));
     let mut buf = [0u8; 1100];
     for _ in 0..3 {
-        sock.send_to(&req, SocketAddrV4::new(gw, NATPMP_PORT))
-            .ok()?;
+        sock.send_to(&req, SocketAddr::new(gw, NATPMP_PORT)).ok()?;
         sock.set_read_timeout(Some(Duration::from_millis(700)))
             .unwrap();
         while let Ok((n, _)) = sock.recv_from(&mut buf) {
@@ -152,6 +161,7 @@ pub fn pcp_map(
                 internal_port: u16_at(40),
                 external_port: u16_at(42),
                 external_ip: Ipv4Addr::new(d[56], d[57], d[58], d[59]),
+                external_ip6: std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&d[44..60]).unwrap()),
             });
         }
     }

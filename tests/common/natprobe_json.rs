@@ -89,11 +89,20 @@ pub fn assert_contract(v: &Value) {
     strings(verdict, "reasons");
     strings(verdict, "advice");
     assert!(key(v, "elapsed_ms").is_u64(), "elapsed_ms: {v}");
+    let v6 = assert_ipv6(v);
+    // Schema 2 (issue 14): either family may host.
+    assert_eq!(
+        v["verdict"]["can_host"].as_bool(),
+        Some(v6["can_host"] == true || (udp == true && can_host_v4(v))),
+        "verdict.can_host must be true exactly when a family can host: {v}"
+    );
     if udp == false {
         // Nothing answered: nothing is known, and the JSON says so without nulls where the
         // issue promises a bool.
         assert_eq!(v["behind_nat"], false, "{v}");
-        assert_eq!(v["verdict"]["can_host"], false, "{v}");
+        if v6["udp"] == false {
+            assert_eq!(v["verdict"]["can_host"], false, "{v}");
+        }
     } else {
         assert!(
             v["mapped_addr"].is_string(),
@@ -104,4 +113,67 @@ pub fn assert_contract(v: &Value) {
             "udp works, so a local address: {v}"
         );
     }
+}
+
+/// IPv4 hosting as the top level shows it: an endpoint-independent filter (behind an
+/// endpoint-independent mapping, when translated).
+fn can_host_v4(v: &Value) -> bool {
+    v["filtering"] == "endpoint-independent"
+        && (v["behind_nat"] == false || v["mapping"] == "endpoint-independent")
+}
+
+/// The `ipv6` object of schema 2: `udp`, `translated`, `can_host` bools, `address` an IPv6
+/// address or null, `mapped_addr` an IPv6 `[addr]:port` or null, `filtering` from the allowed
+/// set, `tcp` bool or null, `reasons` a list of strings (never empty when `udp` is false).
+pub fn assert_ipv6(v: &Value) -> &Value {
+    assert_eq!(v["schema"], 2, "{v}");
+    let v6 = key(v, "ipv6");
+    let keys: Vec<&str> = v6
+        .as_object()
+        .unwrap_or_else(|| panic!("ipv6 must be an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = [
+        "udp",
+        "address",
+        "mapped_addr",
+        "translated",
+        "filtering",
+        "tcp",
+        "can_host",
+        "reasons",
+    ];
+    want.sort();
+    let mut got = keys.clone();
+    got.sort();
+    assert_eq!(got, want, "ipv6 has exactly the issue's keys: {v6}");
+    for k in ["udp", "translated", "can_host"] {
+        assert!(key(v6, k).is_boolean(), "ipv6.{k} must be a bool: {v6}");
+    }
+    bool_or_null(v6, "tcp");
+    let a = key(v6, "address");
+    assert!(
+        a.is_null()
+            || a.as_str()
+                .is_some_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok()),
+        "ipv6.address must be an IPv6 address or null: {v6}"
+    );
+    let m = key(v6, "mapped_addr");
+    assert!(
+        m.is_null()
+            || m.as_str()
+                .is_some_and(|s| s.parse::<SocketAddr>().is_ok_and(|a| a.is_ipv6())),
+        "ipv6.mapped_addr must be [IPv6]:port or null: {v6}"
+    );
+    let f = key(v6, "filtering").as_str().unwrap_or_default();
+    assert!(CLASSES.contains(&f), "ipv6.filtering {f:?}: {v6}");
+    strings(v6, "reasons");
+    if v6["udp"] == false {
+        assert_eq!(v6["can_host"], false, "{v6}");
+        assert!(!v6["reasons"].as_array().unwrap().is_empty(), "{v6}");
+    } else {
+        assert!(m.is_string() && a.is_string(), "{v6}");
+    }
+    v6
 }

@@ -21,8 +21,13 @@ filtering behaviour (RFC 4787, tested as RFC 5780 describes), hairpinning, port 
 carrier-grade NAT and, with --lifetime, how long an idle mapping lives.\n\n\
 All tests run at once, each on its own fresh local port, with retransmission timers derived \
 from the measured round trip, so a full classification takes about one second instead of the \
-5-12 s other tools need.",
-    after_long_help = "EXIT STATUS:\n  0  this host can accept unsolicited inbound traffic\n  \
+5-12 s other tools need.\n\n\
+IPv4 and IPv6 are probed at once, each against the servers' addresses of its family (a name's \
+A and AAAA records). Over IPv6 there is usually no NAT, only the router's stateful firewall, \
+whose filtering is measured the same way (`ipv6` in --json). A machine without a global IPv6 \
+address or route is known to have none before anything is sent: it waits for nothing.",
+    after_long_help = "EXIT STATUS:\n  0  this host can accept unsolicited inbound traffic \
+(over IPv4 or IPv6)\n  \
 1  it cannot: a NAT or firewall filters it (the report says which, and what would work)\n  \
 2  no server answered, the network is unusable, or an error (message on stderr)\n\n\
 EXAMPLES:\n  natprobe --server stun.example.net\n  natprobe --json | jq .verdict\n  \
@@ -30,8 +35,9 @@ natprobe --server 203.0.113.10 --lifetime",
     after_help = "Exit status: 0 can host, 1 cannot, 2 no answer or error."
 )]
 pub struct NatprobeArgs {
-    /// STUN server HOST[:PORT] (port 3478 when omitted); repeat to compare servers. Default: a
-    /// built-in list of public servers, RFC 5780-capable ones first.
+    /// STUN server HOST[:PORT] (port 3478 when omitted; IPv6 as 2001:db8::1 or
+    /// [2001:db8::1]:3478, no zone id); repeat to compare servers. Default: a built-in list of
+    /// public servers, RFC 5780-capable ones first.
     #[arg(short, long = "server", value_name = "HOST[:PORT]")]
     pub servers: Vec<String>,
 
@@ -92,6 +98,9 @@ impl NatprobeArgs {
             self.servers
         };
         for s in &servers {
+            if s.contains('%') {
+                return Err(crate::net::natprobe::ProbeError::ZoneId(s.clone()));
+            }
             crate::net::sys::parse_server(s)?;
         }
         Ok(NatprobeConfig {

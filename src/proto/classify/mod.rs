@@ -21,10 +21,13 @@
 //! - `hops`: TTL-limited path probes and their ICMP errors (CGNAT detection);
 //! - `lifetime`: the binding-lifetime search;
 //! - `report`: turning the state into [`Observations`] (mapping, filtering, hairpinning);
+//! - `ipv6`: the IPv6 run's observations as the report's `ipv6` object, merged into the
+//!   verdict (the driver runs one prober per family);
 //! - `observations`, `ports`: the result types and the port-allocation analysis.
 
 mod answers;
 mod hops;
+mod ipv6;
 mod lifetime;
 mod observations;
 mod plan;
@@ -42,6 +45,7 @@ use crate::defaults;
 use crate::proto::stun::Transaction;
 use crate::wire::stun::Tid;
 
+pub use self::ipv6::{merge_verdict, Ipv6Report, VerdictParts};
 use self::lifetime::LifetimeSlot;
 pub use self::observations::{Behaviour, Hop, Lifetime, Observations, ServerReport};
 pub use self::ports::{port_allocation, PortAllocation};
