@@ -36,14 +36,15 @@ impl Relay {
             self.metrics.drop(DropReason::Padding);
             return error(400, "PADDING refused").map(|e| (local, from, e));
         }
-        if !m.unknown_required.is_empty() || (m.change.is_some() && !self.cfg.rfc5780()) {
+        // RFC 5780 within the family the request came in on.
+        let (p, alt) = self.cfg.family_of(local.ip());
+        if !m.unknown_required.is_empty() || (m.change.is_some() && alt.is_none()) {
             // RFC 8489 §6.3.1.1 / RFC 5780 §6.1: 420 for what this server does not do.
             return error(420, "Unknown Attribute").map(|e| (local, from, e));
         }
         let change = m.change.unwrap_or_default();
-        let (src, other) = match self.cfg.alt_ip {
+        let (src, other) = match alt {
             Some(ip2) => {
-                let p = self.cfg.primary;
                 let other_ip = if local.ip() == p.ip() { ip2 } else { p.ip() };
                 let other_port = if local.port() == p.port() {
                     self.cfg.alt_port
@@ -64,19 +65,35 @@ impl Relay {
         };
         // RFC 5780 §7.5: RESPONSE-PORT moves the answer to another port of the same IP only.
         let dst = SocketAddr::new(from.ip(), m.response_port.unwrap_or(from.port()));
-        let resp = stun::BindingResponse {
+        // Over IPv6 the addresses are 24 bytes each: a minimal 20-byte request cannot get
+        // all of them within the bound, so RESPONSE-ORIGIN goes first, then OTHER-ADDRESS
+        // (a natkit client's request carries FINGERPRINT, 28 bytes: it gets them all).
+        let full = stun::BindingResponse {
             tid: m.tid,
             mapped: from,
             other_address: other,
             response_origin: other.map(|_| src),
             software: None,
-        }
-        .encode()
-        .ok()?;
-        if resp.len() > data.len() * MAX_AMPLIFICATION {
+        };
+        let shorter = [
+            stun::BindingResponse {
+                response_origin: None,
+                ..full.clone()
+            },
+            stun::BindingResponse {
+                response_origin: None,
+                other_address: None,
+                ..full.clone()
+            },
+        ];
+        let Some(resp) = std::iter::once(full)
+            .chain(shorter)
+            .filter_map(|r| r.encode().ok())
+            .find(|r| r.len() <= data.len() * MAX_AMPLIFICATION)
+        else {
             self.metrics.drop(DropReason::Limit);
             return None;
-        }
+        };
         self.metrics.stun_requests += 1;
         Some((src, dst, resp))
     }

@@ -299,7 +299,7 @@ impl Relay {
             && frame[..2] == crate::wire::rendezvous::MAGIC
             && frame[2] == crate::wire::rendezvous::VERSION
             && frame[3] == 8
-            && local == self.cfg.primary;
+            && self.cfg.is_primary(local);
         if !is_data {
             self.handle_udp(now, local, from, frame);
             return None;

@@ -18,6 +18,7 @@ fn cfg(alt: bool) -> RelayConfig {
         primary: sa(P),
         alt_ip: alt.then(|| "203.0.113.11".parse().unwrap()),
         alt_port: 3479,
+        other_family: None,
         limits: Limits::default(),
         allow_private: false,
         secret: None,

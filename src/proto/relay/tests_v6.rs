@@ -1,0 +1,185 @@
+//! The relay over both address families (issue 14): RFC 5780 within each family, rendezvous
+//! and relaying across them, and the IPv6 deny list.
+
+use super::limits::denied;
+use super::*;
+use crate::wire::rendezvous::{Role, Trailer};
+use crate::wire::stun::Change;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const P4: &str = "203.0.113.10:3478";
+const P6: &str = "[2001:db8::10]:3478";
+
+fn dual() -> RelayConfig {
+    RelayConfig {
+        primary: sa(P4),
+        alt_ip: Some("203.0.113.11".parse().unwrap()),
+        alt_port: 3479,
+        other_family: Some((
+            "2001:db8::10".parse().unwrap(),
+            Some("2001:db8::11".parse().unwrap()),
+        )),
+        limits: Limits::default(),
+        allow_private: false,
+        secret: None,
+    }
+}
+
+fn now(t: Instant) -> Now {
+    Now {
+        mono: t,
+        unix: 1_800_000_000,
+    }
+}
+
+fn drain(r: &mut Relay) -> Vec<Output> {
+    std::iter::from_fn(|| r.poll_output()).collect()
+}
+
+#[test]
+fn eight_addresses_and_rfc5780_stays_within_the_family() {
+    let t = Instant::now();
+    let mut r = Relay::new(dual(), t, 1);
+    assert_eq!(r.cfg.locals().len(), 8);
+    for (local, client) in [(P4, "198.51.100.7:5000"), (P6, "[2001:db8:5::7]:5000")] {
+        let (local, client) = (sa(local), sa(client));
+        for change in [Change::NONE, Change::PORT, Change::IP_AND_PORT] {
+            r.handle_udp(
+                now(t),
+                local,
+                client,
+                &stun::binding_request([1; 12], change),
+            );
+            let out = drain(&mut r);
+            let Some(Output::Udp { src, dst, payload }) = out.first() else {
+                panic!("no answer: {out:?}");
+            };
+            let m = stun::decode(payload).unwrap();
+            assert_eq!(*dst, client);
+            assert_eq!(m.reflexive(), Some(client));
+            let other = m.other_address.unwrap();
+            assert_eq!(other.is_ipv4(), local.is_ipv4(), "{other}");
+            assert_eq!(src.is_ipv4(), local.is_ipv4(), "{src}");
+            assert_ne!(other.ip(), local.ip());
+            assert_eq!(src.ip() != local.ip(), change.ip);
+            assert!(r.locals.contains(src));
+        }
+    }
+}
+
+#[test]
+fn change_request_in_a_family_without_alt_addr_is_refused() {
+    let t = Instant::now();
+    let mut c = dual();
+    c.other_family = Some(("2001:db8::10".parse().unwrap(), None));
+    let mut r = Relay::new(c, t, 1);
+    r.handle_udp(
+        now(t),
+        sa(P6),
+        sa("[2001:db8:5::7]:5000"),
+        &stun::binding_request([1; 12], Change::IP_AND_PORT),
+    );
+    let out = drain(&mut r);
+    let Some(Output::Udp { payload, .. }) = out.first() else {
+        panic!("no answer");
+    };
+    assert_eq!(stun::decode(payload).unwrap().error.map(|e| e.0), Some(420));
+}
+
+/// A peer over IPv4 meets one over IPv6: each learns the other's observed address, and data
+/// goes from each family's own primary socket.
+#[test]
+fn rendezvous_and_relaying_across_families() {
+    let t = Instant::now();
+    let mut r = Relay::new(dual(), t, 1);
+    let (a, b) = (sa("198.51.100.1:4000"), sa("[2001:db8:5::2]:5000"));
+    let reg = |r: &mut Relay, local: &str, from: SocketAddr, role, peer: u8| {
+        let f = Frame::Register {
+            session: [3; 16],
+            role,
+            peer: [peer; 8],
+            token: vec![],
+            candidates: vec![],
+        };
+        let cookie = r.cookies.make(from, now(t).unix);
+        let bytes = f.emit_with(Some(&Trailer { tx: 7, cookie }));
+        r.handle_udp(now(t), sa(local), from, &bytes);
+        drain(r)
+    };
+    reg(&mut r, P4, a, Role::Listener, 1);
+    let out = reg(&mut r, P6, b, Role::Connector, 2);
+    let peers: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Udp { src, dst, payload } => match Frame::parse(payload) {
+                Ok(Frame::Peer { observed, .. }) => Some((*src, *dst, observed)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(peers.contains(&(sa(P6), b, a)), "{peers:?}");
+    assert!(peers.contains(&(sa(P4), a, b)), "{peers:?}");
+    let d = Frame::Data {
+        session: [3; 16],
+        payload: vec![9; 100],
+    }
+    .emit();
+    r.handle_udp(now(t), sa(P6), b, &d);
+    let out = drain(&mut r);
+    assert!(
+        matches!(out.as_slice(), [Output::Udp { src, dst, .. }] if *src == sa(P4) && *dst == a),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn ipv6_deny_list() {
+    for s in [
+        "::1",
+        "fe80::1",
+        "fd12:3456::1",
+        "fc00::1",
+        "::ffff:10.1.2.3",
+        "::ffff:127.0.0.1",
+        "64:ff9b::10.1.2.3",
+        "64:ff9b::192.168.0.1",
+        "64:ff9b::127.0.0.1",
+        "64:ff9b::100.64.0.1",
+        "64:ff9b:1::203.0.113.1",
+        "2002:c0a8:0101::1",
+        "2002:0a00:0001::1",
+        "ff02::1",
+        "::",
+    ] {
+        assert!(denied(s.parse().unwrap()), "{s}");
+    }
+    for s in [
+        "2001:db8::1",
+        "2a00:1450::1",
+        "64:ff9b::203.0.113.1",
+        "::ffff:203.0.113.1",
+        "2002:cb00:7101::1",
+    ] {
+        assert!(!denied(s.parse().unwrap()), "{s}");
+    }
+    let t = Instant::now();
+    let mut r = Relay::new(dual(), t, 1);
+    for src in [
+        "[64:ff9b::a01:203]:1",
+        "[fe80::1]:1",
+        "[fd00::5]:1",
+        "[::1]:1",
+    ] {
+        r.handle_udp(
+            now(t),
+            sa(P6),
+            sa(src),
+            &stun::binding_request([6; 12], Change::NONE),
+        );
+        assert!(drain(&mut r).is_empty(), "{src}");
+    }
+}
