@@ -56,8 +56,19 @@ pub fn parse_server(s: &str) -> Result<(String, u16), ProbeError> {
 }
 
 pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let all = resolve_all(host, port).await?;
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| "DNS returned no address".to_string())
+}
+
+/// Every address of `host` (its A and AAAA records, in the resolver's order), or the literal
+/// IP; an empty answer is an error.
+pub async fn resolve_all(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let q = format!("{host}:{port}");
     match tokio::time::timeout(defaults::DNS_TIMEOUT, tokio::net::lookup_host(q)).await {
@@ -66,15 +77,51 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
             defaults::DNS_TIMEOUT.as_millis()
         )),
         Ok(Err(e)) => Err(format!("DNS lookup failed: {e}")),
-        Ok(Ok(mut addrs)) => {
-            let all: Vec<SocketAddr> = addrs.by_ref().collect();
-            all.iter()
-                .find(|a| a.is_ipv4())
-                .or(all.first())
-                .copied()
-                .ok_or_else(|| "DNS returned no address".to_string())
+        Ok(Ok(addrs)) => {
+            let all: Vec<SocketAddr> = addrs.collect();
+            if all.is_empty() {
+                return Err("DNS returned no address".to_string());
+            }
+            Ok(all)
         }
     }
+}
+
+/// A UDP socket on an ephemeral port for both families: `[::]` with `IPV6_V6ONLY` off, so
+/// one port (one QUIC endpoint, one NAT mapping) serves IPv4 peers and IPv6 peers alike;
+/// IPv4 only on a host without IPv6. Datagrams from IPv4 peers arrive as IPv4-mapped
+/// addresses: readers fold them back with [`SocketAddr::ip`]`.to_canonical()`.
+pub fn bind_dual_stack() -> std::io::Result<std::net::UdpSocket> {
+    let v6 = || -> std::io::Result<std::net::UdpSocket> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)).into())?;
+        Ok(s.into())
+    };
+    let s = v6().or_else(|_| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// `a` with an IPv4-mapped IPv6 address folded to IPv4 (what a dual-stack socket reports
+/// for an IPv4 peer).
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// This host's global IPv6 address towards `dst` (an IPv6 address), or None: no route, or
+/// only a link-local, unique-local or other address no stranger can reach. Sends nothing.
+pub fn global_v6_towards(dst: SocketAddr) -> Option<IpAddr> {
+    if !dst.is_ipv6() {
+        return None;
+    }
+    local_ip_towards(dst)
+        .ok()
+        .filter(|ip| ip.is_ipv6() && !crate::wire::netaddr::is_unroutable(*ip))
 }
 
 /// Learns which local IP the kernel would use towards `dst` without sending anything

@@ -143,12 +143,18 @@ impl Checks {
         }
     }
 
-    /// Adds candidate addresses of the peer.
+    /// Adds candidate addresses of the peer. IPv6 ones go before every IPv4 one: each round
+    /// probes them first, so when both families work at the same round trip, the IPv6
+    /// answer arrives first and wins (no NAT on that path to forget the mapping).
     pub fn add_targets(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
         for a in addrs {
             self.allow_ip(a.ip());
             if !self.targets.contains(&a) && self.targets.len() < MAX_TARGETS {
-                self.targets.push(a);
+                let at = match a {
+                    SocketAddr::V6(_) => self.targets.iter().take_while(|t| t.is_ipv6()).count(),
+                    SocketAddr::V4(_) => self.targets.len(),
+                };
+                self.targets.insert(at, a);
             }
         }
     }
@@ -349,5 +355,32 @@ mod tests {
         let mut r = c.renewed();
         assert!(r.handle_datagram(t0, sa("192.0.2.66:999"), &probe(4)));
         assert_eq!(r.poll_transmit(), None);
+    }
+
+    /// Issue 14: IPv6 candidates are probed first in every round (IPv6 wins a tie).
+    #[test]
+    fn ipv6_targets_are_probed_first() {
+        let t0 = Instant::now();
+        let mut c = Checks::new([2; 16], Duration::from_secs(5), 1);
+        c.set_opening(Opening::Ttl(2), None);
+        c.add_targets([sa("203.0.113.7:4000"), sa("[2001:db8::7]:4000")]);
+        c.add_targets([sa("198.51.100.7:4000"), sa("[2001:db8::8]:4000")]);
+        assert_eq!(
+            c.targets(),
+            [
+                sa("[2001:db8::7]:4000"),
+                sa("[2001:db8::8]:4000"),
+                sa("203.0.113.7:4000"),
+                sa("198.51.100.7:4000")
+            ]
+        );
+        c.start_at(t0);
+        c.handle_timeout(t0);
+        c.handle_timeout(t0 + Duration::from_secs(1));
+        let full: Vec<SocketAddr> = std::iter::from_fn(|| c.poll_transmit())
+            .filter(|d| d.ttl.is_none())
+            .map(|d| d.dst)
+            .collect();
+        assert_eq!(full, c.targets());
     }
 }
