@@ -15,7 +15,9 @@ use common::miniupnpd::{
 };
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{
+    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1552,4 +1554,325 @@ fn router_input_decides_whether_the_router_keeps_strangers_packets() {
         );
         assert_eq!(lab.get("ROUTER_INPUT"), mode);
     }
+}
+
+// ------------------------------------------------------------ IPv6 (--v6-a/-b)
+
+fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
+}
+
+/// A UDP socket on `node`, bound to `ip` (any port when 0).
+fn udp6_on(lab: &Lab, node: &str, ip: Ipv6Addr, port: u16) -> UdpSocket {
+    in_ns(&lab.ns(node), || UdpSocket::bind(v6(ip, port)).unwrap())
+}
+
+/// Does a datagram from `from` (a fresh socket on `node`) reach `sock` at `to`?
+fn udp6_reaches(
+    lab: &Lab,
+    node: &str,
+    from: SocketAddr,
+    to: SocketAddr,
+    sock: &UdpSocket,
+    wait: Duration,
+) -> Option<SocketAddr> {
+    let SocketAddr::V6(f) = from else {
+        unreachable!()
+    };
+    let s = udp6_on(lab, node, *f.ip(), f.port());
+    let tag = format!("in6-{from}");
+    for _ in 0..2 {
+        s.send_to(tag.as_bytes(), to).unwrap();
+    }
+    udp_arrives(sock, tag.as_bytes(), wait)
+}
+
+/// fw: the RFC 6092 firewall. Outbound works and is not translated; an answer comes in only
+/// from the exact address and port the host sent to (UDP state per address and port); nothing
+/// unsolicited comes in, over UDP or TCP; ICMPv6 errors about the host's flows do.
+#[test]
+fn v6_fw_filters_per_address_and_port() {
+    let Some(lab) = lab(Lab::builder().a(Kind::Symmetric).v6_a("fw").b(Kind::None)) else {
+        return;
+    };
+    let (p1, p2, host) = (lab.ip6("PUB_IP6"), lab.ip6("PUB_IP6_2"), lab.ip6("A_IP6"));
+    assert_eq!(lab.get("A_V6"), "fw");
+    assert_eq!(lab.get("A_GW6"), "2001:db8:1::1");
+    assert_eq!(lab.get("A_WAN6"), "2001:db8:0:ff::21");
+    let srv = udp6_on(&lab, "pub", p1, 3478);
+    let a = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 0);
+    let ap = local_port(&a);
+    a.send_to(b"out6", v6(p1, 3478)).unwrap();
+    let seen = udp_arrives(&srv, b"out6", POS).expect("A's IPv6 datagram must reach pub");
+    assert_eq!(seen, v6(host, ap), "no translation over IPv6");
+    // The answer from the address and port A sent to gets in …
+    srv.send_to(b"back", seen).unwrap();
+    assert!(
+        udp_arrives(&a, b"back", POS).is_some(),
+        "the answer must get in"
+    );
+    // … but not from another port or another address of pub.
+    assert!(
+        udp6_reaches(&lab, "pub", v6(p1, 3479), seen, &a, NEG).is_none(),
+        "other port"
+    );
+    assert!(
+        udp6_reaches(&lab, "pub", v6(p2, 3478), seen, &a, NEG).is_none(),
+        "other address"
+    );
+    // Nothing unsolicited, UDP or TCP.
+    let fresh = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 0);
+    let fp = local_port(&fresh);
+    assert!(udp6_reaches(&lab, "pub", v6(p1, 5000), v6(host, fp), &fresh, NEG).is_none());
+    let l = in_ns(&lab.ns("a"), || {
+        TcpListener::bind(v6(Ipv6Addr::UNSPECIFIED, 0)).unwrap()
+    });
+    let lp = l.local_addr().unwrap().port();
+    let r = in_ns(&lab.ns("pub"), || {
+        TcpStream::connect_timeout(&v6(host, lp), NEG)
+    });
+    assert!(
+        r.is_err(),
+        "an inbound TCP connection must not get through fw"
+    );
+    // Outbound TCP works.
+    let tl = in_ns(&lab.ns("pub"), || TcpListener::bind(v6(p1, 4000)).unwrap());
+    let c = in_ns(&lab.ns("a"), || {
+        TcpStream::connect_timeout(&v6(p1, 4000), POS)
+    });
+    assert!(c.is_ok(), "outbound TCP over IPv6: {c:?}");
+    let (_s, peer) = accept_timeout(&tl, POS).unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V6(host));
+    // An ICMPv6 port unreachable about A's own flow is let in (RFC 4890): connected socket.
+    let c6 = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 0);
+    c6.connect(v6(p1, 9)).unwrap();
+    c6.send(b"x").unwrap();
+    c6.set_read_timeout(Some(POS)).unwrap();
+    let e = c6.recv(&mut [0u8; 16]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+}
+
+/// open: everything is forwarded, unsolicited UDP and TCP included, and not translated.
+#[test]
+fn v6_open_forwards_everything() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::PortRestricted)
+        .v6_a("open")
+        .b(Kind::None))
+    else {
+        return;
+    };
+    let (p2, host) = (lab.ip6("PUB_IP6_2"), lab.ip6("A_IP6"));
+    let a = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 0);
+    let got = udp6_reaches(&lab, "pub", v6(p2, 5000), v6(host, local_port(&a)), &a, POS);
+    assert_eq!(
+        got,
+        Some(v6(p2, 5000)),
+        "unsolicited UDP must get in, untranslated"
+    );
+    let l = in_ns(&lab.ns("a"), || {
+        TcpListener::bind(v6(Ipv6Addr::UNSPECIFIED, 0)).unwrap()
+    });
+    let lp = l.local_addr().unwrap().port();
+    let r = in_ns(&lab.ns("pub"), || {
+        TcpStream::connect_timeout(&v6(host, lp), POS)
+    });
+    assert!(r.is_ok(), "inbound TCP through open: {r:?}");
+    // IPv4 keeps its kind: port-restricted still filters an unsolicited datagram.
+    let s4 = host_udp(&lab, "a");
+    let to = v4(lab.ip("A_WAN"), local_port(&s4));
+    assert!(udp_inbound(&lab, v4(lab.ip("PUB_IP"), 5001), to, &s4, NEG).is_none());
+}
+
+/// none (the default): the host has only link-local IPv6 and no route, so an IPv6 send fails
+/// at once; the env says so with empty addresses.
+#[test]
+fn v6_none_is_link_local_only() {
+    let Some(lab) = lab(Lab::builder().a(Kind::PortRestricted).b(Kind::None)) else {
+        return;
+    };
+    assert_eq!(lab.get("A_V6"), "none");
+    assert_eq!(lab.get("A_IP6"), "");
+    let addrs = lab
+        .run_in("a", "ip", &["-6", "-o", "addr", "show", "scope", "global"])
+        .unwrap();
+    assert!(
+        addrs.trim().is_empty(),
+        "no global IPv6 address expected: {addrs}"
+    );
+    let t = Instant::now();
+    let a = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 0);
+    let e = a.send_to(b"x", v6(lab.ip6("PUB_IP6"), 3478)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENETUNREACH), "{e}");
+    assert!(t.elapsed() < Duration::from_millis(100));
+}
+
+/// Every node's hosts file names pub with both families, as `ip netns exec` programs see it.
+#[test]
+fn v6_hosts_file_names_pub() {
+    let Some(lab) = lab(Lab::builder().a(Kind::Symmetric).v6_a("fw").b(Kind::None)) else {
+        return;
+    };
+    for node in ["a", "pub", "ra"] {
+        let out = lab
+            .run_in(node, "getent", &["ahosts", lab.get("PUB_NAME")])
+            .unwrap();
+        assert!(out.contains(lab.get("PUB_IP")), "{node}: {out}");
+        assert!(out.contains(lab.get("PUB_IP6")), "{node}: {out}");
+        let out2 = lab
+            .run_in(node, "getent", &["ahosts", lab.get("PUB_NAME2")])
+            .unwrap();
+        assert!(out2.contains(lab.get("PUB_IP6_2")), "{node}: {out2}");
+    }
+}
+
+/// coturn's RFC 5780 client over IPv6 sees fw as address-and-port-dependent filtering and open
+/// as endpoint-independent.
+#[test]
+fn v6_natdiscovery_agrees() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::Symmetric)
+        .v6_a("fw")
+        .b(Kind::Symmetric)
+        .v6_b("open"))
+    else {
+        return;
+    };
+    let _srv = common::coturn::start_v6(&lab);
+    let (_, fa) = common::coturn::natdiscovery(&lab, "a", lab.get("PUB_IP6"));
+    assert_eq!(fa, "address-and-port-dependent");
+    let (_, fb) = common::coturn::natdiscovery(&lab, "b", lab.get("PUB_IP6"));
+    assert_eq!(fb, "endpoint-independent");
+}
+
+/// IPv6 crosses a carrier-grade NAT's routers and --hops' ISP routers (each one hop), the
+/// two sides reach each other, and fw still filters.
+#[test]
+fn v6_through_cgnat_and_hops() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::Cgnat)
+        .v6_a("fw")
+        .b(Kind::Open)
+        .v6_b("open")
+        .hops(3))
+    else {
+        return;
+    };
+    let (ha, hb) = (lab.ip6("A_IP6"), lab.ip6("B_IP6"));
+    let b = udp6_on(&lab, "b", Ipv6Addr::UNSPECIFIED, 7000);
+    let a = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 0);
+    a.send_to(b"a-to-b", v6(hb, 7000)).unwrap();
+    let seen = udp_arrives(&b, b"a-to-b", POS).expect("A to open B over IPv6");
+    assert_eq!(seen, v6(ha, local_port(&a)));
+    b.send_to(b"b-to-a", seen).unwrap();
+    assert!(
+        udp_arrives(&a, b"b-to-a", POS).is_some(),
+        "the answer must get in"
+    );
+    let fresh = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 0);
+    assert!(udp6_reaches(
+        &lab,
+        "b",
+        v6(hb, 7001),
+        v6(ha, local_port(&fresh)),
+        &fresh,
+        NEG
+    )
+    .is_none());
+    // Hop count: home router, carrier, 2 ISP routers on A's side, 1 on B's side, then B.
+    let mut hops = None;
+    for hl in 1..=8u32 {
+        let s = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 0);
+        in_ns(&lab.ns("a"), || {
+            let v = hl as libc::c_int;
+            // SAFETY: valid fd, pointer/len of a c_int.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_UNICAST_HOPS,
+                    &v as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        });
+        let tag = format!("hl-{hl}");
+        s.send_to(tag.as_bytes(), v6(hb, 7000)).unwrap();
+        if udp_arrives(&b, tag.as_bytes(), NEG).is_some() {
+            hops = Some(hl);
+            break;
+        }
+    }
+    assert_eq!(hops, Some(6));
+}
+
+/// --v6-x is checked like the other options: fw needs a router, offline/none take none.
+#[test]
+fn v6_usage_errors() {
+    if !common::lab::require_lab() {
+        return;
+    }
+    for args in [
+        &["--a", "open", "--v6-a", "fw"][..],
+        &["--a", "offline", "--v6-a", "open"],
+        &["--b", "none", "--v6-b=fw"],
+        &["--v6-a", "nat66"],
+        &["--v6-b"],
+    ] {
+        let out = std::process::Command::new(common::lab::NATLAB)
+            .arg("up")
+            .arg("zzv6fail")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("v6"),
+            "{args:?}"
+        );
+        assert!(lab_namespaces("zzv6fail").is_empty());
+    }
+}
+
+/// With IPv6, the router's miniupnpd (IGD:2 WANIPv6FirewallControl) opens a pinhole in fw's
+/// filter (chain miniupnpd, which natlab6 jumps to): unsolicited IPv6 then gets in to that
+/// port only, and DeletePinhole closes it.
+#[test]
+fn portmap_v6_upnp_pinhole_opens_fw() {
+    let Some(lab) = lab(Lab::builder()
+        .a(Kind::PortRestricted)
+        .v6_a("fw")
+        .b(Kind::None)
+        .portmap_a("all"))
+    else {
+        return;
+    };
+    let url = format!(
+        "http://[{}]:{UPNP_HTTP_PORT}/rootDesc.xml",
+        lab.get("A_GW6")
+    );
+    let (p1, host) = (lab.ip6("PUB_IP6"), lab.ip6("A_IP6"));
+    let a = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 7000);
+    let closed = udp6_reaches(&lab, "pub", v6(p1, 5000), v6(host, 7000), &a, NEG);
+    assert!(closed.is_none(), "fw must filter before the pinhole");
+    let (ok, out) = upnpc(
+        &lab,
+        "a",
+        &url,
+        &["-6", "-A", "", "0", lab.get("A_IP6"), "7000", "UDP", "60"],
+    );
+    assert!(ok && out.contains("Pinhole ID = "), "AddPinhole: {out}");
+    let id = out
+        .split("Pinhole ID = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let open = udp6_reaches(&lab, "pub", v6(p1, 5001), v6(host, 7000), &a, POS);
+    assert_eq!(open, Some(v6(p1, 5001)), "the pinhole must let pub in");
+    let other = udp6_on(&lab, "a", Ipv6Addr::UNSPECIFIED, 7001);
+    assert!(udp6_reaches(&lab, "pub", v6(p1, 5002), v6(host, 7001), &other, NEG).is_none());
+    let (ok, out) = upnpc(&lab, "a", &url, &["-6", "-D", &id]);
+    assert!(ok, "DeletePinhole: {out}");
+    assert!(udp6_reaches(&lab, "pub", v6(p1, 5003), v6(host, 7000), &a, NEG).is_none());
 }

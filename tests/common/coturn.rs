@@ -17,6 +17,17 @@ impl Drop for Coturn {
 
 /// Starts coturn on PUB_IP and PUB_IP2, ports 3478 and 3479 (RFC 5780 needs both), STUN only.
 pub fn start(lab: &Lab) -> Coturn {
+    start_on(lab, "PUB_IP", "PUB_IP2")
+}
+
+/// The same on pub's two IPv6 addresses (PUB_IP6, PUB_IP6_2): coturn serves RFC 5780 over
+/// IPv6 when given two IPv6 `-L` addresses.
+pub fn start_v6(lab: &Lab) -> Coturn {
+    start_on(lab, "PUB_IP6", "PUB_IP6_2")
+}
+
+/// Starts coturn on the two pub addresses named by these env keys.
+fn start_on(lab: &Lab, key1: &str, key2: &str) -> Coturn {
     let child = lab
         .cmd("pub", "turnserver")
         .args([
@@ -26,9 +37,9 @@ pub fn start(lab: &Lab) -> Coturn {
             "--no-dtls",
             "--stun-only",
             "-L",
-            lab.get("PUB_IP"),
+            lab.get(key1),
             "-L",
-            lab.get("PUB_IP2"),
+            lab.get(key2),
             "--listening-port",
             "3478",
             "--alt-listening-port",
@@ -42,8 +53,33 @@ pub fn start(lab: &Lab) -> Coturn {
         .spawn()
         .expect("turnserver (apt-get install coturn)");
     let c = Coturn { child };
-    wait_udp(lab, "pub", &[3478, 3479]);
+    let bound: Vec<String> = [key1, key2]
+        .iter()
+        .flat_map(|k| {
+            let ip: std::net::IpAddr = lab.get(k).parse().expect("pub address");
+            [3478, 3479].map(|p| std::net::SocketAddr::new(ip, p).to_string())
+        })
+        .collect();
+    wait_bound(lab, "pub", &bound);
     c
+}
+
+/// Waits until these UDP addresses (`ss`'s spelling: `ip:port`, `[ip6]:port`) are bound in a
+/// node: another server on the same ports must not count.
+fn wait_bound(lab: &Lab, node: &str, addrs: &[String]) {
+    let t = Instant::now();
+    loop {
+        let out = lab.cmd(node, "ss").args(["-Hulnp"]).output().expect("ss");
+        let s = String::from_utf8_lossy(&out.stdout);
+        if addrs.iter().all(|a| s.contains(&format!("{a} "))) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{addrs:?} not bound in {node}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until UDP ports are bound in a node (coturn binds asynchronously).

@@ -9,7 +9,8 @@
 //! let sock = in_ns(&lab.ns("a"), || UdpSocket::bind("0.0.0.0:0").unwrap());
 //! ```
 //!
-//! Nodes: `inet` (the internet bridge), `pub` (203.0.113.10 and .11), `a`, `b`
+//! Nodes: `inet` (the internet bridge), `pub` (203.0.113.10 and .11; over IPv6
+//! 2001:db8:0:ff::10 and ::11, named `relay.lab` in every node's hosts file), `a`, `b`
 //! (hosts), `ra`, `rb` (their routers), `ca`, `cb` (carrier routers, cgnat only).
 //! With `portmap_a`/`portmap_b`, `ra`/`rb` run the real miniupnpd (UPnP IGD,
 //! NAT-PMP, PCP); see [`Lab::miniupnpd`] and `tests/common/miniupnpd.rs`.
@@ -17,7 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -104,6 +105,8 @@ pub struct LabBuilder {
     portmap_b: String,
     hops: Option<u8>,
     router_input: Option<&'static str>,
+    v6_a: String,
+    v6_b: String,
 }
 
 impl Default for LabBuilder {
@@ -121,6 +124,8 @@ impl Default for LabBuilder {
             portmap_b: "off".to_string(),
             hops: None,
             router_input: None,
+            v6_a: "none".to_string(),
+            v6_b: "none".to_string(),
         }
     }
 }
@@ -134,6 +139,18 @@ impl LabBuilder {
     /// `--router-input accept|drop`.
     pub fn router_input(mut self, what: &'static str) -> Self {
         self.router_input = Some(what);
+        self
+    }
+    /// `--v6-a none|fw|open`: IPv6 for side A (`fw`: the RFC 6092 home-router firewall;
+    /// `open`: no filter; `none`, the default: link-local only). The env then has `A_IP6`,
+    /// `A_GW6`, `A_WAN6`; see `natlab --help`.
+    pub fn v6_a(mut self, mode: &str) -> Self {
+        self.v6_a = mode.to_string();
+        self
+    }
+    /// Like [`LabBuilder::v6_a`], for side B.
+    pub fn v6_b(mut self, mode: &str) -> Self {
+        self.v6_b = mode.to_string();
         self
     }
     pub fn a(mut self, kind: Kind) -> Self {
@@ -223,6 +240,13 @@ impl LabBuilder {
         }
         if let Some(r) = self.router_input {
             v.extend(["--router-input".to_string(), r.to_string()]);
+        }
+        // Only when asked for, so the command line of an IPv4-only lab stays as it was.
+        if self.v6_a != "none" {
+            v.extend(["--v6-a".to_string(), self.v6_a.clone()]);
+        }
+        if self.v6_b != "none" {
+            v.extend(["--v6-b".to_string(), self.v6_b.clone()]);
         }
         v
     }
@@ -321,6 +345,13 @@ impl Lab {
         let v = self.get(key);
         v.parse()
             .unwrap_or_else(|_| panic!("lab {}: {key}={v:?} is not an IPv4 address", self.name))
+    }
+
+    /// An IPv6 address from the lab's env (`PUB_IP6`, `A_IP6`, ...).
+    pub fn ip6(&self, key: &str) -> Ipv6Addr {
+        let v = self.get(key);
+        v.parse()
+            .unwrap_or_else(|_| panic!("lab {}: {key}={v:?} is not an IPv6 address", self.name))
     }
 
     /// `ip netns exec NS program`, ready for more args.
