@@ -183,3 +183,59 @@ fn ipv6_deny_list() {
         assert!(drain(&mut r).is_empty(), "{src}");
     }
 }
+
+/// A peer registered over both families: its path stays on the first, and the other peer
+/// gets the second family's observed address as a candidate; both families' candidates are
+/// exchanged. Once the first family has been silent for RELAY_FAMILY_MOVE, a registration
+/// over the second moves the path.
+#[test]
+fn a_peer_registered_over_both_families_gets_both_exchanged() {
+    let t = Instant::now();
+    let mut r = Relay::new(dual(), t, 1);
+    let (a4, a6) = (sa("198.51.100.1:4000"), sa("[2001:db8:5::1]:4000"));
+    let (b4, b6) = (sa("198.51.100.2:5000"), sa("[2001:db8:6::2]:5000"));
+    let reg = |r: &mut Relay, at: Instant, from: SocketAddr, role, peer: u8| {
+        let f = Frame::Register {
+            session: [4; 16],
+            role,
+            peer: [peer; 8],
+            token: vec![],
+            candidates: vec![],
+        };
+        let cookie = r.cookies.make(from, now(at).unix);
+        let bytes = f.emit_with(Some(&Trailer { tx: 7, cookie }));
+        let local = if from.is_ipv4() { sa(P4) } else { sa(P6) };
+        r.handle_udp(now(at), local, from, &bytes);
+        drain(r)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Udp { dst, payload, .. } => match Frame::parse(&payload) {
+                    Ok(Frame::Peer {
+                        observed,
+                        candidates,
+                    }) => Some((dst, observed, candidates)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    reg(&mut r, t, a4, Role::Listener, 1);
+    reg(&mut r, t, a6, Role::Listener, 1);
+    reg(&mut r, t, b4, Role::Connector, 2);
+    let peers = reg(&mut r, t, b6, Role::Connector, 2);
+    // B's IPv6 registration: A hears of it on A's IPv4 path, with both of B's addresses;
+    // B hears of A on the path it registered over, with both of A's.
+    assert!(peers.contains(&(a4, b4, vec![b6])), "{peers:?}");
+    assert!(peers.contains(&(b6, a4, vec![a6])), "{peers:?}");
+    assert_eq!(r.sessions(), 1);
+    let held: usize = r.per_source.values().sum();
+    assert_eq!(held, 2, "one slot per peer, not per family");
+    // A's IPv4 goes silent; past RELAY_FAMILY_MOVE its IPv6 registration moves the path.
+    let later = t + crate::defaults::RELAY_FAMILY_MOVE;
+    let peers = reg(&mut r, later, a6, Role::Listener, 1);
+    assert!(
+        peers.contains(&(b4, a6, vec![])),
+        "the path moved, and its address is no longer also a candidate: {peers:?}"
+    );
+}
