@@ -13,7 +13,7 @@ fn sa(s: &str) -> SocketAddr {
 
 const P: &str = "203.0.113.10:3478";
 
-fn cfg(alt: bool) -> RelayConfig {
+pub(super) fn cfg(alt: bool) -> RelayConfig {
     RelayConfig {
         primary: sa(P),
         alt_ip: alt.then(|| "203.0.113.11".parse().unwrap()),
@@ -25,7 +25,7 @@ fn cfg(alt: bool) -> RelayConfig {
     }
 }
 
-fn now(t: Instant) -> Now {
+pub(super) fn now(t: Instant) -> Now {
     Now {
         mono: t,
         unix: 1_800_000_000,
@@ -39,7 +39,7 @@ fn echo(r: &Relay, from: SocketAddr, f: &Frame) -> Vec<u8> {
     f.emit_with(Some(&Trailer { tx: 7, cookie }))
 }
 
-fn drain(r: &mut Relay) -> Vec<Output> {
+pub(super) fn drain(r: &mut Relay) -> Vec<Output> {
     std::iter::from_fn(|| r.poll_output()).collect()
 }
 

@@ -2,6 +2,7 @@
 //! and relaying across them, and the IPv6 deny list.
 
 use super::limits::denied;
+use super::tests::{cfg, drain, now};
 use super::*;
 use crate::wire::rendezvous::{Role, Trailer};
 use crate::wire::stun::Change;
@@ -13,30 +14,31 @@ fn sa(s: &str) -> SocketAddr {
 const P4: &str = "203.0.113.10:3478";
 const P6: &str = "[2001:db8::10]:3478";
 
+/// The IPv4 test relay (`203.0.113.10`, alternate `.11`) serving IPv6 too.
 fn dual() -> RelayConfig {
-    RelayConfig {
-        primary: sa(P4),
-        alt_ip: Some("203.0.113.11".parse().unwrap()),
-        alt_port: 3479,
-        other_family: Some((
-            "2001:db8::10".parse().unwrap(),
-            Some("2001:db8::11".parse().unwrap()),
-        )),
-        limits: Limits::default(),
-        allow_private: false,
-        secret: None,
-    }
+    let mut c = cfg(true);
+    c.other_family = Some((
+        "2001:db8::10".parse().unwrap(),
+        Some("2001:db8::11".parse().unwrap()),
+    ));
+    c
 }
 
-fn now(t: Instant) -> Now {
-    Now {
-        mono: t,
-        unix: 1_800_000_000,
-    }
-}
-
-fn drain(r: &mut Relay) -> Vec<Output> {
-    std::iter::from_fn(|| r.poll_output()).collect()
+/// A `Register` (session 3, no candidates) from `from` with its cookie, on the primary
+/// address of `from`'s family; what the relay sent.
+fn register(r: &mut Relay, at: Instant, from: SocketAddr, role: Role, peer: u8) -> Vec<Output> {
+    let f = Frame::Register {
+        session: [3; 16],
+        role,
+        peer: [peer; 8],
+        token: vec![],
+        candidates: vec![],
+    };
+    let cookie = r.cookies.make(from, now(at).unix);
+    let bytes = f.emit_with(Some(&Trailer { tx: 7, cookie }));
+    let local = if from.is_ipv4() { sa(P4) } else { sa(P6) };
+    r.handle_udp(now(at), local, from, &bytes);
+    drain(r)
 }
 
 #[test]
@@ -96,21 +98,8 @@ fn rendezvous_and_relaying_across_families() {
     let t = Instant::now();
     let mut r = Relay::new(dual(), t, 1);
     let (a, b) = (sa("198.51.100.1:4000"), sa("[2001:db8:5::2]:5000"));
-    let reg = |r: &mut Relay, local: &str, from: SocketAddr, role, peer: u8| {
-        let f = Frame::Register {
-            session: [3; 16],
-            role,
-            peer: [peer; 8],
-            token: vec![],
-            candidates: vec![],
-        };
-        let cookie = r.cookies.make(from, now(t).unix);
-        let bytes = f.emit_with(Some(&Trailer { tx: 7, cookie }));
-        r.handle_udp(now(t), sa(local), from, &bytes);
-        drain(r)
-    };
-    reg(&mut r, P4, a, Role::Listener, 1);
-    let out = reg(&mut r, P6, b, Role::Connector, 2);
+    register(&mut r, t, a, Role::Listener, 1);
+    let out = register(&mut r, t, b, Role::Connector, 2);
     let peers: Vec<_> = out
         .iter()
         .filter_map(|o| match o {
@@ -195,18 +184,7 @@ fn a_peer_registered_over_both_families_gets_both_exchanged() {
     let (a4, a6) = (sa("198.51.100.1:4000"), sa("[2001:db8:5::1]:4000"));
     let (b4, b6) = (sa("198.51.100.2:5000"), sa("[2001:db8:6::2]:5000"));
     let reg = |r: &mut Relay, at: Instant, from: SocketAddr, role, peer: u8| {
-        let f = Frame::Register {
-            session: [4; 16],
-            role,
-            peer: [peer; 8],
-            token: vec![],
-            candidates: vec![],
-        };
-        let cookie = r.cookies.make(from, now(at).unix);
-        let bytes = f.emit_with(Some(&Trailer { tx: 7, cookie }));
-        let local = if from.is_ipv4() { sa(P4) } else { sa(P6) };
-        r.handle_udp(now(at), local, from, &bytes);
-        drain(r)
+        register(r, at, from, role, peer)
             .into_iter()
             .filter_map(|o| match o {
                 Output::Udp { dst, payload, .. } => match Frame::parse(&payload) {
