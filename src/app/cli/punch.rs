@@ -169,6 +169,19 @@ pub enum PunchArgsError {
     /// Bad --peer offer.
     #[error("--peer: {0}")]
     Offer(#[from] crate::wire::offer::OfferError),
+    /// A server address with a zone id.
+    #[error("{0} {1:?}: a zone id (%…) is meaningless for a server on the internet")]
+    Zone(&'static str, String),
+}
+
+/// Checks a server argument (`HOST[:PORT]`, `[IPv6]:PORT`, a bare IPv6 literal): a zone id
+/// is refused by name, before the general syntax check.
+fn server(flag: &'static str, s: &str) -> Result<(), PunchArgsError> {
+    if s.contains('%') {
+        return Err(PunchArgsError::Zone(flag, s.to_string()));
+    }
+    crate::net::sys::parse_server(s)?;
+    Ok(())
 }
 
 fn socket_addr(
@@ -287,7 +300,7 @@ impl PunchArgs {
             Some(crate::net::punch::Manual { stun: None, peer })
         } else if common.manual {
             if let Some(s) = &common.stun {
-                crate::net::sys::parse_server(s)?;
+                server("--stun", s)?;
             }
             if let Some(o) = &common.peer {
                 crate::wire::offer::parse(o)?;
@@ -301,7 +314,7 @@ impl PunchArgs {
                 },
             })
         } else {
-            crate::net::sys::parse_server(&relay)?;
+            server("--relay", &relay)?;
             None
         };
         let token = match &common.token {

@@ -17,11 +17,6 @@ use crate::net::punch::PunchError;
 pub(super) async fn resolve_pair(
     server: &str,
 ) -> Result<(SocketAddr, Option<SocketAddr>), PunchError> {
-    if server.contains('%') {
-        return Err(PunchError::Resolve(format!(
-            "{server:?}: a zone id (%…) is meaningless for a server on the internet"
-        )));
-    }
     let (host, port) = crate::net::sys::parse_server(server)?;
     let all = crate::net::sys::resolve_all(&host, port)
         .await
