@@ -174,10 +174,16 @@ impl Checks {
         self.done
     }
 
-    /// Low-TTL packets to every target: they open our own NAT (and a carrier NAT behind it)
-    /// and die before the peer's.
-    fn send_opening(&mut self) {
-        for &dst in &self.targets {
+    /// Low-TTL packets to every IPv4 target: they open our own NAT (and a carrier NAT behind
+    /// it) and die before the peer's. An IPv6 target gets a full probe at once instead: there
+    /// is no NAT to clash with on IPv6 (RFC 6092 firewalls keep addresses and ports), so the
+    /// probe that opens our firewall may as well reach the peer.
+    fn send_opening(&mut self, now: Instant) {
+        for dst in self.targets.clone() {
+            if dst.is_ipv6() {
+                self.probe(dst, now);
+                continue;
+            }
             for &ttl in &self.openers {
                 let f = Frame::PunchProbe {
                     session: self.session,
@@ -208,32 +214,37 @@ impl Checks {
         if let Some(t) = self.next_round {
             if t <= now && self.quiet {
                 // Holding still without openers: nothing to repeat until the peer probes.
-                self.send_opening();
+                self.send_opening(now);
                 self.next_round = (!self.openers.is_empty()).then(|| now + QUIET_INTERVAL);
             } else if t <= now && !self.opened && !self.lead.is_zero() {
                 self.opened = true;
-                self.send_opening();
+                self.send_opening(now);
                 self.next_round = Some(now + self.lead);
             } else if t <= now {
                 self.opened = true;
-                for &dst in &self.targets {
-                    let tx: u64 = self.rng.gen();
-                    self.sent.insert(tx, (dst, now));
-                    self.probes += 1;
-                    let f = Frame::PunchProbe {
-                        session: self.session,
-                        tx,
-                    }
-                    .emit();
-                    self.out.push_back(Datagram {
-                        dst,
-                        payload: f,
-                        ttl: None,
-                    });
+                for dst in self.targets.clone() {
+                    self.probe(dst, now);
                 }
                 self.next_round = Some(now + PROBE_INTERVAL);
             }
         }
+    }
+
+    /// A full probe to `dst`, whose answer completes the checks.
+    fn probe(&mut self, dst: SocketAddr, now: Instant) {
+        let tx: u64 = self.rng.gen();
+        self.sent.insert(tx, (dst, now));
+        self.probes += 1;
+        let f = Frame::PunchProbe {
+            session: self.session,
+            tx,
+        }
+        .emit();
+        self.out.push_back(Datagram {
+            dst,
+            payload: f,
+            ttl: None,
+        });
     }
 
     /// Feeds a datagram; returns false when it is not a check of this session.
@@ -375,7 +386,21 @@ mod tests {
             ]
         );
         c.start_at(t0);
+        // The opening round: full probes to the IPv6 targets at once, low-TTL packets to the
+        // IPv4 ones.
         c.handle_timeout(t0);
+        let first: Vec<(SocketAddr, Option<u8>)> = std::iter::from_fn(|| c.poll_transmit())
+            .map(|d| (d.dst, d.ttl))
+            .collect();
+        assert_eq!(
+            first,
+            [
+                (sa("[2001:db8::7]:4000"), None),
+                (sa("[2001:db8::8]:4000"), None),
+                (sa("203.0.113.7:4000"), Some(2)),
+                (sa("198.51.100.7:4000"), Some(2))
+            ]
+        );
         c.handle_timeout(t0 + Duration::from_secs(1));
         let full: Vec<SocketAddr> = std::iter::from_fn(|| c.poll_transmit())
             .filter(|d| d.ttl.is_none())
