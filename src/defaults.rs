@@ -112,6 +112,10 @@ pub const RELAY_SESSION_SECS: u64 = 4 * 3600;
 /// Relay: a registration not refreshed (any frame) for this long is dropped. Clients keep
 /// alive every 15 s, well inside.
 pub const RELAY_IDLE_SECS: u64 = 60;
+/// How long a peer's relay path (the family it registered over first) must have been silent
+/// before a registration over the other family moves the path there instead of being kept
+/// as one more candidate: two of punch's 15 s keepalives lost, so the first family is gone.
+pub const RELAY_FAMILY_MOVE: Duration = Duration::from_secs(30);
 /// Relay: dial-back requests per minute per source IP.
 pub const RELAY_DIALBACKS_PER_MIN: u32 = 10;
 /// Relay: how long the relay waits for a pong before starting with the RTTs it has.

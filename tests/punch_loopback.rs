@@ -14,24 +14,28 @@ impl Drop for Kill {
 }
 
 fn relay() -> (Kill, String) {
+    let (k, p) = relay_on(&["127.0.0.1"]);
+    (k, format!("127.0.0.1:{p}"))
+}
+
+/// A relay on these loopback addresses (one per family), and its port.
+fn relay_on(addrs: &[&str]) -> (Kill, u16) {
     for _ in 0..100 {
         let p = UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        if p == u16::MAX || TcpListener::bind(("127.0.0.1", p)).is_err() {
+        if p == u16::MAX
+            || addrs
+                .iter()
+                .any(|a| TcpListener::bind((*a, p)).is_err() || UdpSocket::bind((*a, p)).is_err())
+        {
             continue;
         }
         let mut c = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args([
-                "--addr",
-                "127.0.0.1",
-                "--allow-private",
-                "--port",
-                &p.to_string(),
-                "--json",
-            ])
+            .args(addrs.iter().flat_map(|a| ["--addr", a]))
+            .args(["--allow-private", "--port", &p.to_string(), "--json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -40,7 +44,7 @@ fn relay() -> (Kill, String) {
         let out = c.stdout.as_mut().unwrap();
         // The startup line means it is listening.
         while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {}
-        return (Kill(c), format!("127.0.0.1:{p}"));
+        return (Kill(c), p);
     }
     panic!("no free port");
 }
@@ -87,6 +91,44 @@ fn pipe_on_loopback() {
     );
     assert_eq!(lo.stdout, b"from connector");
     assert_eq!(co.stdout, b"from listener");
+}
+
+/// Issue 14: over IPv6 (`--relay [::1]:PORT`, a relay serving both families), the sides meet
+/// and go direct over IPv6: `connected` says `family: ipv6`, `peer` is `[addr]:port`.
+#[test]
+fn pipe_over_ipv6_on_loopback() {
+    let (_r, port) = relay_on(&["127.0.0.1", "::1"]);
+    let relay = format!("[::1]:{port}");
+    let run = |args: &[&str], input: &'static [u8]| {
+        let mut p = punch(args, &relay)
+            .arg("--json")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        p.stdin.take().unwrap().write_all(input).unwrap();
+        p
+    };
+    let l = run(&["listen", "--code", "62-lantern-harbor"], b"from listener");
+    std::thread::sleep(Duration::from_millis(200));
+    let c = run(&["connect", "62-lantern-harbor"], b"from connector");
+    let (lo, co) = (l.wait_with_output().unwrap(), c.wait_with_output().unwrap());
+    for (o, want) in [(&lo, &b"from connector"[..]), (&co, b"from listener")] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert_eq!(o.stdout, want);
+        let direct: serde_json::Value = err
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["event"] == "connected" && e["path"] == "direct")
+            .unwrap_or_else(|| panic!("not direct: {err}"));
+        assert_eq!(direct["family"], "ipv6", "{direct}");
+        assert!(
+            direct["peer"].as_str().unwrap().starts_with("[::1]:"),
+            "{direct}"
+        );
+    }
 }
 
 /// Regression (broken pipe): `punch connect CODE | head -c 0` exits 0.
@@ -147,6 +189,15 @@ fn bad_arguments_are_clear_errors() {
                 "xyz",
             ],
             "hex",
+        ),
+        // Issue 14: a zone id is meaningless for a server on the internet.
+        (
+            &["connect", "7-lantern-harbor", "--relay", "fe80::1%eth0"],
+            "zone id",
+        ),
+        (
+            &["connect", "7-lantern-harbor", "--relay", "[fe80::1%2]:3478"],
+            "zone id",
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_punch"))

@@ -1,5 +1,6 @@
 //! Abuse on the lab: a client cannot make the relay send anything to a third address — not
-//! through candidates, forged joins, IPv4-mapped IPv6 spellings, RESPONSE-PORT or dial-back.
+//! through candidates, forged joins, IPv4-mapped IPv6 spellings, RESPONSE-PORT or dial-back;
+//! over IPv4 and over IPv6.
 mod common;
 
 use common::lab::{Kind, Lab};
@@ -28,31 +29,52 @@ fn with_cookie(s: &UdpSocket, relay: SocketAddr, f: Frame) -> Vec<u8> {
 
 #[test]
 fn relay_never_sends_to_a_third_address() {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::Open).b(Kind::Open)) else {
+    never_sends_to_a_third_address(false);
+}
+
+/// Issue 14: the same attacks over IPv6, against a relay serving both families; the victim
+/// is named by its IPv6 address, its IPv4 one, NAT64 and IPv4-mapped spellings.
+#[test]
+fn relay_never_sends_to_a_third_address_over_ipv6() {
+    never_sends_to_a_third_address(true);
+}
+
+fn never_sends_to_a_third_address(v6: bool) {
+    let b = Lab::builder().a(Kind::Open).b(Kind::Open);
+    let b = if v6 { b.v6_a("open").v6_b("open") } else { b };
+    let Some(lab) = Lab::up_or_skip(b) else {
         return;
     };
-    let _relay = common::relay::start(&lab, 3478);
-    let relay_addr: SocketAddr = format!("{}:3478", lab.get("PUB_IP")).parse().unwrap();
-    let victim_ip = lab.get("B_IP").to_string();
+    let _relay = if v6 {
+        common::relay::start_dual(&lab, 3478)
+    } else {
+        common::relay::start(&lab, 3478)
+    };
+    let key = |k: &str| if v6 { format!("{k}6") } else { k.to_string() };
+    let relay_ip: std::net::IpAddr = lab.get(&key("PUB_IP")).parse().unwrap();
+    let relay_addr = SocketAddr::new(relay_ip, 3478);
+    let victim_ip: std::net::IpAddr = lab.get(&key("B_IP")).parse().unwrap();
     let (vu, vt) = lab.in_node("b", || {
-        let u = UdpSocket::bind((victim_ip.as_str(), 7000)).unwrap();
-        let t = TcpListener::bind((victim_ip.as_str(), 7000)).unwrap();
+        let u = UdpSocket::bind((victim_ip, 7000)).unwrap();
+        let t = TcpListener::bind((victim_ip, 7000)).unwrap();
         (u, t)
     });
     vu.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     vt.set_nonblocking(true).unwrap();
-    let victim: SocketAddr = format!("{victim_ip}:7000").parse().unwrap();
-    let mapped: SocketAddr = format!("[::ffff:{victim_ip}]:7000").parse().unwrap();
-    let attacker_ip = lab.get("A_IP").to_string();
+    let victim = SocketAddr::new(victim_ip, 7000);
+    let v4 = lab.get("B_IP");
+    let mapped: SocketAddr = format!("[::ffff:{v4}]:7000").parse().unwrap();
+    let nat64: SocketAddr = format!("[64:ff9b::{v4}]:7000").parse().unwrap();
+    let attacker_ip: std::net::IpAddr = lab.get(&key("A_IP")).parse().unwrap();
     let (a1, a2) = lab.in_node("a", || {
         (
-            UdpSocket::bind((attacker_ip.as_str(), 0)).unwrap(),
-            UdpSocket::bind((attacker_ip.as_str(), 0)).unwrap(),
+            UdpSocket::bind((attacker_ip, 0)).unwrap(),
+            UdpSocket::bind((attacker_ip, 0)).unwrap(),
         )
     });
     let session = [42u8; 16];
-    let evil = vec![victim, mapped, "127.0.0.1:7000".parse().unwrap()];
+    let evil = vec![victim, mapped, nat64, "127.0.0.1:7000".parse().unwrap()];
     let attacks: Vec<(&UdpSocket, Vec<u8>)> = vec![
         (
             &a1,

@@ -29,7 +29,9 @@ fn free_ports() -> (u16, u16) {
             && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
             && UdpSocket::bind(("127.0.0.2", p)).is_ok()
             && UdpSocket::bind(("127.0.0.2", p + 1)).is_ok()
-            && TcpListener::bind(("127.0.0.1", p)).is_ok();
+            && TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && UdpSocket::bind(("::1", p)).is_ok()
+            && TcpListener::bind(("::1", p)).is_ok();
         if ok {
             let m = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -83,6 +85,11 @@ fn relay(extra: &[&str]) -> Relay {
     let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON startup line");
     assert_eq!(v["event"], "listening");
     assert_eq!(v["rfc5780"], true);
+    if extra.iter().any(|a| a.contains("::1")) {
+        assert_eq!(v["other_family"], format!("[::1]:{port}"));
+    } else {
+        assert!(v["other_family"].is_null());
+    }
     Relay {
         child,
         port,
@@ -594,5 +601,108 @@ fn bad_arguments_are_clear_errors() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}
+
+/// Issue 14: `--addr` once per family. A peer over UDP/IPv4 meets one over TCP/IPv6 and the
+/// relay carries data between them; STUN answers over IPv6 (no second IPv6 address on
+/// loopback, so no RFC 5780 there: a CHANGE-REQUEST over IPv6 gets 420, over IPv4 an answer).
+#[test]
+fn peers_of_both_families_meet_and_relay() {
+    let r = relay(&["--addr", "[::1]"]);
+    let v6: SocketAddr = format!("[::1]:{}", r.port).parse().unwrap();
+    let s6 = client("::1");
+    s6.send_to(&stun::binding_request([4; 12], stun::Change::NONE), v6)
+        .unwrap();
+    let mut b = [0u8; 2048];
+    let (n, from) = s6.recv_from(&mut b).unwrap();
+    assert_eq!(from, v6);
+    let m = stun::decode(&b[..n]).unwrap();
+    assert_eq!(m.reflexive(), Some(s6.local_addr().unwrap()));
+    assert_eq!(m.other_address, None);
+    s6.send_to(
+        &stun::binding_request([5; 12], stun::Change::IP_AND_PORT),
+        v6,
+    )
+    .unwrap();
+    let (n, _) = s6.recv_from(&mut b).unwrap();
+    assert_eq!(stun::decode(&b[..n]).unwrap().error.map(|e| e.0), Some(420));
+
+    let a = client("127.0.0.1");
+    let req = with_cookie(&a, &reg_frame(7, Role::Listener, 1), r.addr());
+    a.send_to(&req, r.addr()).unwrap();
+    assert!(matches!(recv_frame(&a), Some(Frame::Registered { .. })));
+    let mut c = TcpStream::connect(v6).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    tcp_send(&mut c, &reg_frame(7, Role::Connector, 2));
+    assert!(matches!(
+        tcp_recv(&mut c),
+        Frame::Registered {
+            observed,
+            peer_present: true,
+        } if observed == c.local_addr().unwrap()
+    ));
+    assert!(
+        matches!(tcp_recv(&mut c), Frame::Peer { observed, .. } if observed == a.local_addr().unwrap())
+    );
+    assert!(
+        matches!(recv_frame(&a), Some(Frame::Peer { observed, .. }) if observed == c.local_addr().unwrap())
+    );
+    let data = |p: &[u8]| Frame::Data {
+        session: [7; 16],
+        payload: p.to_vec(),
+    };
+    a.send_to(&data(b"to v6").emit(), r.addr()).unwrap();
+    assert_eq!(tcp_recv(&mut c), data(b"to v6"));
+    tcp_send(&mut c, &data(b"to v4"));
+    assert_eq!(recv_frame(&a), Some(data(b"to v4")));
+}
+
+/// Issue 14, bad input: IPv6 literals with or without brackets are accepted, a zone id and a
+/// second address of one family are refused with a clear message, before anything is bound.
+#[test]
+fn relay_address_arguments() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(args)
+            .args(["--print-token", "60"])
+            .env("NATKIT_RELAY_SECRET", "0123456789abcdef0123")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    for ok in [
+        &["--addr", "2001:db8::2"][..],
+        &["--addr", "[2001:db8::2]", "--addr", "198.51.100.2"],
+        &[
+            "--addr",
+            "198.51.100.2",
+            "--addr",
+            "2001:db8::2",
+            "--alt-addr",
+            "198.51.100.3",
+            "--alt-addr",
+            "[2001:db8::3]",
+        ],
+    ] {
+        assert_eq!(run(ok).0, Some(0), "{ok:?}");
+    }
+    for (bad, says) in [
+        (&["--addr", "fe80::1%eth0"][..], "zone id"),
+        (&["--addr", "[fe80::1%2]"], "zone id"),
+        (&["--addr", "2001:db8::2", "--addr", "2001:db8::3"], "twice"),
+        (
+            &["--addr", "198.51.100.2", "--alt-addr", "2001:db8::3"],
+            "family",
+        ),
+        (&["--addr", "[2001:db8::2]:3478"], "--port"),
+        (&["--addr", "relay.example"], "not an IP address"),
+    ] {
+        let (code, err) = run(bad);
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
     }
 }

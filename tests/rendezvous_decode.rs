@@ -34,6 +34,7 @@ proptest! {
             primary: "203.0.113.10:3478".parse().unwrap(),
             alt_ip: Some("203.0.113.11".parse().unwrap()),
             alt_port: 3479,
+            other_family: None,
             limits: Limits::default(),
             allow_private: seed % 2 == 0,
             secret: (seed % 3 == 0).then(|| b"k".to_vec()),

@@ -1,5 +1,5 @@
-complete -c relay -l addr -d 'Primary IP address to serve on' -r
-complete -c relay -l alt-addr -d 'Second IP address: turns on RFC 5780 behaviour discovery' -r
+complete -c relay -l addr -d 'Primary IP address to serve on; once per family (IPv4 and IPv6)' -r
+complete -c relay -l alt-addr -d 'Second IP address: turns on RFC 5780 behaviour discovery; once per family' -r
 complete -c relay -l port -d 'Primary port (STUN, rendezvous and relay; UDP and TCP)' -r
 complete -c relay -l alt-port -d 'Alternate port for RFC 5780' -r
 complete -c relay -l secret -d 'Require tokens made from this secret for rendezvous and relaying' -r

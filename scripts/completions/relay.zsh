@@ -15,8 +15,8 @@ _relay() {
 
     local context curcontext="$curcontext" state line
     _arguments "${_arguments_options[@]}" : \
-'--addr=[Primary IP address to serve on]:IP:_default' \
-'--alt-addr=[Second IP address\: turns on RFC 5780 behaviour discovery]:IP2:_default' \
+'*--addr=[Primary IP address to serve on; once per family (IPv4 and IPv6)]:IP:_default' \
+'*--alt-addr=[Second IP address\: turns on RFC 5780 behaviour discovery; once per family]:IP2:_default' \
 '--port=[Primary port (STUN, rendezvous and relay; UDP and TCP)]:PORT:_default' \
 '--alt-port=[Alternate port for RFC 5780]:ALT_PORT:_default' \
 '--secret=[Require tokens made from this secret for rendezvous and relaying]:SECRET:_default' \

@@ -47,12 +47,16 @@ pub fn human(e: &Event) -> String {
             peer,
             elapsed_ms,
             probes,
+            ..
         } => {
             let how = match *method {
                 "birthday" => "birthday probing",
                 _ => "UDP hole punch",
             };
-            format!("punch: connected directly to {peer} ({how}, {probes} probes, {elapsed_ms} ms)")
+            let over = if peer.is_ipv6() { " over IPv6" } else { "" };
+            format!(
+                "punch: connected directly to {peer}{over} ({how}, {probes} probes, {elapsed_ms} ms)"
+            )
         }
         Event::Connected { elapsed_ms, .. } => {
             format!("punch: no direct path; connected through the relay ({elapsed_ms} ms)")

@@ -15,7 +15,11 @@ pub fn startup_line(listening: &Listening, json: bool) -> String {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        listening.tcp,
+        std::iter::once(listening.tcp)
+            .chain(listening.other_family)
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
         if listening.rfc5780 {
             "on"
         } else {

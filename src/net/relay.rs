@@ -53,6 +53,40 @@ pub struct Listening {
     pub allow_private: bool,
     /// Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
+    /// The other family's rendezvous address (UDP and TCP) when the relay serves both
+    /// (`--addr` once per family); `tcp` and `rendezvous_udp` are the first `--addr`'s.
+    pub other_family: Option<SocketAddr>,
+}
+
+/// Binds a UDP socket; an IPv6 one only for IPv6 (`IPV6_V6ONLY`), so that `--addr ::` and
+/// `--addr 0.0.0.0` can both be served and each family's answers leave from its own socket.
+fn bind_udp(a: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(a),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if a.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&a.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Binds a TCP listener, IPv6 only for IPv6 as [`bind_udp`].
+fn bind_tcp(a: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = match a {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let s = tokio::net::TcpSocket::new_v6()?;
+            socket2::SockRef::from(&s).set_only_v6(true)?;
+            s
+        }
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(a)?;
+    s.listen(1024)
 }
 
 type Core = Arc<Mutex<Relay>>;
@@ -174,7 +208,7 @@ pub async fn bind(
     let locals = cfg.locals();
     let mut udp = HashMap::new();
     for &a in &locals {
-        let s = UdpSocket::bind(a).await.map_err(|e| ServeError::Bind {
+        let s = bind_udp(a).map_err(|e| ServeError::Bind {
             what: "udp",
             addr: a,
             source: e,
@@ -182,13 +216,14 @@ pub async fn bind(
         grow_buffers(&s);
         udp.insert(a, Arc::new(s));
     }
-    let tcp = TcpListener::bind(cfg.primary)
-        .await
-        .map_err(|e| ServeError::Bind {
+    let mut tcp = Vec::new();
+    for (a, _) in cfg.families() {
+        tcp.push(bind_tcp(a).map_err(|e| ServeError::Bind {
             what: "tcp",
-            addr: cfg.primary,
+            addr: a,
             source: e,
-        })?;
+        })?);
+    }
     let metrics_listener = match metrics {
         Some(a) => Some(TcpListener::bind(a).await.map_err(|e| ServeError::Bind {
             what: "metrics",
@@ -207,6 +242,7 @@ pub async fn bind(
         secret: cfg.secret.is_some(),
         allow_private: cfg.allow_private,
         metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        other_family: cfg.families().get(1).map(|f| f.0),
     };
     let shared = Arc::new(Shared {
         core: Arc::new(Mutex::new(Relay::new(
@@ -230,7 +266,7 @@ pub async fn bind(
 
 async fn serve(
     shared: Arc<Shared>,
-    tcp: TcpListener,
+    tcp: Vec<TcpListener>,
     metrics: Option<TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -246,7 +282,9 @@ async fn serve(
         }
     }
     tasks.push(tokio::spawn(timer_loop(shared.clone())));
-    tasks.push(tokio::spawn(accept_loop(shared.clone(), tcp)));
+    for l in tcp {
+        tasks.push(tokio::spawn(accept_loop(shared.clone(), l)));
+    }
     if let Some(m) = metrics {
         tasks.push(tokio::spawn(metrics_loop(shared.clone(), m)));
     }

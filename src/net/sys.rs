@@ -139,6 +139,43 @@ pub fn global_ipv6_addrs() -> Vec<Ipv6Addr> {
     out
 }
 
+/// A UDP socket on an ephemeral port for both families: `[::]` with `IPV6_V6ONLY` off, so
+/// one port (one QUIC endpoint, one NAT mapping) serves IPv4 peers and IPv6 peers alike;
+/// IPv4 only on a host without IPv6. Datagrams from IPv4 peers arrive as IPv4-mapped
+/// addresses: readers fold them back with [`SocketAddr::ip`]`.to_canonical()`.
+pub fn bind_dual_stack() -> std::io::Result<std::net::UdpSocket> {
+    let v6 = || -> std::io::Result<std::net::UdpSocket> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)).into())?;
+        Ok(s.into())
+    };
+    let s = v6().or_else(|_| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// `a` with an IPv4-mapped IPv6 address folded to IPv4 (what a dual-stack socket reports
+/// for an IPv4 peer).
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// This host's global IPv6 address towards `dst` (an IPv6 address), or None: no route, or
+/// only a link-local, unique-local or other address no stranger can reach. Sends nothing.
+pub fn global_v6_towards(dst: SocketAddr) -> Option<IpAddr> {
+    if !dst.is_ipv6() {
+        return None;
+    }
+    local_ip_towards(dst)
+        .ok()
+        .filter(|ip| ip.is_ipv6() && !crate::wire::netaddr::is_unroutable(*ip))
+}
+
 /// Learns which local IP the kernel would use towards `dst` without sending anything
 /// (connect on UDP only selects a route).
 pub fn local_ip_towards(dst: SocketAddr) -> std::io::Result<IpAddr> {

@@ -20,6 +20,9 @@ pub enum OfferError {
     /// Not an offer at all.
     #[error("not a punch offer (it should start with {PREFIX})")]
     Prefix,
+    /// An address with a zone id, meaningless to a peer on another link.
+    #[error("{0:?} in the offer has a zone id (%…): a peer elsewhere cannot use one, give a global address")]
+    Zone(String),
     /// A candidate is not `IP:PORT`.
     #[error("bad address {0:?} in the offer")]
     Addr(String),
@@ -39,10 +42,15 @@ pub fn parse(s: &str) -> Result<Vec<SocketAddr>, OfferError> {
     let body = s.trim().strip_prefix(PREFIX).ok_or(OfferError::Prefix)?;
     let mut out = Vec::new();
     for part in body.split(',').filter(|p| !p.trim().is_empty()) {
+        if part.contains('%') {
+            return Err(OfferError::Zone(part.trim().to_string()));
+        }
         let a: SocketAddr = part
             .trim()
             .parse()
             .map_err(|_| OfferError::Addr(part.trim().to_string()))?;
+        // IPv4-mapped IPv6 is the IPv4 peer it names (the punch socket reports it so).
+        let a = SocketAddr::new(a.ip().to_canonical(), a.port());
         if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
             return Err(OfferError::Addr(part.trim().to_string()));
         }
@@ -88,6 +96,22 @@ mod tests {
             parse(&format!("{PREFIX}{}", many.join(","))),
             Err(OfferError::Count)
         );
+        // Issue 14: IPv6 with brackets; a zone id refused by name; IPv4-mapped folded.
+        assert_eq!(
+            parse("natkit-punch1:[2001:db8::1]:3478,[::ffff:203.0.113.5]:9"),
+            Ok(vec![
+                "[2001:db8::1]:3478".parse().unwrap(),
+                "203.0.113.5:9".parse().unwrap()
+            ])
+        );
+        assert!(matches!(
+            parse("natkit-punch1:[fe80::1%2]:5"),
+            Err(OfferError::Zone(_))
+        ));
+        assert!(matches!(
+            parse("natkit-punch1:2001:db8::1:5"),
+            Err(OfferError::Addr(_))
+        ));
         // Never panics on junk.
         for junk in [
             "natkit-punch1:,,,",

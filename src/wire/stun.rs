@@ -265,12 +265,16 @@ pub struct BindingResponse {
 }
 
 impl BindingResponse {
-    /// Encodes with XOR-MAPPED-ADDRESS, and MAPPED-ADDRESS for RFC 3489 clients.
+    /// Encodes with XOR-MAPPED-ADDRESS, and MAPPED-ADDRESS for RFC 3489 clients when the
+    /// address is IPv4 (RFC 3489 §11.2.1: its family is always IPv4; for IPv6 it would only
+    /// cost 24 bytes of the amplification budget).
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
             .with_transaction_id(TransactionId::from(self.tid))
-            .with_attribute(XorMappedAddress::from(self.mapped))
-            .with_attribute(MappedAddress::from(self.mapped));
+            .with_attribute(XorMappedAddress::from(self.mapped));
+        if self.mapped.is_ipv4() {
+            b = b.with_attribute(MappedAddress::from(self.mapped));
+        }
         if let Some(o) = self.other_address {
             b = b.with_attribute(OtherAddress::from(o));
         }

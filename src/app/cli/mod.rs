@@ -134,26 +134,31 @@ get a simultaneous start signal, and can exchange opaque (end-to-end encrypted) 
 through the relay when no direct path works. Classic RFC 3489 clients (pystun3) get \
 MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS, their CHANGE-REQUEST answered from the \
 other IP at the same port (see README).\n\n\
+--addr and --alt-addr may each be given once per family (IPv4 and IPv6): STUN and RFC 5780 \
+then answer within the family a request came in on, and peers of either family meet and are \
+relayed to each other.\n\n\
 It only ever sends to the source of the request it answers or to the observed address of a \
 registered peer, never to an address a client names. Sources in private, loopback, \
-link-local, multicast and CGNAT ranges (also as IPv4-mapped IPv6) are refused unless \
---allow-private. Every request type is rate-limited per source IP; sessions are capped in \
-number, bytes and time.",
+link-local, multicast, unique-local (fc00::/7) and CGNAT ranges (also as IPv4-mapped, NAT64 \
+64:ff9b::/96 or 6to4 IPv6) are refused unless \
+--allow-private. Every request type is rate-limited per source (an IPv4 address or an IPv6 \
+/64); sessions are capped in number, bytes and time.",
     after_long_help = "EXIT STATUS:\n  0  stopped by SIGTERM or SIGINT\n  \
 2  bad usage, or an address could not be bound (message on stderr)\n\n\
 SIGNALS:\n  SIGTERM, SIGINT  stop serving and exit 0\n\n\
 EXAMPLES:\n  relay --addr 203.0.113.10 --alt-addr 203.0.113.11\n  \
+relay --addr 198.51.100.2 --addr 2001:db8::2 --alt-addr 198.51.100.3 --alt-addr 2001:db8::3\n  \
 relay --addr 0.0.0.0 --metrics 127.0.0.1:9478 --json\n  \
 NATKIT_RELAY_SECRET=… relay --addr 203.0.113.10 --print-token 86400",
     after_help = "Exit status: 0 stopped by a signal, 2 bad usage or cannot bind."
 )]
 pub struct RelayArgs {
-    /// Primary IP address to serve on.
-    #[arg(long, value_name = "IP")]
-    pub addr: std::net::IpAddr,
-    /// Second IP address: turns on RFC 5780 behaviour discovery.
-    #[arg(long, value_name = "IP2")]
-    pub alt_addr: Option<std::net::IpAddr>,
+    /// Primary IP address to serve on; once per family (IPv4 and IPv6).
+    #[arg(long, value_name = "IP", required = true, value_parser = parse_serve_ip)]
+    pub addr: Vec<std::net::IpAddr>,
+    /// Second IP address: turns on RFC 5780 behaviour discovery; once per family.
+    #[arg(long, value_name = "IP2", value_parser = parse_serve_ip)]
+    pub alt_addr: Vec<std::net::IpAddr>,
     /// Primary port (STUN, rendezvous and relay; UDP and TCP).
     #[arg(long, default_value_t = defaults::STUN_PORT)]
     pub port: u16,
@@ -225,9 +230,12 @@ pub enum RelayArgsError {
     /// The two ports must differ.
     #[error("--alt-port must differ from --port")]
     SamePort,
-    /// Families must match.
+    /// Each --alt-addr needs an --addr of its family.
     #[error("--addr and --alt-addr must be of the same address family")]
     Family,
+    /// One --addr (and one --alt-addr) per family.
+    #[error("{0} given twice for one address family (once for IPv4, once for IPv6)")]
+    Twice(&'static str),
     /// A short secret lets anyone holding one token find it by trying.
     #[error(
         "--secret must be at least {} bytes (e.g. from `openssl rand -hex 16`)",
@@ -242,17 +250,37 @@ pub enum RelayArgsError {
 impl RelayArgs {
     /// Validates before any IO.
     pub fn into_config(&self) -> Result<crate::proto::relay::RelayConfig, RelayArgsError> {
-        if let Some(a) = self.alt_addr {
-            if a == self.addr {
+        let per_family = |v: &[std::net::IpAddr], flag| match v {
+            [a, b] if a.is_ipv4() == b.is_ipv4() => Err(RelayArgsError::Twice(flag)),
+            [_, _, _, ..] => Err(RelayArgsError::Twice(flag)),
+            _ => Ok(()),
+        };
+        per_family(&self.addr, "--addr")?;
+        per_family(&self.alt_addr, "--alt-addr")?;
+        let alt_of = |ip: std::net::IpAddr| -> Result<_, RelayArgsError> {
+            let Some(&a) = self.alt_addr.iter().find(|a| a.is_ipv4() == ip.is_ipv4()) else {
+                return Ok(None);
+            };
+            if a == ip {
                 return Err(RelayArgsError::SameAddr);
-            }
-            if a.is_ipv4() != self.addr.is_ipv4() {
-                return Err(RelayArgsError::Family);
             }
             if self.alt_port == self.port {
                 return Err(RelayArgsError::SamePort);
             }
+            Ok(Some(a))
+        };
+        if self
+            .alt_addr
+            .iter()
+            .any(|a| !self.addr.iter().any(|p| p.is_ipv4() == a.is_ipv4()))
+        {
+            return Err(RelayArgsError::Family);
         }
+        let primary = self.addr[0];
+        let other_family = match self.addr.get(1) {
+            Some(&ip) => Some((ip, alt_of(ip)?)),
+            None => None,
+        };
         if let Some(s) = &self.secret {
             if !crate::proto::relay::secret_strong_enough(s.as_bytes()) {
                 return Err(RelayArgsError::WeakSecret);
@@ -265,9 +293,10 @@ impl RelayArgs {
             return Err(RelayArgsError::TokenLifetime);
         }
         Ok(crate::proto::relay::RelayConfig {
-            primary: std::net::SocketAddr::new(self.addr, self.port),
-            alt_ip: self.alt_addr,
+            primary: std::net::SocketAddr::new(primary, self.port),
+            alt_ip: alt_of(primary)?,
             alt_port: self.alt_port,
+            other_family,
             limits: crate::proto::relay::Limits {
                 reqs_per_sec: self.rate,
                 reqs_burst: self.burst,
@@ -285,6 +314,27 @@ impl RelayArgs {
             secret: self.secret.as_ref().map(|s| s.as_bytes().to_vec()),
         })
     }
+}
+
+/// An address to serve on: an IP literal, IPv6 with or without brackets; a zone id is
+/// refused (a relay serves global addresses, where a zone means nothing).
+fn parse_serve_ip(s: &str) -> Result<std::net::IpAddr, String> {
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    if s.starts_with('[') && s.contains("]:") || s.parse::<std::net::SocketAddrV4>().is_ok() {
+        return Err(format!(
+            "{s:?}: give the address alone and the port with --port"
+        ));
+    }
+    if bare.contains('%') {
+        return Err(format!(
+            "{s:?}: a zone id (%…) is meaningless here: give a global address"
+        ));
+    }
+    bare.parse()
+        .map_err(|_| format!("{s:?} is not an IP address (e.g. 203.0.113.10 or 2001:db8::2)"))
 }
 
 mod portmap;

@@ -170,6 +170,9 @@ pub enum PunchArgsError {
         "--tcp needs a relay (--relay or NATKIT_RELAY): TCP endpoints are exchanged through it"
     )]
     TcpManual,
+    /// A server address with a zone id.
+    #[error("{0} {1:?}: a zone id (%…) is meaningless for a server on the internet")]
+    Zone(&'static str, String),
 }
 
 /// Zero configuration, shared by every subcommand that meets at a relay: without `--relay`
@@ -183,6 +186,16 @@ pub fn zero_config(common: &mut PunchCommon) -> bool {
     }
     common.manual = true;
     true
+}
+
+/// Checks a server argument (`HOST[:PORT]`, `[IPv6]:PORT`, a bare IPv6 literal): a zone id
+/// is refused by name, before the general syntax check.
+fn server(flag: &'static str, s: &str) -> Result<(), PunchArgsError> {
+    if s.contains('%') {
+        return Err(PunchArgsError::Zone(flag, s.to_string()));
+    }
+    crate::net::sys::parse_server(s)?;
+    Ok(())
 }
 
 fn socket_addr(
@@ -324,7 +337,7 @@ impl PunchArgs {
             })
         } else if common.manual {
             if let Some(s) = &common.stun {
-                crate::net::sys::parse_server(s)?;
+                server("--stun", s)?;
             }
             if let Some(o) = &common.peer {
                 crate::wire::offer::parse(o)?;
@@ -339,7 +352,7 @@ impl PunchArgs {
                 },
             })
         } else {
-            crate::net::sys::parse_server(&relay)?;
+            server("--relay", &relay)?;
             None
         };
         let token = match &common.token {

@@ -75,25 +75,20 @@ pub(super) async fn prepare(
 ) -> Result<(Control, Session), PunchError> {
     let manual = opts.manual.clone();
     // --manual has no relay: an address that matches no datagram stands in for it.
-    let relay = if manual.is_some() {
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    // The relay's A and AAAA records: we meet over the first IPv4 one (the path every peer
+    // has) and offer our IPv6 address, found towards its AAAA record, as a candidate.
+    let (relay, relay6) = if manual.is_some() {
+        (SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), None)
     } else {
-        let (host, port) = crate::net::sys::parse_server(&opts.relay)?;
-        crate::net::sys::resolve(&host, port)
-            .await
-            .map_err(PunchError::Resolve)?
+        super::dual::resolve_pair(&opts.relay).await?
     };
-    let stun = match manual.as_ref().map(|m| (m.stun.as_ref(), m.fallback)) {
+    let (stun, stun6) = match manual.as_ref().map(|m| (m.stun.as_ref(), m.fallback)) {
         Some((Some(s), _)) => {
-            let (host, port) = crate::net::sys::parse_server(s)?;
-            Some(
-                crate::net::sys::resolve(&host, port)
-                    .await
-                    .map_err(PunchError::Resolve)?,
-            )
+            let (a, a6) = super::dual::resolve_pair(s).await?;
+            (Some(a), a6)
         }
-        Some((None, true)) => builtin_stun().await,
-        _ => None,
+        Some((None, true)) => (builtin_stun().await, None),
+        _ => (None, None),
     };
     // --icmp: raw sockets first, so a missing capability is the first thing the user hears.
     let icmp = manual.as_ref().and_then(|m| match &m.peer {
@@ -120,7 +115,7 @@ pub(super) async fn prepare(
         }
         _ => None,
     };
-    let sock = Arc::new(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?);
+    let sock = Arc::new(UdpSocket::from_std(crate::net::sys::bind_dual_stack()?)?);
     let local = sock.local_addr()?;
     let mut candidates = Vec::new();
     let towards = if manual.is_some() {
@@ -131,6 +126,13 @@ pub(super) async fn prepare(
     if let Some(ip) = towards.and_then(|t| crate::net::sys::local_ip_towards(t).ok()) {
         candidates.push(SocketAddr::new(ip, local.port()));
     }
+    if local.is_ipv6() {
+        candidates.extend(super::dual::v6_candidate(
+            relay6.or(stun6).or(towards.filter(|t| t.is_ipv6())),
+            local.port(),
+        ));
+    }
+    candidates.dedup();
     // Ask the router for the punch port in the background; the rendezvous does not wait.
     let (mapped_tx, mut mapped_rx) = mpsc::channel(1);
     let (unmap_tx, unmap_rx) = tokio::sync::oneshot::channel();
@@ -366,7 +368,9 @@ pub(super) async fn prepare(
     }
     c.flush();
     let s = Session {
-        local,
+        // quinn sees an IPv4 socket: its only peer is the IPv4 VIRTUAL_PEER, which it would
+        // otherwise spell as IPv4-mapped and then not recognise in what the link delivers.
+        local: SocketAddr::from((Ipv4Addr::UNSPECIFIED, local.port())),
         wire,
         link,
         quic_rx: Some(quic_rx),
@@ -456,7 +460,7 @@ pub(super) async fn stun_reflexive(sock: &UdpSocket, server: SocketAddr) -> Opti
         while let Ok(Ok((n, from))) =
             tokio::time::timeout_at(deadline.into(), sock.recv_from(&mut buf)).await
         {
-            if from == server {
+            if crate::net::sys::canonical(from) == server {
                 if let Ok(m) = crate::wire::stun::decode(&buf[..n]) {
                     if m.tid == tid {
                         return m.reflexive();

@@ -92,6 +92,7 @@ fn moved(peer: SocketAddr, attempts: u32, t0: Instant) -> Event {
         path: "direct",
         method: "tcp",
         peer,
+        family: super::dual::family(peer),
         elapsed_ms: t0.elapsed().as_millis() as u64,
         probes: attempts,
     }

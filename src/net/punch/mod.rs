@@ -12,6 +12,7 @@
 mod authenticate;
 mod birthday;
 mod control;
+mod dual;
 pub mod icmp;
 mod meet;
 mod migrate;
@@ -148,8 +149,10 @@ pub enum Event {
         /// How: "udp" (hole punch, or UDP to the relay), "tcp" (a punched TCP connection
         /// when direct; the relay over TCP when relayed), "birthday", "prediction", "icmp".
         method: &'static str,
-        /// The peer's address on a direct path, or the relay's.
+        /// The peer's address on a direct path, or the relay's (`[addr]:port` for IPv6).
         peer: SocketAddr,
+        /// `peer`'s address family: "ipv4" or "ipv6".
+        family: &'static str,
         /// Since start.
         elapsed_ms: u64,
         /// Connectivity-check probes sent.

@@ -78,7 +78,7 @@ async fn outcome(sock: &UdpSocket, cfg: PunchConfig) -> Result<Claim, PunchError
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
                 let (n, from) = r?;
-                rv.handle_datagram(Instant::now(), from, &buf[..n]);
+                rv.handle_datagram(Instant::now(), crate::net::sys::canonical(from), &buf[..n]);
             }
             _ = tokio::time::sleep_until(wake.into()) => rv.handle_timeout(Instant::now()),
         }

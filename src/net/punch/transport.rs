@@ -469,7 +469,9 @@ pub(super) async fn reader(
             ctl: &ctl,
             quic: &quic,
         };
-        for (m, b) in meta.iter().zip(buf.chunks(RECV_SLOT)).take(n) {
+        for (m, b) in meta.iter_mut().zip(buf.chunks(RECV_SLOT)).take(n) {
+            // The dual-stack punch socket reports IPv4 peers as IPv4-mapped addresses.
+            m.addr = crate::net::sys::canonical(m.addr);
             let d = &b[..m.len];
             if m.stride <= crate::defaults::MAX_DATAGRAM {
                 if !io.demux(m.addr, d, m.stride).await {
@@ -650,6 +652,7 @@ pub(super) fn switch_path(
         path: p,
         method,
         peer,
+        family: super::dual::family(peer),
         elapsed_ms: t0.elapsed().as_millis() as u64,
         probes,
     }

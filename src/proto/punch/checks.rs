@@ -149,12 +149,18 @@ impl Checks {
         }
     }
 
-    /// Adds candidate addresses of the peer.
+    /// Adds candidate addresses of the peer. IPv6 ones go before every IPv4 one: each round
+    /// probes them first, so when both families work at the same round trip, the IPv6
+    /// answer arrives first and wins (no NAT on that path to forget the mapping).
     pub fn add_targets(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
         for a in addrs {
             self.allow_ip(a.ip());
             if !self.targets.contains(&a) && self.targets.len() < MAX_TARGETS {
-                self.targets.push(a);
+                let at = match a {
+                    SocketAddr::V6(_) => self.targets.iter().take_while(|t| t.is_ipv6()).count(),
+                    SocketAddr::V4(_) => self.targets.len(),
+                };
+                self.targets.insert(at, a);
             }
         }
     }
@@ -174,10 +180,16 @@ impl Checks {
         self.done
     }
 
-    /// Low-TTL packets to every target: they open our own NAT (and a carrier NAT behind it)
-    /// and die before the peer's.
-    fn send_opening(&mut self) {
-        for &dst in &self.targets {
+    /// Low-TTL packets to every IPv4 target: they open our own NAT (and a carrier NAT behind
+    /// it) and die before the peer's. An IPv6 target gets a full probe at once instead: there
+    /// is no NAT to clash with on IPv6 (RFC 6092 firewalls keep addresses and ports), so the
+    /// probe that opens our firewall may as well reach the peer.
+    fn send_opening(&mut self, now: Instant) {
+        for dst in self.targets.clone() {
+            if dst.is_ipv6() {
+                self.probe(dst, now);
+                continue;
+            }
             for &ttl in &self.openers {
                 let f = Frame::PunchProbe {
                     session: self.session,
@@ -208,32 +220,37 @@ impl Checks {
         if let Some(t) = self.next_round {
             if t <= now && self.quiet {
                 // Holding still without openers: nothing to repeat until the peer probes.
-                self.send_opening();
+                self.send_opening(now);
                 self.next_round = (!self.openers.is_empty()).then(|| now + QUIET_INTERVAL);
             } else if t <= now && !self.opened && !self.lead.is_zero() {
                 self.opened = true;
-                self.send_opening();
+                self.send_opening(now);
                 self.next_round = Some(now + self.lead);
             } else if t <= now {
                 self.opened = true;
-                for &dst in &self.targets {
-                    let tx: u64 = self.rng.gen();
-                    self.sent.insert(tx, (dst, now));
-                    self.probes += 1;
-                    let f = Frame::PunchProbe {
-                        session: self.session,
-                        tx,
-                    }
-                    .emit();
-                    self.out.push_back(Datagram {
-                        dst,
-                        payload: f,
-                        ttl: None,
-                    });
+                for dst in self.targets.clone() {
+                    self.probe(dst, now);
                 }
                 self.next_round = Some(now + PROBE_INTERVAL);
             }
         }
+    }
+
+    /// A full probe to `dst`, whose answer completes the checks.
+    fn probe(&mut self, dst: SocketAddr, now: Instant) {
+        let tx: u64 = self.rng.gen();
+        self.sent.insert(tx, (dst, now));
+        self.probes += 1;
+        let f = Frame::PunchProbe {
+            session: self.session,
+            tx,
+        }
+        .emit();
+        self.out.push_back(Datagram {
+            dst,
+            payload: f,
+            ttl: None,
+        });
     }
 
     /// Feeds a datagram; returns false when it is not a check of this session.
@@ -355,5 +372,46 @@ mod tests {
         let mut r = c.renewed();
         assert!(r.handle_datagram(t0, sa("192.0.2.66:999"), &probe(4)));
         assert_eq!(r.poll_transmit(), None);
+    }
+
+    /// Issue 14: IPv6 candidates are probed first in every round (IPv6 wins a tie).
+    #[test]
+    fn ipv6_targets_are_probed_first() {
+        let t0 = Instant::now();
+        let mut c = Checks::new([2; 16], Duration::from_secs(5), 1);
+        c.set_opening(Opening::Ttl(2), None);
+        c.add_targets([sa("203.0.113.7:4000"), sa("[2001:db8::7]:4000")]);
+        c.add_targets([sa("198.51.100.7:4000"), sa("[2001:db8::8]:4000")]);
+        assert_eq!(
+            c.targets(),
+            [
+                sa("[2001:db8::7]:4000"),
+                sa("[2001:db8::8]:4000"),
+                sa("203.0.113.7:4000"),
+                sa("198.51.100.7:4000")
+            ]
+        );
+        c.start_at(t0);
+        // The opening round: full probes to the IPv6 targets at once, low-TTL packets to the
+        // IPv4 ones.
+        c.handle_timeout(t0);
+        let first: Vec<(SocketAddr, Option<u8>)> = std::iter::from_fn(|| c.poll_transmit())
+            .map(|d| (d.dst, d.ttl))
+            .collect();
+        assert_eq!(
+            first,
+            [
+                (sa("[2001:db8::7]:4000"), None),
+                (sa("[2001:db8::8]:4000"), None),
+                (sa("203.0.113.7:4000"), Some(2)),
+                (sa("198.51.100.7:4000"), Some(2))
+            ]
+        );
+        c.handle_timeout(t0 + Duration::from_secs(1));
+        let full: Vec<SocketAddr> = std::iter::from_fn(|| c.poll_transmit())
+            .filter(|d| d.ttl.is_none())
+            .map(|d| d.dst)
+            .collect();
+        assert_eq!(full, c.targets());
     }
 }

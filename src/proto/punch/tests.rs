@@ -39,6 +39,7 @@ impl Net {
             primary: sa("203.0.113.10:3478"),
             alt_ip: Some("203.0.113.11".parse().unwrap()),
             alt_port: 3479,
+            other_family: None,
             limits: Limits::default(),
             allow_private: false,
             secret: None,

@@ -39,26 +39,44 @@ impl Relay {
             self.metrics.drop(DropReason::Padding);
             return error(400, "PADDING refused").map(|e| (local, from, e));
         }
-        if !m.unknown_required.is_empty() || (m.change.is_some() && !self.cfg.rfc5780()) {
+        // RFC 5780 within the family the request came in on.
+        let (_, alt) = self.cfg.family_of(local.ip());
+        if !m.unknown_required.is_empty() || (m.change.is_some() && alt.is_none()) {
             // RFC 8489 §6.3.1.1 / RFC 5780 §6.1: 420 for what this server does not do.
             return error(420, "Unknown Attribute").map(|e| (local, from, e));
         }
         let (src, other) = self.answer_origin(local, m.change.unwrap_or_default());
         // RFC 5780 §7.5: RESPONSE-PORT moves the answer to another port of the same IP only.
         let dst = SocketAddr::new(from.ip(), m.response_port.unwrap_or(from.port()));
-        let resp = stun::BindingResponse {
+        // Over IPv6 the addresses are 24 bytes each: a minimal 20-byte request cannot get
+        // all of them within the bound, so RESPONSE-ORIGIN goes first, then OTHER-ADDRESS
+        // (a natkit client's request carries FINGERPRINT, 28 bytes: it gets them all).
+        let full = stun::BindingResponse {
             tid: m.tid,
             mapped: from,
             other_address: other,
             response_origin: other.map(|_| src),
             software: None,
-        }
-        .encode()
-        .ok()?;
-        if resp.len() > data.len() * MAX_AMPLIFICATION {
+        };
+        let shorter = [
+            stun::BindingResponse {
+                response_origin: None,
+                ..full.clone()
+            },
+            stun::BindingResponse {
+                response_origin: None,
+                other_address: None,
+                ..full.clone()
+            },
+        ];
+        let Some(resp) = std::iter::once(full)
+            .chain(shorter)
+            .filter_map(|r| r.encode().ok())
+            .find(|r| r.len() <= data.len() * MAX_AMPLIFICATION)
+        else {
             self.metrics.drop(DropReason::Limit);
             return None;
-        }
+        };
         self.metrics.stun_requests += 1;
         Some((src, dst, resp))
     }
@@ -67,10 +85,11 @@ impl Relay {
     /// sent from after CHANGE-REQUEST, and the server's other address (None without
     /// `--alt-addr`).
     fn answer_origin(&self, local: SocketAddr, change: Change) -> (SocketAddr, Option<SocketAddr>) {
-        let Some(ip2) = self.cfg.alt_ip else {
+        // RFC 5780 within the family the request came in on.
+        let (p, alt) = self.cfg.family_of(local.ip());
+        let Some(ip2) = alt else {
             return (local, None);
         };
-        let p = self.cfg.primary;
         let other_ip = if local.ip() == p.ip() { ip2 } else { p.ip() };
         let other_port = if local.port() == p.port() {
             self.cfg.alt_port

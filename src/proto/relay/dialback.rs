@@ -53,7 +53,7 @@ impl Relay {
             // UDP: to the requester's own observed address, from the alternate address and
             // port (a "stranger" to the requester's NAT).
             17 => {
-                let Some(ip2) = self.cfg.alt_ip else {
+                let Some(ip2) = self.cfg.family_of(from.ip()).1 else {
                     return self.error(
                         path,
                         from,

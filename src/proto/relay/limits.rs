@@ -21,6 +21,27 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether the deny list refuses `ip`: [`netaddr::is_unroutable`] after IPv4-mapped folding,
+/// and the IPv6 spellings that reach an IPv4 address through a translator: NAT64's
+/// well-known prefix 64:ff9b::/96 (RFC 6052 §2.1) embedding a refused IPv4 address, the
+/// local-use prefix 64:ff9b:1::/48 (RFC 8215: a site's own translator, private by
+/// definition) and 6to4 2002::/16 (RFC 3056 §2) embedding a refused IPv4 address.
+pub fn denied(ip: IpAddr) -> bool {
+    let ip = netaddr::canonical(ip);
+    if netaddr::is_unroutable(ip) {
+        return true;
+    }
+    let IpAddr::V6(v6) = ip else {
+        return false;
+    };
+    let s = v6.segments();
+    let o = v6.octets();
+    let v4 = |a: &[u8]| netaddr::is_unroutable(IpAddr::from([a[0], a[1], a[2], a[3]]));
+    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && v4(&o[12..16]))
+        || (s[..3] == [0x64, 0xff9b, 1])
+        || (s[0] == 0x2002 && v4(&o[2..6]))
+}
+
 /// Rate-limits a repeated log line: [`Throttle::ready`] says when to log again and how many
 /// occurrences were left out since the last line.
 #[derive(Debug, Clone, Default)]

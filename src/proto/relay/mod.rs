@@ -5,8 +5,8 @@
 //! Safety rules, enforced here rather than in the driver:
 //! - the relay only sends to the source address of the request it answers, or to the
 //!   *observed* address of a registered peer; never to an address a client names;
-//! - sources in the deny list ([`crate::wire::netaddr::is_unroutable`] after IPv4-mapped folding)
-//!   get nothing unless `allow_private`;
+//! - sources in the deny list ([`limits::denied`]: unroutable, also spelled as IPv4-mapped,
+//!   NAT64 or 6to4) get nothing unless `allow_private`;
 //! - everything sent because of one unauthenticated request (all answers together, to every
 //!   recipient) is at most [`MAX_AMPLIFICATION`] times the request; for a `Register` this
 //!   bounds how many of the other peer's candidates go out (see [`MAX_AMPLIFICATION`]);
@@ -173,6 +173,11 @@ pub struct RelayConfig {
     pub alt_ip: Option<IpAddr>,
     /// Alternate port (RFC 5780).
     pub alt_port: u16,
+    /// The other address family's primary IP and alternate IP, served on the same ports:
+    /// STUN and RFC 5780 answer within the family a request came in on (a request's
+    /// OTHER-ADDRESS must be reachable from where it came), rendezvous and relaying join the
+    /// families (a peer over IPv4 meets one over IPv6).
+    pub other_family: Option<(IpAddr, Option<IpAddr>)>,
     /// Limits.
     pub limits: Limits,
     /// Lift the deny list (labs, loopback tests).
@@ -182,29 +187,56 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// Every local address the relay must bind: one, or four with RFC 5780.
-    pub fn locals(&self) -> Vec<SocketAddr> {
-        let p = self.primary;
-        match self.alt_ip {
-            None => vec![p],
-            Some(ip2) => vec![
-                p,
-                SocketAddr::new(p.ip(), self.alt_port),
-                SocketAddr::new(ip2, p.port()),
-                SocketAddr::new(ip2, self.alt_port),
-            ],
+    /// Each served family's primary address and alternate IP: the first is `primary`.
+    pub fn families(&self) -> Vec<(SocketAddr, Option<IpAddr>)> {
+        let mut f = vec![(self.primary, self.alt_ip)];
+        if let Some((ip, alt)) = self.other_family {
+            f.push((SocketAddr::new(ip, self.primary.port()), alt));
         }
+        f
     }
 
-    /// Whether the deny list refuses this source ([`netaddr::is_unroutable`] after
-    /// IPv4-mapped folding), unless `allow_private` lifts it.
+    /// The family serving `ip`'s family (the first when none does): its primary address and
+    /// alternate IP.
+    pub fn family_of(&self, ip: IpAddr) -> (SocketAddr, Option<IpAddr>) {
+        let v4 = netaddr::canonical(ip).is_ipv4();
+        let f = self.families();
+        f.iter()
+            .find(|(p, _)| p.is_ipv4() == v4)
+            .copied()
+            .unwrap_or(f[0])
+    }
+
+    /// Whether `local` is a family's primary address (rendezvous and relaying).
+    pub fn is_primary(&self, local: SocketAddr) -> bool {
+        self.families().iter().any(|(p, _)| *p == local)
+    }
+
+    /// Every local address the relay must bind: per family one, or four with RFC 5780.
+    pub fn locals(&self) -> Vec<SocketAddr> {
+        self.families()
+            .into_iter()
+            .flat_map(|(p, alt)| match alt {
+                None => vec![p],
+                Some(ip2) => vec![
+                    p,
+                    SocketAddr::new(p.ip(), self.alt_port),
+                    SocketAddr::new(ip2, p.port()),
+                    SocketAddr::new(ip2, self.alt_port),
+                ],
+            })
+            .collect()
+    }
+
+    /// Whether the deny list refuses this source ([`limits::denied`]), unless
+    /// `allow_private` lifts it.
     pub fn denies(&self, ip: IpAddr) -> bool {
-        !self.allow_private && netaddr::is_unroutable(netaddr::canonical(ip))
+        !self.allow_private && limits::denied(ip)
     }
 
-    /// Whether RFC 5780 behaviour discovery is on.
+    /// Whether RFC 5780 behaviour discovery is on (in at least one family).
     pub fn rfc5780(&self) -> bool {
-        self.alt_ip.is_some()
+        self.families().iter().any(|(_, alt)| alt.is_some())
     }
 }
 
@@ -302,7 +334,7 @@ impl Relay {
             if !is_data && !self.allowed(now.mono, from.ip()) {
                 return;
             }
-            if local != self.cfg.primary {
+            if !self.cfg.is_primary(local) {
                 self.metrics.drop(DropReason::Malformed);
                 return;
             }
@@ -322,7 +354,8 @@ impl Relay {
         }
         if stun::looks_like_stun(frame) {
             // STUN over TCP (RFC 8489 §6.2.2): answer on the same connection.
-            if let Some(resp) = self.stun_answer(self.cfg.primary, from, frame) {
+            let local = self.cfg.family_of(from.ip()).0;
+            if let Some(resp) = self.stun_answer(local, from, frame) {
                 self.out.push_back(Output::Tcp {
                     conn,
                     payload: resp.2,
@@ -386,3 +419,5 @@ fn answer_trailer(tx: Option<u64>) -> Option<Trailer> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v6;

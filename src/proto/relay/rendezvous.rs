@@ -45,6 +45,16 @@ pub(super) fn candidates_within(
     (fit, left_out)
 }
 
+/// A slot's candidates as told to the other peer: its own list, then the address it
+/// registered from over the other family (RFC 8445's server-reflexive candidate, in spirit).
+fn with_also(slot: &Slot) -> Vec<SocketAddr> {
+    let mut c = slot.candidates.clone();
+    if let Some(a) = slot.also.filter(|a| !c.contains(a)) {
+        c.insert(0, a);
+    }
+    c
+}
+
 /// First bytes of a session id, for logs (never the whole id).
 fn hex8(s: &SessionId) -> String {
     s[..4].iter().map(|b| format!("{b:02x}")).collect()
@@ -204,11 +214,23 @@ impl Relay {
                 DropReason::Limit,
             );
         }
+        // The same peer registering over its other address family while its path is alive
+        // (punch meeting over both): that address becomes one more candidate for the other
+        // peer, and the path stays. Only a path silent for RELAY_FAMILY_MOVE moves.
+        let also = existing
+            .and_then(|s| s.slots[idx(role)].as_ref())
+            .is_some_and(|x| {
+                x.peer == peer
+                    && x.observed.ip().to_canonical().is_ipv4()
+                        != from.ip().to_canonical().is_ipv4()
+                    && now.mono.saturating_duration_since(x.last_seen)
+                        < crate::defaults::RELAY_FAMILY_MOVE
+            });
         // Each slot a source holds counts against its cap (a counter, not a scan): a new
         // slot, or a slot moving here from another source, needs room.
         let moves_here = match existing.and_then(|s| s.slots[idx(role)].as_ref()) {
             None => true,
-            Some(x) => x.peer == peer && source_key(x.observed.ip()) != key,
+            Some(x) => !also && x.peer == peer && source_key(x.observed.ip()) != key,
         };
         if moves_here && self.slots_of(key) >= l.sessions_per_source {
             return self.error(
@@ -250,12 +272,17 @@ impl Relay {
                     DropReason::Limit,
                 );
             }
+            Some(x) if also => {
+                x.also = Some(from);
+                x.tx = self.req_tx;
+            }
             Some(x) => {
                 // Same peer: refresh, following NAT rebinding to a new observed address.
                 if moves_here {
                     release(&mut self.per_source, x);
                     *self.per_source.entry(key).or_default() += 1;
                 }
+                x.also = x.also.filter(|a| *a != from);
                 x.observed = from;
                 x.path = path;
                 x.candidates = candidates;
@@ -269,6 +296,7 @@ impl Relay {
                     observed: from,
                     path,
                     candidates,
+                    also: None,
                     last_seen: now.mono,
                     ping: None,
                     rtt: None,
@@ -292,12 +320,12 @@ impl Relay {
         };
         let to_other = Frame::Peer {
             observed: me.observed,
-            candidates: me.candidates,
+            candidates: with_also(&me),
         }
         .emit_with(answer_trailer(o.tx).as_ref());
         // With --secret, reaching here means the token was valid: authenticated, unbounded.
         let theirs = if self.cfg.secret.is_some() {
-            o.candidates
+            with_also(&o)
         } else {
             let bare = Frame::Peer {
                 observed: o.observed,
@@ -307,7 +335,7 @@ impl Relay {
             .len();
             let spent = registered.len() + to_other.len() + bare;
             let budget = (len * MAX_AMPLIFICATION).saturating_sub(spent);
-            let (fit, left_out) = candidates_within(budget, &o.candidates);
+            let (fit, left_out) = candidates_within(budget, &with_also(&o));
             if left_out > 0 {
                 self.metrics.peer_candidates_trimmed += left_out as u64;
                 tracing::debug!(
@@ -322,8 +350,15 @@ impl Relay {
             candidates: theirs,
         }
         .emit_with(answer_trailer(me.tx).as_ref());
+        // The answers to a registration over the other family go back where it came from;
+        // the other peer hears of it on its own path.
+        let (my_path, my_addr) = if also {
+            (path, from)
+        } else {
+            (me.path, me.observed)
+        };
         self.send(path, from, registered);
-        self.send(me.path, me.observed, to_me);
+        self.send(my_path, my_addr, to_me);
         self.send(o.path, o.observed, to_other);
     }
 

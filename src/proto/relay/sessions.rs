@@ -15,6 +15,9 @@ pub(super) struct Slot {
     pub(super) observed: SocketAddr,
     pub(super) path: Path,
     pub(super) candidates: Vec<SocketAddr>,
+    /// The observed address of the peer's registration over the other address family: told
+    /// to the other peer as one more candidate; the relay path stays on `observed`.
+    pub(super) also: Option<SocketAddr>,
     pub(super) last_seen: Instant,
     pub(super) ping: Option<(u64, Instant)>,
     pub(super) rtt: Option<Duration>,
@@ -299,7 +302,7 @@ impl Relay {
             && frame[..2] == crate::wire::rendezvous::MAGIC
             && frame[2] == crate::wire::rendezvous::VERSION
             && frame[3] == 8
-            && local == self.cfg.primary;
+            && self.cfg.is_primary(local);
         if !is_data {
             self.handle_udp(now, local, from, frame);
             return None;

@@ -13,18 +13,19 @@ fn sa(s: &str) -> SocketAddr {
 
 const P: &str = "203.0.113.10:3478";
 
-fn cfg(alt: bool) -> RelayConfig {
+pub(super) fn cfg(alt: bool) -> RelayConfig {
     RelayConfig {
         primary: sa(P),
         alt_ip: alt.then(|| "203.0.113.11".parse().unwrap()),
         alt_port: 3479,
+        other_family: None,
         limits: Limits::default(),
         allow_private: false,
         secret: None,
     }
 }
 
-fn now(t: Instant) -> Now {
+pub(super) fn now(t: Instant) -> Now {
     Now {
         mono: t,
         unix: 1_800_000_000,
@@ -38,7 +39,7 @@ fn echo(r: &Relay, from: SocketAddr, f: &Frame) -> Vec<u8> {
     f.emit_with(Some(&Trailer { tx: 7, cookie }))
 }
 
-fn drain(r: &mut Relay) -> Vec<Output> {
+pub(super) fn drain(r: &mut Relay) -> Vec<Output> {
     std::iter::from_fn(|| r.poll_output()).collect()
 }
 
