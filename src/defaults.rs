@@ -262,9 +262,10 @@ pub const QUIET_INTERVAL: Duration = Duration::from_millis(500);
 /// to a new neighbour may wait for ARP.
 pub const TTL_PROBE_RTO: Duration = Duration::from_millis(50);
 /// Sends per TTL-limited measurement probe before its hop counts as silent (0, 50, 150, 300,
-/// 500 and 750 ms): a router whose ICMP budget for us is spent (Linux: one per second after a
-/// burst of 6, and a busy session earlier may have spent it) answers again within a second.
-pub const TTL_PROBE_SENDS: u32 = 6;
+/// 500, 750, 1050 and 1400 ms, given up at 1.8 s): a router whose ICMP budget for us is spent
+/// (Linux: one per second after a burst of 6, and a busy session just before may have spent
+/// it) answers again within a second.
+pub const TTL_PROBE_SENDS: u32 = 8;
 /// `--manual`: longest wait for the TTL measurement towards the peer before the checks start
 /// (its probes are resent at 50 and 150 ms; an adjacent NAT answers within a millisecond).
 pub const TTL_MEASURE_WAIT: Duration = Duration::from_millis(200);
