@@ -25,7 +25,9 @@ stall, not the end; a side that hears nothing from the other for --dead-peer-tim
 the connection broke, nothing came from the other side for --dead-peer-timeout (message on stderr)\n  3  wrong code\n\n\
 EXAMPLES:\n  punch listen --relay relay.example.net < file        # prints a code\n  \
 punch connect --relay relay.example.net 7-lantern-harbor > file\n  \
-punch listen --relay 203.0.113.10 --json",
+punch listen --relay 203.0.113.10 --json\n  \
+punch serve --relay relay.example.net --expose 127.0.0.1:8080   # many peers, one code\n  \
+punch connect --relay relay.example.net --local 8080 CODE",
     after_help = "Exit status: 0 done, 2 error, 3 wrong code."
 )]
 pub struct PunchArgs {
@@ -61,7 +63,7 @@ pub enum PunchCmd {
         /// Options shared by both sides.
         #[command(flatten)]
         common: PunchCommon,
-        /// The code the listening side printed.
+        /// The code the listening side printed (or the longer one `punch serve` printed).
         code: String,
         /// Listen on [HOST:]PORT here (HOST defaults to 127.0.0.1) and carry every accepted
         /// TCP connection to the other side's --expose service, many at once.
@@ -72,6 +74,21 @@ pub enum PunchCmd {
         /// an answer to its echo requests, then punch UDP.
         #[arg(long, value_name = "LISTENER_HOST", conflicts_with_all = ["relay", "manual"])]
         icmp: Option<String>,
+    },
+    /// Host a service for everyone who has the code: prints a long code (a number and eight
+    /// words) and serves every peer that joins it with `punch connect CODE`, one after
+    /// another and several at once, each in its own session, until SIGINT or SIGTERM.
+    Serve {
+        /// Options shared by both sides.
+        #[command(flatten)]
+        common: PunchCommon,
+        /// The local TCP service: each connection a peer makes (with --local) is carried to
+        /// HOST:PORT here.
+        #[arg(long, value_name = "HOST:PORT")]
+        expose: Option<String>,
+        /// Not for serve (it needs the relay's lobby); present so the shared options parse.
+        #[arg(long, hide = true)]
+        icmp: bool,
     },
 }
 
@@ -169,6 +186,9 @@ pub enum PunchArgsError {
     /// Bad --peer offer.
     #[error("--peer: {0}")]
     Offer(#[from] crate::wire::offer::OfferError),
+    /// `punch serve` without a relay, or with nothing to serve.
+    #[error("{0}")]
+    Serve(&'static str),
 }
 
 fn socket_addr(
@@ -219,11 +239,17 @@ fn terminal_offer() -> crate::net::punch::OfferPrompt {
 }
 
 impl PunchArgs {
+    /// Whether this is `punch serve` (run with [`crate::net::punch::serve::serve`]).
+    pub fn is_serve(&self) -> bool {
+        matches!(self.cmd, PunchCmd::Serve { .. })
+    }
+
     /// Validates before any IO; returns the options, JSON flag and verbosity.
     pub fn into_options(
         self,
     ) -> Result<(crate::net::punch::PunchOptions, bool, u8), PunchArgsError> {
         use crate::net::punch::quic::Mode;
+        let mut join = None;
         let (common, role, code, mode, icmp) = match self.cmd {
             PunchCmd::Listen {
                 common,
@@ -253,6 +279,32 @@ impl PunchArgs {
                     icmp,
                 )
             }
+            PunchCmd::Serve {
+                common,
+                expose,
+                icmp,
+            } => {
+                if icmp || common.manual {
+                    return Err(PunchArgsError::Serve(
+                        "punch serve needs a relay (--relay or NATKIT_RELAY): peers meet in its lobby",
+                    ));
+                }
+                let Some(e) = expose else {
+                    return Err(PunchArgsError::Serve(
+                        "punch serve needs a service to serve: --expose HOST:PORT",
+                    ));
+                };
+                let mode = Mode::Expose(socket_addr(&e, None, "HOST:PORT")?);
+                // Each peer's session gets its code from the lobby; this one is never used.
+                let c = crate::proto::punch::code::Code::generate(&mut rand::thread_rng());
+                (
+                    common,
+                    crate::wire::rendezvous::Role::Listener,
+                    c,
+                    mode,
+                    None,
+                )
+            }
             PunchCmd::Connect {
                 common,
                 code,
@@ -270,10 +322,20 @@ impl PunchArgs {
                     listener,
                     echo_target: target,
                 });
+                // A serve code (eight words) is joined through its lobby ([`join`]); the code
+                // here is replaced by the session's.
+                let parsed = match crate::proto::punch::serve::ServeCode::parse(&code) {
+                    Some(sc) => {
+                        let sc = sc?;
+                        join = Some(sc.clone());
+                        sc.sub_code(&[0; crate::proto::punch::serve::NONCE_LEN])
+                    }
+                    None => crate::proto::punch::code::Code::parse(&code)?,
+                };
                 (
                     common,
                     crate::wire::rendezvous::Role::Connector,
-                    crate::proto::punch::code::Code::parse(&code)?,
+                    parsed,
                     mode,
                     icmp,
                 )
@@ -333,6 +395,8 @@ impl PunchArgs {
                 portmap: !common.no_portmap,
                 hard: common.hard,
                 tcp: common.tcp,
+                join,
+                stop: None,
             },
             common.json,
             common.verbose,

@@ -20,6 +20,7 @@ mod pipe;
 pub mod quic;
 mod reuse;
 mod runs;
+pub mod serve;
 pub mod tcp;
 mod tls;
 mod transport;
@@ -211,6 +212,12 @@ pub struct PunchOptions {
     /// After authenticating, try TCP hole punching ([`crate::proto::punch::tcp`]) and carry the
     /// pipe over TLS on the TCP connection when it works.
     pub tcp: bool,
+    /// Connector with a `punch serve` code: say hello in its lobby first, then punch the
+    /// session the serving side opens for us ([`serve::join`]).
+    pub join: Option<crate::proto::punch::serve::ServeCode>,
+    /// `punch serve`: the data phase ends (cleanly: router mapping removed, relay told)
+    /// when this turns true.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// `--manual` settings.
@@ -294,8 +301,12 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let t0 = Instant::now();
+    let mut opts = opts;
+    if let Some(serve_code) = opts.join.take() {
+        opts.code = serve::join(&opts, &serve_code).await?;
+    }
     let emit = Emit::new(on_event);
-    if !opts.code.is_generated() && opts.role == Role::Listener {
+    if !opts.code.is_generated() && !opts.code.is_sub() && opts.role == Role::Listener {
         if let Some(message) = reuse::note_hand_made(&opts.code) {
             emit.send(&Event::Warning { message });
         }
@@ -353,8 +364,10 @@ where
         (input, output),
     );
     // Whichever ends first ends the other: no task outlives the session.
+    let stop = serve::stopped(opts.stop.clone());
     let result = tokio::select! {
         r = data => r,
+        _ = stop => Ok((0, 0)),
         c = &mut control => Err(match c {
             Ok(Err(e)) => e,
             Ok(Ok(())) => PunchError::Transport("the control plane ended".into()),

@@ -19,6 +19,7 @@ pub mod pake;
 pub mod path;
 pub mod rendezvous;
 pub mod reuse;
+pub mod serve;
 pub mod tcp;
 pub mod ttl;
 
