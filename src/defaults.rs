@@ -500,3 +500,14 @@ pub const SERVE_MAX_PENDING: usize = 16;
 /// On SIGINT/SIGTERM, peers' sessions get this long to close and remove their router
 /// mappings (a router that does not answer is not waited for longer).
 pub const SERVE_SHUTDOWN: Duration = Duration::from_secs(3);
+
+// --- UDP services (--expose-udp, --local-udp) ---
+
+/// A UDP flow silent this long is forgotten (its socket towards the service closed): game
+/// and voice traffic is never that quiet, and the peer's next datagram opens a new flow.
+pub const UDP_FLOW_IDLE: Duration = Duration::from_secs(60);
+/// Flows per session at most (each is a socket on the serving side).
+pub const UDP_MAX_FLOWS: usize = 1024;
+/// A flow's socket got an error (the service is not listening yet, ICMP port unreachable):
+/// read again after this pause rather than spin.
+pub const UDP_ERROR_PAUSE: Duration = Duration::from_millis(10);

@@ -61,7 +61,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__connect)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --local --icmp --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --local --local-udp --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -104,6 +104,10 @@ _punch() {
                     return 0
                     ;;
                 --local)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --local-udp)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -189,7 +193,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__listen)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --code --expose --icmp --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --code --expose --expose-udp --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -239,6 +243,10 @@ _punch() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --expose-udp)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -247,7 +255,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__serve)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --expose --icmp --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --expose --expose-udp --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -290,6 +298,10 @@ _punch() {
                     return 0
                     ;;
                 --expose)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expose-udp)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

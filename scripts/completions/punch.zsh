@@ -41,6 +41,7 @@ _arguments "${_arguments_options[@]}" : \
 '--dead-peer-timeout=[End the session (exit 2) when nothing has come from the other side, directly or through the relay, for this many seconds\: a network that changes is a stall, one gone for good is an error. Both sides end by the same rule]:SECS:_default' \
 '--code=[Use this code instead of a random one]:CODE:_default' \
 '--expose=[Host a local TCP service\: each connection the other side makes (with --local) is carried to HOST\:PORT here]:HOST:PORT:_default' \
+'--expose-udp=[Host a local UDP service\: each UDP source on the other side (with --local-udp) is its own flow, reaching HOST\:PORT here from a port of its own]:HOST:PORT:_default' \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
 '--hard[When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)]' \
@@ -65,6 +66,7 @@ _arguments "${_arguments_options[@]}" : \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
 '--dead-peer-timeout=[End the session (exit 2) when nothing has come from the other side, directly or through the relay, for this many seconds\: a network that changes is a stall, one gone for good is an error. Both sides end by the same rule]:SECS:_default' \
 '--local=[Listen on \[HOST\:\]PORT here (HOST defaults to 127.0.0.1) and carry every accepted TCP connection to the other side'\''s --expose service, many at once]:[HOST:]PORT:_default' \
+'--local-udp=[Receive UDP on \[HOST\:\]PORT here (HOST defaults to 127.0.0.1)\: every local source is its own flow to the other side'\''s --expose-udp service, and gets its answers]:[HOST:]PORT:_default' \
 '(--relay --manual)--icmp=[No server at all (the pwnat technique; needs CAP_NET_RAW)\: send the listener at LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for an answer to its echo requests, then punch UDP]:LISTENER_HOST:_default' \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
@@ -90,6 +92,7 @@ _arguments "${_arguments_options[@]}" : \
 '--keepalive=[Keepalive interval in seconds (keeps NAT mappings open)]:SECS:_default' \
 '--dead-peer-timeout=[End the session (exit 2) when nothing has come from the other side, directly or through the relay, for this many seconds\: a network that changes is a stall, one gone for good is an error. Both sides end by the same rule]:SECS:_default' \
 '--expose=[The local TCP service\: each connection a peer makes (with --local) is carried to HOST\:PORT here]:HOST:PORT:_default' \
+'--expose-udp=[Host a local UDP service\: each UDP source on the other side (with --local-udp) is its own flow, reaching HOST\:PORT here from a port of its own]:HOST:PORT:_default' \
 '--manual[Serverless\: print a one-line offer to paste on the other side and take theirs (from --peer, --peer-file, or the terminal); no rendezvous server, no relay to fall back to]' \
 '--json[JSON lines on stderr instead of text]' \
 '--hard[When both NATs pick a new port per destination (symmetric × symmetric), still try birthday probing from both sides for 10 s before settling on the relay (it works only with NATs whose ports are not fully random)]' \

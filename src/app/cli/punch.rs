@@ -51,6 +51,10 @@ pub enum PunchCmd {
         /// carried to HOST:PORT here.
         #[arg(long, value_name = "HOST:PORT")]
         expose: Option<String>,
+        /// Host a local UDP service: each UDP source on the other side (with --local-udp) is
+        /// its own flow, reaching HOST:PORT here from a port of its own.
+        #[arg(long, value_name = "HOST:PORT")]
+        expose_udp: Option<String>,
         /// No server at all (the pwnat technique; needs CAP_NET_RAW): send ICMP echo requests
         /// to --echo-target and wait for a connector's ICMP Time Exceeded, which the NAT lets
         /// in and which tells where to punch UDP. Works when the connector has a public
@@ -69,6 +73,10 @@ pub enum PunchCmd {
         /// TCP connection to the other side's --expose service, many at once.
         #[arg(long, value_name = "[HOST:]PORT")]
         local: Option<String>,
+        /// Receive UDP on [HOST:]PORT here (HOST defaults to 127.0.0.1): every local source
+        /// is its own flow to the other side's --expose-udp service, and gets its answers.
+        #[arg(long, value_name = "[HOST:]PORT")]
+        local_udp: Option<String>,
         /// No server at all (the pwnat technique; needs CAP_NET_RAW): send the listener at
         /// LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for
         /// an answer to its echo requests, then punch UDP.
@@ -86,6 +94,10 @@ pub enum PunchCmd {
         /// HOST:PORT here.
         #[arg(long, value_name = "HOST:PORT")]
         expose: Option<String>,
+        /// Host a local UDP service: each UDP source on the other side (with --local-udp) is
+        /// its own flow, reaching HOST:PORT here from a port of its own.
+        #[arg(long, value_name = "HOST:PORT")]
+        expose_udp: Option<String>,
         /// Not for serve (it needs the relay's lobby); present so the shared options parse.
         #[arg(long, hide = true)]
         icmp: bool,
@@ -238,6 +250,21 @@ fn terminal_offer() -> crate::net::punch::OfferPrompt {
     }))
 }
 
+/// `--expose-udp` / `--local-udp`, parsed.
+fn udp_side(
+    arg: Option<String>,
+    default_host: Option<&str>,
+    side: fn(std::net::SocketAddr) -> crate::net::punch::udp::UdpSide,
+) -> Result<Option<crate::net::punch::udp::UdpSide>, PunchArgsError> {
+    let what = if default_host.is_some() {
+        "[HOST:]PORT"
+    } else {
+        "HOST:PORT"
+    };
+    arg.map(|a| socket_addr(&a, default_host, what).map(side))
+        .transpose()
+}
+
 impl PunchArgs {
     /// Whether this is `punch serve` (run with [`crate::net::punch::serve::serve`]).
     pub fn is_serve(&self) -> bool {
@@ -249,20 +276,25 @@ impl PunchArgs {
         self,
     ) -> Result<(crate::net::punch::PunchOptions, bool, u8), PunchArgsError> {
         use crate::net::punch::quic::Mode;
+        use crate::net::punch::udp::UdpSide;
         let mut join = None;
+        let udp;
         let (common, role, code, mode, icmp) = match self.cmd {
             PunchCmd::Listen {
                 common,
                 code,
                 expose,
+                expose_udp,
                 icmp,
             } => {
+                udp = udp_side(expose_udp, None, UdpSide::Expose)?;
                 let c = match code {
                     Some(c) => crate::proto::punch::code::Code::parse(&c)?,
                     None => crate::proto::punch::code::Code::generate(&mut rand::thread_rng()),
                 };
                 let mode = match expose {
                     Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
+                    None if udp.is_some() => Mode::Udp,
                     None => Mode::Pipe,
                 };
                 let target = common
@@ -282,19 +314,25 @@ impl PunchArgs {
             PunchCmd::Serve {
                 common,
                 expose,
+                expose_udp,
                 icmp,
             } => {
+                udp = udp_side(expose_udp, None, UdpSide::Expose)?;
                 if icmp || common.manual {
                     return Err(PunchArgsError::Serve(
                         "punch serve needs a relay (--relay or NATKIT_RELAY): peers meet in its lobby",
                     ));
                 }
-                let Some(e) = expose else {
-                    return Err(PunchArgsError::Serve(
-                        "punch serve needs a service to serve: --expose HOST:PORT",
-                    ));
+                let mode = match expose {
+                    Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
+                    None if udp.is_some() => Mode::Udp,
+                    None => {
+                        return Err(PunchArgsError::Serve(
+                            "punch serve needs a service to serve: --expose HOST:PORT and/or \
+                             --expose-udp HOST:PORT",
+                        ))
+                    }
                 };
-                let mode = Mode::Expose(socket_addr(&e, None, "HOST:PORT")?);
                 // Each peer's session gets its code from the lobby; this one is never used.
                 let c = crate::proto::punch::code::Code::generate(&mut rand::thread_rng());
                 (
@@ -309,10 +347,13 @@ impl PunchArgs {
                 common,
                 code,
                 local,
+                local_udp,
                 icmp,
             } => {
+                udp = udp_side(local_udp, Some("127.0.0.1"), UdpSide::Local)?;
                 let mode = match local {
                     Some(l) => Mode::Local(socket_addr(&l, Some("127.0.0.1"), "[HOST:]PORT")?),
+                    None if udp.is_some() => Mode::Udp,
                     None => Mode::Pipe,
                 };
                 let target = common
@@ -397,6 +438,7 @@ impl PunchArgs {
                 tcp: common.tcp,
                 join,
                 stop: None,
+                udp,
             },
             common.json,
             common.verbose,

@@ -25,6 +25,7 @@ pub mod tcp;
 mod tls;
 mod transport;
 mod ttl;
+pub mod udp;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -218,6 +219,8 @@ pub struct PunchOptions {
     /// `punch serve`: the data phase ends (cleanly: router mapping removed, relay told)
     /// when this turns true.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// UDP flows to carry (`--expose-udp`, `--local-udp`) beside `mode`.
+    pub udp: Option<udp::UdpSide>,
 }
 
 /// `--manual` settings.
@@ -449,6 +452,7 @@ where
         s.listener.take(),
         path_changed,
         upgrade,
+        opts.udp,
         input,
         output,
     )

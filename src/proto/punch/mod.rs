@@ -13,6 +13,7 @@ pub mod checks;
 pub mod clash;
 pub mod code;
 pub mod fallback;
+pub mod flows;
 pub mod link;
 pub mod nat;
 pub mod pake;
