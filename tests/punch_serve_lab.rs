@@ -40,21 +40,27 @@ fn download(lab: &Lab, port: u16) -> Vec<u8> {
     common::lab::in_ns(&ns, || http_get(&format!("127.0.0.1:{port}")))
 }
 
+/// A lab (a behind `a`, b behind `b`) with the relay and an HTTP server on a's
+/// 127.0.0.1:8000 serving `len` random bytes.
+fn web_lab(a: Kind, b: Kind, len: usize) -> Option<(Lab, common::relay::Relay, Vec<u8>)> {
+    let lab = Lab::up_or_skip(Lab::builder().a(a).b(b))?;
+    let r = common::relay::start(&lab, 3478);
+    let body = noise(len, len as u64);
+    let l = lab.in_node("a", || {
+        std::net::TcpListener::bind("127.0.0.1:8000").unwrap()
+    });
+    http_server(l, body.clone());
+    Some((lab, r, body))
+}
+
 /// Serve behind a port-restricted NAT, peers behind a symmetric one: one peer downloads a
 /// file over HTTP through `--local`, then two more at once; all three intact, serve still
 /// running, each peer with its own id; SIGTERM ends serve with exit 0.
 #[test]
 fn serve_hosts_three_peers_one_then_two_at_once() {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::Symmetric))
-    else {
+    let Some((lab, _r, body)) = web_lab(Kind::PortRestricted, Kind::Symmetric, 1 << 20) else {
         return;
     };
-    let _r = common::relay::start(&lab, 3478);
-    let body = noise(1 << 20, 15);
-    let l = lab.in_node("a", || {
-        std::net::TcpListener::bind("127.0.0.1:8000").unwrap()
-    });
-    http_server(l, body.clone());
     let (mut host, code) = serving(&lab, &["--expose", "127.0.0.1:8000"]);
     assert_eq!(
         code.split('-').count(),
@@ -112,16 +118,9 @@ fn serve_hosts_three_peers_one_then_two_at_once() {
 /// `auth_failed` with a peer id and keeps serving the right code.
 #[test]
 fn a_wrong_serve_code_is_reported_and_serve_goes_on() {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::FullCone))
-    else {
+    let Some((lab, _r, body)) = web_lab(Kind::PortRestricted, Kind::FullCone, 64 << 10) else {
         return;
     };
-    let _r = common::relay::start(&lab, 3478);
-    let l = lab.in_node("a", || {
-        std::net::TcpListener::bind("127.0.0.1:8000").unwrap()
-    });
-    let body = noise(64 << 10, 16);
-    http_server(l, body.clone());
     let (mut host, code) = serving(&lab, &["--expose", "127.0.0.1:8000"]);
     let mut parts: Vec<&str> = code.split('-').collect();
     parts[8] = if parts[8] == "acid" { "acorn" } else { "acid" };
