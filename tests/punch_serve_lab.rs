@@ -312,3 +312,55 @@ fn udp_eight_clients_for_a_minute_lose_nothing() {
     assert_eq!(got, vec![per as usize; 8], "datagrams echoed per client");
     assert_eq!(seen.lock().unwrap().len(), 9, "one source per flow");
 }
+
+/// `punch serve --expose-udp` alone: two peers, each with its own UDP client, get their own
+/// echoes (the flows of different peers' sessions do not mix).
+#[test]
+fn serve_carries_udp_for_two_peers() {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::FullCone))
+    else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    let seen = udp_echo(&lab, "127.0.0.1:7000");
+    let (host, code) = serving(&lab, &["--expose-udp", "127.0.0.1:7000"]);
+    let peers: Vec<Live> = [7201u16, 7202]
+        .iter()
+        .map(|p| {
+            let mut g = at_relay(
+                &lab,
+                "b",
+                &["connect", &code, "--local-udp", &p.to_string()],
+            );
+            g.wait_for(Duration::from_secs(20), |v| v["event"] == "authenticated")
+                .expect("authenticated");
+            g
+        })
+        .collect();
+    for (k, port) in [7201u16, 7202].into_iter().enumerate() {
+        let c = udp_client(&lab, port);
+        until_echoed(&c);
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        for i in 0..100u64 {
+            let d = noise(100, (k as u64) << 32 | i);
+            c.send(&d).unwrap();
+            let n = c.recv(&mut buf).expect("echo");
+            assert_eq!(&buf[..n], &d[..]);
+        }
+    }
+    assert_eq!(seen.lock().unwrap().len(), 2, "one source per peer's flow");
+    for p in peers {
+        p.kill();
+    }
+    let (status, events) = host.terminate(Duration::from_secs(10));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|v| v["event"] == "peer_joined")
+            .count(),
+        2
+    );
+    assert_eq!(status, Some(0));
+}
