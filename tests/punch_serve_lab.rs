@@ -314,7 +314,8 @@ fn udp_eight_clients_for_a_minute_lose_nothing() {
 }
 
 /// `punch serve --expose-udp` alone: two peers, each with its own UDP client, get their own
-/// echoes (the flows of different peers' sessions do not mix).
+/// echoes (the flows of different peers' sessions do not mix); SIGTERM ends serve with exit
+/// 0 and the peers, told, end with exit 0 at once.
 #[test]
 fn serve_carries_udp_for_two_peers() {
     let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::FullCone))
@@ -351,10 +352,14 @@ fn serve_carries_udp_for_two_peers() {
         }
     }
     assert_eq!(seen.lock().unwrap().len(), 2, "one source per peer's flow");
-    for p in peers {
-        p.kill();
-    }
     let (status, events) = host.terminate(Duration::from_secs(10));
+    // The peers hear that serve closed their sessions.
+    for p in peers {
+        let t = Instant::now();
+        let (code, _, _) = p.finish();
+        assert_eq!(code, Some(0), "a peer of a stopped serve exits 0");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
     assert_eq!(
         events
             .iter()
@@ -363,4 +368,42 @@ fn serve_carries_udp_for_two_peers() {
         2
     );
     assert_eq!(status, Some(0));
+}
+
+/// serve behind a router that maps ports (PCP): each peer's session maps its punch port;
+/// SIGTERM ends serve with exit 0 and the router's table is empty again.
+#[test]
+fn serve_removes_its_router_mappings_on_sigterm() {
+    let Some(lab) = Lab::up_or_skip(
+        Lab::builder()
+            .a(Kind::PortRestricted)
+            .b(Kind::Symmetric)
+            .portmap_a("all"),
+    ) else {
+        return;
+    };
+    let _r = common::relay::start(&lab, 3478);
+    udp_echo(&lab, "127.0.0.1:7000");
+    let (mut host, code) = serving(&lab, &["--expose-udp", "127.0.0.1:7000"]);
+    let mut g = at_relay(&lab, "b", &["connect", &code, "--local-udp", "7301"]);
+    g.wait_for(Duration::from_secs(20), |v| v["event"] == "authenticated")
+        .expect("authenticated");
+    let m = host
+        .wait_for(Duration::from_secs(20), |v| {
+            v["event"] == "mapped" && v["peer_id"].is_u64()
+        })
+        .expect("the peer's session maps its port");
+    assert_eq!(m["via"], "pcp", "{m}");
+    until_echoed(&udp_client(&lab, 7301));
+    let (status, _) = host.terminate(Duration::from_secs(10));
+    assert_eq!(status, Some(0));
+    g.kill();
+    let gw = lab.get("A_GW");
+    let out = lab
+        .cmd("a", "upnpc")
+        .args(["-u", &format!("http://{gw}:5000/rootDesc.xml"), "-l"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(!list.contains(" UDP "), "mapping left behind:\n{list}");
 }
