@@ -190,7 +190,7 @@ pub enum PunchArgsError {
     #[error("--token must be hex")]
     Token,
     /// --tcp with --expose / --local.
-    #[error("--tcp carries the pipe (stdin/stdout) only; --expose and --local go over QUIC (drop --tcp)")]
+    #[error("--tcp carries the pipe (stdin/stdout) only; --expose, --local and the UDP options go over QUIC (drop --tcp)")]
     TcpHosting,
     /// Bad --expose / --local address.
     #[error("{0}: expected {1}")]
@@ -382,7 +382,12 @@ impl PunchArgs {
                 )
             }
         };
-        if common.tcp && mode != Mode::Pipe {
+        if join.is_some() && (common.manual || icmp.is_some()) {
+            return Err(PunchArgsError::Serve(
+                "a serve code (eight words) is joined at the relay: drop --manual / --icmp",
+            ));
+        }
+        if common.tcp && (mode != Mode::Pipe || udp.is_some()) {
             return Err(PunchArgsError::TcpHosting);
         }
         let relay = common.relay.clone().unwrap_or_default();
@@ -443,5 +448,51 @@ impl PunchArgs {
             common.json,
             common.verbose,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Result<crate::net::punch::PunchOptions, PunchArgsError> {
+        let a = PunchArgs::try_parse_from(std::iter::once("punch").chain(args.iter().copied()))
+            .expect("parses");
+        a.into_options().map(|(o, _, _)| o)
+    }
+
+    #[test]
+    fn serve_needs_a_service_and_a_relay() {
+        assert!(matches!(
+            options(&["serve", "--relay", "127.0.0.1"]),
+            Err(PunchArgsError::Serve(_))
+        ));
+        assert!(matches!(
+            options(&["serve", "--manual", "--expose", "127.0.0.1:80"]),
+            Err(PunchArgsError::Serve(_))
+        ));
+        let o = options(&[
+            "serve",
+            "--relay",
+            "127.0.0.1",
+            "--expose-udp",
+            "127.0.0.1:7",
+        ])
+        .unwrap();
+        assert_eq!(o.mode, crate::net::punch::quic::Mode::Udp);
+        assert!(o.udp.is_some());
+    }
+
+    #[test]
+    fn a_serve_code_is_joined_through_the_lobby() {
+        let code = "7-acid-acorn-actor-adobe-agent-alarm-album-alley";
+        let o = options(&["connect", code, "--relay", "127.0.0.1", "--local-udp", "9"]).unwrap();
+        assert_eq!(o.join.map(|c| c.to_string()).as_deref(), Some(code));
+        assert!(matches!(
+            options(&["connect", code, "--manual"]),
+            Err(PunchArgsError::Serve(_))
+        ));
+        let two = options(&["connect", "7-acid-acorn", "--relay", "127.0.0.1"]).unwrap();
+        assert!(two.join.is_none());
     }
 }
