@@ -199,9 +199,11 @@ fn udp_pair(lab: &Lab, code: &str, port: u16) -> (Live, Live) {
         "b",
         &["connect", code, "--local-udp", &port.to_string()],
     );
-    guest
-        .wait_for(Duration::from_secs(20), |v| v["event"] == "authenticated")
-        .expect("authenticated");
+    for what in ["authenticated", "listening_udp"] {
+        guest
+            .wait_for(Duration::from_secs(20), |v| v["event"] == what)
+            .unwrap_or_else(|| panic!("no {what} event"));
+    }
     (host, guest)
 }
 

@@ -60,6 +60,9 @@ pub fn human(e: &Event) -> String {
         Event::Listening { local } => {
             format!("punch: forwarding connections to {local} to the other side")
         }
+        Event::ListeningUdp { local } => {
+            format!("punch: forwarding UDP sent to {local} to the other side")
+        }
         Event::Authenticated { .. } => {
             "punch: both sides know the code; encrypted end to end".to_string()
         }

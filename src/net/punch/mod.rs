@@ -162,6 +162,12 @@ pub enum Event {
         /// The local address to connect to.
         local: SocketAddr,
     },
+    /// `--local-udp`: the connector carries UDP datagrams sent here (each source its own
+    /// flow) to the listener's service.
+    ListeningUdp {
+        /// The local address to send to.
+        local: SocketAddr,
+    },
     /// Both ends proved they know the code; the channel is encrypted.
     Authenticated {
         /// Since start.
@@ -437,6 +443,15 @@ where
             local: l.local_addr()?,
         });
     }
+    let udp = match opts.udp {
+        Some(side) => Some(side.ready().await?),
+        None => None,
+    };
+    if let Some(udp::Udp::Local(sock)) = &udp {
+        emit.send(&Event::ListeningUdp {
+            local: sock.local_addr()?,
+        });
+    }
     let live = quic::Liveness {
         keepalive: opts.keepalive,
         dead_peer: opts.dead_peer,
@@ -452,7 +467,7 @@ where
         s.listener.take(),
         path_changed,
         upgrade,
-        opts.udp,
+        udp,
         input,
         output,
     )

@@ -85,7 +85,7 @@ pub async fn run<R, W>(
     listener: Option<tokio::net::TcpListener>,
     path_changed: Arc<tokio::sync::Notify>,
     upgrade: crate::net::punch::migrate::Upgrade,
-    udp: Option<crate::net::punch::udp::UdpSide>,
+    udp: Option<crate::net::punch::udp::Udp>,
     input: R,
     output: W,
 ) -> Result<(u64, u64), PunchError>

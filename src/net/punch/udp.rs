@@ -27,6 +27,26 @@ pub enum UdpSide {
     Local(SocketAddr),
 }
 
+/// [`UdpSide`] made ready: the connecting side's socket is bound before QUIC is up (a busy
+/// port fails early, and datagrams sent meanwhile wait in it).
+#[derive(Debug)]
+pub enum Udp {
+    /// The service is at this address.
+    Expose(SocketAddr),
+    /// Local clients send to this socket.
+    Local(UdpSocket),
+}
+
+impl UdpSide {
+    /// Binds the connecting side's socket.
+    pub async fn ready(self) -> std::io::Result<Udp> {
+        Ok(match self {
+            UdpSide::Expose(t) => Udp::Expose(t),
+            UdpSide::Local(at) => Udp::Local(UdpSocket::bind(at).await?),
+        })
+    }
+}
+
 /// The largest UDP datagram a socket hands us.
 const RECV_BUF: usize = 65_536;
 
@@ -54,10 +74,10 @@ fn next_expiry<K: Eq + std::hash::Hash + Copy>(f: &Flows<K>) -> tokio::time::Ins
 }
 
 /// Carries UDP as `side` says until the connection closes.
-pub async fn run(conn: quinn::Connection, side: UdpSide) -> Result<(), PunchError> {
+pub async fn run(conn: quinn::Connection, side: Udp) -> Result<(), PunchError> {
     match side {
-        UdpSide::Local(at) => local(conn, UdpSocket::bind(at).await?).await,
-        UdpSide::Expose(target) => expose(conn, target).await,
+        Udp::Local(sock) => local(conn, sock).await,
+        Udp::Expose(target) => expose(conn, target).await,
     }
 }
 
