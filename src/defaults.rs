@@ -495,6 +495,9 @@ pub const SERVE_GUESS_BURST: u32 = 10;
 /// One more failed guess is allowed per this long after the burst: with 64 bits of secret,
 /// guessing then takes 2^63 s (2.9 × 10^11 years) on average.
 pub const SERVE_GUESS_REFILL: Duration = Duration::from_secs(1);
+/// While hellos are refused by the rate limit, serve says so at most this often (one line
+/// per attack burst, not one per hello).
+pub const SERVE_LIMIT_WARN_GAP: Duration = Duration::from_secs(10);
 /// Peers' sessions that have not authenticated yet, at most, at once.
 pub const SERVE_MAX_PENDING: usize = 16;
 /// On SIGINT/SIGTERM, peers' sessions get this long to close and remove their router

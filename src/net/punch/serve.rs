@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::defaults::{
     DIRECT_TIMEOUT, NAMEPLATE_DRAWS, PUNCH_KEEPALIVE, SERVE_AUTH_TIMEOUT, SERVE_GUESS_BURST,
-    SERVE_GUESS_REFILL, SERVE_HELLO_RESEND, SERVE_JOIN_TIMEOUT, SERVE_LOBBY_RETRY,
-    SERVE_MAX_PENDING, SERVE_SHUTDOWN,
+    SERVE_GUESS_REFILL, SERVE_HELLO_RESEND, SERVE_JOIN_TIMEOUT, SERVE_LIMIT_WARN_GAP,
+    SERVE_LOBBY_RETRY, SERVE_MAX_PENDING, SERVE_SHUTDOWN,
 };
 use crate::net::punch::{Event, PunchError, PunchOptions};
 use crate::proto::punch::code::Code;
@@ -303,6 +303,8 @@ pub async fn serve(
     let mut nonces: HashMap<[u8; NONCE_LEN], u64> = HashMap::new();
     let mut joined: HashMap<u64, bool> = HashMap::new();
     let mut next_peer = 1u64;
+    // When we last said that hellos are being refused.
+    let mut warned: Option<Instant> = None;
     let mut buf = vec![0u8; 2048];
     tokio::pin!(shutdown);
     loop {
@@ -315,6 +317,16 @@ pub async fn serve(
                     if let std::collections::hash_map::Entry::Vacant(slot) = nonces.entry(n) {
                         if !guard.admit(Instant::now()) {
                             // Unanswered: the connector says hello again a moment later.
+                            if warned.is_none_or(|t| t.elapsed() >= SERVE_LIMIT_WARN_GAP) {
+                                warned = Some(Instant::now());
+                                on_event(&ServeEvent::Own(Event::Warning {
+                                    message: format!(
+                                        "new peers wait: {} attempts at the code failed so \
+                                         far, and they are rate-limited",
+                                        guard.failures
+                                    ),
+                                }));
+                            }
                             continue;
                         }
                         let peer = next_peer;
