@@ -157,6 +157,16 @@ fn udp_echo(lab: &Lab, addr: &str) -> Arc<Mutex<HashSet<SocketAddr>>> {
     seen
 }
 
+/// A lab (a behind a port-restricted NAT, b behind `b`) with the relay and a UDP echo
+/// service on a's 127.0.0.1:7000; the sources the service has seen.
+#[allow(clippy::type_complexity)]
+fn udp_lab(b: Kind) -> Option<(Lab, common::relay::Relay, Arc<Mutex<HashSet<SocketAddr>>>)> {
+    let lab = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(b))?;
+    let r = common::relay::start(&lab, 3478);
+    let seen = udp_echo(&lab, "127.0.0.1:7000");
+    Some((lab, r, seen))
+}
+
 /// A UDP client socket in node b, connected to the connector's `--local-udp` port.
 fn udp_client(lab: &Lab, port: u16) -> UdpSocket {
     let c = lab.in_node("b", || UdpSocket::bind("127.0.0.1:0").unwrap());
@@ -211,12 +221,9 @@ fn udp_pair(lab: &Lab, code: &str, port: u16) -> (Live, Live) {
 /// behind a symmetric one: at least 99 % come back intact.
 #[test]
 fn udp_echo_through_port_restricted_from_symmetric() {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::Symmetric))
-    else {
+    let Some((lab, _r, _)) = udp_lab(Kind::Symmetric) else {
         return;
     };
-    let _r = common::relay::start(&lab, 3478);
-    udp_echo(&lab, "127.0.0.1:7000");
     let (host, guest) = udp_pair(&lab, "51-lantern-harbor", 7001);
     let c = udp_client(&lab, 7001);
     until_echoed(&c);
@@ -267,12 +274,9 @@ fn udp_echo_through_port_restricted_from_symmetric() {
 /// and the service sees 8 distinct sources (one per flow) besides the first probe's.
 #[test]
 fn udp_eight_clients_for_a_minute_lose_nothing() {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::Symmetric))
-    else {
+    let Some((lab, _r, seen)) = udp_lab(Kind::Symmetric) else {
         return;
     };
-    let _r = common::relay::start(&lab, 3478);
-    let seen = udp_echo(&lab, "127.0.0.1:7000");
     let (host, guest) = udp_pair(&lab, "52-lantern-harbor", 7002);
     until_echoed(&udp_client(&lab, 7002));
     let per = 3600u32;
@@ -320,12 +324,9 @@ fn udp_eight_clients_for_a_minute_lose_nothing() {
 /// 0 and the peers, told, end with exit 0 at once.
 #[test]
 fn serve_carries_udp_for_two_peers() {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(Kind::PortRestricted).b(Kind::FullCone))
-    else {
+    let Some((lab, _r, seen)) = udp_lab(Kind::FullCone) else {
         return;
     };
-    let _r = common::relay::start(&lab, 3478);
-    let seen = udp_echo(&lab, "127.0.0.1:7000");
     let (host, code) = serving(&lab, &["--expose-udp", "127.0.0.1:7000"]);
     let peers: Vec<Live> = [7201u16, 7202]
         .iter()
