@@ -485,3 +485,42 @@ pub const RELAY_COOKIE_LEN: usize = 16;
 /// seven digits, even 100,000 listeners at once make a draw fail 1 time in 100, so eight
 /// failures in a row mean the relay is full or someone holds nameplates on purpose.
 pub const NAMEPLATE_DRAWS: usize = 8;
+
+// --- punch serve ---
+
+/// A connector repeats its lobby hello this often until the serving side acknowledges it:
+/// one relay round trip is a few ms to a few hundred; a lost hello costs one interval.
+pub const SERVE_HELLO_RESEND: Duration = Duration::from_millis(250);
+/// A connector gives up on a serve code's lobby after this long (nobody serves the code, or
+/// the serving side keeps refusing because it is being guessed at).
+pub const SERVE_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Another connector holds the lobby (for one round trip): try again after about this long.
+pub const SERVE_LOBBY_RETRY: Duration = Duration::from_millis(150);
+/// A peer's session that has not authenticated this long after its hello ends and counts as
+/// a failed guess: a connector starts its session right after the hello's answer, and a
+/// punch plus a PAKE take seconds at most (the relay fallback is 3 s).
+pub const SERVE_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Failed guesses at a serve code allowed in a burst before the rate limit applies.
+pub const SERVE_GUESS_BURST: u32 = 10;
+/// One more failed guess is allowed per this long after the burst: with 64 bits of secret,
+/// guessing then takes 2^63 s (2.9 × 10^11 years) on average.
+pub const SERVE_GUESS_REFILL: Duration = Duration::from_secs(1);
+/// While hellos are refused by the rate limit, serve says so at most this often (one line
+/// per attack burst, not one per hello).
+pub const SERVE_LIMIT_WARN_GAP: Duration = Duration::from_secs(10);
+/// Peers' sessions that have not authenticated yet, at most, at once.
+pub const SERVE_MAX_PENDING: usize = 16;
+/// On SIGINT/SIGTERM, peers' sessions get this long to close and remove their router
+/// mappings (a router that does not answer is not waited for longer).
+pub const SERVE_SHUTDOWN: Duration = Duration::from_secs(3);
+
+// --- UDP services (--expose-udp, --local-udp) ---
+
+/// A UDP flow silent this long is forgotten (its socket towards the service closed): game
+/// and voice traffic is never that quiet, and the peer's next datagram opens a new flow.
+pub const UDP_FLOW_IDLE: Duration = Duration::from_secs(60);
+/// Flows per session at most (each is a socket on the serving side).
+pub const UDP_MAX_FLOWS: usize = 1024;
+/// A flow's socket got an error (the service is not listening yet, ICMP port unreachable):
+/// read again after this pause rather than spin.
+pub const UDP_ERROR_PAUSE: Duration = Duration::from_millis(10);

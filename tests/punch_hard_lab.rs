@@ -12,12 +12,8 @@ use std::time::{Duration, Instant};
 /// port prediction) finds a direct path; then 64 KiB each way must arrive intact over it.
 /// Returns the time from `connect` to the direct `connected` event, or None when it never
 /// came.
-fn hard_once(lab: &Lab, code: &str, method: &str) -> Option<Duration> {
-    hard_once_within(lab, code, method, Duration::from_secs(20))
-}
-
-/// [`hard_once`], waiting up to `limit` for the direct path.
-fn hard_once_within(lab: &Lab, code: &str, method: &str, limit: Duration) -> Option<Duration> {
+/// Waits up to `limit` for the direct path.
+fn hard_once(lab: &Lab, code: &str, method: &str, limit: Duration) -> Option<Duration> {
     let mut l = live(lab, "a", &["listen", "--code", code]);
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
@@ -68,7 +64,7 @@ fn hard_series(lab: &Lab, method: &str, runs: u16, misses: usize, median_max: Du
     let mut times = Vec::new();
     let mut failed = 0;
     for i in 0..runs {
-        match hard_once_within(lab, &format!("{}-lantern-harbor", 100 + i), method, limit) {
+        match hard_once(lab, &format!("{}-lantern-harbor", 100 + i), method, limit) {
             Some(t) => times.push(t),
             None => failed += 1,
         }

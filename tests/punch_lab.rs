@@ -470,37 +470,7 @@ fn relay_over_tcp_forwards_only_ciphertext() {
     relay_sees_only_ciphertext(Kind::UdpBlocked, Kind::Symmetric, "tcp");
 }
 
-/// A minimal HTTP/1.0 server (in the test process, bound inside a lab namespace) that serves
-/// `body` to every GET.
-fn http_server(l: std::net::TcpListener, body: Vec<u8>) {
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let mut req = [0u8; 1024];
-                let _ = std::io::Read::read(&mut s, &mut req);
-                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&body);
-            });
-        }
-    });
-}
-
-fn http_get(addr: &str) -> Vec<u8> {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
-    let mut all = Vec::new();
-    std::io::Read::read_to_end(&mut s, &mut all).unwrap();
-    let split = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP header")
-        + 4;
-    all[split..].to_vec()
-}
+use common::punch::{http_get, http_server};
 
 #[test]
 fn hosting_a_web_server_serves_20_concurrent_downloads() {

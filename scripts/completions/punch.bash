@@ -25,6 +25,9 @@ _punch() {
             punch,listen)
                 cmd="punch__subcmd__listen"
                 ;;
+            punch,serve)
+                cmd="punch__subcmd__serve"
+                ;;
             punch__subcmd__help,connect)
                 cmd="punch__subcmd__help__subcmd__connect"
                 ;;
@@ -34,6 +37,9 @@ _punch() {
             punch__subcmd__help,listen)
                 cmd="punch__subcmd__help__subcmd__listen"
                 ;;
+            punch__subcmd__help,serve)
+                cmd="punch__subcmd__help__subcmd__serve"
+                ;;
             *)
                 ;;
         esac
@@ -41,7 +47,7 @@ _punch() {
 
     case "${cmd}" in
         punch)
-            opts="-h -V --help --version listen connect help"
+            opts="-h -V --help --version listen connect serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -55,7 +61,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__connect)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --local --icmp --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --local --local-udp --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -101,6 +107,10 @@ _punch() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --local-udp)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --icmp)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -113,7 +123,7 @@ _punch() {
             return 0
             ;;
         punch__subcmd__help)
-            opts="listen connect help"
+            opts="listen connect serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -168,8 +178,22 @@ _punch() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        punch__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         punch__subcmd__listen)
-            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --code --expose --icmp --help"
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --code --expose --expose-udp --icmp --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -216,6 +240,68 @@ _punch() {
                     return 0
                     ;;
                 --expose)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expose-udp)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        punch__subcmd__serve)
+            opts="-v -h --relay --manual --stun --peer --peer-file --token --json --direct-timeout --hard --tcp --echo-target --no-portmap --keepalive --dead-peer-timeout --verbose --expose --expose-udp --icmp --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --relay)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stun)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --peer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --peer-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --direct-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --echo-target)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keepalive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dead-peer-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expose)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expose-udp)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

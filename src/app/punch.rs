@@ -64,6 +64,9 @@ pub fn human(e: &Event) -> String {
         Event::Listening { local } => {
             format!("punch: forwarding connections to {local} to the other side")
         }
+        Event::ListeningUdp { local } => {
+            format!("punch: forwarding UDP sent to {local} to the other side")
+        }
         Event::Authenticated { .. } => {
             "punch: both sides know the code; encrypted end to end".to_string()
         }
@@ -162,5 +165,50 @@ pub fn event_line(e: &Event, json: bool) -> String {
         serde_json::to_string(e).unwrap_or_default()
     } else {
         human(e)
+    }
+}
+
+/// One `punch serve` event as a line for people: a peer's session events are prefixed with
+/// its id, and peers joining and leaving are said so.
+pub fn serve_human(e: &crate::net::punch::serve::ServeEvent) -> String {
+    use crate::net::punch::serve::{PeerChange, ServeEvent};
+    match e {
+        ServeEvent::Own(e) => human(e),
+        ServeEvent::Peer { peer, event } => {
+            let line = human(event);
+            let rest = line.strip_prefix("punch: ").unwrap_or(&line);
+            format!("punch: [peer {peer}] {rest}")
+        }
+        ServeEvent::Change(PeerChange::PeerJoined { peer }) => {
+            format!("punch: peer {peer} joined")
+        }
+        ServeEvent::Change(PeerChange::PeerLeft {
+            peer,
+            bytes_sent,
+            bytes_received,
+            error,
+        }) => {
+            let why = error.as_ref().map_or(String::new(), |e| format!(": {e}"));
+            format!(
+                "punch: peer {peer} left (sent {bytes_sent} bytes, received {bytes_received} bytes){why}"
+            )
+        }
+        ServeEvent::Change(PeerChange::AuthFailed {
+            peer,
+            reason,
+            failures,
+        }) => format!(
+            "punch: peer {peer} did not prove it knows the code ({reason}); {failures} such \
+             attempt(s) so far, rate-limited"
+        ),
+    }
+}
+
+/// One `punch serve` event as the line written to stderr: JSON with `--json`, text otherwise.
+pub fn serve_event_line(e: &crate::net::punch::serve::ServeEvent, json: bool) -> String {
+    if json {
+        serde_json::to_string(e).unwrap_or_default()
+    } else {
+        serve_human(e)
     }
 }

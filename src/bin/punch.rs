@@ -12,6 +12,7 @@ fn main() {
 
 fn run() -> i32 {
     let args = PunchArgs::parse();
+    let serve = args.is_serve();
     let (opts, json, verbose) = match args.into_options() {
         Ok(x) => x,
         Err(e) => {
@@ -25,6 +26,9 @@ fn run() -> i32 {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if serve {
+        return serve_until_signalled(rt, opts, json);
+    }
     let emit = move |e: &Event| {
         let _ = writeln!(std::io::stderr(), "{}", event_line(e, json));
     };
@@ -53,4 +57,38 @@ fn run() -> i32 {
     rt.shutdown_background();
     blocking_again();
     code
+}
+
+/// `punch serve`: until SIGINT or SIGTERM (exit 0), or an error that ends it (exit 2).
+fn serve_until_signalled(
+    rt: tokio::runtime::Runtime,
+    opts: natkit::net::punch::PunchOptions,
+    json: bool,
+) -> i32 {
+    use natkit::app::punch::serve_event_line;
+    let emit = move |e: &natkit::net::punch::serve::ServeEvent| {
+        let _ = writeln!(std::io::stderr(), "{}", serve_event_line(e, json));
+    };
+    let r = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        );
+        let signalled = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        natkit::net::punch::serve::serve(opts, emit, signalled).await
+    });
+    rt.shutdown_background();
+    match r {
+        Ok(()) => natkit::exit::OK,
+        Err(e) => {
+            output::print_error("punch", &e);
+            natkit::exit::ERROR
+        }
+    }
 }

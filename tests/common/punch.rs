@@ -145,17 +145,7 @@ impl Live {
 
     pub fn finish(mut self) -> (Option<i32>, Vec<u8>, Vec<Value>) {
         self.stdin = None;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = self.exit_within(Duration::from_secs(20));
         let out = self.stdout.join().unwrap();
         self.seen.extend(self.events.iter());
         (status.code(), out, self.seen)
@@ -167,6 +157,38 @@ impl Live {
         let (first, started) = (self.first_byte.clone(), self.started);
         let (code, out, events) = self.finish();
         (code, out, events, first.get().map(|t| *t - started))
+    }
+
+    /// Whether the side is still running.
+    #[allow(dead_code)]
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit (killed after it); returns the exit
+    /// code and every event printed.
+    #[allow(dead_code)]
+    pub fn terminate(mut self, limit: Duration) -> (Option<i32>, Vec<Value>) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.exit_within(limit);
+        self.seen.extend(self.events.iter());
+        (status.code(), self.seen)
+    }
+
+    /// Waits up to `limit` for the side to exit; kills it after that.
+    fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills the side now; returns every event it printed.
@@ -309,4 +331,39 @@ pub fn offer_of(s: &mut Live) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// A minimal HTTP/1.0 server (in the test process, bound inside a lab namespace) that serves
+/// `body` to every GET.
+#[allow(dead_code)]
+pub fn http_server(l: std::net::TcpListener, body: Vec<u8>) {
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut req = [0u8; 1024];
+                let _ = std::io::Read::read(&mut s, &mut req);
+                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&body);
+            });
+        }
+    });
+}
+
+/// GETs /file from `addr` (in the calling thread's namespace) and returns the body.
+#[allow(dead_code)]
+pub fn http_get(addr: &str) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut all).unwrap();
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header")
+        + 4;
+    all[split..].to_vec()
 }

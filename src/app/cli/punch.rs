@@ -25,7 +25,9 @@ stall, not the end; a side that hears nothing from the other for --dead-peer-tim
 the connection broke, nothing came from the other side for --dead-peer-timeout (message on stderr)\n  3  wrong code\n\n\
 EXAMPLES:\n  punch listen --relay relay.example.net < file        # prints a code\n  \
 punch connect --relay relay.example.net 7-lantern-harbor > file\n  \
-punch listen --relay 203.0.113.10 --json",
+punch listen --relay 203.0.113.10 --json\n  \
+punch serve --relay relay.example.net --expose 127.0.0.1:8080   # many peers, one code\n  \
+punch connect --relay relay.example.net --local 8080 CODE",
     after_help = "Exit status: 0 done, 2 error, 3 wrong code."
 )]
 pub struct PunchArgs {
@@ -49,6 +51,10 @@ pub enum PunchCmd {
         /// carried to HOST:PORT here.
         #[arg(long, value_name = "HOST:PORT")]
         expose: Option<String>,
+        /// Host a local UDP service: each UDP source on the other side (with --local-udp) is
+        /// its own flow, reaching HOST:PORT here from a port of its own.
+        #[arg(long, value_name = "HOST:PORT")]
+        expose_udp: Option<String>,
         /// No server at all (the pwnat technique; needs CAP_NET_RAW): send ICMP echo requests
         /// to --echo-target and wait for a connector's ICMP Time Exceeded, which the NAT lets
         /// in and which tells where to punch UDP. Works when the connector has a public
@@ -61,17 +67,40 @@ pub enum PunchCmd {
         /// Options shared by both sides.
         #[command(flatten)]
         common: PunchCommon,
-        /// The code the listening side printed.
+        /// The code the listening side printed (or the longer one `punch serve` printed).
         code: String,
         /// Listen on [HOST:]PORT here (HOST defaults to 127.0.0.1) and carry every accepted
         /// TCP connection to the other side's --expose service, many at once.
         #[arg(long, value_name = "[HOST:]PORT")]
         local: Option<String>,
+        /// Receive UDP on [HOST:]PORT here (HOST defaults to 127.0.0.1): every local source
+        /// is its own flow to the other side's --expose-udp service, and gets its answers.
+        #[arg(long, value_name = "[HOST:]PORT")]
+        local_udp: Option<String>,
         /// No server at all (the pwnat technique; needs CAP_NET_RAW): send the listener at
         /// LISTENER_HOST (its public IPv4 address) an ICMP Time Exceeded that its NAT takes for
         /// an answer to its echo requests, then punch UDP.
         #[arg(long, value_name = "LISTENER_HOST", conflicts_with_all = ["relay", "manual"])]
         icmp: Option<String>,
+    },
+    /// Host a service for everyone who has the code: prints a long code (a number and eight
+    /// words) and serves every peer that joins it with `punch connect CODE`, one after
+    /// another and several at once, each in its own session, until SIGINT or SIGTERM.
+    Serve {
+        /// Options shared by both sides.
+        #[command(flatten)]
+        common: PunchCommon,
+        /// The local TCP service: each connection a peer makes (with --local) is carried to
+        /// HOST:PORT here.
+        #[arg(long, value_name = "HOST:PORT")]
+        expose: Option<String>,
+        /// Host a local UDP service: each UDP source on the other side (with --local-udp) is
+        /// its own flow, reaching HOST:PORT here from a port of its own.
+        #[arg(long, value_name = "HOST:PORT")]
+        expose_udp: Option<String>,
+        /// Not for serve (it needs the relay's lobby); present so the shared options parse.
+        #[arg(long, hide = true)]
+        icmp: bool,
     },
 }
 
@@ -154,7 +183,7 @@ pub enum PunchArgsError {
     #[error("--token must be hex")]
     Token,
     /// --tcp with --expose / --local.
-    #[error("--tcp carries the pipe (stdin/stdout) only; --expose and --local go over QUIC (drop --tcp)")]
+    #[error("--tcp carries the pipe (stdin/stdout) only; --expose, --local and the UDP options go over QUIC (drop --tcp)")]
     TcpHosting,
     /// Bad --expose / --local address.
     #[error("{0}: expected {1}")]
@@ -173,6 +202,9 @@ pub enum PunchArgsError {
     /// A server address with a zone id.
     #[error("{0} {1:?}: a zone id (%…) is meaningless for a server on the internet")]
     Zone(&'static str, String),
+    /// `punch serve` without a relay, or with nothing to serve.
+    #[error("{0}")]
+    Serve(&'static str),
 }
 
 /// Zero configuration, shared by every subcommand that meets at a relay: without `--relay`
@@ -250,25 +282,51 @@ fn terminal_offer() -> crate::net::punch::OfferPrompt {
     }))
 }
 
+/// `--expose-udp` / `--local-udp`, parsed.
+fn udp_side(
+    arg: Option<String>,
+    default_host: Option<&str>,
+    side: fn(std::net::SocketAddr) -> crate::net::punch::udp::UdpSide,
+) -> Result<Option<crate::net::punch::udp::UdpSide>, PunchArgsError> {
+    let what = if default_host.is_some() {
+        "[HOST:]PORT"
+    } else {
+        "HOST:PORT"
+    };
+    arg.map(|a| socket_addr(&a, default_host, what).map(side))
+        .transpose()
+}
+
 impl PunchArgs {
+    /// Whether this is `punch serve` (run with [`crate::net::punch::serve::serve`]).
+    pub fn is_serve(&self) -> bool {
+        matches!(self.cmd, PunchCmd::Serve { .. })
+    }
+
     /// Validates before any IO; returns the options, JSON flag and verbosity.
     pub fn into_options(
         self,
     ) -> Result<(crate::net::punch::PunchOptions, bool, u8), PunchArgsError> {
         use crate::net::punch::quic::Mode;
+        use crate::net::punch::udp::UdpSide;
+        let mut join = None;
+        let udp;
         let (common, role, code, mode, icmp) = match self.cmd {
             PunchCmd::Listen {
                 common,
                 code,
                 expose,
+                expose_udp,
                 icmp,
             } => {
+                udp = udp_side(expose_udp, None, UdpSide::Expose)?;
                 let c = match code {
                     Some(c) => crate::proto::punch::code::Code::parse(&c)?,
                     None => crate::proto::punch::code::Code::generate(&mut rand::thread_rng()),
                 };
                 let mode = match expose {
                     Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
+                    None if udp.is_some() => Mode::Udp,
                     None => Mode::Pipe,
                 };
                 let target = common
@@ -285,14 +343,51 @@ impl PunchArgs {
                     icmp,
                 )
             }
+            PunchCmd::Serve {
+                common,
+                expose,
+                expose_udp,
+                icmp,
+            } => {
+                udp = udp_side(expose_udp, None, UdpSide::Expose)?;
+                // No zero-configuration fallback for serve: its peers meet in the relay's
+                // lobby, which a pasted offer cannot replace.
+                if icmp || common.manual || common.relay.is_none() {
+                    return Err(PunchArgsError::Serve(
+                        "punch serve needs a relay (--relay or NATKIT_RELAY): peers meet in its lobby",
+                    ));
+                }
+                let mode = match expose {
+                    Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
+                    None if udp.is_some() => Mode::Udp,
+                    None => {
+                        return Err(PunchArgsError::Serve(
+                            "punch serve needs a service to serve: --expose HOST:PORT and/or \
+                             --expose-udp HOST:PORT",
+                        ))
+                    }
+                };
+                // Each peer's session gets its code from the lobby; this one is never used.
+                let c = crate::proto::punch::code::Code::generate(&mut rand::thread_rng());
+                (
+                    common,
+                    crate::wire::rendezvous::Role::Listener,
+                    c,
+                    mode,
+                    None,
+                )
+            }
             PunchCmd::Connect {
                 common,
                 code,
                 local,
+                local_udp,
                 icmp,
             } => {
+                udp = udp_side(local_udp, Some("127.0.0.1"), UdpSide::Local)?;
                 let mode = match local {
                     Some(l) => Mode::Local(socket_addr(&l, Some("127.0.0.1"), "[HOST:]PORT")?),
+                    None if udp.is_some() => Mode::Udp,
                     None => Mode::Pipe,
                 };
                 let target = common
@@ -302,16 +397,31 @@ impl PunchArgs {
                     listener,
                     echo_target: target,
                 });
+                // A serve code (eight words) is joined through its lobby ([`join`]); the code
+                // here is replaced by the session's.
+                let parsed = match crate::proto::punch::serve::ServeCode::parse(&code) {
+                    Some(sc) => {
+                        let sc = sc?;
+                        join = Some(sc.clone());
+                        sc.sub_code(&[0; crate::proto::punch::serve::NONCE_LEN])
+                    }
+                    None => crate::proto::punch::code::Code::parse(&code)?,
+                };
                 (
                     common,
                     crate::wire::rendezvous::Role::Connector,
-                    crate::proto::punch::code::Code::parse(&code)?,
+                    parsed,
                     mode,
                     icmp,
                 )
             }
         };
-        if common.tcp && mode != Mode::Pipe {
+        if join.is_some() && (common.manual || icmp.is_some()) {
+            return Err(PunchArgsError::Serve(
+                "a serve code (eight words) is joined at the relay: drop --manual / --icmp",
+            ));
+        }
+        if common.tcp && (mode != Mode::Pipe || udp.is_some()) {
             return Err(PunchArgsError::TcpHosting);
         }
         let mut common = common;
@@ -384,9 +494,58 @@ impl PunchArgs {
                 portmap: !common.no_portmap,
                 hard: common.hard,
                 tcp: common.tcp,
+                join,
+                stop: None,
+                udp,
             },
             common.json,
             common.verbose,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Result<crate::net::punch::PunchOptions, PunchArgsError> {
+        let a = PunchArgs::try_parse_from(std::iter::once("punch").chain(args.iter().copied()))
+            .expect("parses");
+        a.into_options().map(|(o, _, _)| o)
+    }
+
+    #[test]
+    fn serve_needs_a_service_and_a_relay() {
+        assert!(matches!(
+            options(&["serve", "--relay", "127.0.0.1"]),
+            Err(PunchArgsError::Serve(_))
+        ));
+        assert!(matches!(
+            options(&["serve", "--manual", "--expose", "127.0.0.1:80"]),
+            Err(PunchArgsError::Serve(_))
+        ));
+        let o = options(&[
+            "serve",
+            "--relay",
+            "127.0.0.1",
+            "--expose-udp",
+            "127.0.0.1:7",
+        ])
+        .unwrap();
+        assert_eq!(o.mode, crate::net::punch::quic::Mode::Udp);
+        assert!(o.udp.is_some());
+    }
+
+    #[test]
+    fn a_serve_code_is_joined_through_the_lobby() {
+        let code = "7-acid-acorn-actor-adobe-agent-alarm-album-alley";
+        let o = options(&["connect", code, "--relay", "127.0.0.1", "--local-udp", "9"]).unwrap();
+        assert_eq!(o.join.map(|c| c.to_string()).as_deref(), Some(code));
+        assert!(matches!(
+            options(&["connect", code, "--manual"]),
+            Err(PunchArgsError::Serve(_))
+        ));
+        let two = options(&["connect", "7-acid-acorn", "--relay", "127.0.0.1"]).unwrap();
+        assert!(two.join.is_none());
     }
 }

@@ -21,10 +21,12 @@ mod pipe;
 pub mod quic;
 mod reuse;
 mod runs;
+pub mod serve;
 pub mod tcp;
 mod tls;
 mod transport;
 mod ttl;
+pub mod udp;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -163,6 +165,12 @@ pub enum Event {
         /// The local address to connect to.
         local: SocketAddr,
     },
+    /// `--local-udp`: the connector carries UDP datagrams sent here (each source its own
+    /// flow) to the listener's service.
+    ListeningUdp {
+        /// The local address to send to.
+        local: SocketAddr,
+    },
     /// Both ends proved they know the code; the channel is encrypted.
     Authenticated {
         /// Since start.
@@ -214,6 +222,14 @@ pub struct PunchOptions {
     /// After authenticating, try TCP hole punching ([`crate::proto::punch::tcp`]) and carry the
     /// pipe over TLS on the TCP connection when it works.
     pub tcp: bool,
+    /// Connector with a `punch serve` code: say hello in its lobby first, then punch the
+    /// session the serving side opens for us ([`serve::join`]).
+    pub join: Option<crate::proto::punch::serve::ServeCode>,
+    /// `punch serve`: the data phase ends (cleanly: router mapping removed, relay told)
+    /// when this turns true.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// UDP flows to carry (`--expose-udp`, `--local-udp`) beside `mode`.
+    pub udp: Option<udp::UdpSide>,
 }
 
 /// `--manual` settings.
@@ -301,8 +317,12 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let t0 = Instant::now();
+    let mut opts = opts;
+    if let Some(serve_code) = opts.join.take() {
+        opts.code = serve::join(&opts, &serve_code).await?;
+    }
     let emit = Emit::new(on_event);
-    if !opts.code.is_generated() && opts.role == Role::Listener {
+    if !opts.code.is_generated() && !opts.code.is_sub() && opts.role == Role::Listener {
         if let Some(message) = reuse::note_hand_made(&opts.code) {
             emit.send(&Event::Warning { message });
         }
@@ -360,8 +380,10 @@ where
         (input, output),
     );
     // Whichever ends first ends the other: no task outlives the session.
+    let stop = serve::stopped(opts.stop.clone());
     let result = tokio::select! {
         r = data => r,
+        _ = stop => Ok((0, 0)),
         c = &mut control => Err(match c {
             Ok(Err(e)) => e,
             Ok(Ok(())) => PunchError::Transport("the control plane ended".into()),
@@ -428,6 +450,15 @@ where
             local: l.local_addr()?,
         });
     }
+    let udp = match opts.udp {
+        Some(side) => Some(side.ready().await?),
+        None => None,
+    };
+    if let Some(udp::Udp::Local(sock)) = &udp {
+        emit.send(&Event::ListeningUdp {
+            local: sock.local_addr()?,
+        });
+    }
     let live = quic::Liveness {
         keepalive: opts.keepalive,
         dead_peer: opts.dead_peer,
@@ -443,6 +474,7 @@ where
         s.listener.take(),
         path_changed,
         upgrade,
+        udp,
         input,
         output,
     )

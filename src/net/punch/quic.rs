@@ -66,6 +66,9 @@ pub enum Mode {
     /// The driver binds it before connecting (so a busy port fails early) and passes the
     /// listener to [`run`].
     Local(SocketAddr),
+    /// Only UDP flows (`--expose-udp` or `--local-udp` alone): no stream, no stdin/stdout;
+    /// runs until the connection closes.
+    Udp,
 }
 
 /// Connects (connector) or accepts (listener), then carries data as `mode` says (a pipe
@@ -82,6 +85,7 @@ pub async fn run<R, W>(
     listener: Option<tokio::net::TcpListener>,
     path_changed: Arc<tokio::sync::Notify>,
     upgrade: crate::net::punch::migrate::Upgrade,
+    udp: Option<crate::net::punch::udp::Udp>,
     input: R,
     output: W,
 ) -> Result<(u64, u64), PunchError>
@@ -89,7 +93,17 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (conn, ep) = establish(role, socket, peer, cert, peer_fp, live).await?;
+    let (conn, ep) = establish(role, socket, peer, cert, peer_fp, live, udp.is_some()).await?;
+    // UDP flows run beside the streams, for as long as the connection.
+    let udp_task = udp.map(|side| {
+        let conn = conn.clone();
+        crate::net::punch::runs::AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::net::punch::udp::run(conn.clone(), side).await {
+                tracing::warn!("UDP forwarding stopped: {e}");
+                conn.close(1u32.into(), b"udp");
+            }
+        }))
+    });
     // After a path change, send one ack-eliciting packet at once: its acknowledgement tells
     // the peer where we are now and resets QUIC's probe timer, instead of waiting for a
     // backed-off PTO (RFC 9002 §6.2) that may be seconds away after a stall.
@@ -124,7 +138,12 @@ where
                 .await
             }
         },
+        Mode::Udp => {
+            conn.closed().await;
+            Ok(())
+        }
     };
+    drop(udp_task);
     drop(nudger);
     tracing::debug!(stats = ?conn.stats(), "QUIC connection statistics");
     // Silence past the bound ends every mode, hosting included, as an error.
@@ -146,8 +165,22 @@ async fn establish(
     cert: &rcgen::CertifiedKey,
     peer_fp: [u8; 32],
     live: Liveness,
+    udp: bool,
 ) -> Result<(quinn::Connection, quinn::Endpoint), PunchError> {
     let runtime = Arc::new(quinn::TokioRuntime);
+    let transport = |live| {
+        let mut t = transport(live);
+        if udp {
+            // UDP services: start at the size a relay data frame carries (what MTU
+            // discovery would reach on any path natkit uses) so that game datagrams of up to
+            // 1,200 bytes fit from the first one; a path that cannot carry it falls back to
+            // 1,200 by black-hole detection.
+            if let Some(t) = Arc::get_mut(&mut t) {
+                t.initial_mtu(crate::wire::rendezvous::MAX_PAYLOAD as u16);
+            }
+        }
+        t
+    };
     Ok(match role {
         Role::Listener => {
             let tls = tls_server(cert, peer_fp, ALPN)?;

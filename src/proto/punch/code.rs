@@ -71,11 +71,15 @@ pub struct Code {
     /// Drawn by [`Code::generate`] (not typed): its nameplate may be replaced by a free one
     /// before the code is shown.
     generated: bool,
+    /// One peer's session under a `punch serve` code
+    /// ([`crate::proto::punch::serve::ServeCode::sub_code`]): its own session id and PAKE
+    /// password instead of the nameplate's and the words'.
+    sub: Option<(SessionId, Vec<u8>)>,
 }
 
 impl PartialEq for Code {
     fn eq(&self, o: &Code) -> bool {
-        (self.nameplate, self.words) == (o.nameplate, o.words)
+        (self.nameplate, self.words, &self.sub) == (o.nameplate, o.words, &o.sub)
     }
 }
 
@@ -87,6 +91,7 @@ impl Code {
             nameplate: rng.gen_range(1..=MAX_NAMEPLATE),
             words: rng.gen(),
             generated: true,
+            sub: None,
         }
     }
 
@@ -118,11 +123,36 @@ impl Code {
             nameplate,
             words: [idx(a)?, idx(b)?],
             generated: false,
+            sub: None,
         })
+    }
+
+    /// A serve peer's session: `session` at the relay, `password` for the PAKE (see
+    /// [`crate::proto::punch::serve`]); shown as the serve code's nameplate and first words.
+    pub fn sub_session(
+        nameplate: u32,
+        words: [u8; 2],
+        session: SessionId,
+        password: Vec<u8>,
+    ) -> Code {
+        Code {
+            nameplate,
+            words,
+            generated: false,
+            sub: Some((session, password)),
+        }
+    }
+
+    /// Whether this is one peer's session under a serve code (neither typed nor drawn).
+    pub fn is_sub(&self) -> bool {
+        self.sub.is_some()
     }
 
     /// The relay session id: a hash of the nameplate only.
     pub fn session_id(&self) -> SessionId {
+        if let Some((s, _)) = &self.sub {
+            return *s;
+        }
         let h = Sha256::new()
             .chain_update(b"natkit punch v1 nameplate")
             .chain_update(self.nameplate.to_be_bytes())
@@ -134,6 +164,9 @@ impl Code {
 
     /// The PAKE password: the whole code, normalised.
     pub fn password(&self) -> Vec<u8> {
+        if let Some((_, p)) = &self.sub {
+            return p.clone();
+        }
         self.to_string().into_bytes()
     }
 }

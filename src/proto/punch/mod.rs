@@ -13,12 +13,14 @@ pub mod checks;
 pub mod clash;
 pub mod code;
 pub mod fallback;
+pub mod flows;
 pub mod link;
 pub mod nat;
 pub mod pake;
 pub mod path;
 pub mod rendezvous;
 pub mod reuse;
+pub mod serve;
 pub mod tcp;
 pub mod ttl;
 
