@@ -65,11 +65,17 @@ fn run(lab: &Lab, a: Kind, b: Kind, direct: bool, method: &str) {
     }
 }
 
-fn neighbours(a: Kind, b: Kind, direct: bool) {
-    let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b).hops(0).router_input("accept")) else {
+/// `a` × `b` with `hops` routers between the NATs, whose input is `input`: direct (or
+/// relayed) as `direct` says, opened by `method`.
+fn topology(a: Kind, b: Kind, hops: u8, input: &'static str, direct: bool, method: &str) {
+    let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b).hops(hops).router_input(input)) else {
         return;
     };
-    run(&lab, a, b, direct, "order");
+    run(&lab, a, b, direct, method);
+}
+
+fn neighbours(a: Kind, b: Kind, direct: bool) {
+    topology(a, b, 0, "accept", direct, "order");
 }
 
 macro_rules! matrix {
@@ -111,44 +117,16 @@ matrix! {
 /// opening TTL (2) passes the home router and dies at the first router after it.
 #[test]
 fn two_routers_between_make_a_measured_ttl() {
-    let Some(lab) = Lab::up_or_skip(
-        Lab::builder()
-            .a(Kind::PortRestricted)
-            .b(Kind::PortRestricted)
-            .hops(2)
-            .router_input("accept"),
-    ) else {
-        return;
-    };
-    run(
-        &lab,
-        Kind::PortRestricted,
-        Kind::PortRestricted,
-        true,
-        "ttl",
-    );
+    let pr = Kind::PortRestricted;
+    topology(pr, pr, 2, "accept", true, "ttl");
 }
 
 /// Neighbouring routers with an input firewall: nothing clashes, and the opening packets
 /// (TTL 2, silently dropped by the peer's firewall) are harmless.
 #[test]
 fn neighbours_with_input_firewalls_punch_at_once() {
-    let Some(lab) = Lab::up_or_skip(
-        Lab::builder()
-            .a(Kind::PortRestricted)
-            .b(Kind::PortRestricted)
-            .hops(0)
-            .router_input("drop"),
-    ) else {
-        return;
-    };
-    run(
-        &lab,
-        Kind::PortRestricted,
-        Kind::PortRestricted,
-        true,
-        "ttl",
-    );
+    let pr = Kind::PortRestricted;
+    topology(pr, pr, 0, "drop", true, "ttl");
 }
 
 /// `--manual` (no relay at all) between neighbouring NATs that accept packets to themselves:
