@@ -259,14 +259,17 @@ fn tcp_neighbours(a: Kind, b: Kind, ends: Ends) {
     tcp_pair_in(builder, a, b, PACE, ends);
 }
 
+// With a reachable side the move to TCP comes within a second, but the direct UDP path
+// between neighbours takes ~4 s (the sides take turns), and a loaded machine has seen the
+// paced transfer end on UDP before TCP was up: the move itself is pinned in the usual lab.
 #[test]
-fn neighbours_full_cone_x_port_restricted_moves_to_tcp() {
-    tcp_neighbours(Kind::FullCone, Kind::PortRestricted, Ends::OnTcp);
+fn neighbours_full_cone_x_port_restricted_never_waits_for_tcp() {
+    tcp_neighbours(Kind::FullCone, Kind::PortRestricted, Ends::Either);
 }
 
 #[test]
-fn neighbours_port_restricted_x_open_moves_to_tcp() {
-    tcp_neighbours(Kind::PortRestricted, Kind::Open, Ends::OnTcp);
+fn neighbours_port_restricted_x_open_never_waits_for_tcp() {
+    tcp_neighbours(Kind::PortRestricted, Kind::Open, Ends::Either);
 }
 
 #[test]
