@@ -75,15 +75,7 @@ fn side_with(
     args: &[&str],
     write: impl FnOnce(std::process::ChildStdin) + Send + 'static,
 ) -> std::thread::JoinHandle<Side> {
-    let mut child = lab
-        .cmd(node, env!("CARGO_BIN_EXE_punch"))
-        .args(args)
-        .args(["--relay", lab.get("PUB_IP"), "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::punch::spawn_at_relay(lab, node, args);
     let stdin = child.stdin.take().unwrap();
     std::thread::spawn(move || write(stdin));
     let pid = child.id() as i32;

@@ -19,16 +19,31 @@ pub struct Live {
     seen: Vec<Value>,
 }
 
-pub fn live(lab: &Lab, node: &str, args: &[&str]) -> Live {
-    let started = Instant::now();
-    let mut child = lab
-        .cmd(node, env!("CARGO_BIN_EXE_punch"))
+/// `punch ARGS` in a lab node with stdin, stdout and stderr piped.
+pub fn spawn_punch(lab: &Lab, node: &str, args: &[&str]) -> Child {
+    lab.cmd(node, env!("CARGO_BIN_EXE_punch"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// [`spawn_punch`] meeting at the lab's relay (on `pub`), JSON events on stderr.
+pub fn spawn_at_relay(lab: &Lab, node: &str, args: &[&str]) -> Child {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--relay", lab.get("PUB_IP"), "--json"]);
+    spawn_punch(lab, node, &all)
+}
+
+pub fn live(lab: &Lab, node: &str, args: &[&str]) -> Live {
+    live_of(spawn_punch(lab, node, args))
+}
+
+/// Reads a spawned side's stdout and its stderr's events while it runs.
+fn live_of(mut child: Child) -> Live {
+    let started = Instant::now();
     let stdin = child.stdin.take();
     let mut out = child.stdout.take().unwrap();
     let first_byte = std::sync::Arc::new(std::sync::OnceLock::new());
@@ -78,9 +93,7 @@ pub fn noise(n: usize, mut seed: u64) -> Vec<u8> {
 /// A punch side meeting at the lab's relay (on `pub`), JSON events while it runs.
 #[allow(dead_code)]
 pub fn at_relay(lab: &Lab, node: &str, args: &[&str]) -> Live {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--relay", lab.get("PUB_IP"), "--json"]);
-    live(lab, node, &all)
+    live_of(spawn_at_relay(lab, node, args))
 }
 
 /// A `connected` event on the direct path.
@@ -257,15 +270,7 @@ pub fn timed(
     t0: Instant,
     limit: Duration,
 ) -> std::thread::JoinHandle<Timed> {
-    let mut child = lab
-        .cmd(node, env!("CARGO_BIN_EXE_punch"))
-        .args(args)
-        .args(["--relay", lab.get("PUB_IP"), "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_at_relay(lab, node, args);
     let mut stdin = child.stdin.take().unwrap();
     std::thread::spawn(move || {
         for c in input.chunks(chunk.max(1)) {

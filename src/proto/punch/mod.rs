@@ -231,10 +231,11 @@ impl Puncher {
         (self.measure.opening(), own)
     }
 
-    /// Whether the TTL measurement towards the peer has settled (its NAT answered, or every
-    /// probe was answered or given up).
-    pub fn measured(&self) -> bool {
-        self.measure.peer_settled()
+    /// The peer's relay-observed address, once the TTL measurement towards it has settled
+    /// (its NAT answered, or every probe was answered or given up): what birthday probing
+    /// and prediction wait for, since between neighbouring NATs their technique changes.
+    pub fn peer_measured(&self) -> Option<SocketAddr> {
+        self.peer_observed.filter(|_| self.measure.peer_settled())
     }
 
     /// What the measurement found, and the opening chosen.
