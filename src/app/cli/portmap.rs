@@ -22,6 +22,7 @@ removes them on exit, records them so a crashed run can be cleaned up with \
 mapping cannot make this host reachable (double NAT), or --verify found the port closed\n  \
 2  an error: bad usage, no default gateway, a local failure (message on stderr)\n\n\
 EXAMPLES:\n  portmap probe\n  portmap add 8080 --proto tcp --keep\n  \
+portmap add 8080 --ipv6 --keep\n  \
 portmap add 25565 --external 25565 --verify --relay relay.example.net\n  \
 portmap list --json\n  portmap delete --all-mine",
     after_help = "Exit status: 0 done, 1 the router cannot help, 2 error."
@@ -140,6 +141,11 @@ pub enum PortmapCmd {
         /// natkit relay HOST[:PORT] for --verify.
         #[arg(long, env = "NATKIT_RELAY", value_name = "HOST[:PORT]")]
         relay: Option<String>,
+        /// Open a pinhole in the router's IPv6 firewall for this host's global address
+        /// instead (PCP or UPnP IGD:2; no NAT: the external port is PORT). --verify checks
+        /// IPv4 only and is refused with it.
+        #[arg(long, conflicts_with = "verify")]
+        ipv6: bool,
     },
     /// Remove a mapping.
     Delete {
@@ -155,7 +161,14 @@ pub enum PortmapCmd {
         /// Remove every mapping natkit recorded for this gateway (e.g. after a crash).
         #[arg(long, conflicts_with = "port")]
         all_mine: bool,
+        /// Remove an IPv6 pinhole natkit opened (`add --ipv6`) instead.
+        #[arg(long)]
+        ipv6: bool,
     },
     /// The router's UPnP table and natkit's own NAT-PMP/PCP leases.
-    List,
+    List {
+        /// natkit's IPv6 pinholes instead (routers cannot list those).
+        #[arg(long)]
+        ipv6: bool,
+    },
 }
