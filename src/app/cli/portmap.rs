@@ -16,7 +16,9 @@ of the three port-mapping protocols it speaks: PCP (RFC 6887), NAT-PMP (RFC 6886
 It tells when the mapping cannot help (the router's external address is private or in the \
 carrier-grade NAT range: a second NAT sits in front of it), keeps leases alive with --keep, \
 removes them on exit, records them so a crashed run can be cleaned up with \
-`delete --all-mine`, and with --verify asks a natkit relay to connect back from outside.",
+`delete --all-mine`, and with --verify asks a natkit relay to connect back from outside. \
+With --ipv6 (add, delete, list) it opens a pinhole in the router's IPv6 firewall for this \
+host's global address instead: PCP (RFC 6887 §11) or UPnP IGD:2 WANIPv6FirewallControl.",
     after_long_help = "EXIT STATUS:\n  0  done\n  \
 1  the router cannot help: no port-mapping protocol answers, it refused the mapping, the \
 mapping cannot make this host reachable (double NAT), or --verify found the port closed\n  \
