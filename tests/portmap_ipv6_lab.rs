@@ -106,7 +106,7 @@ fn has_rule(lab: &Lab, port: u16) -> bool {
 /// One `--via`: a TCP and a UDP pinhole, each closed before, reachable from `pub` after add,
 /// listed, and closed again after delete with its rule gone.
 fn add_list_delete(lab: &Lab, via: &str, want: &str, base: u16) {
-    let st = state(via);
+    let st = state(&format!("{via}-{base}"));
     for (i, proto) in ["tcp", "udp"].into_iter().enumerate() {
         let port = base + i as u16;
         let l = listen(lab, port);
@@ -178,6 +178,38 @@ fn portmap_ipv6_upnp_pinholes_reachable_from_outside() {
 fn portmap_ipv6_auto_pinholes_reachable_from_outside() {
     let Some(lab) = lab() else { return };
     add_list_delete(&lab, "auto", "pcp", 7630);
+}
+
+/// `--via auto` falls back to UPnP when PCP does not answer over IPv6 (the router drops it).
+#[test]
+fn portmap_ipv6_auto_falls_back_to_upnp() {
+    let Some(lab) = lab() else { return };
+    for rule in [
+        &["add", "table", "ip6", "natkit_test"][..],
+        &[
+            "add",
+            "chain",
+            "ip6",
+            "natkit_test",
+            "in",
+            "{ type filter hook input priority -10; }",
+        ],
+        &[
+            "add",
+            "rule",
+            "ip6",
+            "natkit_test",
+            "in",
+            "udp",
+            "dport",
+            "5351",
+            "drop",
+        ],
+    ] {
+        lab.run_in("ra", "nft", rule)
+            .unwrap_or_else(|e| panic!("nft: {e}"));
+    }
+    add_list_delete(&lab, "auto", "upnp", 7660);
 }
 
 #[test]
