@@ -192,6 +192,40 @@ fn dechunk(mut s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// HTTP-, SSDP- and XML-shaped junk as well as random bytes.
+    fn routerish() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just("HTTP/1.1 200 OK\r\n".to_string()),
+            Just("HTTP/1.1 500 E\r\n".to_string()),
+            Just("Transfer-Encoding: chunked\r\n".to_string()),
+            Just("LOCATION: http://[".to_string()),
+            Just("\r\n\r\n".to_string()),
+            Just("<errorCode>".to_string()),
+            Just("</".to_string()),
+            Just(SERVICE.to_string()),
+            Just("<controlURL>".to_string()),
+            "[0-9a-f:/\\[\\]<>]{0,8}".prop_map(String::from),
+            "\\PC{0,6}".prop_map(String::from),
+        ];
+        prop_oneof![
+            proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        ]
+    }
+
+    proptest! {
+        /// Nothing a router sends can panic the parsers.
+        #[test]
+        fn parsers_never_panic(data in routerish()) {
+            let _ = answer(&data);
+            let _ = location(&data);
+            let text = String::from_utf8_lossy(&data);
+            let _ = control_url(&text);
+            let _ = tag(&text, "errorCode");
+        }
+    }
 
     const DESC: &str = "<root><device><serviceList><service>\
         <serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>\
