@@ -501,11 +501,17 @@ pub async fn list(ctx: &Ctx) -> Result<ListReport, PortmapError> {
         mappings: Vec::new(),
         notes: Vec::new(),
     };
-    match upnp::upnp_find(ctx).await {
-        _ if v6 => rep
+    // Pinholes are not in the IPv4 table: no search for it.
+    let found = if v6 {
+        None
+    } else {
+        Some(upnp::upnp_find(ctx).await)
+    };
+    match found {
+        None => rep
             .notes
             .push("routers cannot list IPv6 pinholes: these are natkit's records".into()),
-        Ok((g, _)) => {
+        Some(Ok((g, _))) => {
             rep.upnp_table = true;
             let end = upnp::read_table(&g, |e| {
                 let proto = upnp::proto_of(e.protocol);
@@ -539,7 +545,7 @@ pub async fn list(ctx: &Ctx) -> Result<ListReport, PortmapError> {
                     .push("the router stopped answering while listing".into()),
             }
         }
-        Err(e) => rep.notes.push(format!("UPnP: {e}")),
+        Some(Err(e)) => rep.notes.push(format!("UPnP: {e}")),
     }
     let now = crate::net::sys::unix_now() as i64;
     let description = if rep.upnp_table {
