@@ -12,28 +12,12 @@ use std::time::{Duration, Instant};
 use common::lab::{in_ns, Kind, Lab};
 use serde_json::Value;
 
-/// A state file of this test's own (tests run in parallel).
 fn state(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("natkit-portmap-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d.join("portmap.json")
+    common::miniupnpd::state_file("natkit-portmap", tag)
 }
 
-fn portmap(lab: &Lab, st: &PathBuf, args: &[&str]) -> (Option<i32>, Value, String) {
-    let out = lab
-        .cmd("a", env!("CARGO_BIN_EXE_portmap"))
-        .arg("--json")
-        .args(args)
-        .env("NATKIT_PORTMAP_STATE", st)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let v = serde_json::from_str(text.lines().next().unwrap_or("")).unwrap_or(Value::Null);
-    (
-        out.status.code(),
-        v,
-        format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
-    )
+fn portmap(lab: &Lab, st: &std::path::Path, args: &[&str]) -> (Option<i32>, Value, String) {
+    common::miniupnpd::portmap_json(lab, st, args)
 }
 
 /// Whether a TCP connection from the public node to `dst` reaches `listener` on host A.

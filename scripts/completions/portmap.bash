@@ -89,7 +89,7 @@ _portmap() {
             return 0
             ;;
         portmap__subcmd__add)
-            opts="-v -h --proto --external --lifetime --via --keep --verify --relay --gateway --json --timeout --state --color --verbose --help"
+            opts="-v -h --proto --external --lifetime --via --keep --verify --relay --ipv6 --gateway --json --timeout --state --color --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -139,7 +139,7 @@ _portmap() {
             return 0
             ;;
         portmap__subcmd__delete)
-            opts="-v -h --proto --via --all-mine --gateway --json --timeout --state --color --verbose --help"
+            opts="-v -h --proto --via --all-mine --ipv6 --gateway --json --timeout --state --color --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -305,7 +305,7 @@ _portmap() {
             return 0
             ;;
         portmap__subcmd__list)
-            opts="-v -h --gateway --json --timeout --state --color --verbose --help"
+            opts="-v -h --ipv6 --gateway --json --timeout --state --color --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

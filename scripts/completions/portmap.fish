@@ -75,6 +75,7 @@ always\t'Always colour (never with `--json`)'
 never\t'Never colour'"
 complete -c portmap -n "__fish_portmap_using_subcommand add" -l keep -d 'Stay running: renew at half the lease, re-create the mapping after a router restart, remove it on SIGINT/SIGTERM'
 complete -c portmap -n "__fish_portmap_using_subcommand add" -l verify -d 'Ask a natkit relay (--relay) to connect to the external address and port from outside, and report whether it got through'
+complete -c portmap -n "__fish_portmap_using_subcommand add" -l ipv6 -d 'Open a pinhole in the router\'s IPv6 firewall for this host\'s global address instead (PCP or UPnP IGD:2; no NAT: the external port is PORT). --verify checks IPv4 only and is refused with it'
 complete -c portmap -n "__fish_portmap_using_subcommand add" -l json -d 'Print JSON (stable keys, `schema` version) instead of text'
 complete -c portmap -n "__fish_portmap_using_subcommand add" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c portmap -n "__fish_portmap_using_subcommand add" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -91,6 +92,7 @@ complete -c portmap -n "__fish_portmap_using_subcommand delete" -l color -d 'Whe
 always\t'Always colour (never with `--json`)'
 never\t'Never colour'"
 complete -c portmap -n "__fish_portmap_using_subcommand delete" -l all-mine -d 'Remove every mapping natkit recorded for this gateway (e.g. after a crash)'
+complete -c portmap -n "__fish_portmap_using_subcommand delete" -l ipv6 -d 'Remove an IPv6 pinhole natkit opened (`add --ipv6`) instead'
 complete -c portmap -n "__fish_portmap_using_subcommand delete" -l json -d 'Print JSON (stable keys, `schema` version) instead of text'
 complete -c portmap -n "__fish_portmap_using_subcommand delete" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c portmap -n "__fish_portmap_using_subcommand delete" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -100,6 +102,7 @@ complete -c portmap -n "__fish_portmap_using_subcommand list" -l state -d 'Where
 complete -c portmap -n "__fish_portmap_using_subcommand list" -l color -d 'When to colour the text output' -r -f -a "auto\t'Colour when stdout is a terminal, `NO_COLOR` is unset and `TERM` is not `dumb`'
 always\t'Always colour (never with `--json`)'
 never\t'Never colour'"
+complete -c portmap -n "__fish_portmap_using_subcommand list" -l ipv6 -d 'natkit\'s IPv6 pinholes instead (routers cannot list those)'
 complete -c portmap -n "__fish_portmap_using_subcommand list" -l json -d 'Print JSON (stable keys, `schema` version) instead of text'
 complete -c portmap -n "__fish_portmap_using_subcommand list" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c portmap -n "__fish_portmap_using_subcommand list" -s h -l help -d 'Print help (see more with \'--help\')'

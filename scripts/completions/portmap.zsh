@@ -86,6 +86,7 @@ always\:"Always colour (never with \`--json\`)"
 never\:"Never colour"))' \
 '--keep[Stay running\: renew at half the lease, re-create the mapping after a router restart, remove it on SIGINT/SIGTERM]' \
 '--verify[Ask a natkit relay (--relay) to connect to the external address and port from outside, and report whether it got through]' \
+'(--verify)--ipv6[Open a pinhole in the router'\''s IPv6 firewall for this host'\''s global address instead (PCP or UPnP IGD\:2; no NAT\: the external port is PORT). --verify checks IPv4 only and is refused with it]' \
 '--json[Print JSON (stable keys, \`schema\` version) instead of text]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
@@ -109,6 +110,7 @@ pcp\:"PCP (RFC 6887)"))' \
 always\:"Always colour (never with \`--json\`)"
 never\:"Never colour"))' \
 '()--all-mine[Remove every mapping natkit recorded for this gateway (e.g. after a crash)]' \
+'--ipv6[Remove an IPv6 pinhole natkit opened (\`add --ipv6\`) instead]' \
 '--json[Print JSON (stable keys, \`schema\` version) instead of text]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
@@ -125,6 +127,7 @@ _arguments "${_arguments_options[@]}" : \
 '--color=[When to colour the text output]:WHEN:((auto\:"Colour when stdout is a terminal, \`NO_COLOR\` is unset and \`TERM\` is not \`dumb\`"
 always\:"Always colour (never with \`--json\`)"
 never\:"Never colour"))' \
+'--ipv6[natkit'\''s IPv6 pinholes instead (routers cannot list those)]' \
 '--json[Print JSON (stable keys, \`schema\` version) instead of text]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \

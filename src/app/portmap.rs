@@ -37,7 +37,16 @@ impl Human for ProbeReport {
         if self.available.is_empty() {
             writeln!(w, "{}", "No port-mapping protocol answers.".yellow())?;
         }
-        why(w, &self.why)
+        why(w, &self.why)?;
+        if let Some(v6) = &self.ipv6 {
+            match (v6.router, v6.host) {
+                (Some(r), Some(h)) => writeln!(w, "IPv6 pinholes: router {r} (this host {h})")?,
+                _ => writeln!(w, "IPv6 pinholes:")?,
+            }
+            status(w, "PCP", &v6.pcp)?;
+            status(w, "UPnP", &v6.upnp)?;
+        }
+        Ok(())
     }
 }
 

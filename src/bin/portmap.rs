@@ -19,11 +19,19 @@ fn run() -> i32 {
             return natkit::exit::ERROR;
         }
     }
+    let ipv6 = matches!(
+        args.cmd,
+        PortmapCmd::Add { ipv6: true, .. }
+            | PortmapCmd::Delete { ipv6: true, .. }
+            | PortmapCmd::List { ipv6: true }
+    );
     let ctx = match Ctx::new(
         args.common.gateway,
         Duration::from_millis(args.common.timeout),
         args.common.state.clone(),
-    ) {
+    )
+    .and_then(|c| if ipv6 { c.ipv6() } else { Ok(c) })
+    {
         Ok(c) => c,
         Err(e) => {
             output::print_error("portmap", &e);
@@ -42,7 +50,7 @@ fn run() -> i32 {
         };
         match args.cmd {
             PortmapCmd::Probe => {
-                let r = pm::probe(&ctx).await;
+                let r = pm::probe_all(&ctx).await;
                 let code = if r.available.is_empty() || !r.mapping_can_help {
                     natkit::exit::CANNOT_HOST
                 } else {
@@ -68,6 +76,7 @@ fn run() -> i32 {
                 keep,
                 verify,
                 relay,
+                ..
             } => {
                 let req = MapRequest {
                     proto: proto.into(),
@@ -110,6 +119,7 @@ fn run() -> i32 {
                 proto,
                 via,
                 all_mine,
+                ..
             } => {
                 let port = if all_mine { None } else { port };
                 match pm::delete(&ctx, port, proto.into(), via.into()).await {
@@ -123,7 +133,7 @@ fn run() -> i32 {
                     }
                 }
             }
-            PortmapCmd::List => match pm::list(&ctx).await {
+            PortmapCmd::List { .. } => match pm::list(&ctx).await {
                 Ok(r) => emitted(out.emit(&r), natkit::exit::OK),
                 Err(e) => {
                     output::print_error("portmap", &e);

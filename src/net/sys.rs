@@ -398,6 +398,15 @@ fn parse_recverr(p: &[u8]) -> Option<(IpAddr, u8)> {
     Some((IpAddr::V4(ip), ee.ee_type))
 }
 
+/// The index of network interface `name` (if_nametoindex(3)), e.g. for the scope id of a
+/// link-local address; `None` when there is no such interface.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

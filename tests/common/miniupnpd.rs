@@ -228,3 +228,34 @@ pub fn lab_processes(lab_name: &str) -> Vec<(u32, String)> {
     }
     v
 }
+
+/// A portmap state file of one test's own under the temp dir (tests run in parallel).
+pub fn state_file(prefix: &str, tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d.join("portmap.json")
+}
+
+/// `portmap --json args...` on host A with state file `st`: (exit code, first JSON line,
+/// stdout + stderr).
+pub fn portmap_json(
+    lab: &Lab,
+    st: &std::path::Path,
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let out = lab
+        .cmd("a", env!("CARGO_BIN_EXE_portmap"))
+        .arg("--json")
+        .args(args)
+        .env("NATKIT_PORTMAP_STATE", st)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v =
+        serde_json::from_str(text.lines().next().unwrap_or("")).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code(),
+        v,
+        format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}

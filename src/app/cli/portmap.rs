@@ -16,12 +16,15 @@ of the three port-mapping protocols it speaks: PCP (RFC 6887), NAT-PMP (RFC 6886
 It tells when the mapping cannot help (the router's external address is private or in the \
 carrier-grade NAT range: a second NAT sits in front of it), keeps leases alive with --keep, \
 removes them on exit, records them so a crashed run can be cleaned up with \
-`delete --all-mine`, and with --verify asks a natkit relay to connect back from outside.",
+`delete --all-mine`, and with --verify asks a natkit relay to connect back from outside. \
+With --ipv6 (add, delete, list) it opens a pinhole in the router's IPv6 firewall for this \
+host's global address instead: PCP (RFC 6887 §11) or UPnP IGD:2 WANIPv6FirewallControl.",
     after_long_help = "EXIT STATUS:\n  0  done\n  \
 1  the router cannot help: no port-mapping protocol answers, it refused the mapping, the \
 mapping cannot make this host reachable (double NAT), or --verify found the port closed\n  \
 2  an error: bad usage, no default gateway, a local failure (message on stderr)\n\n\
 EXAMPLES:\n  portmap probe\n  portmap add 8080 --proto tcp --keep\n  \
+portmap add 8080 --ipv6 --keep\n  \
 portmap add 25565 --external 25565 --verify --relay relay.example.net\n  \
 portmap list --json\n  portmap delete --all-mine",
     after_help = "Exit status: 0 done, 1 the router cannot help, 2 error."
@@ -140,6 +143,11 @@ pub enum PortmapCmd {
         /// natkit relay HOST[:PORT] for --verify.
         #[arg(long, env = "NATKIT_RELAY", value_name = "HOST[:PORT]")]
         relay: Option<String>,
+        /// Open a pinhole in the router's IPv6 firewall for this host's global address
+        /// instead (PCP or UPnP IGD:2; no NAT: the external port is PORT). --verify checks
+        /// IPv4 only and is refused with it.
+        #[arg(long, conflicts_with = "verify")]
+        ipv6: bool,
     },
     /// Remove a mapping.
     Delete {
@@ -155,7 +163,14 @@ pub enum PortmapCmd {
         /// Remove every mapping natkit recorded for this gateway (e.g. after a crash).
         #[arg(long, conflicts_with = "port")]
         all_mine: bool,
+        /// Remove an IPv6 pinhole natkit opened (`add --ipv6`) instead.
+        #[arg(long)]
+        ipv6: bool,
     },
     /// The router's UPnP table and natkit's own NAT-PMP/PCP leases.
-    List,
+    List {
+        /// natkit's IPv6 pinholes instead (routers cannot list those).
+        #[arg(long)]
+        ipv6: bool,
+    },
 }

@@ -1,7 +1,7 @@
 //! Where to ask: the default gateway from the kernel's routing table, this host's address on
 //! its LAN ([`Ctx`]), and whether an external address the router reports is really its own.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,22 @@ pub enum PortmapError {
     /// The relay name does not resolve.
     #[error("cannot resolve the relay: {0}")]
     Resolve(String),
+    /// `--ipv6` without a usable IPv6 router or global address.
+    #[error("--ipv6: {0}")]
+    NoIpv6(String),
+}
+
+/// Where an IPv6 pinhole is asked for (`--ipv6`): there is no NAT, so the "mapping" is a hole
+/// in the router's IPv6 firewall for this host's own global address.
+#[derive(Debug, Clone, Copy)]
+pub struct V6 {
+    /// The router's IPv6 address (the default route's next hop; link-local ones keep their
+    /// interface in the scope id).
+    pub router: SocketAddrV6,
+    /// This host's global address (the pinhole's internal client).
+    pub host: Ipv6Addr,
+    /// The interface towards the router (for link-local multicast: SSDP's ff02::c).
+    pub ifindex: u32,
 }
 
 /// Where and how to ask.
@@ -41,6 +57,8 @@ pub struct Ctx {
     pub timeout: Duration,
     /// The state file.
     pub state: PathBuf,
+    /// Set by [`Ctx::ipv6`]: pinholes instead of IPv4 mappings.
+    pub v6: Option<V6>,
 }
 
 impl Ctx {
@@ -60,13 +78,91 @@ impl Ctx {
             local_ip,
             timeout,
             state: state.unwrap_or_else(default_state_path),
+            v6: None,
         })
     }
 
-    /// The gateway's NAT-PMP/PCP server (RFC 6886 §3, RFC 6887 §19: the same port).
-    pub(super) fn pmp_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.gateway, natpmp::PORT))
+    /// The same router asked for IPv6 pinholes (`--ipv6`): its IPv6 address from the default
+    /// IPv6 route, and this host's global address towards it.
+    pub fn ipv6(self) -> Result<Ctx, PortmapError> {
+        let v6 = find_v6().map_err(PortmapError::NoIpv6)?;
+        Ok(Ctx {
+            v6: Some(v6),
+            ..self
+        })
     }
+
+    /// The gateway's NAT-PMP/PCP server (RFC 6886 §3, RFC 6887 §19: the same port); with
+    /// `--ipv6` its IPv6 address (PCP only: RFC 6887 §11 maps an IPv6 internal address).
+    pub(super) fn pmp_addr(&self) -> SocketAddr {
+        match self.v6 {
+            Some(v6) => SocketAddr::V6(SocketAddrV6::new(
+                *v6.router.ip(),
+                natpmp::PORT,
+                0,
+                v6.router.scope_id(),
+            )),
+            None => SocketAddr::from((self.gateway, natpmp::PORT)),
+        }
+    }
+
+    /// The address a mapping or pinhole is for: ours on the LAN, or our global IPv6 one.
+    pub(super) fn client_ip(&self) -> IpAddr {
+        match self.v6 {
+            Some(v6) => IpAddr::V6(v6.host),
+            None => IpAddr::V4(self.local_ip),
+        }
+    }
+}
+
+/// The IPv6 router and this host's global address, or why there is none.
+pub fn find_v6() -> Result<V6, String> {
+    let text = std::fs::read_to_string("/proc/net/ipv6_route")
+        .map_err(|e| format!("no IPv6 routing table: {e}"))?;
+    let (router, dev) = parse_ipv6_route_table(&text).ok_or("no default IPv6 route")?;
+    let ifindex = crate::net::sys::if_index(&dev).ok_or_else(|| format!("no interface {dev}"))?;
+    let scope = if is_link_local(router) { ifindex } else { 0 };
+    let router = SocketAddrV6::new(router, 0, 0, scope);
+    // Towards a global router the kernel's choice is the source address it would use; a
+    // link-local router tells nothing, so the host's first global address is taken.
+    let towards = crate::net::sys::local_ip_towards(SocketAddr::V6(SocketAddrV6::new(
+        *router.ip(),
+        natpmp::PORT,
+        0,
+        scope,
+    )));
+    let globals = crate::net::sys::global_ipv6_addrs();
+    let host = match towards {
+        Ok(IpAddr::V6(ip)) if globals.contains(&ip) => ip,
+        _ => *globals
+            .first()
+            .ok_or("no global IPv6 address (this machine has only link-local IPv6, or none)")?,
+    };
+    Ok(V6 {
+        router,
+        host,
+        ifindex,
+    })
+}
+
+fn is_link_local(ip: Ipv6Addr) -> bool {
+    (ip.segments()[0] & 0xffc0) == 0xfe80
+}
+
+/// The default IPv6 route's next hop and device from `/proc/net/ipv6_route` (hex fields:
+/// destination, its prefix length, source, its prefix length, next hop, metric, refcount,
+/// use, flags, device).
+fn parse_ipv6_route_table(text: &str) -> Option<(Ipv6Addr, String)> {
+    let hex128 = |s: &str| u128::from_str_radix(s, 16).ok().filter(|_| s.len() == 32);
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (dst, plen, hop, dev) = (f.first()?, f.get(1)?, f.get(4)?, f.get(9)?);
+        if hex128(dst)? != 0 || *plen != "00" {
+            return None;
+        }
+        let hop = hex128(hop)?;
+        (hop != 0).then(|| (Ipv6Addr::from(hop), dev.to_string()))
+    })
 }
 
 /// The IPv4 default gateway from the kernel's routing table (`/proc/net/route`: hex,
@@ -166,6 +262,23 @@ mod tests {
             parse_route_table("x\n eth0 00000000 zz 0 0 0 0 00000000"),
             None
         );
+    }
+
+    #[test]
+    fn default_ipv6_route_is_read_from_the_kernel_table() {
+        let t = "20010db8000100000000000000000000 40 00000000000000000000000000000000 00 \
+                 00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0\n\
+                 00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+                 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n";
+        assert_eq!(
+            parse_ipv6_route_table(t),
+            Some(("fe80::1".parse().unwrap(), "eth0".to_string()))
+        );
+        // An unreachable default (next hop ::) or a short line is no gateway.
+        let none = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+                    00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n\
+                    0000 00";
+        assert_eq!(parse_ipv6_route_table(none), None);
     }
 
     #[test]

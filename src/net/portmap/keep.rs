@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 
 use super::gateway::Ctx;
 use super::state::{MapRequest, Mapping, Method, State};
-use super::{map_once, natpmp_pcp, unmap, upnp};
+use super::{map_once, natpmp_pcp, pinhole, unmap, upnp};
 use crate::defaults;
 use crate::proto::portmap::{natpmp, pcp};
 
@@ -69,7 +69,10 @@ enum Check {
 async fn check(ctx: &Ctx, m: &Mapping) -> Result<Check, String> {
     match m.via {
         Method::Natpmp | Method::Pcp => natpmp_pcp::epoch(ctx, m.via).await.map(Check::Epoch),
-        Method::Upnp => upnp::holds(ctx, m).await.map(Check::Present),
+        Method::Upnp => match m.pinhole_id {
+            Some(id) => pinhole::present(ctx, id).await.map(Check::Present),
+            None => upnp::holds(ctx, m).await.map(Check::Present),
+        },
     }
 }
 
@@ -182,9 +185,8 @@ pub async fn keep(
             external_port: m.external_port,
             ..req
         };
-        let nonce = m.pcp_nonce();
         let mut notes = Vec::new();
-        match map_once(ctx, m.via, wish, nonce, &mut notes).await {
+        match map_once(ctx, m.via, wish, Some(&m), &mut notes).await {
             Ok(new) => {
                 let restarted = match (epoch, new.epoch) {
                     (Some(p), Some(e)) => router_restarted(m.via, p, (e, Instant::now())),
@@ -236,6 +238,12 @@ pub async fn keep(
         ok: r.is_ok(),
         detail: match r {
             Ok(()) => format!("removed {} {} → {}", m.proto, m.external_port, m.internal),
+            // The router keeps it until its lease ends (miniupnpd 2.3 refuses to delete a
+            // PCP pinhole it renewed: the renewal drops the owner's nonce).
+            Err(e) if m.lifetime != 0 => format!(
+                "removing: {e}; it lapses when its lease ends (within {} s)",
+                m.lifetime
+            ),
             Err(e) => format!("removing: {e}"),
         },
     });

@@ -4,6 +4,7 @@
 //! - `gateway`: the router, our address on its LAN, whether its external address is its own;
 //! - `natpmp_pcp`: the sans-IO NAT-PMP/PCP transactions ([`crate::proto::portmap`]) over UDP;
 //! - `upnp`: UPnP IGD through igd-next with natkit's own timeouts;
+//! - `pinhole`: UPnP IGD:2 IPv6 firewall pinholes (`--ipv6`; PCP pinholes are `natpmp_pcp`'s);
 //! - `state`: the state file of the mappings natkit made;
 //! - `verify`: a relay's connection from outside that checks a mapping;
 //! - `keep`: renewal, router-restart detection and announcements while `--keep` runs.
@@ -11,22 +12,23 @@
 mod gateway;
 mod keep;
 mod natpmp_pcp;
+mod pinhole;
 mod state;
 mod upnp;
 mod verify;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::ControlFlow;
 use std::time::Instant;
 
 use serde::Serialize;
 
-pub use gateway::{default_gateway, Ctx, PortmapError};
+pub use gateway::{default_gateway, find_v6, Ctx, PortmapError, V6};
 pub use keep::{keep, KeepEvent};
 pub use state::{MapRequest, Mapping, Method, State};
 pub use verify::{verify, Verification};
 
-use crate::proto::portmap::{ExternalKind, ProbeReport, Proto, Via};
+use crate::proto::portmap::{ExternalKind, Ipv6Probe, ProbeReport, Proto, ProtocolStatus, Via};
 use gateway::{classify_external, ms};
 use natpmp_pcp::{probe_natpmp, probe_pcp};
 use upnp::{probe_upnp, TableEnd};
@@ -74,7 +76,57 @@ pub async fn probe(ctx: &Ctx) -> ProbeReport {
         external_kind,
         why,
         elapsed_ms: ms(t0.elapsed()),
+        ipv6: None,
     }
+}
+
+/// `portmap probe`: [`probe`] of the IPv4 protocols and, at the same time, whether the
+/// router opens IPv6 pinholes (PCP and UPnP IGD:2 over IPv6).
+pub async fn probe_all(ctx: &Ctx) -> ProbeReport {
+    let v4 = Ctx {
+        v6: None,
+        ..ctx.clone()
+    };
+    let (mut rep, v6) = tokio::join!(probe(&v4), probe_ipv6(ctx));
+    rep.elapsed_ms = rep.elapsed_ms.max(v6.1);
+    rep.ipv6 = Some(v6.0);
+    rep
+}
+
+/// The IPv6 part of `portmap probe` and its wall time; a host without IPv6 is known at once.
+async fn probe_ipv6(ctx: &Ctx) -> (Ipv6Probe, u64) {
+    let t0 = Instant::now();
+    let v6 = match ctx.v6.map_or_else(find_v6, Ok) {
+        Ok(v6) => v6,
+        Err(e) => {
+            let no = ProtocolStatus::no(e);
+            let p = Ipv6Probe {
+                router: None,
+                host: None,
+                available: Vec::new(),
+                pcp: no.clone(),
+                upnp: no,
+            };
+            return (p, ms(t0.elapsed()));
+        }
+    };
+    let ctx6 = Ctx {
+        v6: Some(v6),
+        ..ctx.clone()
+    };
+    let (pcp, upnp) = tokio::join!(probe_pcp(&ctx6), pinhole::probe(&ctx6));
+    let available = [("pcp", &pcp), ("upnp", &upnp)]
+        .into_iter()
+        .filter_map(|(n, s)| s.available.then_some(n))
+        .collect();
+    let p = Ipv6Probe {
+        router: Some(*v6.router.ip()),
+        host: Some(v6.host),
+        available,
+        pcp,
+        upnp,
+    };
+    (p, ms(t0.elapsed()))
 }
 
 /// `portmap external-ip`.
@@ -125,21 +177,33 @@ pub async fn external_ip(ctx: &Ctx) -> ExternalIpReport {
 // ---------------------------------------------------------------------------------------------
 // Mappings: one protocol's map and unmap.
 
-/// Asks one protocol for a mapping (also used to renew: same request again, with a PCP
-/// mapping's own `nonce`). Notes say what the router did differently from what was asked.
+/// Asks one protocol for a mapping (also used to renew `prev`: same request again, with a PCP
+/// mapping's own nonce, or UpdatePinhole for a UPnP pinhole). Notes say what the router did
+/// differently from what was asked.
 async fn map_once(
     ctx: &Ctx,
     via: Method,
     req: MapRequest,
-    nonce: Option<[u8; 12]>,
+    prev: Option<&Mapping>,
     notes: &mut Vec<String>,
 ) -> Result<Mapping, String> {
     let grant = match via {
-        Method::Pcp => natpmp_pcp::map_pcp(ctx, req, nonce).await?,
+        Method::Pcp => natpmp_pcp::map_pcp(ctx, req, prev.and_then(Mapping::pcp_nonce)).await?,
+        Method::Natpmp if ctx.v6.is_some() => {
+            return Err("NAT-PMP maps IPv4 only (RFC 6886 §1): use PCP or UPnP".into())
+        }
         Method::Natpmp => natpmp_pcp::map_natpmp(ctx, req).await?,
+        Method::Upnp if ctx.v6.is_some() => match prev.and_then(|m| m.pinhole_id) {
+            // A pinhole that vanished (router restart) cannot be updated: open it anew.
+            Some(id) => match pinhole::update(ctx, id, req).await {
+                Ok(g) => g,
+                Err(_) => pinhole::add(ctx, req).await?,
+            },
+            None => pinhole::add(ctx, req).await?,
+        },
         Method::Upnp => upnp::map_upnp(ctx, req, notes).await?,
     };
-    let internal = SocketAddrV4::new(ctx.local_ip, req.internal_port);
+    let internal = SocketAddr::new(ctx.client_ip(), req.internal_port);
     Ok(Mapping::granted(
         via,
         req.proto,
@@ -154,7 +218,10 @@ async fn unmap(ctx: &Ctx, m: &Mapping) -> Result<(), String> {
     match m.via {
         Method::Pcp => natpmp_pcp::unmap_pcp(ctx, m).await,
         Method::Natpmp => natpmp_pcp::unmap_natpmp(ctx, m).await,
-        Method::Upnp => upnp::unmap_upnp(ctx, m).await,
+        Method::Upnp => match m.pinhole_id {
+            Some(id) => pinhole::delete(ctx, id).await,
+            None => upnp::unmap_upnp(ctx, m).await,
+        },
     }
 }
 
@@ -212,7 +279,14 @@ pub async fn add(ctx: &Ctx, req: MapRequest, via: Via) -> AddReport {
     let mut attempts = Vec::new();
     let mut notes = Vec::new();
     let mut mapping = None;
-    for &m in Method::order(via) {
+    if via == Via::Natpmp && ctx.v6.is_some() {
+        attempts.push(Attempt {
+            via: Method::Natpmp,
+            ok: false,
+            detail: "NAT-PMP maps IPv4 only (RFC 6886 §1): use --via pcp or upnp".into(),
+        });
+    }
+    for &m in Method::order(via, ctx.v6.is_some()) {
         match map_once(ctx, m, req, None, &mut notes).await {
             Ok(map) => {
                 attempts.push(Attempt {
@@ -248,6 +322,8 @@ pub async fn add(ctx: &Ctx, req: MapRequest, via: Via) -> AddReport {
         }
     }
     let ext = match &mapping {
+        // A pinhole is for our own global address: there is no NAT to classify.
+        _ if ctx.v6.is_some() => None,
         Some(m) => m.external_ip,
         // Refused everywhere: the router's address may say why (double NAT).
         None => probe_natpmp(ctx).await.external_ip,
@@ -307,15 +383,18 @@ pub async fn delete(
     via: Via,
 ) -> Result<DeleteReport, PortmapError> {
     let state = State::load(&ctx.state)?;
+    let v6 = ctx.v6.is_some();
     let wanted = |m: &&Mapping| {
         m.gateway == ctx.gateway
-            && Method::order(via).contains(&m.via)
+            && m.internal.is_ipv6() == v6
+            && Method::order(via, v6).contains(&m.via)
             && port.is_none_or(|p| m.proto == proto && m.internal.port() == p)
     };
     let mut targets: Vec<Mapping> = state.mappings.iter().filter(wanted).cloned().collect();
-    if let (Some(p), true) = (port, targets.is_empty()) {
+    // A pinhole is deleted only with its PCP nonce or UPnP UniqueID: without a record, none.
+    if let (Some(p), true, false) = (port, targets.is_empty(), v6) {
         // Not ours (or made by another tool): ask what can delete without a record.
-        for &m in Method::order(via) {
+        for &m in Method::order(via, v6) {
             if m == Method::Pcp {
                 continue; // PCP deletes only with the mapping's nonce (RFC 6887 §15).
             }
@@ -323,13 +402,14 @@ pub async fn delete(
                 via: m,
                 proto,
                 gateway: ctx.gateway,
-                internal: SocketAddrV4::new(ctx.local_ip, p),
+                internal: SocketAddr::new(ctx.client_ip(), p),
                 external_ip: None,
                 external_port: p,
                 lifetime: 0,
                 nonce: None,
                 epoch: None,
                 granted_at: 0,
+                pinhole_id: None,
             });
         }
     }
@@ -404,13 +484,15 @@ pub struct ListReport {
     pub notes: Vec<String>,
 }
 
-/// The router's UPnP table plus natkit's NAT-PMP/PCP records (routers cannot list those).
+/// The router's UPnP table plus natkit's NAT-PMP/PCP records (routers cannot list those);
+/// with `--ipv6` natkit's pinhole records (neither PCP nor IGD:2 can list pinholes).
 pub async fn list(ctx: &Ctx) -> Result<ListReport, PortmapError> {
     let state = State::load(&ctx.state)?;
+    let v6 = ctx.v6.is_some();
     let mut mine: Vec<&Mapping> = state
         .mappings
         .iter()
-        .filter(|m| m.gateway == ctx.gateway)
+        .filter(|m| m.gateway == ctx.gateway && m.internal.is_ipv6() == v6)
         .collect();
     let mut rep = ListReport {
         schema: SCHEMA,
@@ -419,8 +501,17 @@ pub async fn list(ctx: &Ctx) -> Result<ListReport, PortmapError> {
         mappings: Vec::new(),
         notes: Vec::new(),
     };
-    match upnp::upnp_find(ctx).await {
-        Ok((g, _)) => {
+    // Pinholes are not in the IPv4 table: no search for it.
+    let found = if v6 {
+        None
+    } else {
+        Some(upnp::upnp_find(ctx).await)
+    };
+    match found {
+        None => rep
+            .notes
+            .push("routers cannot list IPv6 pinholes: these are natkit's records".into()),
+        Some(Ok((g, _))) => {
             rep.upnp_table = true;
             let end = upnp::read_table(&g, |e| {
                 let proto = upnp::proto_of(e.protocol);
@@ -454,7 +545,7 @@ pub async fn list(ctx: &Ctx) -> Result<ListReport, PortmapError> {
                     .push("the router stopped answering while listing".into()),
             }
         }
-        Err(e) => rep.notes.push(format!("UPnP: {e}")),
+        Some(Err(e)) => rep.notes.push(format!("UPnP: {e}")),
     }
     let now = crate::net::sys::unix_now() as i64;
     let description = if rep.upnp_table {

@@ -4,7 +4,7 @@
 //! Each request goes out on its own *connected* socket so an ICMP port-unreachable from a
 //! router without a server surfaces as an immediate "refused" instead of a timeout.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -32,7 +32,11 @@ async fn exchange<P: Protocol, O>(
     mut client: Tx<P>,
     outcome: fn(P::Event) -> Option<O>,
 ) -> Result<Exchange<O>, PortmapError> {
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    let any: IpAddr = match ctx.pmp_addr() {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let sock = UdpSocket::bind((any, 0)).await?;
     sock.connect(ctx.pmp_addr()).await?;
     let t0 = Instant::now();
     let deadline = t0 + ctx.timeout;
@@ -178,7 +182,7 @@ pub(super) async fn probe_natpmp(ctx: &Ctx) -> ProtocolStatus {
 pub(super) async fn probe_pcp(ctx: &Ctx) -> ProtocolStatus {
     let c = pcp::Client::new(
         Instant::now(),
-        pcp::Request::announce(IpAddr::V4(ctx.local_ip)),
+        pcp::Request::announce(ctx.client_ip()),
         schedule(ctx.timeout),
     );
     match exchange(ctx, c, pcp_outcome).await {
@@ -212,8 +216,8 @@ pub(super) async fn map_pcp(
     }
     let nonce = nonce.unwrap_or_else(|| pcp::new_nonce(&mut rand::thread_rng()));
     let r = pcp::Request::map(
-        IpAddr::V4(ctx.local_ip),
-        pcp::Map::new(nonce, req.proto, req.internal_port, req.external_port),
+        ctx.client_ip(),
+        pcp_map(ctx, nonce, req.proto, req.internal_port, req.external_port),
         req.lifetime,
     );
     let r = ask_pcp(ctx, r).await?;
@@ -230,7 +234,24 @@ pub(super) async fn map_pcp(
         external_ip,
         nonce: Some(nonce),
         epoch: Some(r.epoch),
+        pinhole_id: None,
     })
+}
+
+/// A MAP opcode body; for an IPv6 pinhole the suggested external address is `::` (no
+/// preference in the internal address's family, RFC 6887 §11.1).
+fn pcp_map(
+    ctx: &Ctx,
+    nonce: [u8; 12],
+    proto: crate::proto::portmap::Proto,
+    internal_port: u16,
+    external_port: u16,
+) -> pcp::Map {
+    let mut m = pcp::Map::new(nonce, proto, internal_port, external_port);
+    if ctx.v6.is_some() {
+        m.external_ip = Ipv6Addr::UNSPECIFIED.into();
+    }
+    m
 }
 
 /// A NAT-PMP mapping request (RFC 6886 §3.3), then the external address it does not carry.
@@ -265,6 +286,7 @@ pub(super) async fn map_natpmp(ctx: &Ctx, req: MapRequest) -> Result<Grant, Stri
                 external_ip,
                 nonce: None,
                 epoch: Some(epoch),
+                pinhole_id: None,
             })
         }
         other => Err(format!("unexpected answer {other:?}")),
@@ -277,11 +299,11 @@ pub(super) async fn unmap_pcp(ctx: &Ctx, m: &Mapping) -> Result<(), String> {
         .pcp_nonce()
         .ok_or("no PCP nonce recorded for this mapping")?;
     let r = pcp::Request::delete(
-        IpAddr::V4(ctx.local_ip),
+        ctx.client_ip(),
         // The recorded external port too: miniupnpd 2.3 otherwise matches the first
         // mapping of this internal port, which may belong to another protocol, and
         // answers NOT_AUTHORIZED.
-        pcp::Map::new(nonce, m.proto, m.internal.port(), m.external_port),
+        pcp_map(ctx, nonce, m.proto, m.internal.port(), m.external_port),
     );
     match ask_pcp(ctx, r).await?.result {
         pcp::ResultCode::Success => Ok(()),
@@ -311,7 +333,7 @@ pub(super) async fn unmap_natpmp(ctx: &Ctx, m: &Mapping) -> Result<(), String> {
 /// (RFC 6886 §3.6) or a PCP ANNOUNCE (RFC 6887 §8.5). `Err` when it does not answer.
 pub(super) async fn epoch(ctx: &Ctx, via: Method) -> Result<u32, String> {
     if via == Method::Pcp {
-        let r = ask_pcp(ctx, pcp::Request::announce(IpAddr::V4(ctx.local_ip))).await?;
+        let r = ask_pcp(ctx, pcp::Request::announce(ctx.client_ip())).await?;
         return Ok(r.epoch);
     }
     match ask_natpmp(ctx, natpmp::Request::ExternalAddress).await? {

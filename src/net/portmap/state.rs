@@ -2,7 +2,7 @@
 //! later run can list, renew or delete them, and a crashed run can be cleaned up: routers
 //! cannot list NAT-PMP and PCP mappings, and a PCP mapping is deleted only with its nonce.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,9 +23,12 @@ pub enum Method {
 }
 
 impl Method {
-    /// The protocols `via` allows, in the order they are tried.
-    pub(super) fn order(via: Via) -> &'static [Method] {
+    /// The protocols `via` allows, in the order they are tried; for IPv6 pinholes (`v6`)
+    /// NAT-PMP is left out: it maps IPv4 only (RFC 6886 §1).
+    pub(super) fn order(via: Via, v6: bool) -> &'static [Method] {
         match via {
+            Via::Auto if v6 => &[Method::Pcp, Method::Upnp],
+            Via::Natpmp if v6 => &[],
             // RFC 6887 §9: PCP first; NAT-PMP is its predecessor; UPnP last (SOAP over HTTP,
             // slowest and the most often broken).
             Via::Auto => &[Method::Pcp, Method::Natpmp, Method::Upnp],
@@ -71,6 +74,8 @@ pub(super) struct Grant {
     pub nonce: Option<[u8; 12]>,
     /// The router's epoch (NAT-PMP, PCP).
     pub epoch: Option<u32>,
+    /// A UPnP IPv6 pinhole's UniqueID.
+    pub pinhole_id: Option<u16>,
 }
 
 /// A mapping the router granted.
@@ -82,8 +87,8 @@ pub struct Mapping {
     pub proto: Proto,
     /// The router.
     pub gateway: Ipv4Addr,
-    /// Where it forwards to.
-    pub internal: SocketAddrV4,
+    /// Where it forwards to (an IPv6 one for a pinhole, `--ipv6`).
+    pub internal: SocketAddr,
     /// The router's external address, when known.
     pub external_ip: Option<IpAddr>,
     /// The external port granted.
@@ -99,6 +104,10 @@ pub struct Mapping {
     /// Unix time of the last grant.
     #[serde(default)]
     pub granted_at: u64,
+    /// A UPnP IPv6 pinhole's UniqueID (IGD:2 WANIPv6FirewallControl: needed to renew or
+    /// delete it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinhole_id: Option<u16>,
 }
 
 impl Mapping {
@@ -107,7 +116,7 @@ impl Mapping {
         via: Method,
         proto: Proto,
         gateway: Ipv4Addr,
-        internal: SocketAddrV4,
+        internal: SocketAddr,
         g: Grant,
     ) -> Mapping {
         Mapping {
@@ -121,6 +130,7 @@ impl Mapping {
             nonce: g.nonce.map(|n| hex(&n)),
             epoch: g.epoch,
             granted_at: crate::net::sys::unix_now(),
+            pinhole_id: g.pinhole_id,
         }
     }
 
@@ -218,6 +228,7 @@ mod tests {
             nonce: Some(hex(&[7; 12])),
             epoch: Some(5),
             granted_at: 1,
+            pinhole_id: None,
         };
         State::record(&path, &m).unwrap();
         State::record(
@@ -237,5 +248,21 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(State::load(&path), Err(PortmapError::State(..))));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn ipv6_pinholes_skip_nat_pmp_and_records_keep_their_keys() {
+        assert_eq!(Method::order(Via::Auto, true), [Method::Pcp, Method::Upnp]);
+        assert!(Method::order(Via::Natpmp, true).is_empty());
+        assert_eq!(Method::order(Via::Natpmp, false), [Method::Natpmp]);
+        // A record written before pinholes existed still reads, with the same keys.
+        let old = r#"{"mappings":[{"via":"upnp","proto":"tcp","gateway":"192.168.1.1",
+            "internal":"192.168.1.2:80","external_ip":null,"external_port":80,"lifetime":0}]}"#;
+        let s: State = serde_json::from_str(old).unwrap();
+        assert_eq!(s.mappings[0].internal, "192.168.1.2:80".parse().unwrap());
+        assert_eq!(s.mappings[0].pinhole_id, None);
+        let back = serde_json::to_string(&s.mappings[0]).unwrap();
+        assert!(back.contains(r#""internal":"192.168.1.2:80""#), "{back}");
+        assert!(!back.contains("pinhole_id"), "{back}");
     }
 }

@@ -178,6 +178,7 @@ pub(super) async fn map_upnp(
         external_ip,
         nonce: None,
         epoch: None,
+        pinhole_id: None,
     })
 }
 

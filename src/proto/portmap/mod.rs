@@ -5,8 +5,9 @@
 pub mod exchange;
 pub mod natpmp;
 pub mod pcp;
+pub mod upnp6;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
@@ -150,4 +151,22 @@ pub struct ProbeReport {
     pub why: Option<String>,
     /// Wall time.
     pub elapsed_ms: u64,
+    /// IPv6 pinholes (`portmap probe`; natprobe leaves it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Probe>,
+}
+
+/// `portmap probe`'s IPv6 part: can the router open a pinhole in its IPv6 firewall?
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Ipv6Probe {
+    /// The router's IPv6 address (the default IPv6 route's next hop).
+    pub router: Option<Ipv6Addr>,
+    /// This host's global address, which a pinhole opens.
+    pub host: Option<Ipv6Addr>,
+    /// The protocols that open pinholes, in the order `--via auto` tries them.
+    pub available: Vec<&'static str>,
+    /// PCP MAP for an IPv6 internal address (RFC 6887 §11).
+    pub pcp: ProtocolStatus,
+    /// UPnP IGD:2 WANIPv6FirewallControl.
+    pub upnp: ProtocolStatus,
 }
