@@ -266,6 +266,14 @@ pub const TTL_PROBE_RTO: Duration = Duration::from_millis(50);
 /// (Linux: one per second after a burst of 6, and a busy session just before may have spent
 /// it) answers again within a second.
 pub const TTL_PROBE_SENDS: u32 = 8;
+/// Longest wait, after our own TTL measurement towards the peer is in, for the peer's
+/// (its `Hops` frame through the relay) when ours is ambiguous — the hop after our NAT said
+/// nothing, which is either an input firewall or a router whose ICMP budget is spent. The
+/// peer's measurement ends within its 1.8 s of resends, as ours does; an older peer never
+/// sends one.
+pub const PEER_HOPS_WAIT: Duration = Duration::from_millis(1000);
+/// Gap between the sends of our `Hops` frame (3 sends: relayed UDP may be lost).
+pub const HOPS_RESEND: Duration = Duration::from_millis(300);
 /// `--manual`: longest wait for the TTL measurement towards the peer before the checks start
 /// (its probes are resent at 50 and 150 ms; an adjacent NAT answers within a millisecond).
 pub const TTL_MEASURE_WAIT: Duration = Duration::from_millis(200);

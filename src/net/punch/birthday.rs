@@ -23,7 +23,7 @@ use crate::wire::rendezvous::Frame;
 impl Control {
     /// Starts birthday probing towards the peer's relay-observed address.
     pub(super) async fn start_birthday(&mut self, part: Part) {
-        let Some(peer) = self.puncher.peer_measured() else {
+        let Some(peer) = self.puncher.peer_measured(Instant::now()) else {
             self.want_birthday = Some(part);
             return;
         };
@@ -83,7 +83,7 @@ impl Control {
 
     /// Port prediction towards the peer's sequential NAT, from the port its `Predict` named.
     pub(super) fn start_prediction(&mut self, delta: i32, base: u16) {
-        let Some(peer) = self.puncher.peer_measured() else {
+        let Some(peer) = self.puncher.peer_measured(Instant::now()) else {
             self.want_prediction = Some(delta);
             return;
         };
@@ -117,7 +117,7 @@ impl Control {
     /// because the punch socket's own checks have long reached the peer's NAT, which now
     /// holds a conntrack entry that clashes with the peer's probes to that mapping.
     pub(super) async fn start_prediction_opener(&mut self) {
-        let Some(peer) = self.puncher.peer_measured() else {
+        let Some(peer) = self.puncher.peer_measured(Instant::now()) else {
             self.want_prediction_opener = true;
             return;
         };

@@ -196,7 +196,8 @@ impl Control {
                 None => return Ok(false),
             },
             Some((target, ttl, answer)) = i.ttl.recv() => {
-                self.puncher.handle_ttl_answer(target, ttl, answer);
+                self.puncher.handle_ttl_answer(Instant::now(), target, ttl, answer);
+                self.flush();
             }
             e = wire.failed() => return Err(PunchError::Io(e)),
             Some(n) = i.tcp_notes.recv() => {
@@ -435,6 +436,16 @@ impl Control {
         } else if let Ok(Frame::Predict { session, port }) = &parsed {
             if *session == self.session {
                 self.prediction_base = Some(*port);
+            }
+        } else if let Ok(Frame::Hops {
+            session,
+            own_nat,
+            peer_nat,
+        }) = &parsed
+        {
+            if *session == self.session {
+                tracing::info!(own_nat, peer_nat, "the peer's TTL measurement");
+                self.puncher.handle_peer_hops(now, *own_nat, *peer_nat);
             }
         } else if let Ok(f @ Frame::TcpOffer { .. }) = &parsed {
             if let Some(t) = &mut self.tcp {

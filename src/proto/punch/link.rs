@@ -153,6 +153,7 @@ impl Link {
             Frame::Pake { .. }
                 | Frame::Confirm { .. }
                 | Frame::NatInfo { .. }
+                | Frame::Hops { .. }
                 | Frame::TcpOffer { .. }
                 | Frame::Predict { .. }
         );
@@ -474,6 +475,11 @@ mod tests {
             Frame::Predict {
                 session: s,
                 port: 9,
+            },
+            Frame::Hops {
+                session: s,
+                own_nat: 1,
+                peer_nat: 2,
             },
         ];
         for f in &frames {

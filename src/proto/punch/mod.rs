@@ -28,9 +28,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::defaults::{CLASH_KEEP_OPEN, TTL_MEASURE_WAIT, UPGRADE_FIRST, UPGRADE_MAX};
+use crate::defaults::{CLASH_KEEP_OPEN, HOPS_RESEND, TTL_MEASURE_WAIT, UPGRADE_FIRST, UPGRADE_MAX};
 use crate::proto::punch::clash::ClashPlan;
-use crate::proto::punch::ttl::{Answer, Distances, Measure, Opening, Target, TtlProbe};
+use crate::proto::punch::ttl::{Answer, Distances, Measure, Opening, PeerView, Target, TtlProbe};
 use crate::wire::rendezvous::{PeerId, Role, SessionId};
 
 pub use checks::{CheckEvent, Checks};
@@ -134,6 +134,9 @@ pub struct Puncher {
     /// Next TTL-limited packet keeping our mapping open while the peer waits out a clash.
     keep_open_at: Option<Instant>,
     keep_open_out: VecDeque<Datagram>,
+    /// Sends of our TTL findings to the peer left, and when the next is due.
+    hops_left: u8,
+    hops_next: Option<Instant>,
     session: SessionId,
     /// How long a round of checks probes (`--direct-timeout`).
     bound: Duration,
@@ -150,6 +153,8 @@ impl Puncher {
             clash: ClashPlan::new(cfg.role, false, cfg.direct_timeout),
             keep_open_at: None,
             keep_open_out: VecDeque::new(),
+            hops_left: 3,
+            hops_next: None,
             session: cfg.session,
             bound: cfg.direct_timeout,
             rv: RvClient::new(cfg, now),
@@ -216,8 +221,9 @@ impl Puncher {
     }
 
     /// An ICMP answer to a measurement probe.
-    pub fn handle_ttl_answer(&mut self, target: Target, ttl: u8, answer: Answer) {
-        self.measure.handle_answer(target, ttl, answer);
+    pub fn handle_ttl_answer(&mut self, now: Instant, target: Target, ttl: u8, answer: Answer) {
+        self.measure.handle_answer(now, target, ttl, answer);
+        self.send_hops(now);
     }
 
     /// How to open our NAT for the peer, and our outermost NAT's distance (when a router
@@ -234,8 +240,41 @@ impl Puncher {
     /// The peer's relay-observed address, once the TTL measurement towards it has settled
     /// (its NAT answered, or every probe was answered or given up): what birthday probing
     /// and prediction wait for, since between neighbouring NATs their technique changes.
-    pub fn peer_measured(&self) -> Option<SocketAddr> {
-        self.peer_observed.filter(|_| self.measure.peer_settled())
+    pub fn peer_measured(&self, now: Instant) -> Option<SocketAddr> {
+        self.peer_observed
+            .filter(|_| self.measure.peer_settled(now))
+    }
+
+    /// The peer's TTL findings (its `Hops` frame; 0: unknown), at `now`.
+    pub fn handle_peer_hops(&mut self, now: Instant, own_nat: u8, peer_nat: u8) {
+        let known = |h: u8| (h != 0).then_some(h);
+        self.measure.handle_peer_view(PeerView {
+            own_nat: known(own_nat),
+            peer_nat: known(peer_nat),
+        });
+        self.drive(now);
+    }
+
+    /// Tells the peer what our measurement found, once it is in (three times: relayed UDP
+    /// may be lost). Through the relay only: without one there is no path to tell it on
+    /// before the checks.
+    fn send_hops(&mut self, now: Instant) {
+        let ours_in = self.measure.peer_nat_hops().is_some() || self.measure.peer_done();
+        if self.serverless || self.hops_left == 0 || !ours_in {
+            return;
+        }
+        if self.hops_next.is_some_and(|t| t > now) {
+            return;
+        }
+        let v = self.measure.view();
+        let f = crate::wire::rendezvous::Frame::Hops {
+            session: self.session,
+            own_nat: v.own_nat.unwrap_or(0),
+            peer_nat: v.peer_nat.unwrap_or(0),
+        };
+        self.rv.send_data(f.emit());
+        self.hops_left -= 1;
+        self.hops_next = (self.hops_left > 0).then_some(now + HOPS_RESEND);
     }
 
     /// What the measurement found, and the opening chosen.
@@ -377,7 +416,7 @@ impl Puncher {
         // The first round of a serverless session starts once the measurement is in.
         if self.serverless
             && self.start_pending.is_some()
-            && self.measure.peer_settled()
+            && self.measure.peer_settled(now)
             && !self.checks.is_done()
             && self.checks.poll_timeout().is_none()
         {
@@ -541,6 +580,7 @@ impl Puncher {
             self.upgrade_at,
             self.measure.poll_timeout(),
             self.keep_open_at,
+            self.hops_next,
         ]
         .into_iter()
         .flatten()
@@ -553,6 +593,7 @@ impl Puncher {
         self.checks.handle_timeout(now);
         self.measure.handle_timeout(now);
         self.keep_open(now);
+        self.send_hops(now);
         self.drive(now);
     }
 }

@@ -240,12 +240,82 @@ fn symmetric_against_port_restricted_falls_back_to_the_relay_within_the_bound() 
         let t = Instant::now() + took;
         let mut now = t;
         n.flush(now);
-        while n.sides.iter().any(|s| s.relayed.is_empty()) && now < t + Duration::from_secs(1) {
+        // Besides the sides' TTL findings (natkit frames).
+        let data = |s: &Side| -> Vec<Vec<u8>> {
+            let is_frame = crate::wire::rendezvous::is_frame;
+            s.relayed.iter().filter(|d| !is_frame(d)).cloned().collect()
+        };
+        while n.sides.iter().any(|s| data(s).is_empty()) && now < t + Duration::from_secs(1) {
             n.step(&mut now);
         }
-        assert_eq!(n.sides[1].relayed, vec![b"to connector".to_vec()]);
-        assert_eq!(n.sides[0].relayed, vec![b"to listener".to_vec()]);
+        assert_eq!(data(&n.sides[1]), vec![b"to connector".to_vec()]);
+        assert_eq!(data(&n.sides[0]), vec![b"to listener".to_vec()]);
     }
+}
+
+/// Each side tells the other what its TTL measurement found, through the relay, and a
+/// side waiting on an ambiguous measurement (silence after its NAT) goes on when it arrives.
+#[test]
+fn ttl_findings_cross_through_the_relay_and_end_the_wait() {
+    let t0 = Instant::now();
+    let mut n = Net::new(t0, (Ei, Apd), (Ei, Apd));
+    let mut now = t0;
+    n.flush(now);
+    let hops = |s: &Side| {
+        s.relayed
+            .iter()
+            .filter_map(|d| match crate::wire::rendezvous::Frame::parse(d) {
+                Ok(crate::wire::rendezvous::Frame::Hops {
+                    session,
+                    own_nat,
+                    peer_nat,
+                }) => Some((session, own_nat, peer_nat)),
+                _ => None,
+            })
+            .count()
+    };
+    while n.sides.iter().any(|s| hops(s) == 0) && now < t0 + Duration::from_secs(4) {
+        n.step(&mut now);
+    }
+    // Nothing answers in this simulation: unknown (0) both ways, sent once the
+    // measurement gave up (1.8 s), and again (relayed UDP may be lost).
+    assert!(now - t0 >= Duration::from_millis(1700), "{:?}", now - t0);
+    while now < t0 + Duration::from_secs(3) {
+        n.step(&mut now);
+    }
+    assert!(n.sides.iter().all(|s| hops(s) >= 2));
+    // Silence after our NAT, so a side waits for the peer's findings, then goes on.
+    let mut m = Puncher::new(
+        PunchConfig {
+            relay: sa("203.0.113.10:3478"),
+            session: [7; 16],
+            role: Role::Listener,
+            peer: [1; 8],
+            token: vec![],
+            candidates: vec![],
+            direct_timeout: DIRECT_TIMEOUT,
+            keepalive: KEEPALIVE,
+        },
+        t0,
+        1,
+    );
+    m.handle_ttl_answer(
+        t0,
+        Target::Relay,
+        1,
+        Answer::TimeExceeded("192.168.1.1".parse().unwrap()),
+    );
+    m.peer_observed = Some(sa("203.0.113.22:4000"));
+    m.measure.set_peer(t0, "203.0.113.22".parse().unwrap());
+    let mut t = t0;
+    while !m.measure.peer_done() {
+        t = m.poll_timeout().unwrap().max(t);
+        m.handle_timeout(t);
+    }
+    assert_eq!(m.peer_measured(t), None);
+    m.handle_peer_hops(t, 1, 2);
+    assert_eq!(m.peer_measured(t), Some(sa("203.0.113.22:4000")));
+    assert_eq!(m.opening_plan(), (Opening::Clash, Some(1)));
 }
 
 #[test]

@@ -18,6 +18,13 @@
 //!   ([`Opening::Clash`]), no TTL works and the checks use an order instead
 //!   ([`crate::proto::punch::clash`]).
 //!
+//! A silent hop after our NAT is ambiguous: an input firewall (harmless) or a router whose
+//! ICMP budget is spent (Linux: one error per second per destination after a burst of 6 —
+//! in the lab, a previous session's probes left a neighbouring NAT silent for a whole
+//! measurement). So the two sides exchange what they found ([`Measure::handle_peer_view`],
+//! the `Hops` frame): when the peer heard our NAT answer right after its own, the NATs are
+//! neighbours, and silence on our side chooses the order, as the peer does.
+//!
 //! The probes go from sockets of their own to a port nobody uses (the discard port), so
 //! the conntrack entries they leave on the peer's router can never clash with the session.
 
@@ -27,7 +34,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::defaults::{TTL_PROBE_RTO, TTL_PROBE_SENDS};
+use crate::defaults::{PEER_HOPS_WAIT, TTL_PROBE_RTO, TTL_PROBE_SENDS};
 use crate::wire::netaddr::{is_cgnat, is_private};
 
 /// Highest TTL probed towards the relay: our own NATs are the first few hops.
@@ -101,24 +108,70 @@ struct Pending {
     next: Instant,
 }
 
+/// What the peer's measurement found (its `Hops` frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    /// Hops from the peer to its own outermost NAT.
+    pub own_nat: Option<u8>,
+    /// Hops from the peer to our NAT (our NAT answered its probe).
+    pub peer_nat: Option<u8>,
+}
+
+impl PeerView {
+    /// Our NAT answered the peer at the hop right after the peer's own NAT: the NATs are
+    /// neighbours, and ours accepts packets addressed to itself.
+    fn neighbours(&self) -> bool {
+        match (self.own_nat, self.peer_nat) {
+            (Some(own), Some(ours)) => ours == own + 1,
+            (None, Some(ours)) => ours <= 2,
+            _ => false,
+        }
+    }
+}
+
 /// The TTL measurement, sans-IO: queue probes with [`Measure::poll_transmit`], feed the
-/// ICMP answers to [`Measure::handle_answer`], read [`Measure::opening`].
+/// ICMP answers to [`Measure::handle_answer`] and the peer's findings to
+/// [`Measure::handle_peer_view`], read [`Measure::opening`].
 #[derive(Debug, Default)]
 pub struct Measure {
     pending: BTreeMap<(Target, u8), Pending>,
     answers: BTreeMap<(Target, u8), Answer>,
     peer_ip: Option<IpAddr>,
     out: VecDeque<TtlProbe>,
+    /// The peer sends its findings (a relay carries them): wait for them when ours are
+    /// ambiguous.
+    expect_view: bool,
+    view: Option<PeerView>,
+    /// When we stop waiting for the peer's findings.
+    view_deadline: Option<Instant>,
+    /// That wait is over.
+    view_waited: bool,
 }
 
 impl Measure {
     /// A measurement that probes towards `relay` (our own NATs) from `now`.
     pub fn new(now: Instant, relay: Option<SocketAddr>) -> Measure {
-        let mut m = Measure::default();
+        let mut m = Measure {
+            expect_view: relay.is_some(),
+            ..Measure::default()
+        };
         if let Some(r) = relay {
             m.queue(now, Target::Relay, r, OWN_MAX_TTL);
         }
         m
+    }
+
+    /// The peer's findings arrived.
+    pub fn handle_peer_view(&mut self, view: PeerView) {
+        self.view = Some(view);
+    }
+
+    /// What we found, for the peer (once [`Measure::peer_done`] or its NAT answered).
+    pub fn view(&self) -> PeerView {
+        PeerView {
+            own_nat: self.own_nat_hops(),
+            peer_nat: self.peer_nat_hops(),
+        }
     }
 
     /// The peer's public address is known: probe towards it.
@@ -145,8 +198,8 @@ impl Measure {
         self.handle_timeout(now);
     }
 
-    /// An ICMP answer to the probe of (`target`, `ttl`).
-    pub fn handle_answer(&mut self, target: Target, ttl: u8, answer: Answer) {
+    /// An ICMP answer, at `now`, to the probe of (`target`, `ttl`).
+    pub fn handle_answer(&mut self, now: Instant, target: Target, ttl: u8, answer: Answer) {
         self.pending.remove(&(target, ttl));
         self.answers.entry((target, ttl)).or_insert(answer);
         // Past the peer's NAT nothing more can be learnt.
@@ -154,11 +207,27 @@ impl Measure {
             self.pending
                 .retain(|&(t, ttl), _| t != Target::Peer || ttl < h);
         }
+        self.note_done(now);
+    }
+
+    /// Our probes towards the peer are over: from `now`, wait a little for the peer's.
+    fn note_done(&mut self, now: Instant) {
+        if self.expect_view && self.view_deadline.is_none() && self.peer_done() {
+            self.view_deadline = Some(now + PEER_HOPS_WAIT);
+        }
     }
 
     /// Retransmits silent probes (ICMP is rate-limited, and a first packet may wait for
     /// ARP), then gives up on them.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.pump(now);
+        self.note_done(now);
+        if self.view_deadline.is_some_and(|d| d <= now) {
+            self.view_waited = true;
+        }
+    }
+
+    fn pump(&mut self, now: Instant) {
         let mut done = Vec::new();
         for (&(target, ttl), p) in self.pending.iter_mut() {
             if p.next > now {
@@ -188,7 +257,10 @@ impl Measure {
 
     /// When to call [`Measure::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.next).min()
+        let view = self
+            .view_deadline
+            .filter(|_| self.view.is_none() && self.expect_view && !self.view_waited);
+        self.pending.values().map(|p| p.next).chain(view).min()
     }
 
     /// Whether the probes towards the peer are all answered or given up.
@@ -196,9 +268,27 @@ impl Measure {
         self.peer_ip.is_some() && !self.pending.keys().any(|(t, _)| *t == Target::Peer)
     }
 
-    /// Whether what the peer probes can tell is known: its NAT answered, or all are done.
-    pub fn peer_settled(&self) -> bool {
-        self.peer_nat_hops().is_some() || self.peer_done()
+    /// Whether what the peer probes can tell is known: its NAT answered, or all are done
+    /// and they are unambiguous, or the peer's findings are in (or were waited for long
+    /// enough, at `now`).
+    pub fn peer_settled(&self, now: Instant) -> bool {
+        self.peer_nat_hops().is_some()
+            || self.peer_done()
+                && (!self.expect_view
+                    || self.view.is_some()
+                    || self.router_after_own()
+                    || self.view_waited
+                    || self.view_deadline.is_some_and(|d| d <= now))
+    }
+
+    /// A router (not the peer's NAT) answered Time Exceeded right after our own NAT: a TTL
+    /// that passes our NAT dies there, whatever the peer's NAT does.
+    fn router_after_own(&self) -> bool {
+        let Some(own) = self.own_nat_hops() else {
+            return false;
+        };
+        matches!(self.answers.get(&(Target::Peer, own + 1)), Some(Answer::TimeExceeded(ip))
+            if Some(*ip) != self.peer_ip)
     }
 
     fn at(&self, ttl: u8) -> Option<Answer> {
@@ -235,9 +325,13 @@ impl Measure {
 
     /// How to open our NAT for the peer, from what is known now.
     pub fn opening(&self) -> Opening {
+        // The peer heard our NAT right after its own, and the hop after ours was silent to
+        // us: its NAT is that hop, and silence proves no input firewall.
+        let neighbours = self.view.is_some_and(|v| v.neighbours()) && !self.router_after_own();
         match (self.own_nat_hops(), self.peer_nat_hops()) {
             (Some(own), Some(peer)) if own + 1 < peer => Opening::Ttl(own + 1),
             (Some(_), Some(_)) => Opening::Clash,
+            (_, None) if neighbours => Opening::Clash,
             (Some(own), None) => Opening::Ttl(own + 1),
             // Our routers are silent but the peer's NAT answered: it is right behind them.
             (None, Some(peer)) if peer >= 3 => Opening::Ttl(peer - 1),
@@ -298,7 +392,12 @@ mod tests {
         assert!(first
             .iter()
             .all(|p| p.target == Target::Relay || p.dst.port() == PEER_PROBE_PORT));
-        m.handle_answer(Target::Relay, 1, Answer::TimeExceeded(ip("192.168.1.1")));
+        m.handle_answer(
+            t0,
+            Target::Relay,
+            1,
+            Answer::TimeExceeded(ip("192.168.1.1")),
+        );
         let later = m.poll_timeout().unwrap();
         assert!(later > t0);
         m.handle_timeout(later);
@@ -308,23 +407,33 @@ mod tests {
             .any(|p| p.target == Target::Relay && p.ttl == 1));
         assert_eq!(again.len(), first.len() - 1);
         // Given up after the last send.
-        let mut now = later;
-        while let Some(t) = m.poll_timeout() {
-            now = t.max(now);
-            m.handle_timeout(now);
-            while m.poll_transmit().is_some() {}
-        }
+        let now = silence(&mut m, later);
         assert!(m.peer_done());
         assert!(now - t0 < Duration::from_secs(2));
     }
 
     #[test]
     fn routers_between_the_nats_make_a_safe_ttl() {
-        let (_, mut m) = measure();
-        m.handle_answer(Target::Relay, 1, Answer::TimeExceeded(ip("192.168.1.1")));
-        m.handle_answer(Target::Peer, 2, Answer::TimeExceeded(ip("203.0.113.211")));
-        m.handle_answer(Target::Peer, 3, Answer::TimeExceeded(ip("203.0.113.221")));
-        m.handle_answer(Target::Peer, 4, Answer::Unreachable(ip("203.0.113.22")));
+        let (t0, mut m) = measure();
+        m.handle_answer(
+            t0,
+            Target::Relay,
+            1,
+            Answer::TimeExceeded(ip("192.168.1.1")),
+        );
+        m.handle_answer(
+            t0,
+            Target::Peer,
+            2,
+            Answer::TimeExceeded(ip("203.0.113.211")),
+        );
+        m.handle_answer(
+            t0,
+            Target::Peer,
+            3,
+            Answer::TimeExceeded(ip("203.0.113.221")),
+        );
+        m.handle_answer(t0, Target::Peer, 4, Answer::Unreachable(ip("203.0.113.22")));
         assert_eq!(m.opening(), Opening::Ttl(2));
         let d = m.distances();
         assert_eq!(d.own_nat_hops, Some(1));
@@ -335,10 +444,10 @@ mod tests {
 
     #[test]
     fn adjacent_nats_that_answer_have_no_safe_ttl() {
-        let (_, mut m) = measure();
-        m.handle_answer(Target::Peer, 1, Answer::TimeExceeded(ip("192.168.1.1")));
-        m.handle_answer(Target::Peer, 2, Answer::Unreachable(ip("203.0.113.22")));
-        m.handle_answer(Target::Peer, 3, Answer::Unreachable(ip("203.0.113.22")));
+        let (t0, mut m) = measure();
+        m.handle_answer(t0, Target::Peer, 1, Answer::TimeExceeded(ip("192.168.1.1")));
+        m.handle_answer(t0, Target::Peer, 2, Answer::Unreachable(ip("203.0.113.22")));
+        m.handle_answer(t0, Target::Peer, 3, Answer::Unreachable(ip("203.0.113.22")));
         assert_eq!(m.opening(), Opening::Clash);
         assert_eq!(m.distances().method, "order");
         // Nothing beyond the peer's NAT is probed again.
@@ -350,26 +459,138 @@ mod tests {
 
     #[test]
     fn a_carrier_nat_counts_as_ours() {
-        let (_, mut m) = measure();
-        m.handle_answer(Target::Relay, 1, Answer::TimeExceeded(ip("192.168.1.1")));
-        m.handle_answer(Target::Relay, 2, Answer::TimeExceeded(ip("100.64.1.1")));
-        m.handle_answer(Target::Relay, 3, Answer::TimeExceeded(ip("198.51.100.1")));
+        let (t0, mut m) = measure();
+        m.handle_answer(
+            t0,
+            Target::Relay,
+            1,
+            Answer::TimeExceeded(ip("192.168.1.1")),
+        );
+        m.handle_answer(t0, Target::Relay, 2, Answer::TimeExceeded(ip("100.64.1.1")));
+        m.handle_answer(
+            t0,
+            Target::Relay,
+            3,
+            Answer::TimeExceeded(ip("198.51.100.1")),
+        );
         assert_eq!(m.own_nat_hops(), Some(2));
         assert_eq!(m.opening(), Opening::Ttl(3));
         // The peer's NAT right behind the carrier's: no safe TTL.
-        m.handle_answer(Target::Peer, 3, Answer::Unreachable(ip("203.0.113.22")));
+        m.handle_answer(t0, Target::Peer, 3, Answer::Unreachable(ip("203.0.113.22")));
         assert_eq!(m.opening(), Opening::Clash);
     }
 
     #[test]
     fn silence_keeps_the_classic_ttls_and_a_silent_peer_nat_is_harmless() {
-        let (_, mut m) = measure();
+        let (t0, mut m) = measure();
         assert_eq!(m.opening(), Opening::Unknown);
-        m.handle_answer(Target::Relay, 1, Answer::TimeExceeded(ip("192.168.1.1")));
+        m.handle_answer(
+            t0,
+            Target::Relay,
+            1,
+            Answer::TimeExceeded(ip("192.168.1.1")),
+        );
         // An input firewall drops our probes at the peer's NAT: opening there is harmless.
         assert_eq!(m.opening(), Opening::Ttl(2));
         // Someone else's unreachable (not the peer's address) is not the peer's NAT.
-        m.handle_answer(Target::Peer, 2, Answer::Unreachable(ip("203.0.113.99")));
+        m.handle_answer(t0, Target::Peer, 2, Answer::Unreachable(ip("203.0.113.99")));
         assert_eq!(m.opening(), Opening::Ttl(2));
+    }
+
+    /// Gives up every silent probe, stepping the clock; returns the time it ended.
+    fn silence(m: &mut Measure, mut now: Instant) -> Instant {
+        while let Some(t) = m.pending.values().map(|p| p.next).min() {
+            now = t.max(now);
+            m.handle_timeout(now);
+            while m.poll_transmit().is_some() {}
+        }
+        now
+    }
+
+    /// Regression (CI, birthday at `--hops 0`): the prober's probes to the opener's NAT
+    /// were all unanswered (a spent ICMP budget), it took TTL 2 as safe while the opener,
+    /// which had heard the prober's NAT, chose the order; with both views, both choose it.
+    #[test]
+    fn a_silent_neighbour_heard_by_the_peer_means_the_order() {
+        let (t0, mut m) = measure();
+        m.handle_answer(
+            t0,
+            Target::Relay,
+            1,
+            Answer::TimeExceeded(ip("192.168.1.1")),
+        );
+        let done = silence(&mut m, t0);
+        assert!(m.peer_done());
+        // Ambiguous silence: not settled until the peer's view (or the bound).
+        assert!(!m.peer_settled(done));
+        assert_eq!(m.poll_timeout(), Some(done + PEER_HOPS_WAIT));
+        m.handle_peer_view(PeerView {
+            own_nat: Some(1),
+            peer_nat: Some(2),
+        });
+        assert!(m.peer_settled(done));
+        assert_eq!(m.opening(), Opening::Clash);
+        assert_eq!(m.distances().method, "order");
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_wait_for_the_peers_view_is_bounded_and_then_silence_is_a_firewall() {
+        let (t0, mut m) = measure();
+        m.handle_answer(
+            t0,
+            Target::Relay,
+            1,
+            Answer::TimeExceeded(ip("192.168.1.1")),
+        );
+        let done = silence(&mut m, t0);
+        let end = m.poll_timeout().unwrap();
+        assert_eq!(end, done + PEER_HOPS_WAIT);
+        assert!(!m.peer_settled(end - Duration::from_millis(1)));
+        m.handle_timeout(end);
+        assert!(m.peer_settled(end));
+        // No busy loop on a deadline already past.
+        assert_eq!(m.poll_timeout(), None);
+        assert_eq!(m.opening(), Opening::Ttl(2));
+        // A peer that heard nothing either: silence both ways, the firewall reading stays.
+        m.handle_peer_view(PeerView {
+            own_nat: Some(1),
+            peer_nat: None,
+        });
+        assert_eq!(m.opening(), Opening::Ttl(2));
+    }
+
+    #[test]
+    fn a_router_after_our_nat_settles_at_once_whatever_the_peer_says() {
+        let (t0, mut m) = measure();
+        m.handle_answer(
+            t0,
+            Target::Relay,
+            1,
+            Answer::TimeExceeded(ip("192.168.1.1")),
+        );
+        m.handle_answer(
+            t0,
+            Target::Peer,
+            2,
+            Answer::TimeExceeded(ip("203.0.113.211")),
+        );
+        let done = silence(&mut m, t0);
+        assert!(m.peer_settled(done));
+        m.handle_peer_view(PeerView {
+            own_nat: Some(1),
+            peer_nat: Some(2),
+        });
+        assert_eq!(m.opening(), Opening::Ttl(2));
+    }
+
+    #[test]
+    fn without_a_relay_nobody_sends_a_view_and_nothing_waits_for_one() {
+        let t0 = Instant::now();
+        let mut m = Measure::new(t0, None);
+        m.set_peer(t0, ip("203.0.113.22"));
+        let done = silence(&mut m, t0);
+        assert!(m.peer_settled(done));
+        assert_eq!(m.poll_timeout(), None);
     }
 }

@@ -40,6 +40,7 @@
 //! | 20 | `PathChallenge` | peer → peer | session id (16), nonce (16), padding (32 zero bytes) |
 //! | 21 | `PathResponse` | peer → peer | session id (16), nonce (16), MAC (32) |
 //! | 22 | `Cookie` | relay → client | empty: the cookie is in the [`Trailer`]; echo it to be served over UDP |
+//! | 23 | `Hops` | peer → peer | session id (16), hops to the sender's NAT (1), hops to the receiver's NAT (1); 0: unknown |
 //!
 //! `Register`, `Sync`, `DialBack`, `Registered`, `Peer`, `Error` and `Cookie` may end with a
 //! [`Trailer`]: `tx (8) | cookie (len u8 + bytes)`. A client's random `tx` comes back in
@@ -62,6 +63,10 @@
 //! `Predict` (inside relayed `Data`) starts port prediction ([`crate::proto::punch::birthday`]): the
 //! sender's NAT allocates ports in order, the sender has just learned (by STUN) the port of
 //! one new mapping and opened the next one towards the receiver, which probes the ports after.
+//!
+//! `Hops` (inside relayed `Data`) is what the sender's TTL measurement found
+//! ([`crate::proto::punch::ttl`]): neighbouring NATs are known for sure when either side heard
+//! the other's NAT answer, so both choose the same opening.
 //!
 //! `PathChallenge` and `PathResponse` validate a new direct address of the peer before the
 //! session's packets go there (RFC 9000 §8.2 in spirit, at natkit's link layer): the
@@ -308,6 +313,16 @@ pub enum Frame {
         /// That port.
         port: u16,
     },
+    /// The sender's TTL measurement: hops to its own outermost NAT and to the receiver's
+    /// (0: unknown).
+    Hops {
+        /// Session id.
+        session: SessionId,
+        /// Hops from the sender to its own outermost NAT.
+        own_nat: u8,
+        /// Hops from the sender to the receiver's NAT (it answered port unreachable).
+        peer_nat: u8,
+    },
     /// Answer to a [`Frame::PunchProbe`].
     PunchAck {
         /// Session id.
@@ -533,6 +548,11 @@ impl Frame {
                 mac: r.array()?,
             },
             22 => Frame::Cookie,
+            23 => Frame::Hops {
+                session: r.array()?,
+                own_nat: r.u8()?,
+                peer_nat: r.u8()?,
+            },
             t => return Err(ParseError::UnknownType(t)),
         };
         let t = if f.takes_trailer() && !r.buf.is_empty() {
@@ -708,6 +728,15 @@ impl Frame {
                 out.extend_from_slice(mac);
             }
             Frame::Cookie => out.push(22),
+            Frame::Hops {
+                session,
+                own_nat,
+                peer_nat,
+            } => {
+                out.push(23);
+                out.extend_from_slice(session);
+                out.extend_from_slice(&[*own_nat, *peer_nat]);
+            }
         }
         out
     }

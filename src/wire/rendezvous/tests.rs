@@ -64,6 +64,11 @@ fn samples() -> Vec<Frame> {
             fingerprint: [4; 32],
             mac: [5; 32],
         },
+        Frame::Hops {
+            session: [1; 16],
+            own_nat: 1,
+            peer_nat: 2,
+        },
         Frame::NatInfo {
             session: [1; 16],
             mapping: 1,
