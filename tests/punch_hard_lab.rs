@@ -129,8 +129,9 @@ fn prediction_port_restricted_x_sequential() {
 /// opening side opens its mappings once and keeps them with packets whose TTL ends at its own
 /// NAT, and the probing side waits for the clash's traces to expire (35 s) before probing.
 /// Three sessions per order here (each takes ~40 s), one may miss; `scripts/bench-punch`
-/// runs 20 (README: birthday 18/20 and 15/20 there, below the 19/20 target — a measurement
-/// starved of ICMP answers by the session's own probes takes a TTL for safe).
+/// runs 20 (README: 20/20 per order since the sides exchange their TTL findings — before,
+/// a side whose measurement heard no ICMP took a TTL for safe: 18/20 and 15/20, and CI once
+/// saw 1 of 3).
 fn neighbours_series(a: Kind, b: Kind, method: &str) {
     let Some(lab) = Lab::up_or_skip(Lab::builder().a(a).b(b).hops(0).router_input("accept")) else {
         return;
