@@ -7,6 +7,17 @@ use std::time::{Duration, Instant};
 
 use common::lab::{Kind, Lab};
 
+/// The first line a child printed on its stdout (the relay's, once it is bound).
+fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    line
+}
+
 /// natprobe's `elapsed_ms` is the run's time: a DNS lookup that natprobe gave up on (after
 /// `DNS_TIMEOUT`) used to keep the process alive until the resolver itself gave up, so a run
 /// that said "done in 1350 ms" took 3 s. Reproduced with a resolver in the lab that never
@@ -25,12 +36,7 @@ fn natprobe_elapsed_ms_is_the_runs_time() {
         )
         .expect("start relay");
     // The relay prints its startup line once it is bound.
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(relay.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut relay);
     assert!(line.contains("3478"), "{line}");
     // A resolver that never answers: the public node drops DNS queries. `ip netns exec`
     // puts /etc/netns/NS/resolv.conf in place; `natlab down` removes it.
@@ -101,12 +107,7 @@ fn natprobe_elapsed_ms_is_the_process_time_without_rfc5780() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start relay");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(relay.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut relay);
     assert!(line.contains("no --alt-addr"), "{line}");
     // By address, and by name (the lookup runs in a blocking thread the process must not
     // wait for at exit).
