@@ -188,6 +188,17 @@ fn without_a_relay_serve_hosts_peers_by_offers() {
             ],
         );
         let back = offer(&mut p);
+        if id == 1 {
+            // A line that is no offer is ignored, and the offer still waits for its peer.
+            serve.write(b"hello\n");
+            serve
+                .wait_for(Duration::from_secs(10), |v| {
+                    v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("not an offer"))
+                })
+                .expect("serve says the line is not an offer");
+        }
         serve.write(format!("{back}\n").as_bytes());
         for what in ["authenticated", "listening"] {
             p.wait_for(Duration::from_secs(20), |v| v["event"] == what)

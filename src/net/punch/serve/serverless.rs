@@ -285,3 +285,48 @@ async fn follow(path: &Path, tx: &mpsc::Sender<Result<String, String>>) -> Strin
         tokio::time::sleep(OFFER_FILE_POLL).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--peer-file`: what the file held before is skipped; lines appended come one by one,
+    /// a line only once it is complete.
+    async fn next(
+        lines: &mut mpsc::Receiver<Result<String, String>>,
+    ) -> Option<Result<String, String>> {
+        tokio::time::timeout(OFFER_FILE_POLL * 20, lines.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn a_peer_file_is_followed_as_it_grows() {
+        let path = std::env::temp_dir().join(format!("natkit-follow-{}", rand::random::<u64>()));
+        std::fs::write(&path, "old\n").unwrap();
+        let mut lines = offer_lines(PeerOffer::File(path.clone()));
+        tokio::time::sleep(OFFER_FILE_POLL * 2).await;
+        let append = |s: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(s.as_bytes()).unwrap();
+        };
+        append("first\nsec");
+        assert_eq!(next(&mut lines).await, Some(Ok("first".to_string())));
+        assert_eq!(
+            tokio::time::timeout(OFFER_FILE_POLL * 3, lines.recv())
+                .await
+                .ok(),
+            None,
+            "half a line is not a line yet"
+        );
+        append("ond\nthird\n");
+        assert_eq!(next(&mut lines).await, Some(Ok("second".to_string())));
+        assert_eq!(next(&mut lines).await, Some(Ok("third".to_string())));
+        let _ = std::fs::remove_file(&path);
+    }
+}
