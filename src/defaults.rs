@@ -521,6 +521,11 @@ pub const SERVE_MAX_PENDING: usize = 16;
 /// On SIGINT/SIGTERM, peers' sessions get this long to close and remove their router
 /// mappings (a router that does not answer is not waited for longer).
 pub const SERVE_SHUTDOWN: Duration = Duration::from_secs(3);
+/// Serverless serve: a session waiting for its peer's offer that ends sooner than this failed
+/// in its setup (a socket, the STUN server's name), and the next one would too: serve ends
+/// with its error instead of printing offers in a loop. One that ends later (no offer within
+/// `PEER_TIMEOUT`) is replaced by a fresh one with a fresh offer.
+pub const SERVE_OFFER_FAIL_FAST: Duration = Duration::from_secs(5);
 
 // --- UDP services (--expose-udp, --local-udp) ---
 

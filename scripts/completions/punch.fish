@@ -33,7 +33,7 @@ complete -c punch -n "__fish_punch_needs_command" -f -a "help" -d 'Print this me
 complete -c punch -n "__fish_punch_using_subcommand listen" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe\'s built-in public STUN servers' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l stun -d 'With --manual: a STUN server HOST[:PORT] that tells this side\'s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay: instead of the built-in public servers' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l peer -d 'With --manual: the other side\'s offer' -r
-complete -c punch -n "__fish_punch_using_subcommand listen" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE' -r -F
+complete -c punch -n "__fish_punch_using_subcommand listen" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE. Serverless serve: peers\' offers, one per line appended to FILE' -r -F
 complete -c punch -n "__fish_punch_using_subcommand listen" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
 complete -c punch -n "__fish_punch_using_subcommand listen" -l echo-target -d 'With --icmp: where the listener\'s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat\'s)' -r
@@ -53,7 +53,7 @@ complete -c punch -n "__fish_punch_using_subcommand listen" -s h -l help -d 'Pri
 complete -c punch -n "__fish_punch_using_subcommand connect" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe\'s built-in public STUN servers' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l stun -d 'With --manual: a STUN server HOST[:PORT] that tells this side\'s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay: instead of the built-in public servers' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l peer -d 'With --manual: the other side\'s offer' -r
-complete -c punch -n "__fish_punch_using_subcommand connect" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE' -r -F
+complete -c punch -n "__fish_punch_using_subcommand connect" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE. Serverless serve: peers\' offers, one per line appended to FILE' -r -F
 complete -c punch -n "__fish_punch_using_subcommand connect" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
 complete -c punch -n "__fish_punch_using_subcommand connect" -l echo-target -d 'With --icmp: where the listener\'s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat\'s)' -r
@@ -72,7 +72,7 @@ complete -c punch -n "__fish_punch_using_subcommand connect" -s h -l help -d 'Pr
 complete -c punch -n "__fish_punch_using_subcommand serve" -l relay -d 'natkit relay HOST[:PORT] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe\'s built-in public STUN servers' -r
 complete -c punch -n "__fish_punch_using_subcommand serve" -l stun -d 'With --manual: a STUN server HOST[:PORT] that tells this side\'s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay: instead of the built-in public servers' -r
 complete -c punch -n "__fish_punch_using_subcommand serve" -l peer -d 'With --manual: the other side\'s offer' -r
-complete -c punch -n "__fish_punch_using_subcommand serve" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE' -r -F
+complete -c punch -n "__fish_punch_using_subcommand serve" -l peer-file -d 'With --manual: wait for the other side\'s offer as the first line of FILE. Serverless serve: peers\' offers, one per line appended to FILE' -r -F
 complete -c punch -n "__fish_punch_using_subcommand serve" -l token -d 'Relay token, hex (when the relay runs with --secret)' -r
 complete -c punch -n "__fish_punch_using_subcommand serve" -l direct-timeout -d 'Give up on a direct path after this many milliseconds and use the relay' -r
 complete -c punch -n "__fish_punch_using_subcommand serve" -l echo-target -d 'With --icmp: where the listener\'s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat\'s)' -r
@@ -87,7 +87,7 @@ complete -c punch -n "__fish_punch_using_subcommand serve" -l tcp -d 'Punch TCP 
 complete -c punch -n "__fish_punch_using_subcommand serve" -l no-portmap -d 'Do not ask the router (PCP, NAT-PMP, UPnP IGD) to map the punch port; by default a mapped port is offered to the peer as one more candidate and removed at exit'
 complete -c punch -n "__fish_punch_using_subcommand serve" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c punch -n "__fish_punch_using_subcommand serve" -l icmp -d 'Not for serve (it needs the relay\'s lobby); present so the shared options parse'
-complete -c punch -n "__fish_punch_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c punch -n "__fish_punch_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c punch -n "__fish_punch_using_subcommand help; and not __fish_seen_subcommand_from listen connect serve help" -f -a "listen" -d 'Wait for the other side; prints a code unless --code is given'
 complete -c punch -n "__fish_punch_using_subcommand help; and not __fish_seen_subcommand_from listen connect serve help" -f -a "connect" -d 'Join the side that printed CODE'
 complete -c punch -n "__fish_punch_using_subcommand help; and not __fish_seen_subcommand_from listen connect serve help" -f -a "serve" -d 'Host a service for everyone who has the code: prints a long code (a number and eight words) and serves every peer that joins it with `punch connect CODE`, one after another and several at once, each in its own session, until SIGINT or SIGTERM'

@@ -33,7 +33,7 @@ _arguments "${_arguments_options[@]}" : \
 '--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe'\''s built-in public STUN servers]:HOST[:PORT]:_default' \
 '--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay\: instead of the built-in public servers]:HOST[:PORT]:_default' \
 '(--peer-file)--peer=[With --manual\: the other side'\''s offer]:OFFER:_default' \
-'--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
+'--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE. Serverless serve\: peers'\'' offers, one per line appended to FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--echo-target=[With --icmp\: where the listener'\''s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat'\''s)]:IP:_default' \
@@ -59,7 +59,7 @@ _arguments "${_arguments_options[@]}" : \
 '--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe'\''s built-in public STUN servers]:HOST[:PORT]:_default' \
 '--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay\: instead of the built-in public servers]:HOST[:PORT]:_default' \
 '(--peer-file)--peer=[With --manual\: the other side'\''s offer]:OFFER:_default' \
-'--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
+'--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE. Serverless serve\: peers'\'' offers, one per line appended to FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--echo-target=[With --icmp\: where the listener'\''s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat'\''s)]:IP:_default' \
@@ -85,7 +85,7 @@ _arguments "${_arguments_options[@]}" : \
 '--relay=[natkit relay HOST\[\:PORT\] to meet at (port 3478 when omitted). Not used with --manual. Without it (and without NATKIT_RELAY) punch runs serverless, as with --manual, its public address from --stun or from natprobe'\''s built-in public STUN servers]:HOST[:PORT]:_default' \
 '--stun=[With --manual\: a STUN server HOST\[\:PORT\] that tells this side'\''s public address (put in the offer; without it, the offer carries only local and router-mapped addresses). Without a relay\: instead of the built-in public servers]:HOST[:PORT]:_default' \
 '(--peer-file)--peer=[With --manual\: the other side'\''s offer]:OFFER:_default' \
-'--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE]:FILE:_files' \
+'--peer-file=[With --manual\: wait for the other side'\''s offer as the first line of FILE. Serverless serve\: peers'\'' offers, one per line appended to FILE]:FILE:_files' \
 '--token=[Relay token, hex (when the relay runs with --secret)]:HEX:_default' \
 '--direct-timeout=[Give up on a direct path after this many milliseconds and use the relay]:MS:_default' \
 '--echo-target=[With --icmp\: where the listener'\''s echo requests go — an address where nothing answers, the same on both sides (default 3.3.3.3, pwnat'\''s)]:IP:_default' \
@@ -101,8 +101,8 @@ _arguments "${_arguments_options[@]}" : \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \
 '--icmp[Not for serve (it needs the relay'\''s lobby); present so the shared options parse]' \
-'-h[Print help]' \
-'--help[Print help]' \
+'-h[Print help (see more with '\''--help'\'')]' \
+'--help[Print help (see more with '\''--help'\'')]' \
 && ret=0
 ;;
 (help)

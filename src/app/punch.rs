@@ -174,6 +174,14 @@ pub fn serve_human(e: &crate::net::punch::serve::ServeEvent) -> String {
     use crate::net::punch::serve::{PeerChange, ServeEvent};
     match e {
         ServeEvent::Own(e) => human(e),
+        // Serverless: each offer is for whoever comes next.
+        ServeEvent::Peer {
+            peer,
+            event: Event::Offer { offer },
+        } => format!(
+            "punch: [peer {peer}] offer for the next peer, who runs punch connect CODE --peer \
+             OFFER with the code above and sends its own offer back as one line:\n{offer}"
+        ),
         ServeEvent::Peer { peer, event } => {
             let line = human(event);
             let rest = line.strip_prefix("punch: ").unwrap_or(&line);

@@ -9,6 +9,9 @@ fn main() {
 }
 
 fn run() -> i32 {
+    // The report's `elapsed_ms` ("done in N ms") is the process's time, not only the probe
+    // driver's: argument parsing and the runtime's start count too (issue 15).
+    let started = std::time::Instant::now();
     let args = NatprobeArgs::parse();
     let cfg = match args.into_config() {
         Ok(c) => c,
@@ -34,7 +37,10 @@ fn run() -> i32 {
     rt.shutdown_background();
     bar.finish();
     let rep = match result {
-        Ok(r) => r,
+        Ok(mut r) => {
+            r.elapsed_ms = started.elapsed().as_millis() as u64;
+            r
+        }
         Err(e) => {
             output::print_error("natprobe", &e);
             return natkit::exit::ERROR;

@@ -27,7 +27,8 @@ EXAMPLES:\n  punch listen --relay relay.example.net < file        # prints a cod
 punch connect --relay relay.example.net 7-lantern-harbor > file\n  \
 punch listen --relay 203.0.113.10 --json\n  \
 punch serve --relay relay.example.net --expose 127.0.0.1:8080   # many peers, one code\n  \
-punch connect --relay relay.example.net --local 8080 CODE",
+punch connect --relay relay.example.net --local 8080 CODE\n  \
+punch serve --expose 127.0.0.1:8080 --json    # no relay: offers, theirs one per line on stdin",
     after_help = "Exit status: 0 done, 2 error, 3 wrong code."
 )]
 pub struct PunchArgs {
@@ -86,6 +87,12 @@ pub enum PunchCmd {
     /// Host a service for everyone who has the code: prints a long code (a number and eight
     /// words) and serves every peer that joins it with `punch connect CODE`, one after
     /// another and several at once, each in its own session, until SIGINT or SIGTERM.
+    ///
+    /// Without a relay (no --relay, no NATKIT_RELAY, or --manual) serve runs serverless: it
+    /// prints the code and an offer, and each peer runs `punch connect CODE --peer OFFER`
+    /// and sends its own offer back; serve reads those one per line from stdin (or appended
+    /// to --peer-file FILE), starts that peer's session and prints a fresh offer for the
+    /// next peer. At the end of stdin it serves the peers it has until they leave.
     Serve {
         /// Options shared by both sides.
         #[command(flatten)]
@@ -124,7 +131,8 @@ pub struct PunchCommon {
     /// With --manual: the other side's offer.
     #[arg(long, value_name = "OFFER", conflicts_with = "peer_file")]
     pub peer: Option<String>,
-    /// With --manual: wait for the other side's offer as the first line of FILE.
+    /// With --manual: wait for the other side's offer as the first line of FILE. Serverless
+    /// serve: peers' offers, one per line appended to FILE.
     #[arg(long, value_name = "FILE")]
     pub peer_file: Option<std::path::PathBuf>,
     /// Relay token, hex (when the relay runs with --secret).
@@ -282,6 +290,24 @@ fn terminal_offer() -> crate::net::punch::OfferPrompt {
     }))
 }
 
+/// Serverless `punch serve` without `--peer-file`: peers' offers are lines on stdin (which
+/// carries no data for serve), one line per call; an empty string at the end of input.
+fn stdin_lines() -> crate::net::punch::OfferPrompt {
+    crate::net::punch::OfferPrompt(std::sync::Arc::new(|| {
+        Box::pin(async {
+            tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| format!("stdin: {e}"))?;
+                Ok(line)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }))
+}
+
 /// `--expose-udp` / `--local-udp`, parsed.
 fn udp_side(
     arg: Option<String>,
@@ -310,8 +336,9 @@ impl PunchArgs {
         use crate::net::punch::quic::Mode;
         use crate::net::punch::udp::UdpSide;
         let mut join = None;
+        let mut serve = false;
         let udp;
-        let (common, role, code, mode, icmp) = match self.cmd {
+        let (common, role, mut code, mode, icmp) = match self.cmd {
             PunchCmd::Listen {
                 common,
                 code,
@@ -350,13 +377,20 @@ impl PunchArgs {
                 icmp,
             } => {
                 udp = udp_side(expose_udp, None, UdpSide::Expose)?;
-                // No zero-configuration fallback for serve: its peers meet in the relay's
-                // lobby, which a pasted offer cannot replace.
-                if icmp || common.manual || common.relay.is_none() {
+                // Without a relay, serve runs serverless ([`crate::net::punch::serve`]): an
+                // offer per peer, the peers' offers one per line.
+                if icmp {
                     return Err(PunchArgsError::Serve(
-                        "punch serve needs a relay (--relay or NATKIT_RELAY): peers meet in its lobby",
+                        "punch serve has no --icmp mode: give it a relay, or none (serverless)",
                     ));
                 }
+                if common.peer.is_some() {
+                    return Err(PunchArgsError::Serve(
+                        "punch serve takes peers' offers one per line, on stdin or appended to \
+                         --peer-file FILE; --peer holds only one",
+                    ));
+                }
+                serve = true;
                 let mode = match expose {
                     Some(e) => Mode::Expose(socket_addr(&e, None, "HOST:PORT")?),
                     None if udp.is_some() => Mode::Udp,
@@ -416,9 +450,9 @@ impl PunchArgs {
                 )
             }
         };
-        if join.is_some() && (common.manual || icmp.is_some()) {
+        if join.is_some() && icmp.is_some() {
             return Err(PunchArgsError::Serve(
-                "a serve code (eight words) is joined at the relay: drop --manual / --icmp",
+                "a serve code (eight words) is joined at the relay or serverless: drop --icmp",
             ));
         }
         if common.tcp && (mode != Mode::Pipe || udp.is_some()) {
@@ -426,6 +460,12 @@ impl PunchArgs {
         }
         let mut common = common;
         let fallback = icmp.is_none() && zero_config(&mut common);
+        // A serve code without a relay: serverless serve's session, by offers (no lobby).
+        if common.manual {
+            if let Some(sc) = join.take() {
+                code = sc.serverless_code();
+            }
+        }
         if !common.manual {
             let given = [
                 (common.stun.is_some(), "--stun"),
@@ -458,6 +498,7 @@ impl PunchArgs {
                 peer: match (&common.peer, &common.peer_file) {
                     (Some(o), _) => crate::net::punch::PeerOffer::Given(o.clone()),
                     (None, Some(f)) => crate::net::punch::PeerOffer::File(f.clone()),
+                    (None, None) if serve => crate::net::punch::PeerOffer::Prompt(stdin_lines()),
                     (None, None) => crate::net::punch::PeerOffer::Prompt(terminal_offer()),
                 },
             })
@@ -515,15 +556,37 @@ mod tests {
     }
 
     #[test]
-    fn serve_needs_a_service_and_a_relay() {
+    fn serve_needs_a_service_and_runs_serverless_without_a_relay() {
         assert!(matches!(
             options(&["serve", "--relay", "127.0.0.1"]),
             Err(PunchArgsError::Serve(_))
         ));
-        assert!(matches!(
-            options(&["serve", "--manual", "--expose", "127.0.0.1:80"]),
-            Err(PunchArgsError::Serve(_))
-        ));
+        let o = options(&["serve", "--manual", "--expose", "127.0.0.1:80"]).unwrap();
+        let m = o.manual.expect("serverless");
+        assert!(!m.fallback);
+        assert!(matches!(m.peer, crate::net::punch::PeerOffer::Prompt(_)));
+        if std::env::var_os("NATKIT_RELAY").is_none() {
+            let o = options(&["serve", "--expose", "127.0.0.1:80", "--peer-file", "f"]).unwrap();
+            let m = o.manual.expect("zero configuration");
+            assert!(m.fallback);
+            assert!(matches!(m.peer, crate::net::punch::PeerOffer::File(_)));
+        }
+        for bad in [
+            &[
+                "serve",
+                "--manual",
+                "--expose",
+                "127.0.0.1:80",
+                "--peer",
+                "x",
+            ][..],
+            &["serve", "--manual", "--expose", "127.0.0.1:80", "--icmp"],
+        ] {
+            assert!(
+                matches!(options(bad), Err(PunchArgsError::Serve(_))),
+                "{bad:?}"
+            );
+        }
         let o = options(&[
             "serve",
             "--relay",
@@ -541,8 +604,16 @@ mod tests {
         let code = "7-acid-acorn-actor-adobe-agent-alarm-album-alley";
         let o = options(&["connect", code, "--relay", "127.0.0.1", "--local-udp", "9"]).unwrap();
         assert_eq!(o.join.map(|c| c.to_string()).as_deref(), Some(code));
+        // Serverless, the session is the serverless serve's: no lobby to join.
+        let sc = crate::proto::punch::serve::ServeCode::parse(code)
+            .unwrap()
+            .unwrap();
+        let o = options(&["connect", code, "--manual"]).unwrap();
+        assert!(o.join.is_none());
+        assert_eq!(o.code.session_id(), sc.serverless_code().session_id());
+        assert_eq!(o.code.password(), sc.serverless_code().password());
         assert!(matches!(
-            options(&["connect", code, "--manual"]),
+            options(&["connect", code, "--icmp", "192.0.2.1"]),
             Err(PunchArgsError::Serve(_))
         ));
         let two = options(&["connect", "7-acid-acorn", "--relay", "127.0.0.1"]).unwrap();

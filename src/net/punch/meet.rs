@@ -436,7 +436,7 @@ async fn read_peer_offer(src: PeerOffer) -> Result<Vec<SocketAddr>, PunchError> 
 
 /// Zero configuration: the first of natprobe's built-in STUN servers whose name resolves
 /// (none on an offline machine: the offer then carries local and router-mapped addresses).
-async fn builtin_stun() -> Option<SocketAddr> {
+pub(super) async fn builtin_stun() -> Option<SocketAddr> {
     for s in crate::defaults::DEFAULT_SERVERS {
         let Ok((host, port)) = crate::net::sys::parse_server(s) else {
             continue;

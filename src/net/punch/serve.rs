@@ -1,6 +1,9 @@
 //! `punch serve` and joining a serve code: the lobby at the relay
 //! ([`crate::proto::punch::serve`]), and one ordinary punch session ([`super::run`]) per
-//! peer, each with its own socket, punch, path, relay fallback and PAKE.
+//! peer, each with its own socket, punch, path, relay fallback and PAKE. Without a relay,
+//! [`serverless`] serves peers by offers instead of the lobby.
+
+mod serverless;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -276,6 +279,112 @@ enum PeerNews {
     Ended(Result<Event, PunchError>),
 }
 
+/// The peers' sessions as serve reports them: which authenticated, and the failed guesses
+/// at the code (rate-limited by the [`Guard`]).
+struct Peers {
+    guard: Guard,
+    /// Sessions running, by peer id: whether each has authenticated.
+    joined: HashMap<u64, bool>,
+}
+
+impl Peers {
+    fn new() -> Peers {
+        Peers {
+            guard: Guard::new(
+                Instant::now(),
+                SERVE_GUESS_BURST,
+                SERVE_GUESS_REFILL,
+                SERVE_MAX_PENDING,
+            ),
+            joined: HashMap::new(),
+        }
+    }
+
+    /// Whether one more session may try the code now (see [`Guard::admit`]); it is then
+    /// `peer`'s.
+    fn admit(&mut self, peer: u64) -> bool {
+        let ok = self.guard.admit(Instant::now());
+        if ok {
+            self.joined.insert(peer, false);
+        }
+        ok
+    }
+
+    /// A `warning` that new peers wait for the rate limit, at most every
+    /// [`SERVE_LIMIT_WARN_GAP`].
+    fn limited(&self, warned: &mut Option<Instant>) -> Option<ServeEvent> {
+        if warned.is_some_and(|t| t.elapsed() < SERVE_LIMIT_WARN_GAP) {
+            return None;
+        }
+        *warned = Some(Instant::now());
+        Some(ServeEvent::Own(Event::Warning {
+            message: format!(
+                "new peers wait: {} attempts at the code failed so far, and they are \
+                 rate-limited",
+                self.guard.failures
+            ),
+        }))
+    }
+
+    /// Turns one peer's news into serve's events; true when its session ended.
+    fn news(&mut self, peer: u64, news: PeerNews, on_event: &mut impl FnMut(&ServeEvent)) -> bool {
+        match news {
+            PeerNews::Event(event) => on_event(&ServeEvent::Peer { peer, event }),
+            PeerNews::Authenticated => {
+                self.guard.authenticated(Instant::now());
+                self.joined.insert(peer, true);
+                on_event(&ServeEvent::Change(PeerChange::PeerJoined { peer }));
+            }
+            PeerNews::Ended(r) => {
+                let authed = self.joined.remove(&peer).unwrap_or(false);
+                let change = match (authed, r) {
+                    (
+                        true,
+                        Ok(Event::Done {
+                            bytes_sent,
+                            bytes_received,
+                            ..
+                        }),
+                    ) => PeerChange::PeerLeft {
+                        peer,
+                        bytes_sent,
+                        bytes_received,
+                        error: None,
+                    },
+                    (true, r) => PeerChange::PeerLeft {
+                        peer,
+                        bytes_sent: 0,
+                        bytes_received: 0,
+                        error: r.err().map(|e| e.to_string()),
+                    },
+                    (false, r) => {
+                        self.guard.failed(Instant::now());
+                        PeerChange::AuthFailed {
+                            peer,
+                            reason: r.err().map_or("ended".into(), |e| e.to_string()),
+                            failures: self.guard.failures,
+                        }
+                    }
+                };
+                on_event(&ServeEvent::Change(change));
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Ends every peer's session (each closes and removes its router mapping), bounded by
+/// [`SERVE_SHUTDOWN`].
+async fn close_all(stop: watch::Sender<bool>, mut peers: tokio::task::JoinSet<()>) {
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(SERVE_SHUTDOWN, async {
+        while peers.join_next().await.is_some() {}
+    })
+    .await;
+    peers.abort_all();
+}
+
 /// Serves every peer that joins the printed code, one after another and several at once,
 /// until `shutdown` completes (then each peer's session ends, removing its router mapping,
 /// within [`SERVE_SHUTDOWN`]). `opts` is a listener's (its code is not used).
@@ -284,6 +393,9 @@ pub async fn serve(
     mut on_event: impl FnMut(&ServeEvent) + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PunchError> {
+    if opts.manual.is_some() {
+        return serverless::serve(opts, on_event, shutdown).await;
+    }
     let relay = relay_addr(&opts.relay).await?;
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
     let (code, mut rv, me) = claim(&sock, relay, &opts).await?;
@@ -292,16 +404,10 @@ pub async fn serve(
     }));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (news_tx, mut news_rx) = mpsc::unbounded_channel::<(u64, PeerNews)>();
-    let mut guard = Guard::new(
-        Instant::now(),
-        SERVE_GUESS_BURST,
-        SERVE_GUESS_REFILL,
-        SERVE_MAX_PENDING,
-    );
+    let mut state = Peers::new();
     let mut peers = tokio::task::JoinSet::new();
     // Hellos answered, by nonce: a repeated hello (our answer was lost) is answered again.
     let mut nonces: HashMap<[u8; NONCE_LEN], u64> = HashMap::new();
-    let mut joined: HashMap<u64, bool> = HashMap::new();
     let mut next_peer = 1u64;
     // When we last said that hellos are being refused.
     let mut warned: Option<Instant> = None;
@@ -315,29 +421,22 @@ pub async fn serve(
                         continue;
                     };
                     if let std::collections::hash_map::Entry::Vacant(slot) = nonces.entry(n) {
-                        if !guard.admit(Instant::now()) {
+                        if !state.admit(next_peer) {
                             // Unanswered: the connector says hello again a moment later.
-                            if warned.is_none_or(|t| t.elapsed() >= SERVE_LIMIT_WARN_GAP) {
-                                warned = Some(Instant::now());
-                                on_event(&ServeEvent::Own(Event::Warning {
-                                    message: format!(
-                                        "new peers wait: {} attempts at the code failed so \
-                                         far, and they are rate-limited",
-                                        guard.failures
-                                    ),
-                                }));
+                            if let Some(w) = state.limited(&mut warned) {
+                                on_event(&w);
                             }
                             continue;
                         }
                         let peer = next_peer;
                         next_peer += 1;
                         slot.insert(peer);
-                        joined.insert(peer, false);
                         let mut o = opts.clone();
                         o.code = code.sub_code(&n);
                         o.role = Role::Listener;
                         o.stop = Some(stop_rx.clone());
-                        peers.spawn(peer_session(peer, o, news_tx.clone()));
+                        let now = std::future::ready(());
+                        peers.spawn(peer_session(peer, o, news_tx.clone(), now));
                     }
                     rv.send_data(Lobby::Ack(n).emit());
                 }
@@ -368,56 +467,29 @@ pub async fn serve(
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => rv.handle_timeout(Instant::now()),
-            Some((peer, news)) = news_rx.recv() => match news {
-                PeerNews::Event(event) => on_event(&ServeEvent::Peer { peer, event }),
-                PeerNews::Authenticated => {
-                    guard.authenticated(Instant::now());
-                    joined.insert(peer, true);
-                    on_event(&ServeEvent::Change(PeerChange::PeerJoined { peer }));
-                }
-                PeerNews::Ended(r) => {
+            Some((peer, news)) = news_rx.recv() => {
+                if state.news(peer, news, &mut on_event) {
                     nonces.retain(|_, p| *p != peer);
-                    let authed = joined.remove(&peer).unwrap_or(false);
-                    let change = match (authed, r) {
-                        (true, Ok(Event::Done { bytes_sent, bytes_received, .. })) => {
-                            PeerChange::PeerLeft { peer, bytes_sent, bytes_received, error: None }
-                        }
-                        (true, r) => PeerChange::PeerLeft {
-                            peer,
-                            bytes_sent: 0,
-                            bytes_received: 0,
-                            error: r.err().map(|e| e.to_string()),
-                        },
-                        (false, r) => {
-                            guard.failed(Instant::now());
-                            PeerChange::AuthFailed {
-                                peer,
-                                reason: r.err().map_or("ended".into(), |e| e.to_string()),
-                                failures: guard.failures,
-                            }
-                        }
-                    };
-                    on_event(&ServeEvent::Change(change));
                 }
-            },
+            }
             Some(_) = peers.join_next(), if !peers.is_empty() => {}
             _ = &mut shutdown => break,
         }
     }
-    // Every peer's session closes (and removes its router mapping); bounded.
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(SERVE_SHUTDOWN, async {
-        while peers.join_next().await.is_some() {}
-    })
-    .await;
-    peers.abort_all();
+    close_all(stop_tx, peers).await;
     bye(&sock, relay, &code, me).await;
     Ok(())
 }
 
 /// One peer's session: an ordinary listener's punch under the sub-session code; ends as a
-/// failed guess when it has not authenticated within [`SERVE_AUTH_TIMEOUT`].
-async fn peer_session(peer: u64, o: PunchOptions, news: mpsc::UnboundedSender<(u64, PeerNews)>) {
+/// failed guess when it has not authenticated within [`SERVE_AUTH_TIMEOUT`] of `armed`
+/// (at once with the relay; when the peer's offer came, serverless).
+async fn peer_session(
+    peer: u64,
+    o: PunchOptions,
+    news: mpsc::UnboundedSender<(u64, PeerNews)>,
+    armed: impl Future<Output = ()>,
+) {
     let authed = Arc::new(AtomicBool::new(false));
     let (tx, a) = (news.clone(), authed.clone());
     let on = move |e: &Event| match e {
@@ -434,6 +506,7 @@ async fn peer_session(peer: u64, o: PunchOptions, news: mpsc::UnboundedSender<(u
     };
     let run = super::run(o, on, tokio::io::empty(), tokio::io::sink());
     let timeout = async {
+        armed.await;
         tokio::time::sleep(SERVE_AUTH_TIMEOUT).await;
         if authed.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;

@@ -93,6 +93,22 @@ impl ServeCode {
             password,
         )
     }
+
+    /// Serverless serve (no relay, no lobby): every peer's session uses this code, its own
+    /// offers in place of the lobby. Session id and password in their own domain, so neither
+    /// is ever a relay sub-session's; one password for every peer is safe because each
+    /// SPAKE2 run is fresh and a wrong guess costs a whole session (64 bits to guess).
+    pub fn serverless_code(&self) -> Code {
+        let session = hash16(&[b"natkit serve v1 serverless", &self.nameplate.to_be_bytes()]);
+        let mut password = self.to_string().into_bytes();
+        password.extend_from_slice(b"/serverless");
+        Code::sub_session(
+            self.nameplate,
+            [self.words[0], self.words[1]],
+            session,
+            password,
+        )
+    }
 }
 
 fn hash16(parts: &[&[u8]]) -> SessionId {
@@ -262,6 +278,23 @@ mod tests {
             .unwrap();
         assert_eq!(d.sub_code(&[1; 16]).session_id(), a.session_id());
         assert_ne!(d.sub_code(&[1; 16]).password(), a.password());
+    }
+
+    #[test]
+    fn the_serverless_code_is_neither_the_lobby_nor_a_sub_session() {
+        let c = ServeCode::parse("7-acid-acorn-actor-adobe-agent-alarm-album-alley")
+            .unwrap()
+            .unwrap();
+        let s = c.serverless_code();
+        assert!(s.is_sub());
+        assert_eq!(s.session_id(), c.serverless_code().session_id());
+        assert_ne!(s.session_id(), c.lobby_session());
+        assert_ne!(s.session_id(), c.sub_code(&[0; 16]).session_id());
+        assert_ne!(s.password(), c.sub_code(&[0; 16]).password());
+        let d = ServeCode::parse("7-acid-acorn-actor-adobe-agent-alarm-album-amber")
+            .unwrap()
+            .unwrap();
+        assert_ne!(s.password(), d.serverless_code().password());
     }
 
     #[test]
