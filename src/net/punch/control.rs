@@ -334,7 +334,10 @@ impl Control {
         self.wire.connect_tcp(timeout, link, ctl, quic).await
     }
 
-    pub(super) fn set_my_nat(&mut self, c: NatClass) {
+    /// Our classification, with whether we offer a global IPv6 address (the IPv4 classes
+    /// then decide nothing when the peer offers one too).
+    pub(super) fn set_my_nat(&mut self, mut c: NatClass) {
+        c.ipv6 = self.cfg.candidates.iter().any(|a| a.is_ipv6());
         self.nat.set_mine(Instant::now(), c);
         self.apply_nat();
     }

@@ -76,7 +76,8 @@ pub(super) async fn prepare(
     let manual = opts.manual.clone();
     // --manual has no relay: an address that matches no datagram stands in for it.
     // The relay's A and AAAA records: we meet over the first IPv4 one (the path every peer
-    // has) and offer our IPv6 address, found towards its AAAA record, as a candidate.
+    // has) unless only IPv6 answers ([`super::dual::race`]), and offer our IPv6 address,
+    // found towards its AAAA record, as a candidate.
     let (relay, relay6) = if manual.is_some() {
         (SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), None)
     } else {
@@ -133,6 +134,29 @@ pub(super) async fn prepare(
         ));
     }
     candidates.dedup();
+    let mut cfg = PunchConfig {
+        relay,
+        session: opts.code.session_id(),
+        role: opts.role,
+        peer: rand::random(),
+        token: opts.token.clone(),
+        candidates,
+        direct_timeout: opts.direct_timeout,
+        keepalive: opts.keepalive,
+    };
+    // With IPv6 here and at the relay, meet it over whichever family UDP gets through; the
+    // relay's cookie from the race spares the registration its first round trip.
+    let (relay, relay_cookie) = match relay6 {
+        Some(v6) if manual.is_none() && cfg.candidates.iter().any(|a| a.is_ipv6()) => {
+            super::dual::race(&sock, cfg.clone(), v6).await?
+        }
+        _ => (relay, Vec::new()),
+    };
+    let towards = if manual.is_some() {
+        towards
+    } else {
+        Some(relay)
+    };
     // Ask the router for the punch port in the background; the rendezvous does not wait.
     let (mapped_tx, mut mapped_rx) = mpsc::channel(1);
     let (unmap_tx, unmap_rx) = tokio::sync::oneshot::channel();
@@ -145,6 +169,9 @@ pub(super) async fn prepare(
     let classifier = {
         let server = opts.relay.clone();
         let with_relay = manual.is_none();
+        // Met over IPv6 UDP: a silent IPv4 classification must not leave the peer without
+        // ours (nor say blocked: UDP works), or neither side could tell IPv6 will do.
+        let over_v6 = relay.is_ipv6();
         tokio::spawn(async move {
             if !with_relay {
                 return;
@@ -155,23 +182,21 @@ pub(super) async fn prepare(
                 lifetime_max: None,
                 portmap: false,
             };
-            if let Ok(r) = crate::net::natprobe::run(&o, |_, _| {}).await {
-                if r.udp {
-                    let _ = class_tx
-                        .send(NatClass {
-                            mapping: r.mapping,
-                            filtering: r.filtering,
-                            allocation: r.port_allocation.kind,
-                            mapped_port: false,
-                            delta: r
-                                .port_allocation
-                                .delta
-                                .map_or(0, |d| d.clamp(-128, 127) as i8),
-                            udp_blocked: false,
-                        })
-                        .await;
-                }
-            }
+            let class = match crate::net::natprobe::run(&o, |_, _| {}).await {
+                Ok(r) if r.udp => NatClass {
+                    mapping: r.mapping,
+                    filtering: r.filtering,
+                    allocation: r.port_allocation.kind,
+                    delta: r
+                        .port_allocation
+                        .delta
+                        .map_or(0, |d| d.clamp(-128, 127) as i8),
+                    ..NatClass::unknown()
+                },
+                _ if over_v6 => NatClass::unknown(),
+                _ => return,
+            };
+            let _ = class_tx.send(class).await;
         })
     };
     // --tcp: bind the TCP punch port and learn its public endpoint from the relay while we
@@ -186,16 +211,7 @@ pub(super) async fn prepare(
             (opts.code.clone(), rand::random())
         };
     let session = code.session_id();
-    let cfg = PunchConfig {
-        relay,
-        session,
-        role: opts.role,
-        peer: peer_id,
-        token: opts.token.clone(),
-        candidates,
-        direct_timeout: opts.direct_timeout,
-        keepalive: opts.keepalive,
-    };
+    (cfg.relay, cfg.session, cfg.peer) = (relay, session, peer_id);
     if manual.as_ref().is_some_and(|m| m.fallback) {
         emit.send(&Event::Warning {
             message: "no relay given (--relay or NATKIT_RELAY): serverless mode, as with \
@@ -209,8 +225,7 @@ pub(super) async fn prepare(
         });
     }
     // --manual: print our offer (server-reflexive first, then a router-mapped port, then
-    // the host address) and read the other side's in the background.
-    let mut cfg = cfg;
+    // the host addresses) and read the other side's in the background.
     let (offer_tx, offer_rx) = mpsc::channel(1);
     let mut knocking = None;
     match (&manual, &icmp) {
@@ -366,6 +381,7 @@ pub(super) async fn prepare(
     if let Some(ip) = icmp_listener {
         c.puncher.allow_peer_ip(ip.into());
     }
+    c.puncher.set_relay_cookie(relay_cookie, Instant::now());
     c.flush();
     let s = Session {
         // quinn sees an IPv4 socket: its only peer is the IPv4 VIRTUAL_PEER, which it would

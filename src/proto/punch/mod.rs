@@ -175,6 +175,12 @@ impl Puncher {
         p
     }
 
+    /// The relay's cookie for our address, learned while choosing its address family
+    /// ([`rendezvous::FamilyRace`]): the registration need not ask for it again.
+    pub fn set_relay_cookie(&mut self, cookie: Vec<u8>, now: Instant) {
+        self.rv.set_cookie(cookie, now);
+    }
+
     /// The peer's candidates from its offer: start the checks now. The connector got the
     /// listener's offer first and the listener is not probing yet, so it stays quiet (only
     /// low-TTL packets that open its own NAT) until the listener's first probe arrives.

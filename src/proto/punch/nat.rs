@@ -30,6 +30,9 @@ pub struct NatClass {
     pub delta: i8,
     /// UDP is blocked here (the relay was reached over TCP): no UDP technique can work.
     pub udp_blocked: bool,
+    /// This side offers a global IPv6 address at the punch port (no NAT on IPv6, at most a
+    /// stateful firewall): with the peer's, a direct path over IPv6 needs no technique.
+    pub ipv6: bool,
 }
 
 fn behaviour_code(b: Behaviour) -> u8 {
@@ -65,7 +68,9 @@ impl NatClass {
                 .iter()
                 .position(|a| *a == self.allocation)
                 .unwrap_or(0) as u8,
-            flags: u8::from(self.mapped_port) | (u8::from(self.udp_blocked) << 1),
+            flags: u8::from(self.mapped_port)
+                | (u8::from(self.udp_blocked) << 1)
+                | (u8::from(self.ipv6) << 2),
             step: self.delta,
         }
     }
@@ -92,9 +97,24 @@ impl NatClass {
                     mapped_port: flags & 1 != 0,
                     delta: if allocation == "sequential" { step } else { 0 },
                     udp_blocked: flags & 2 != 0,
+                    ipv6: flags & 4 != 0,
                 })
             }
             _ => None,
+        }
+    }
+
+    /// Nothing known about our IPv4 NAT (the relay met over IPv6, or over TCP): the
+    /// technique is left to the other classes, or to IPv6.
+    pub fn unknown() -> NatClass {
+        NatClass {
+            mapping: Behaviour::Unknown,
+            filtering: Behaviour::Unknown,
+            allocation: "unknown",
+            mapped_port: false,
+            delta: 0,
+            udp_blocked: false,
+            ipv6: false,
         }
     }
 
@@ -157,6 +177,16 @@ pub fn expect(mine: &NatClass, peer: &NatClass) -> Expectation {
             technique: "tcp",
             why: "UDP is blocked on one side: the relay carries the data over TCP, and a \
                   pipe tries TCP hole punching for a direct path"
+                .into(),
+        };
+    }
+    if mine.ipv6 && peer.ipv6 {
+        return Expectation {
+            path: "direct",
+            technique: "udp",
+            why: "both sides have IPv6: there is no NAT on IPv6, and a stateful firewall (RFC \
+                  6092 §3.2) lets the peer in once we have sent to it, so a simultaneous UDP \
+                  hole punch over IPv6 works whatever the IPv4 NATs do"
                 .into(),
         };
     }
@@ -429,6 +459,7 @@ pub(crate) mod tests {
             mapped_port: false,
             delta: 0,
             udp_blocked: false,
+            ipv6: false,
         }
     }
 
@@ -529,6 +560,41 @@ pub(crate) mod tests {
             let e = expect(a, b);
             assert_eq!((e.path, e.technique), ("relay", "tcp"));
         }
+    }
+
+    /// Both sides with IPv6: direct over IPv6 whatever the IPv4 classes (symmetric pairs
+    /// included, which would otherwise be relayed or probed), and the flag crosses the wire;
+    /// one side with IPv6 changes nothing, nor does IPv6 beside a side whose UDP is blocked.
+    #[test]
+    fn both_sides_with_ipv6_expect_a_direct_udp_punch_over_ipv6() {
+        let v6 = |mut n: NatClass| {
+            n.ipv6 = true;
+            n
+        };
+        let (sym, pr) = (c(Apd, Apd), c(Ei, Apd));
+        let back = Frame::parse(&v6(sym).to_frame([3; 16]).emit()).unwrap();
+        assert_eq!(NatClass::from_frame(&back, [3; 16]), Some(v6(sym)));
+        for (a, b) in [
+            (sym, sym),
+            (sym, pr),
+            (c(Behaviour::Unknown, Behaviour::Unknown), sym),
+        ] {
+            let e = expect(&v6(a), &v6(b));
+            assert_eq!((e.path, e.technique), ("direct", "udp"), "{a:?} x {b:?}");
+            assert!(e.why.contains("IPv6"), "{}", e.why);
+            assert_eq!(
+                expect(&v6(a), &b),
+                expect(&a, &b),
+                "only one side with IPv6"
+            );
+        }
+        let mut blocked = v6(c(Behaviour::Unknown, Behaviour::Unknown));
+        blocked.udp_blocked = true;
+        assert_eq!(expect(&blocked, &v6(pr)).technique, "tcp");
+        // Neither relay-first nor birthday probing for such a pair: only the `nat` event.
+        let (a, b) = exchange_pair(v6(sym), v6(sym), true);
+        assert!(matches!(a[..], [Plan::Told { .. }]), "{a:?}");
+        assert!(matches!(b[..], [Plan::Told { .. }]), "{b:?}");
     }
 
     fn exchange_pair(a: NatClass, b: NatClass, hard: bool) -> (Vec<Plan>, Vec<Plan>) {
