@@ -147,21 +147,51 @@ fn udp_blocked_ipv4_goes_direct() {
         },
     );
     eprintln!("nat events (all expecting a UDP punch): {nat_events:?} of 16 sides");
-    // Once more with the data held until both classifications are known: each side's `nat`
-    // event expects a UDP punch over IPv6, and no TCP fallback says the blocked side's UDP
-    // is blocked.
+    // Once more with the data held until both classifications are known: the blocked side
+    // says its UDP is blocked but IPv6 works, and each side's `nat` event expects a UDP
+    // punch over IPv6.
     let run = session(&lab, "held", &[], true);
-    for (side, ev) in [("listener", &run.a), ("connector", &run.b)] {
+    for (side, ev, blocked) in [("listener", &run.a, "mine"), ("connector", &run.b, "peer")] {
         let n = ev.iter().find(|e| e["event"] == "nat").unwrap();
         assert_eq!(n["expect"]["path"], "direct", "held {side}: {n}");
         assert_eq!(n["expect"]["technique"], "udp", "held {side}: {n}");
         assert!(n["expect"]["why"].as_str().unwrap().contains("IPv6"), "{n}");
-        assert_eq!(n["mine"]["udp_blocked"], false, "held {side}: {n}");
+        assert_eq!(n[blocked]["udp_blocked"], true, "held {side}: {n}");
+        assert_eq!(
+            (&n["mine"]["ipv6"], &n["peer"]["ipv6"]),
+            (&true.into(), &true.into())
+        );
         assert!(run
             .direct()
             .iter()
             .all(|d| d.is_some_and(|d| d["family"] == "ipv6")));
         eprintln!("held {side}: {n}");
+    }
+}
+
+/// UDP blocked over IPv4 with IPv6 (fw) × port-restricted without IPv6: the blocked side
+/// meets the relay over IPv6 UDP (not over TCP after ~3.7 s) and says at once that its UDP
+/// is blocked, so both sides take the relay well before the 3 s punching bound; 1 MiB each
+/// way intact, every run.
+#[test]
+fn udp_blocked_ipv4_with_ipv6_x_a_side_without_it_relays_at_once() {
+    let Some(lab) = lab_with(Kind::UdpBlocked, "fw", Kind::PortRestricted, "none") else {
+        return;
+    };
+    let _r = common::relay::start_dual(&lab, 3478);
+    for i in 0..3 {
+        let run = session(&lab, &format!("run {i}"), &[], false);
+        for (side, ev, family) in [("blocked", &run.a, "ipv6"), ("other", &run.b, "ipv4")] {
+            let c = ev.iter().find(|e| e["event"] == "connected").unwrap();
+            assert_eq!(
+                (&c["path"], &c["method"]),
+                (&"relay".into(), &"udp".into()),
+                "{c}"
+            );
+            assert_eq!(c["family"], family, "run {i} {side}: {c}");
+            assert!(ms(c) < 1500, "run {i} {side}: relayed after {} ms", ms(c));
+            eprintln!("run {i} {side}: {c}");
+        }
     }
 }
 

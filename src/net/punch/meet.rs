@@ -146,12 +146,13 @@ pub(super) async fn prepare(
     };
     // With IPv6 here and at the relay, meet it over whichever family UDP gets through; the
     // relay's cookie from the race spares the registration its first round trip.
+    let ipv6 = cfg.candidates.iter().any(|a| a.is_ipv6());
     let (relay, relay_cookie) = match relay6 {
-        Some(v6) if manual.is_none() && cfg.candidates.iter().any(|a| a.is_ipv6()) => {
-            super::dual::race(&sock, cfg.clone(), v6).await?
-        }
+        Some(v6) if manual.is_none() && ipv6 => super::dual::race(&sock, cfg.clone(), v6).await?,
         _ => (relay, Vec::new()),
     };
+    // IPv6 won the race against the relay's IPv4 address: our IPv4 UDP is blocked.
+    let ipv4_silent = relay6 == Some(relay);
     let towards = if manual.is_some() {
         towards
     } else {
@@ -169,9 +170,6 @@ pub(super) async fn prepare(
     let classifier = {
         let server = opts.relay.clone();
         let with_relay = manual.is_none();
-        // Met over IPv6 UDP: a silent IPv4 classification must not leave the peer without
-        // ours (nor say blocked: UDP works), or neither side could tell IPv6 will do.
-        let over_v6 = relay.is_ipv6();
         tokio::spawn(async move {
             if !with_relay {
                 return;
@@ -182,21 +180,22 @@ pub(super) async fn prepare(
                 lifetime_max: None,
                 portmap: false,
             };
-            let class = match crate::net::natprobe::run(&o, |_, _| {}).await {
-                Ok(r) if r.udp => NatClass {
-                    mapping: r.mapping,
-                    filtering: r.filtering,
-                    allocation: r.port_allocation.kind,
-                    delta: r
-                        .port_allocation
-                        .delta
-                        .map_or(0, |d| d.clamp(-128, 127) as i8),
-                    ..NatClass::unknown()
-                },
-                _ if over_v6 => NatClass::unknown(),
-                _ => return,
-            };
-            let _ = class_tx.send(class).await;
+            if let Ok(r) = crate::net::natprobe::run(&o, |_, _| {}).await {
+                if r.udp {
+                    let _ = class_tx
+                        .send(NatClass {
+                            mapping: r.mapping,
+                            filtering: r.filtering,
+                            allocation: r.port_allocation.kind,
+                            delta: r
+                                .port_allocation
+                                .delta
+                                .map_or(0, |d| d.clamp(-128, 127) as i8),
+                            ..NatClass::unknown()
+                        })
+                        .await;
+                }
+            }
         })
     };
     // --tcp: bind the TCP punch port and learn its public endpoint from the relay while we
@@ -382,6 +381,15 @@ pub(super) async fn prepare(
         c.puncher.allow_peer_ip(ip.into());
     }
     c.puncher.set_relay_cookie(relay_cookie, Instant::now());
+    c.nat.set_ipv6(ipv6);
+    // Say so at once, as a side met over TCP does: a peer without IPv6 relays and tries a
+    // TCP punch; one with IPv6 expects the direct path over IPv6.
+    if ipv4_silent {
+        c.set_my_nat(NatClass {
+            udp_blocked: true,
+            ..NatClass::unknown()
+        });
+    }
     c.flush();
     let s = Session {
         // quinn sees an IPv4 socket: its only peer is the IPv4 VIRTUAL_PEER, which it would

@@ -28,10 +28,12 @@ pub struct NatClass {
     /// The step between consecutive public ports, for `sequential` allocation (0
     /// otherwise).
     pub delta: i8,
-    /// UDP is blocked here (the relay was reached over TCP): no UDP technique can work.
+    /// UDP is blocked here: the relay was reached over TCP (no UDP technique can work), or
+    /// over IPv6 only (`ipv6` then says so: nothing over IPv4 can work).
     pub udp_blocked: bool,
-    /// This side offers a global IPv6 address at the punch port (no NAT on IPv6, at most a
-    /// stateful firewall): with the peer's, a direct path over IPv6 needs no technique.
+    /// This side offers a global IPv6 address at the punch port and its UDP is not known to
+    /// be blocked over IPv6 (no NAT on IPv6, at most a stateful firewall): with the peer's,
+    /// a direct path over IPv6 needs no technique.
     pub ipv6: bool,
 }
 
@@ -171,15 +173,6 @@ pub struct Expectation {
 
 /// Which technique should work for this pair.
 pub fn expect(mine: &NatClass, peer: &NatClass) -> Expectation {
-    if mine.udp_blocked || peer.udp_blocked {
-        return Expectation {
-            path: "relay",
-            technique: "tcp",
-            why: "UDP is blocked on one side: the relay carries the data over TCP, and a \
-                  pipe tries TCP hole punching for a direct path"
-                .into(),
-        };
-    }
     if mine.ipv6 && peer.ipv6 {
         return Expectation {
             path: "direct",
@@ -187,6 +180,15 @@ pub fn expect(mine: &NatClass, peer: &NatClass) -> Expectation {
             why: "both sides have IPv6: there is no NAT on IPv6, and a stateful firewall (RFC \
                   6092 §3.2) lets the peer in once we have sent to it, so a simultaneous UDP \
                   hole punch over IPv6 works whatever the IPv4 NATs do"
+                .into(),
+        };
+    }
+    if mine.udp_blocked || peer.udp_blocked {
+        return Expectation {
+            path: "relay",
+            technique: "tcp",
+            why: "UDP is blocked on one side: the relay carries the data over TCP, and a \
+                  pipe tries TCP hole punching for a direct path"
                 .into(),
         };
     }
@@ -306,6 +308,11 @@ pub struct Exchange {
     mine: Option<NatClass>,
     peer: Option<NatClass>,
     mapped_port: bool,
+    /// We offer IPv6 ([`NatClass::ipv6`]), known before our classification.
+    ipv6: bool,
+    /// The peer offers an IPv6 candidate (as the relay passed its candidates on), known
+    /// before its classification.
+    peer_ipv6: bool,
     told: bool,
     next_send: Option<Instant>,
     sends: u32,
@@ -323,6 +330,8 @@ impl Exchange {
             mine: None,
             peer: None,
             mapped_port: false,
+            ipv6: false,
+            peer_ipv6: false,
             told: false,
             next_send: None,
             sends: 0,
@@ -336,12 +345,24 @@ impl Exchange {
     /// peer's arrives.
     pub fn set_mine(&mut self, now: Instant, mut c: NatClass) {
         c.mapped_port |= self.mapped_port;
+        c.ipv6 |= self.ipv6;
         self.mine = Some(c);
         self.told = false;
         self.sends = 0;
         self.next_send = Some(now);
         self.handle_timeout(now);
         self.decide();
+    }
+
+    /// Whether we offer IPv6 (a global IPv6 candidate, and the relay not met over TCP), for
+    /// our classification from now on.
+    pub fn set_ipv6(&mut self, yes: bool) {
+        self.ipv6 = yes;
+    }
+
+    /// Whether the peer offers an IPv6 candidate, before its classification says so.
+    pub fn set_peer_ipv6(&mut self, yes: bool) {
+        self.peer_ipv6 = yes;
     }
 
     /// The router now forwards our punch port: the peer should know.
@@ -434,11 +455,15 @@ impl Exchange {
         self.next_send
     }
 
-    /// Either side reported its UDP blocked.
+    /// Either side reported its UDP blocked, so that a pipe tries TCP hole punching: not a
+    /// side that met the relay over IPv6 UDP when both offer IPv6 (the direct path over
+    /// IPv6 is expected, and a TCP punch over IPv4 would only race it).
     pub fn udp_blocked(&self) -> bool {
+        let both_v6 = self.ipv6 && (self.peer_ipv6 || self.peer.is_some_and(|p| p.ipv6));
         [self.mine, self.peer]
             .iter()
-            .any(|c| c.is_some_and(|c| c.udp_blocked))
+            .flatten()
+            .any(|c| c.udp_blocked && !(c.ipv6 && both_v6))
     }
 }
 
@@ -588,13 +613,60 @@ pub(crate) mod tests {
                 "only one side with IPv6"
             );
         }
-        let mut blocked = v6(c(Behaviour::Unknown, Behaviour::Unknown));
-        blocked.udp_blocked = true;
-        assert_eq!(expect(&blocked, &v6(pr)).technique, "tcp");
         // Neither relay-first nor birthday probing for such a pair: only the `nat` event.
         let (a, b) = exchange_pair(v6(sym), v6(sym), true);
         assert!(matches!(a[..], [Plan::Told { .. }]), "{a:?}");
         assert!(matches!(b[..], [Plan::Told { .. }]), "{b:?}");
+    }
+
+    /// A side whose IPv4 UDP is blocked: met over TCP (no IPv6 claimed), the relay over TCP
+    /// and a TCP punch, whatever the peer; met over IPv6 UDP, direct over IPv6 with a peer
+    /// that has IPv6 (and no TCP punch to race it, even before the peer's class arrives:
+    /// its candidates say it), the relay and a TCP punch with one that has none.
+    #[test]
+    fn blocked_ipv4_udp_with_ipv6_goes_direct_over_ipv6_only_with_a_peer_that_has_it() {
+        let blocked = NatClass {
+            udp_blocked: true,
+            ..NatClass::unknown()
+        };
+        let v6_blocked = NatClass {
+            ipv6: true,
+            ..blocked
+        };
+        let (pr, pr6) = (
+            c(Ei, Apd),
+            NatClass {
+                ipv6: true,
+                ..c(Ei, Apd)
+            },
+        );
+        assert_eq!(expect(&blocked, &pr6).technique, "tcp");
+        assert_eq!(expect(&v6_blocked, &pr).technique, "tcp");
+        let e = expect(&pr6, &v6_blocked);
+        assert_eq!((e.path, e.technique), ("direct", "udp"));
+        let t = Instant::now();
+        // The blocked side, before and after the peer's class.
+        let mut x = Exchange::new([5; 16], false);
+        x.set_ipv6(true);
+        x.set_mine(t, blocked);
+        assert!(x.udp_blocked(), "the peer's IPv6 not known yet");
+        x.set_peer_ipv6(true);
+        assert!(!x.udp_blocked(), "the peer's candidates offer IPv6");
+        x.set_peer_ipv6(false);
+        x.handle_frame(t, &pr6.to_frame([5; 16]));
+        assert!(!x.udp_blocked(), "the peer's class offers IPv6");
+        // The other side, with IPv6 or without.
+        for (ours, tcp) in [(true, false), (false, true)] {
+            let mut y = Exchange::new([5; 16], false);
+            y.set_ipv6(ours);
+            y.handle_frame(t, &v6_blocked.to_frame([5; 16]));
+            assert_eq!(y.udp_blocked(), tcp, "we offer IPv6: {ours}");
+        }
+        // Met over TCP: no IPv6 claimed, a TCP punch even between two IPv6 hosts.
+        let mut z = Exchange::new([5; 16], false);
+        z.set_ipv6(true);
+        z.handle_frame(t, &blocked.to_frame([5; 16]));
+        assert!(z.udp_blocked());
     }
 
     fn exchange_pair(a: NatClass, b: NatClass, hard: bool) -> (Vec<Plan>, Vec<Plan>) {
