@@ -5,7 +5,7 @@
 mod common;
 
 use common::lab::{Kind, Lab};
-use common::punch::{live, manual_side, noise, offer_of, Live};
+use common::punch::{is_direct, live, manual_side, noise, offer_of, Live};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -172,7 +172,7 @@ fn udp_blocked_ipv4_goes_direct() {
 /// UDP blocked over IPv4 with IPv6 (fw) × port-restricted without IPv6: the blocked side
 /// meets the relay over IPv6 UDP (not over TCP after ~3.7 s) and says at once that its UDP
 /// is blocked, so both sides take the relay well before the 3 s punching bound; 1 MiB each
-/// way intact, every run.
+/// way intact, every run. With `--tcp`, a TCP punch over IPv4 then goes direct.
 #[test]
 fn udp_blocked_ipv4_with_ipv6_x_a_side_without_it_relays_at_once() {
     let Some(lab) = lab_with(Kind::UdpBlocked, "fw", Kind::PortRestricted, "none") else {
@@ -192,6 +192,15 @@ fn udp_blocked_ipv4_with_ipv6_x_a_side_without_it_relays_at_once() {
             assert!(ms(c) < 1500, "run {i} {side}: relayed after {} ms", ms(c));
             eprintln!("run {i} {side}: {c}");
         }
+    }
+    // With --tcp the TCP punch goes over IPv4 (the relay's A record), as the peer's does,
+    // and moves the pipe to a direct TCP connection.
+    let run = session(&lab, "--tcp", &["--tcp"], false);
+    for (side, ev) in [("blocked", &run.a), ("other", &run.b)] {
+        let tcp = ev.iter().find(|e| is_direct(e) && e["method"] == "tcp");
+        let tcp = tcp.unwrap_or_else(|| panic!("--tcp {side}: no direct TCP: {ev:?}"));
+        assert_eq!(tcp["family"], "ipv4", "--tcp {side}: {tcp}");
+        eprintln!("--tcp {side}: {tcp}");
     }
 }
 

@@ -147,6 +147,9 @@ pub(super) async fn prepare(
     // With IPv6 here and at the relay, meet it over whichever family UDP gets through; the
     // relay's cookie from the race spares the registration its first round trip.
     let ipv6 = cfg.candidates.iter().any(|a| a.is_ipv6());
+    // TCP to the relay (the --tcp endpoint) stays on the first family: IPv4 UDP being
+    // silent says nothing of IPv4 TCP, and a peer without IPv6 punches TCP over IPv4.
+    let relay_tcp = relay;
     let (relay, relay_cookie) = match relay6 {
         Some(v6) if manual.is_none() && ipv6 => super::dual::race(&sock, cfg.clone(), v6).await?,
         _ => (relay, Vec::new()),
@@ -201,7 +204,7 @@ pub(super) async fn prepare(
     // --tcp: bind the TCP punch port and learn its public endpoint from the relay while we
     // meet; the TCP punch itself starts once the peer is authenticated.
     let tcp_endpoint = (opts.tcp && manual.is_none())
-        .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay)));
+        .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay_tcp)));
     // A listener with a code natkit drew shows it once the relay gave it the nameplate.
     let (code, peer_id) =
         if opts.role == Role::Listener && manual.is_none() && opts.code.is_generated() {
