@@ -295,6 +295,16 @@ pub const UPGRADE_FIRST: Duration = Duration::from_secs(1);
 pub const UPGRADE_MAX: Duration = Duration::from_secs(60);
 /// Default keepalive towards the relay and the peer: well under the 30 s many NATs allow.
 pub const PUNCH_KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long, after the relay answered over IPv6, we wait for its IPv4 answer before meeting
+/// it over IPv6 (RFC 8305 §5's recommended Connection Attempt Delay): IPv4 is preferred for
+/// meeting (the peer learns our IPv4 server-reflexive address), and its answer trails
+/// IPv6's by far less unless IPv4 UDP is blocked.
+pub const RELAY_FAMILY_GRACE: Duration = Duration::from_millis(250);
+
+/// The last wait after the relay address race's four sends (0, 100, 300, 700 ms): about a
+/// second in all before a silent relay is left to the registration's own timeout (and TCP).
+pub const RELAY_FAMILY_FINAL_WAIT: Duration = Duration::from_millis(300);
+
 /// The relay registration's last wait after its sends: a relay across the world answers in
 /// well under a second.
 pub const REGISTER_FINAL_WAIT: Duration = Duration::from_millis(800);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::lab::{Kind, Lab};
-use common::punch::{live, noise};
+use common::punch::{is_direct, live, manual_side, noise, offer_of, Live};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -25,8 +25,10 @@ impl Run {
     }
 }
 
-/// Listener in a, connector in b, both at `relay.lab`; 1 MiB each way, checked.
-fn session(lab: &Lab, what: &str, extra: &[&str]) -> Run {
+/// Listener in a, connector in b, both at `relay.lab`; 1 MiB each way, checked. `hold`:
+/// the data waits until both sides printed their `nat` event (a transfer may otherwise end
+/// before the classification does).
+fn session(lab: &Lab, what: &str, extra: &[&str], hold: bool) -> Run {
     let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
     let (da, db) = (
         noise(1 << 20, rand::random::<u64>() | 1),
@@ -38,10 +40,25 @@ fn session(lab: &Lab, what: &str, extra: &[&str]) -> Run {
         "a",
         &[&["listen", "--code", &code][..], &base, extra].concat(),
     );
-    la.feed(da.clone());
+    if !hold {
+        la.feed(da.clone());
+    }
     std::thread::sleep(Duration::from_millis(200));
     let mut lb = live(lab, "b", &[&["connect", &code][..], &base, extra].concat());
+    if hold {
+        for (side, l) in [("listener", &mut la), ("connector", &mut lb)] {
+            let nat = l.wait_for(Duration::from_secs(15), |e| e["event"] == "nat");
+            assert!(nat.is_some(), "{what} {side}: no nat event");
+        }
+        la.feed(da.clone());
+    }
     lb.feed(db.clone());
+    finish(what, (la, lb), (da, db))
+}
+
+/// Waits for both sides (listener, connector, fed `da` and `db`): both exit 0, the bytes
+/// crossed intact, every `connected` event's `family` matches its `peer`.
+fn finish(what: &str, (la, lb): (Live, Live), (da, db): (Vec<u8>, Vec<u8>)) -> Run {
     let (ca, oa, ea) = la.finish();
     let (cb, ob, eb) = lb.finish();
     assert_eq!(ca, Some(0), "{what} listener: {ea:?}");
@@ -54,6 +71,29 @@ fn session(lab: &Lab, what: &str, extra: &[&str]) -> Run {
         assert_eq!(e["family"], fam, "{what}: {e}");
     }
     Run { a: ea, b: eb }
+}
+
+/// `n` sessions on `lab`, each side direct over IPv6 every time; `check` looks further at
+/// each side's first direct `connected` event and all its events.
+fn direct_over_ipv6(lab: &Lab, what: &str, n: usize, check: impl Fn(&str, &Value, &[Value])) {
+    let mut times = Vec::new();
+    for i in 0..n {
+        let run = session(lab, &format!("{what} run {i}"), &[], false);
+        let sides = ["listener", "connector"].into_iter().zip(run.direct());
+        for ((side, d), ev) in sides.zip([&run.a, &run.b]) {
+            let at = format!("{what} run {i} {side}");
+            let d = d.unwrap_or_else(|| panic!("{at}: not direct: {ev:?}"));
+            assert_eq!(d["family"], "ipv6", "{at}: {d}");
+            check(&at, d, ev);
+            times.push(ms(d));
+        }
+    }
+    times.sort();
+    eprintln!(
+        "{what}: direct over IPv6 {n}/{n}, median {} ms, max {} ms",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
 }
 
 fn lab_with(a: Kind, va: &str, b: Kind, vb: &str) -> Option<Lab> {
@@ -72,48 +112,151 @@ fn symmetric_pair_goes_direct_over_ipv6_behind_firewalls() {
         return;
     };
     let _r = common::relay::start_dual(&lab, 3478);
-    let mut times = Vec::new();
-    for i in 0..20 {
-        let run = session(&lab, &format!("run {i}"), &[]);
-        for (side, d) in ["listener", "connector"].iter().zip(run.direct()) {
-            let d = d.unwrap_or_else(|| panic!("run {i} {side}: not direct: {:?}", run.a));
-            assert_eq!(d["family"], "ipv6", "run {i} {side}: {d}");
-            assert!(ms(d) < 1000, "run {i} {side}: direct after {} ms", ms(d));
-            times.push(ms(d));
-        }
-    }
-    times.sort();
-    eprintln!(
-        "symmetric × symmetric, fw IPv6: direct over IPv6 20/20, median {} ms, max {} ms",
-        times[times.len() / 2],
-        times[times.len() - 1]
-    );
+    direct_over_ipv6(&lab, "symmetric × symmetric, fw IPv6", 20, |at, d, _| {
+        assert!(ms(d) < 1000, "{at}: direct after {} ms", ms(d));
+    });
 }
 
 /// UDP blocked over IPv4 × port-restricted, both with IPv6 behind firewalls (IPv6 UDP is
-/// not blocked): both sides end direct. The blocked side meets the relay over TCP (after UDP
-/// to the relay's IPv4 address timed out, ~3.7 s); then the IPv6 checks and the TCP hole
-/// punch over IPv4 race, and either may carry the pipe (measured: IPv6 on both sides in 1
-/// of 9 runs; the TCP punch usually wins). Meeting the relay over IPv6 UDP when IPv4 UDP is
-/// blocked is not done yet.
+/// not blocked): direct over IPv6 on both sides, every run. The blocked side races the
+/// relay's A and AAAA addresses, meets it over IPv6 UDP (no TCP fallback, so no TCP punch
+/// to race the IPv6 checks), and both `nat` events expect a UDP punch over IPv6.
 #[test]
 fn udp_blocked_ipv4_goes_direct() {
     let Some(lab) = lab_with(Kind::UdpBlocked, "fw", Kind::PortRestricted, "fw") else {
         return;
     };
     let _r = common::relay::start_dual(&lab, 3478);
-    let mut over_v6 = 0;
-    for i in 0..3 {
-        let run = session(&lab, &format!("run {i}"), &[]);
-        let [a, b] = run.direct();
-        let (a, b) = (
-            a.unwrap_or_else(|| panic!("run {i}: blocked side not direct: {:?}", run.a)),
-            b.unwrap_or_else(|| panic!("run {i}: other side not direct: {:?}", run.b)),
+    let nat_events = std::sync::atomic::AtomicUsize::new(0);
+    direct_over_ipv6(
+        &lab,
+        "udp-blocked × port-restricted, fw IPv6",
+        8,
+        |at, d, ev| {
+            assert_eq!(d["method"], "udp", "{at}: {d}");
+            for n in ev.iter().filter(|e| e["event"] == "nat") {
+                assert_eq!(n["expect"]["path"], "direct", "{at}: {n}");
+                assert_eq!(n["expect"]["technique"], "udp", "{at}: {n}");
+                nat_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let tcp = |e: &&Value| e["event"] == "connected" && e["method"] == "tcp";
+            assert!(
+                !ev.iter().any(|e| tcp(&e)),
+                "{at}: the relay over TCP: {ev:?}"
+            );
+        },
+    );
+    eprintln!("nat events (all expecting a UDP punch): {nat_events:?} of 16 sides");
+    // Once more with the data held until both classifications are known: the blocked side
+    // says its UDP is blocked but IPv6 works, and each side's `nat` event expects a UDP
+    // punch over IPv6.
+    let run = session(&lab, "held", &[], true);
+    for (side, ev, blocked) in [("listener", &run.a, "mine"), ("connector", &run.b, "peer")] {
+        let n = ev.iter().find(|e| e["event"] == "nat").unwrap();
+        assert_eq!(n["expect"]["path"], "direct", "held {side}: {n}");
+        assert_eq!(n["expect"]["technique"], "udp", "held {side}: {n}");
+        assert!(n["expect"]["why"].as_str().unwrap().contains("IPv6"), "{n}");
+        assert_eq!(n[blocked]["udp_blocked"], true, "held {side}: {n}");
+        assert_eq!(
+            (&n["mine"]["ipv6"], &n["peer"]["ipv6"]),
+            (&true.into(), &true.into())
         );
-        eprintln!("run {i}: direct {a} / {b}");
-        over_v6 += usize::from(a["family"] == "ipv6" && b["family"] == "ipv6");
+        assert!(run
+            .direct()
+            .iter()
+            .all(|d| d.is_some_and(|d| d["family"] == "ipv6")));
+        eprintln!("held {side}: {n}");
     }
-    eprintln!("udp-blocked × port-restricted: direct over IPv6 on both sides in {over_v6} of 3");
+}
+
+/// UDP blocked over IPv4 with IPv6 (fw) × port-restricted without IPv6: the blocked side
+/// meets the relay over IPv6 UDP (not over TCP after ~3.7 s) and says at once that its UDP
+/// is blocked, so both sides take the relay well before the 3 s punching bound; 1 MiB each
+/// way intact, every run. With `--tcp`, a TCP punch over IPv4 then goes direct.
+#[test]
+fn udp_blocked_ipv4_with_ipv6_x_a_side_without_it_relays_at_once() {
+    let Some(lab) = lab_with(Kind::UdpBlocked, "fw", Kind::PortRestricted, "none") else {
+        return;
+    };
+    let _r = common::relay::start_dual(&lab, 3478);
+    for i in 0..3 {
+        let run = session(&lab, &format!("run {i}"), &[], false);
+        for (side, ev, family) in [("blocked", &run.a, "ipv6"), ("other", &run.b, "ipv4")] {
+            let c = ev.iter().find(|e| e["event"] == "connected").unwrap();
+            assert_eq!(
+                (&c["path"], &c["method"]),
+                (&"relay".into(), &"udp".into()),
+                "{c}"
+            );
+            assert_eq!(c["family"], family, "run {i} {side}: {c}");
+            assert!(ms(c) < 1500, "run {i} {side}: relayed after {} ms", ms(c));
+            eprintln!("run {i} {side}: {c}");
+        }
+    }
+    // With --tcp the TCP punch goes over IPv4 (the relay's A record), as the peer's does,
+    // and moves the pipe to a direct TCP connection.
+    let run = session(&lab, "--tcp", &["--tcp"], false);
+    for (side, ev) in [("blocked", &run.a), ("other", &run.b)] {
+        let tcp = ev.iter().find(|e| is_direct(e) && e["method"] == "tcp");
+        let tcp = tcp.unwrap_or_else(|| panic!("--tcp {side}: no direct TCP: {ev:?}"));
+        assert_eq!(tcp["family"], "ipv4", "--tcp {side}: {tcp}");
+        eprintln!("--tcp {side}: {tcp}");
+    }
+}
+
+/// `--manual` without `--stun` (no server at all) behind symmetric IPv4 NATs with fw IPv6:
+/// each offer carries the side's global IPv6 address at the punch port, and the pair goes
+/// direct over IPv6, 1 MiB each way intact.
+#[test]
+fn manual_offers_carry_ipv6_and_go_direct_over_it() {
+    let Some(lab) = lab_with(Kind::Symmetric, "fw", Kind::Symmetric, "fw") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("natkit-manual6-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let offer_file = dir.join("connector-offer");
+    for i in 0..3 {
+        let (da, db) = (
+            noise(1 << 20, rand::random::<u64>() | 1),
+            noise(1 << 20, rand::random::<u64>() | 1),
+        );
+        let _ = std::fs::remove_file(&offer_file);
+        let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
+        let file = offer_file.to_str().unwrap();
+        let mut l = manual_side(
+            &lab,
+            "a",
+            &["listen", "--code", &code, "--peer-file", file],
+            da.clone(),
+        );
+        let offer_l = offer_of(&mut l);
+        let mut c = manual_side(
+            &lab,
+            "b",
+            &["connect", &code, "--peer", &offer_l],
+            db.clone(),
+        );
+        let offer_c = offer_of(&mut c);
+        for (who, offer, ip) in [
+            ("listener", &offer_l, "A_IP6"),
+            ("connector", &offer_c, "B_IP6"),
+        ] {
+            let v6 = format!("[{}]:", lab.ip6(ip));
+            assert!(offer.contains(&v6), "run {i} {who}: {offer} lacks {v6}");
+        }
+        std::fs::write(&offer_file, format!("{offer_c}\n")).unwrap();
+        let run = finish(&format!("--manual run {i}"), (l, c), (da, db));
+        for (who, evs) in [("listener", &run.a), ("connector", &run.b)] {
+            let d = evs
+                .iter()
+                .find(|e| e["event"] == "connected")
+                .unwrap_or_else(|| panic!("run {i} {who}: {evs:?}"));
+            assert_eq!(d["path"], "direct", "run {i} {who}: {d}");
+            assert_eq!(d["family"], "ipv6", "run {i} {who}: {d}");
+            eprintln!("--manual run {i} {who}: {d}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A side without IPv6: direct over IPv4, no slower than the same pair with no IPv6 at all.
@@ -127,7 +270,7 @@ fn a_side_without_ipv6_connects_over_ipv4_as_fast_as_before() {
         let _r = common::relay::start_dual(&lab, 3478);
         let mut t = Vec::new();
         for i in 0..5 {
-            let run = session(&lab, &format!("{label} run {i}"), &[]);
+            let run = session(&lab, &format!("{label} run {i}"), &[], false);
             for d in run.direct() {
                 let d = d.unwrap_or_else(|| panic!("{label} run {i}: not direct: {:?}", run.a));
                 assert_eq!(d["family"], "ipv4", "{label} run {i}: {d}");

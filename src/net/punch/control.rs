@@ -316,6 +316,8 @@ impl Control {
         // Tell the peer: no UDP technique can work, the relay over TCP will carry the data
         // (at once, not after the punching bound), and a pipe tries TCP hole punching.
         let blocked = self.fallback.tcp_connected();
+        // UDP got no answer over IPv6 either (or was not tried): claim no IPv6.
+        self.nat.set_ipv6(false);
         self.set_my_nat(blocked);
         self.flush();
         Ok(())
@@ -384,6 +386,7 @@ impl Control {
         while let Some(f) = self.auth.poll_transmit() {
             self.send_link(&f);
         }
+        self.nat.set_peer_ipv6(self.puncher.peer_offers_ipv6());
         self.nat.handle_timeout(now);
         self.apply_nat();
         if let Some((f, left, next)) = &mut self.predict_resend {

@@ -76,7 +76,8 @@ pub(super) async fn prepare(
     let manual = opts.manual.clone();
     // --manual has no relay: an address that matches no datagram stands in for it.
     // The relay's A and AAAA records: we meet over the first IPv4 one (the path every peer
-    // has) and offer our IPv6 address, found towards its AAAA record, as a candidate.
+    // has) unless only IPv6 answers ([`super::dual::race`]), and offer our IPv6 address,
+    // found towards its AAAA record, as a candidate.
     let (relay, relay6) = if manual.is_some() {
         (SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), None)
     } else {
@@ -133,6 +134,33 @@ pub(super) async fn prepare(
         ));
     }
     candidates.dedup();
+    let mut cfg = PunchConfig {
+        relay,
+        session: opts.code.session_id(),
+        role: opts.role,
+        peer: rand::random(),
+        token: opts.token.clone(),
+        candidates,
+        direct_timeout: opts.direct_timeout,
+        keepalive: opts.keepalive,
+    };
+    // With IPv6 here and at the relay, meet it over whichever family UDP gets through; the
+    // relay's cookie from the race spares the registration its first round trip.
+    let ipv6 = cfg.candidates.iter().any(|a| a.is_ipv6());
+    // TCP to the relay (the --tcp endpoint) stays on the first family: IPv4 UDP being
+    // silent says nothing of IPv4 TCP, and a peer without IPv6 punches TCP over IPv4.
+    let relay_tcp = relay;
+    let (relay, relay_cookie) = match relay6 {
+        Some(v6) if manual.is_none() && ipv6 => super::dual::race(&sock, cfg.clone(), v6).await?,
+        _ => (relay, Vec::new()),
+    };
+    // IPv6 won the race against the relay's IPv4 address: our IPv4 UDP is blocked.
+    let ipv4_silent = relay6 == Some(relay);
+    let towards = if manual.is_some() {
+        towards
+    } else {
+        Some(relay)
+    };
     // Ask the router for the punch port in the background; the rendezvous does not wait.
     let (mapped_tx, mut mapped_rx) = mpsc::channel(1);
     let (unmap_tx, unmap_rx) = tokio::sync::oneshot::channel();
@@ -162,12 +190,11 @@ pub(super) async fn prepare(
                             mapping: r.mapping,
                             filtering: r.filtering,
                             allocation: r.port_allocation.kind,
-                            mapped_port: false,
                             delta: r
                                 .port_allocation
                                 .delta
                                 .map_or(0, |d| d.clamp(-128, 127) as i8),
-                            udp_blocked: false,
+                            ..NatClass::unknown()
                         })
                         .await;
                 }
@@ -177,7 +204,7 @@ pub(super) async fn prepare(
     // --tcp: bind the TCP punch port and learn its public endpoint from the relay while we
     // meet; the TCP punch itself starts once the peer is authenticated.
     let tcp_endpoint = (opts.tcp && manual.is_none())
-        .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay)));
+        .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay_tcp)));
     // A listener with a code natkit drew shows it once the relay gave it the nameplate.
     let (code, peer_id) =
         if opts.role == Role::Listener && manual.is_none() && opts.code.is_generated() {
@@ -186,16 +213,7 @@ pub(super) async fn prepare(
             (opts.code.clone(), rand::random())
         };
     let session = code.session_id();
-    let cfg = PunchConfig {
-        relay,
-        session,
-        role: opts.role,
-        peer: peer_id,
-        token: opts.token.clone(),
-        candidates,
-        direct_timeout: opts.direct_timeout,
-        keepalive: opts.keepalive,
-    };
+    (cfg.relay, cfg.session, cfg.peer) = (relay, session, peer_id);
     if manual.as_ref().is_some_and(|m| m.fallback) {
         emit.send(&Event::Warning {
             message: "no relay given (--relay or NATKIT_RELAY): serverless mode, as with \
@@ -209,8 +227,7 @@ pub(super) async fn prepare(
         });
     }
     // --manual: print our offer (server-reflexive first, then a router-mapped port, then
-    // the host address) and read the other side's in the background.
-    let mut cfg = cfg;
+    // the host addresses) and read the other side's in the background.
     let (offer_tx, offer_rx) = mpsc::channel(1);
     let mut knocking = None;
     match (&manual, &icmp) {
@@ -365,6 +382,16 @@ pub(super) async fn prepare(
     };
     if let Some(ip) = icmp_listener {
         c.puncher.allow_peer_ip(ip.into());
+    }
+    c.puncher.set_relay_cookie(relay_cookie, Instant::now());
+    c.nat.set_ipv6(ipv6);
+    // Say so at once, as a side met over TCP does: a peer without IPv6 relays and tries a
+    // TCP punch; one with IPv6 expects the direct path over IPv6.
+    if ipv4_silent {
+        c.set_my_nat(NatClass {
+            udp_blocked: true,
+            ..NatClass::unknown()
+        });
     }
     c.flush();
     let s = Session {

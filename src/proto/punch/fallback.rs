@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use crate::defaults::RELAY_TCP_CONNECT;
-use crate::proto::classify::Behaviour;
 use crate::proto::punch::nat::NatClass;
 
 /// How the driver reaches the relay.
@@ -73,12 +72,8 @@ impl RelayFallback {
     pub fn tcp_connected(&mut self) -> NatClass {
         self.via = RelayVia::Tcp;
         NatClass {
-            mapping: Behaviour::Unknown,
-            filtering: Behaviour::Unknown,
-            allocation: "unknown",
-            mapped_port: false,
-            delta: 0,
             udp_blocked: true,
+            ..NatClass::unknown()
         }
     }
 }

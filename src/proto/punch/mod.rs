@@ -180,6 +180,20 @@ impl Puncher {
         p
     }
 
+    /// The relay's cookie for our address, learned while choosing its address family
+    /// ([`rendezvous::FamilyRace`]): the registration need not ask for it again.
+    pub fn set_relay_cookie(&mut self, cookie: Vec<u8>, now: Instant) {
+        self.rv.set_cookie(cookie, now);
+    }
+
+    /// Whether the peer's candidates (as the relay or its offer gave them) include a
+    /// global IPv6 address.
+    pub fn peer_offers_ipv6(&self) -> bool {
+        self.checks.targets().iter().any(|a| {
+            !a.ip().to_canonical().is_ipv4() && !crate::wire::netaddr::is_unroutable(a.ip())
+        })
+    }
+
     /// The peer's candidates from its offer: start the checks now. The connector got the
     /// listener's offer first and the listener is not probing yet, so it stays quiet (only
     /// low-TTL packets that open its own NAT) until the listener's first probe arrives.

@@ -28,8 +28,13 @@ pub struct NatClass {
     /// The step between consecutive public ports, for `sequential` allocation (0
     /// otherwise).
     pub delta: i8,
-    /// UDP is blocked here (the relay was reached over TCP): no UDP technique can work.
+    /// UDP is blocked here: the relay was reached over TCP (no UDP technique can work), or
+    /// over IPv6 only (`ipv6` then says so: nothing over IPv4 can work).
     pub udp_blocked: bool,
+    /// This side offers a global IPv6 address at the punch port and its UDP is not known to
+    /// be blocked over IPv6 (no NAT on IPv6, at most a stateful firewall): with the peer's,
+    /// a direct path over IPv6 needs no technique.
+    pub ipv6: bool,
 }
 
 fn behaviour_code(b: Behaviour) -> u8 {
@@ -65,7 +70,9 @@ impl NatClass {
                 .iter()
                 .position(|a| *a == self.allocation)
                 .unwrap_or(0) as u8,
-            flags: u8::from(self.mapped_port) | (u8::from(self.udp_blocked) << 1),
+            flags: u8::from(self.mapped_port)
+                | (u8::from(self.udp_blocked) << 1)
+                | (u8::from(self.ipv6) << 2),
             step: self.delta,
         }
     }
@@ -92,9 +99,24 @@ impl NatClass {
                     mapped_port: flags & 1 != 0,
                     delta: if allocation == "sequential" { step } else { 0 },
                     udp_blocked: flags & 2 != 0,
+                    ipv6: flags & 4 != 0,
                 })
             }
             _ => None,
+        }
+    }
+
+    /// Nothing known about our IPv4 NAT (the relay met over IPv6, or over TCP): the
+    /// technique is left to the other classes, or to IPv6.
+    pub fn unknown() -> NatClass {
+        NatClass {
+            mapping: Behaviour::Unknown,
+            filtering: Behaviour::Unknown,
+            allocation: "unknown",
+            mapped_port: false,
+            delta: 0,
+            udp_blocked: false,
+            ipv6: false,
         }
     }
 
@@ -151,6 +173,16 @@ pub struct Expectation {
 
 /// Which technique should work for this pair.
 pub fn expect(mine: &NatClass, peer: &NatClass) -> Expectation {
+    if mine.ipv6 && peer.ipv6 {
+        return Expectation {
+            path: "direct",
+            technique: "udp",
+            why: "both sides have IPv6: there is no NAT on IPv6, and a stateful firewall (RFC \
+                  6092 §3.2) lets the peer in once we have sent to it, so a simultaneous UDP \
+                  hole punch over IPv6 works whatever the IPv4 NATs do"
+                .into(),
+        };
+    }
     if mine.udp_blocked || peer.udp_blocked {
         return Expectation {
             path: "relay",
@@ -276,6 +308,11 @@ pub struct Exchange {
     mine: Option<NatClass>,
     peer: Option<NatClass>,
     mapped_port: bool,
+    /// We offer IPv6 ([`NatClass::ipv6`]), known before our classification.
+    ipv6: bool,
+    /// The peer offers an IPv6 candidate (as the relay passed its candidates on), known
+    /// before its classification.
+    peer_ipv6: bool,
     told: bool,
     next_send: Option<Instant>,
     sends: u32,
@@ -293,6 +330,8 @@ impl Exchange {
             mine: None,
             peer: None,
             mapped_port: false,
+            ipv6: false,
+            peer_ipv6: false,
             told: false,
             next_send: None,
             sends: 0,
@@ -306,12 +345,24 @@ impl Exchange {
     /// peer's arrives.
     pub fn set_mine(&mut self, now: Instant, mut c: NatClass) {
         c.mapped_port |= self.mapped_port;
+        c.ipv6 |= self.ipv6;
         self.mine = Some(c);
         self.told = false;
         self.sends = 0;
         self.next_send = Some(now);
         self.handle_timeout(now);
         self.decide();
+    }
+
+    /// Whether we offer IPv6 (a global IPv6 candidate, and the relay not met over TCP), for
+    /// our classification from now on.
+    pub fn set_ipv6(&mut self, yes: bool) {
+        self.ipv6 = yes;
+    }
+
+    /// Whether the peer offers an IPv6 candidate, before its classification says so.
+    pub fn set_peer_ipv6(&mut self, yes: bool) {
+        self.peer_ipv6 = yes;
     }
 
     /// The router now forwards our punch port: the peer should know.
@@ -404,11 +455,15 @@ impl Exchange {
         self.next_send
     }
 
-    /// Either side reported its UDP blocked.
+    /// Either side reported its UDP blocked, so that a pipe tries TCP hole punching: not a
+    /// side that met the relay over IPv6 UDP when both offer IPv6 (the direct path over
+    /// IPv6 is expected, and a TCP punch over IPv4 would only race it).
     pub fn udp_blocked(&self) -> bool {
+        let both_v6 = self.ipv6 && (self.peer_ipv6 || self.peer.is_some_and(|p| p.ipv6));
         [self.mine, self.peer]
             .iter()
-            .any(|c| c.is_some_and(|c| c.udp_blocked))
+            .flatten()
+            .any(|c| c.udp_blocked && !(c.ipv6 && both_v6))
     }
 }
 
@@ -429,6 +484,7 @@ pub(crate) mod tests {
             mapped_port: false,
             delta: 0,
             udp_blocked: false,
+            ipv6: false,
         }
     }
 
@@ -529,6 +585,88 @@ pub(crate) mod tests {
             let e = expect(a, b);
             assert_eq!((e.path, e.technique), ("relay", "tcp"));
         }
+    }
+
+    /// Both sides with IPv6: direct over IPv6 whatever the IPv4 classes (symmetric pairs
+    /// included, which would otherwise be relayed or probed), and the flag crosses the wire;
+    /// one side with IPv6 changes nothing, nor does IPv6 beside a side whose UDP is blocked.
+    #[test]
+    fn both_sides_with_ipv6_expect_a_direct_udp_punch_over_ipv6() {
+        let v6 = |mut n: NatClass| {
+            n.ipv6 = true;
+            n
+        };
+        let (sym, pr) = (c(Apd, Apd), c(Ei, Apd));
+        let back = Frame::parse(&v6(sym).to_frame([3; 16]).emit()).unwrap();
+        assert_eq!(NatClass::from_frame(&back, [3; 16]), Some(v6(sym)));
+        for (a, b) in [
+            (sym, sym),
+            (sym, pr),
+            (c(Behaviour::Unknown, Behaviour::Unknown), sym),
+        ] {
+            let e = expect(&v6(a), &v6(b));
+            assert_eq!((e.path, e.technique), ("direct", "udp"), "{a:?} x {b:?}");
+            assert!(e.why.contains("IPv6"), "{}", e.why);
+            assert_eq!(
+                expect(&v6(a), &b),
+                expect(&a, &b),
+                "only one side with IPv6"
+            );
+        }
+        // Neither relay-first nor birthday probing for such a pair: only the `nat` event.
+        let (a, b) = exchange_pair(v6(sym), v6(sym), true);
+        assert!(matches!(a[..], [Plan::Told { .. }]), "{a:?}");
+        assert!(matches!(b[..], [Plan::Told { .. }]), "{b:?}");
+    }
+
+    /// A side whose IPv4 UDP is blocked: met over TCP (no IPv6 claimed), the relay over TCP
+    /// and a TCP punch, whatever the peer; met over IPv6 UDP, direct over IPv6 with a peer
+    /// that has IPv6 (and no TCP punch to race it, even before the peer's class arrives:
+    /// its candidates say it), the relay and a TCP punch with one that has none.
+    #[test]
+    fn blocked_ipv4_udp_with_ipv6_goes_direct_over_ipv6_only_with_a_peer_that_has_it() {
+        let blocked = NatClass {
+            udp_blocked: true,
+            ..NatClass::unknown()
+        };
+        let v6_blocked = NatClass {
+            ipv6: true,
+            ..blocked
+        };
+        let (pr, pr6) = (
+            c(Ei, Apd),
+            NatClass {
+                ipv6: true,
+                ..c(Ei, Apd)
+            },
+        );
+        assert_eq!(expect(&blocked, &pr6).technique, "tcp");
+        assert_eq!(expect(&v6_blocked, &pr).technique, "tcp");
+        let e = expect(&pr6, &v6_blocked);
+        assert_eq!((e.path, e.technique), ("direct", "udp"));
+        let t = Instant::now();
+        // The blocked side, before and after the peer's class.
+        let mut x = Exchange::new([5; 16], false);
+        x.set_ipv6(true);
+        x.set_mine(t, blocked);
+        assert!(x.udp_blocked(), "the peer's IPv6 not known yet");
+        x.set_peer_ipv6(true);
+        assert!(!x.udp_blocked(), "the peer's candidates offer IPv6");
+        x.set_peer_ipv6(false);
+        x.handle_frame(t, &pr6.to_frame([5; 16]));
+        assert!(!x.udp_blocked(), "the peer's class offers IPv6");
+        // The other side, with IPv6 or without.
+        for (ours, tcp) in [(true, false), (false, true)] {
+            let mut y = Exchange::new([5; 16], false);
+            y.set_ipv6(ours);
+            y.handle_frame(t, &v6_blocked.to_frame([5; 16]));
+            assert_eq!(y.udp_blocked(), tcp, "we offer IPv6: {ours}");
+        }
+        // Met over TCP: no IPv6 claimed, a TCP punch even between two IPv6 hosts.
+        let mut z = Exchange::new([5; 16], false);
+        z.set_ipv6(true);
+        z.handle_frame(t, &blocked.to_frame([5; 16]));
+        assert!(z.udp_blocked());
     }
 
     fn exchange_pair(a: NatClass, b: NatClass, hard: bool) -> (Vec<Plan>, Vec<Plan>) {

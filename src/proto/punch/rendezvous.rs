@@ -225,6 +225,20 @@ impl RvClient {
         }
     }
 
+    /// The relay's cookie for our address, learned before this client existed
+    /// ([`FamilyRace`]): the registration under way starts again echoing it, and its
+    /// cookie-less first request, not sent yet, is dropped.
+    pub fn set_cookie(&mut self, cookie: Vec<u8>, now: Instant) {
+        if cookie.is_empty() || self.register.is_none() {
+            return;
+        }
+        self.cookie = cookie;
+        self.out
+            .retain(|(_, f)| !matches!(Frame::parse_with(f), Ok((Frame::Register { .. }, _))));
+        self.register = Some(Transaction::new(now, Self::register_schedule()));
+        self.pump(now);
+    }
+
     /// Asks the relay for a simultaneous start (again, on every retry).
     pub fn sync(&mut self, now: Instant) {
         if self.is_inert() {
@@ -361,6 +375,121 @@ impl RvClient {
     }
 }
 
+/// Which of the relay's two addresses (its A and AAAA records) to meet at, sans-IO, for a
+/// host with a global IPv6 address. The registration's first request, which the relay
+/// answers with its return-routability cookie and nothing else (no state), goes to both at
+/// once (Happy Eyeballs, RFC 8305 §5, in parallel rather than staggered: the answer costs
+/// the relay nothing). IPv4 is taken as soon as it answers: meeting over IPv4 gives the peer
+/// our IPv4 server-reflexive address, the one an IPv4-only peer needs (our IPv6 address is
+/// a candidate either way). IPv6 is taken when it answered and IPv4 still has not
+/// [`RELAY_FAMILY_GRACE`] later (UDP blocked over IPv4 only), or when the requests ran out.
+/// The cookie of the address taken goes on to the registration
+/// ([`RvClient::set_cookie`]), so the race costs no round trip. Nothing answering: IPv4, as
+/// without IPv6 (its registration then times out and the relay is met over TCP).
+#[derive(Debug)]
+pub struct FamilyRace {
+    v4: SocketAddr,
+    v6: SocketAddr,
+    tx: u64,
+    frame: Vec<u8>,
+    sends: Transaction,
+    /// IPv6's cookie, and when to stop waiting for IPv4's.
+    v6_answer: Option<(Vec<u8>, Instant)>,
+    /// The address to meet at, and its cookie (empty when nothing answered).
+    done: Option<(SocketAddr, Vec<u8>)>,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+}
+
+impl FamilyRace {
+    /// Races `cfg.relay` (the IPv4 address) against `v6` from `now`, with `cfg`'s
+    /// registration as the request.
+    pub fn new(cfg: PunchConfig, v6: SocketAddr, now: Instant) -> FamilyRace {
+        let rv = RvClient::idle(cfg, false);
+        let mut r = FamilyRace {
+            v4: rv.cfg.relay,
+            v6,
+            tx: rv.tx,
+            frame: rv.register_frame(),
+            sends: Transaction::new(
+                now,
+                Schedule {
+                    rto: defaults::INITIAL_RTO,
+                    max_sends: 4,
+                    final_wait: defaults::RELAY_FAMILY_FINAL_WAIT,
+                },
+            ),
+            v6_answer: None,
+            done: None,
+            out: VecDeque::new(),
+        };
+        r.handle_timeout(now);
+        r
+    }
+
+    /// Feeds a datagram; false when it came from neither address.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        if from != self.v4 && from != self.v6 {
+            return false;
+        }
+        // Only a cookie that echoes our transaction id: the relay's address alone is no proof.
+        let Ok((Frame::Cookie, Some(t))) = Frame::parse_with(data) else {
+            return true;
+        };
+        if t.tx != self.tx || self.done.is_some() {
+            return true;
+        }
+        if from == self.v4 {
+            self.done = Some((self.v4, t.cookie));
+        } else if self.v6_answer.is_none() {
+            self.v6_answer = Some((t.cookie, now + defaults::RELAY_FAMILY_GRACE));
+        }
+        true
+    }
+
+    /// Advances timers: sends (IPv6 only until it answered), and the decisions by time.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.done.is_some() {
+            return;
+        }
+        let v6_due = self.v6_answer.as_ref().is_some_and(|(_, at)| *at <= now);
+        if v6_due || self.sends.timed_out(now) {
+            self.done = Some(match self.v6_answer.take() {
+                Some((cookie, _)) => (self.v6, cookie),
+                None => (self.v4, Vec::new()),
+            });
+        } else if self.sends.poll_send(now) {
+            self.out.push_back((self.v4, self.frame.clone()));
+            if self.v6_answer.is_none() {
+                self.out.push_back((self.v6, self.frame.clone()));
+            }
+        }
+    }
+
+    /// The address to meet at and its cookie (empty: none yet), once decided.
+    pub fn result(&self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.done.clone()
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`FamilyRace::handle_timeout`] (None once decided).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.done.is_some() {
+            return None;
+        }
+        [
+            self.sends.poll_timeout(),
+            self.v6_answer.as_ref().map(|(_, at)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +509,100 @@ mod tests {
             },
             t,
         )
+    }
+
+    const V6: &str = "[2001:db8::10]:3478";
+
+    /// The race's requests so far, as (destination, frame).
+    fn sent(r: &mut FamilyRace) -> Vec<SocketAddr> {
+        std::iter::from_fn(|| r.poll_transmit())
+            .map(|(dst, f)| {
+                assert!(matches!(
+                    Frame::parse_with(&f),
+                    Ok((Frame::Register { .. }, _))
+                ));
+                dst
+            })
+            .collect()
+    }
+
+    fn cookie_from(r: &mut FamilyRace, now: Instant, from: SocketAddr, tx: u64, c: u8) {
+        let t = Trailer {
+            tx,
+            cookie: vec![c; 16],
+        };
+        assert!(r.handle_datagram(now, from, &Frame::Cookie.emit_with(Some(&t))));
+    }
+
+    /// Issue 14: the relay's A and AAAA addresses raced. IPv4 wins when it answers at all
+    /// within the grace after IPv6 (the peer then learns our IPv4 reflexive address); IPv6
+    /// wins when IPv4 stays silent (UDP blocked over IPv4 only), well before the ~3.9 s an
+    /// IPv4 registration takes to time out; nothing answering leaves IPv4 (then TCP).
+    #[test]
+    fn the_relay_family_race_prefers_ipv4_and_takes_ipv6_when_ipv4_is_silent() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let cfg = client(t).cfg;
+        let (v4, v6, tx) = (cfg.relay, V6.parse().unwrap(), u64::from_be_bytes(cfg.peer));
+        // IPv6 first, IPv4 within the grace: IPv4, with its cookie.
+        let mut r = FamilyRace::new(cfg.clone(), v6, t);
+        assert_eq!(sent(&mut r), [v4, v6], "both at once");
+        cookie_from(&mut r, ms(5), v6, tx, 6);
+        cookie_from(&mut r, ms(5), v4, tx ^ 1, 9);
+        assert_eq!(
+            r.result(),
+            None,
+            "a cookie without our id is nobody's answer"
+        );
+        cookie_from(&mut r, ms(40), v4, tx, 4);
+        assert_eq!(r.result(), Some((v4, vec![4; 16])));
+        assert_eq!(r.poll_timeout(), None);
+        // IPv6 only: after the grace, with IPv6's cookie; IPv6 is asked no more meanwhile.
+        let mut r = FamilyRace::new(cfg.clone(), v6, t);
+        sent(&mut r);
+        cookie_from(&mut r, ms(5), v6, tx, 6);
+        let mut now = ms(5);
+        while r.result().is_none() {
+            now = r.poll_timeout().expect("a deadline while undecided");
+            r.handle_timeout(now);
+            assert!(sent(&mut r).iter().all(|d| *d == v4));
+        }
+        assert_eq!(r.result(), Some((v6, vec![6; 16])));
+        assert_eq!(now, ms(5) + defaults::RELAY_FAMILY_GRACE);
+        // Silence: IPv4 without a cookie, after four sends to each, in about a second.
+        let mut r = FamilyRace::new(cfg.clone(), v6, t);
+        let mut to = sent(&mut r);
+        while let Some(at) = r.poll_timeout() {
+            now = at;
+            r.handle_timeout(now);
+            to.extend(sent(&mut r));
+        }
+        assert_eq!(r.result(), Some((v4, vec![])));
+        assert_eq!(to.len(), 8);
+        assert_eq!(now, ms(700) + defaults::RELAY_FAMILY_FINAL_WAIT);
+        assert!(!r.handle_datagram(now, "198.51.100.1:3478".parse().unwrap(), b"x"));
+    }
+
+    /// The race's cookie goes on to the registration: its first request echoes it (one
+    /// round trip, not two), and the cookie-less request is never sent.
+    #[test]
+    fn a_cookie_from_the_race_spares_the_registration_a_round_trip() {
+        let t = Instant::now();
+        let mut c = client(t);
+        c.set_cookie(vec![3; 16], t);
+        let all: Vec<_> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        assert_eq!(all.len(), 1, "{all:?}");
+        let (f, tr) = Frame::parse_with(&all[0].1).unwrap();
+        assert!(matches!(f, Frame::Register { .. }));
+        assert_eq!(tr.unwrap().cookie, vec![3; 16]);
+        // Nothing learned: nothing changes.
+        let mut c = client(t);
+        c.set_cookie(Vec::new(), t);
+        let (_, first) = c.poll_transmit().unwrap();
+        assert_eq!(
+            Frame::parse_with(&first).unwrap().1.unwrap().cookie,
+            Vec::<u8>::new()
+        );
     }
 
     /// Issue 12 (low): frames from the relay's address that do not echo our transaction id

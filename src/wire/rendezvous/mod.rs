@@ -53,7 +53,7 @@
 //! 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 no NAT;
 //! allocation 0 unknown, 1 preserving, 2 sequential, 3 random; flag bit 0: the router
 //! mapped the punch port, bit 1: the sender's UDP is blocked (it reached the relay over
-//! TCP); step: a sequential allocator's step between ports), inside relayed `Data`, so both
+//! TCP), bit 2: the sender offers a global IPv6 address; step: a sequential allocator's step between ports), inside relayed `Data`, so both
 //! sides can say which technique should work.
 //!
 //! `TcpOffer` (inside relayed `Data`) carries the sender's public TCP endpoint for TCP hole
@@ -292,7 +292,7 @@ pub enum Frame {
         /// Port allocation code.
         allocation: u8,
         /// Bit 0: the router mapped the punch port for the sender; bit 1: its UDP is
-        /// blocked.
+        /// blocked; bit 2: it offers a global IPv6 address.
         flags: u8,
         /// A sequential allocator's step (0 when not sequential).
         step: i8,
