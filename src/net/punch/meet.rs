@@ -177,7 +177,7 @@ pub(super) async fn prepare(
     // --tcp: bind the TCP punch port and learn its public endpoint from the relay while we
     // meet; the TCP punch itself starts once the peer is authenticated.
     let tcp_endpoint = (opts.tcp && manual.is_none())
-        .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay)));
+        .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay, relay6)));
     // A listener with a code natkit drew shows it once the relay gave it the nameplate.
     let (code, peer_id) =
         if opts.role == Role::Listener && manual.is_none() && opts.code.is_generated() {
