@@ -8,6 +8,29 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// The peer's offer of `addr` in session `[1; 16]`.
+fn offer(addr: SocketAddr, armed: bool) -> Frame {
+    Frame::TcpOffer {
+        session: [1; 16],
+        armed,
+        addr,
+    }
+}
+
+/// A punch in session `[1; 16]` that knows our endpoints `mine`.
+fn started(role: Role, t0: Instant, mine: &[SocketAddr]) -> TcpPunch {
+    let mut p = TcpPunch::new([1; 16], role, t0, BUDGET);
+    p.set_mine(t0, mine);
+    p
+}
+
+/// A listener with our endpoints `mine` that has the connector's offer of `peer`.
+fn listener_offered(t0: Instant, mine: &[SocketAddr], peer: SocketAddr) -> TcpPunch {
+    let mut l = started(Role::Listener, t0, mine);
+    assert!(l.handle_frame(t0, &offer(peer, false)));
+    l
+}
+
 /// Delivers every frame one side has for the other (the relay, losslessly).
 fn relay(from: &mut TcpPunch, to: &mut TcpPunch, now: Instant) {
     while let Some(b) = from.poll_transmit() {
@@ -21,8 +44,7 @@ fn listener_arms_before_the_connector_connects() {
     let t0 = Instant::now();
     let (la, ca) = (sa("203.0.113.21:40000"), sa("203.0.113.22:40001"));
     let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
-    let mut c = TcpPunch::new([1; 16], Role::Connector, t0, BUDGET);
-    c.set_mine(t0, &[ca]);
+    let mut c = started(Role::Connector, t0, &[ca]);
     relay(&mut c, &mut l, t0);
     assert_eq!(l.poll_action(), None, "the listener lacks its own endpoint");
     l.set_mine(t0, &[la]);
@@ -50,14 +72,8 @@ fn listener_arms_before_the_connector_connects() {
 #[test]
 fn a_failed_attempt_is_retried_after_a_pause_then_the_budget_ends_it() {
     let t0 = Instant::now();
-    let mut c = TcpPunch::new([1; 16], Role::Connector, t0, BUDGET);
-    c.set_mine(t0, &[sa("203.0.113.22:1")]);
-    let offer = Frame::TcpOffer {
-        session: [1; 16],
-        armed: true,
-        addr: sa("203.0.113.21:2"),
-    };
-    assert!(c.handle_frame(t0, &offer));
+    let mut c = started(Role::Connector, t0, &[sa("203.0.113.22:1")]);
+    assert!(c.handle_frame(t0, &offer(sa("203.0.113.21:2"), true)));
     assert!(matches!(c.poll_action(), Some(Action::Connect(_))));
     c.attempt_failed(t0, sa("203.0.113.21:2"));
     c.handle_timeout(t0 + TCP_RETRY / 2);
@@ -79,8 +95,7 @@ fn a_failed_attempt_is_retried_after_a_pause_then_the_budget_ends_it() {
 #[test]
 fn offers_repeat_until_the_end_and_other_sessions_are_ignored() {
     let t0 = Instant::now();
-    let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
-    l.set_mine(t0, &[sa("203.0.113.21:1")]);
+    let mut l = started(Role::Listener, t0, &[sa("203.0.113.21:1")]);
     assert!(l.poll_transmit().is_some());
     let mut now = t0;
     let mut sent = 0;
@@ -147,14 +162,19 @@ fn the_unreachable_side_connects_and_the_reachable_one_accepts() {
     }
 }
 
+/// The classifications of no NAT and of a port-restricted NAT.
+fn open_and_port_restricted() -> (NatClass, NatClass) {
+    use Behaviour::{AddressAndPortDependent as Apd, EndpointIndependent as Ei};
+    (class(Behaviour::None, Behaviour::None), class(Ei, Apd))
+}
+
 /// Open listener × port-restricted connector: the connector connects at once (no
 /// arming, no `armed`), the listener only accepts, and only from the peer's address.
 #[test]
 fn a_reachable_listener_is_connected_to_directly() {
-    use Behaviour::{AddressAndPortDependent as Apd, EndpointIndependent as Ei};
     let t0 = Instant::now();
     let (la, ca) = (sa("203.0.113.41:40000"), sa("203.0.113.22:40001"));
-    let (open, pr) = (class(Behaviour::None, Behaviour::None), class(Ei, Apd));
+    let (open, pr) = open_and_port_restricted();
     let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
     let mut c = TcpPunch::new([1; 16], Role::Connector, t0, BUDGET);
     l.set_nat(t0, &open, &pr);
@@ -201,14 +221,7 @@ fn a_late_classification_changes_the_next_attempt() {
     use Behaviour::{AddressAndPortDependent as Apd, EndpointIndependent as Ei};
     let t0 = Instant::now();
     let ca = sa("203.0.113.42:40001");
-    let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
-    l.set_mine(t0, &[sa("203.0.113.21:40000")]);
-    let offer = Frame::TcpOffer {
-        session: [1; 16],
-        armed: false,
-        addr: ca,
-    };
-    assert!(l.handle_frame(t0, &offer));
+    let mut l = listener_offered(t0, &[sa("203.0.113.21:40000")], ca);
     assert_eq!(l.poll_action(), Some(Action::Arm(ca)));
     l.set_nat(
         t0,
@@ -225,8 +238,7 @@ fn a_late_classification_changes_the_next_attempt() {
 #[test]
 fn nothing_is_accepted_before_the_peer_offers() {
     let t0 = Instant::now();
-    let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
-    l.set_mine(t0, &[sa("203.0.113.41:1")]);
+    let mut l = started(Role::Listener, t0, &[sa("203.0.113.41:1")]);
     assert_eq!(l.accepted(sa("203.0.113.22:2")), Take::Drop);
     assert_eq!(l.outcome(), None);
 }
@@ -240,8 +252,7 @@ fn both_families_punch_at_once_and_the_connector_chooses() {
     let (la, ca) = (sa("203.0.113.21:40000"), sa("203.0.113.22:40001"));
     let (la6, ca6) = (sa("[2001:db8:1::2]:40002"), sa("[2001:db8:2::2]:40003"));
     let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
-    let mut c = TcpPunch::new([1; 16], Role::Connector, t0, BUDGET);
-    c.set_mine(t0, &[ca, ca6]);
+    let mut c = started(Role::Connector, t0, &[ca, ca6]);
     l.set_mine(t0, &[la, la6]);
     relay(&mut c, &mut l, t0);
     assert_eq!(l.poll_action(), Some(Action::Arm(ca6)), "IPv6 first");
@@ -275,20 +286,14 @@ fn both_families_punch_at_once_and_the_connector_chooses() {
 /// directly, while IPv6 still punches (its firewall is not measured).
 #[test]
 fn ipv6_punches_whatever_the_ipv4_plan() {
-    use Behaviour::{AddressAndPortDependent as Apd, EndpointIndependent as Ei};
     let t0 = Instant::now();
     let (ca, ca6) = (sa("203.0.113.22:40001"), sa("[2001:db8:2::2]:40003"));
-    let (open, pr) = (class(Behaviour::None, Behaviour::None), class(Ei, Apd));
+    let (open, pr) = open_and_port_restricted();
     let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
     l.set_nat(t0, &open, &pr);
     l.set_mine(t0, &[sa("203.0.113.41:1"), sa("[2001:db8:1::2]:2")]);
     for addr in [ca, ca6] {
-        let offer = Frame::TcpOffer {
-            session: [1; 16],
-            armed: false,
-            addr,
-        };
-        assert!(l.handle_frame(t0, &offer));
+        assert!(l.handle_frame(t0, &offer(addr, false)));
     }
     assert_eq!(l.poll_action(), Some(Action::Arm(ca6)));
     assert_eq!(
@@ -309,18 +314,12 @@ fn ipv6_punches_whatever_the_ipv4_plan() {
 #[test]
 fn an_offer_in_a_family_we_lack_is_idle() {
     let t0 = Instant::now();
-    let mut c = TcpPunch::new([1; 16], Role::Connector, t0, BUDGET);
-    c.set_mine(t0, &[sa("203.0.113.22:1")]);
-    let offer6 = Frame::TcpOffer {
-        session: [1; 16],
-        armed: true,
-        addr: sa("[2001:db8:1::2]:2"),
-    };
+    let mut c = started(Role::Connector, t0, &[sa("203.0.113.22:1")]);
+    let offer6 = offer(sa("[2001:db8:1::2]:2"), true);
     assert!(c.handle_frame(t0, &offer6));
     assert_eq!(c.poll_action(), None);
     assert_eq!(c.poll_timeout(), Some(t0 + TCP_OFFER_INTERVAL));
-    let mut c6 = TcpPunch::new([1; 16], Role::Connector, t0, BUDGET);
-    c6.set_mine(t0, &[sa("[2001:db8:2::2]:3")]);
+    let mut c6 = started(Role::Connector, t0, &[sa("[2001:db8:2::2]:3")]);
     assert!(c6.handle_frame(t0, &offer6));
     assert_eq!(
         c6.poll_action(),
@@ -334,14 +333,7 @@ fn an_offer_in_a_family_we_lack_is_idle() {
 fn an_unchosen_connection_is_punched_again() {
     let t0 = Instant::now();
     let ca6 = sa("[2001:db8:2::2]:40003");
-    let mut l = TcpPunch::new([1; 16], Role::Listener, t0, BUDGET);
-    l.set_mine(t0, &[sa("[2001:db8:1::2]:40002")]);
-    let offer = Frame::TcpOffer {
-        session: [1; 16],
-        armed: false,
-        addr: ca6,
-    };
-    assert!(l.handle_frame(t0, &offer));
+    let mut l = listener_offered(t0, &[sa("[2001:db8:1::2]:40002")], ca6);
     assert_eq!(l.poll_action(), Some(Action::Arm(ca6)));
     assert_eq!(l.attempt_connected(ca6), Take::AwaitChoice);
     l.handle_timeout(t0 + TCP_RETRY);
@@ -360,8 +352,7 @@ fn an_unchosen_connection_is_punched_again() {
 #[test]
 fn no_endpoint_of_our_own_fails_at_once() {
     let t0 = Instant::now();
-    let mut c = TcpPunch::new([1; 16], Role::Connector, t0, BUDGET);
-    c.set_mine(t0, &[]);
+    let c = started(Role::Connector, t0, &[]);
     assert!(matches!(c.outcome(), Some(Outcome::Failed { .. })));
     assert_eq!(c.poll_timeout(), None);
 }
