@@ -1,6 +1,7 @@
 //! TCP hole punching, the IO half ([`crate::proto::punch::tcp`] decides what to do): sockets bound
-//! to one reusable local port, the relay's STUN over TCP for our public endpoint, the
-//! connection attempts and an acceptor on the same port, then TLS 1.3 over the punched stream
+//! to one reusable local port per family, the relay's STUN over TCP for our public IPv4
+//! endpoint (our global IPv6 address is public as it is), the connection attempts and an
+//! acceptor on each port, then TLS 1.3 over the punched stream
 //! with both certificates pinned by the PAKE — the same authentication and key confirmation
 //! as QUIC, over TCP. [`super::migrate`] moves the pipe onto it.
 
