@@ -141,7 +141,7 @@ pub enum Take {
 
 /// Which lane an address belongs to: IPv6 first, so that its attempt starts first.
 fn lane_of(a: SocketAddr) -> usize {
-    usize::from(a.ip().to_canonical().is_ipv4())
+    usize::from(a.is_ipv4())
 }
 
 /// One address family's punch: our endpoint in it, the peer's, and the attempt's state.
@@ -274,9 +274,11 @@ impl TcpPunch {
         }
         let first = self.lanes.iter().all(|l| l.peer.is_none());
         let connector = self.role == Role::Connector;
-        let lane = &mut self.lanes[lane_of(*addr)];
-        let news = lane.peer != Some(*addr) || (connector && *armed != lane.armed);
-        lane.peer = Some(*addr);
+        // An IPv4-mapped address is the IPv4 one: the IPv4 lane dials it from its IPv4 port.
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let lane = &mut self.lanes[lane_of(addr)];
+        let news = lane.peer != Some(addr) || (connector && *armed != lane.armed);
+        lane.peer = Some(addr);
         if connector {
             lane.armed = *armed;
         }

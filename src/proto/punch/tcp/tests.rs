@@ -327,6 +327,19 @@ fn an_offer_in_a_family_we_lack_is_idle() {
     );
 }
 
+/// An IPv4-mapped offer is an IPv4 one: dialled as IPv4, not from the IPv6 port.
+#[test]
+fn a_mapped_offer_is_ipv4() {
+    let t0 = Instant::now();
+    let mut c = started(
+        Role::Connector,
+        t0,
+        &[sa("203.0.113.22:1"), sa("[2001:db8:2::2]:3")],
+    );
+    assert!(c.handle_frame(t0, &offer(sa("[::ffff:203.0.113.21]:2"), true)));
+    assert_eq!(c.poll_action(), Some(Action::Connect(sa("203.0.113.21:2"))));
+}
+
 /// Listener: a connection that closes before the connector's bytes came frees its lane
 /// for another attempt after the pause.
 #[test]
