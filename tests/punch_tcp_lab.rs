@@ -14,7 +14,7 @@
 mod common;
 
 use common::lab::{Kind, Lab};
-use common::punch::{at_relay, noise};
+use common::punch::{live, noise};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -62,16 +62,17 @@ impl Side {
     }
 }
 
-/// Runs `punch ARGS --relay PUB_IP --json` in `node`, writing `input` in 16 KiB chunks
+/// Runs `punch ARGS --relay RELAY --json` in `node`, writing `input` in 16 KiB chunks
 /// `pace` apart, then closing stdin.
 fn side(
     lab: &Lab,
     node: &str,
     args: &[&str],
+    relay: &str,
     input: Vec<u8>,
     pace: Duration,
 ) -> std::thread::JoinHandle<Side> {
-    let mut l = at_relay(lab, node, args);
+    let mut l = live(lab, node, &[args, &["--relay", relay, "--json"]].concat());
     l.feed_paced(input, pace);
     std::thread::spawn(move || {
         let started = l.started;
@@ -92,6 +93,10 @@ enum Ends {
     /// The last `connected` is the punched TCP connection (`direct`, `tcp`), to the other
     /// side's public address.
     OnTcp,
+    /// [`Ends::OnTcp`] over IPv6: to the other side's global IPv6 address.
+    OnTcp6,
+    /// On TCP in either family, the same on both sides.
+    OnTcpAny,
     /// TCP cannot work: a `tried` event (method `tcp`), and the data stays on UDP/QUIC.
     Tried,
     /// Either: a fast transfer may end before TCP is up.
@@ -115,22 +120,39 @@ fn tcp_pair_in(
 ) -> Option<(Side, Side)> {
     let lab = Lab::up_or_skip(builder.a(a).b(b))?;
     let _r = common::relay::start(&lab, 3478);
-    let what = format!("--tcp {a:?} x {b:?}");
+    Some(session(&lab, &format!("--tcp {a:?} x {b:?}"), pace, ends))
+}
+
+/// One `--tcp` session on `lab` (see [`tcp_pair`]). A side with IPv6 needs the relay on
+/// both families, reached by name (`relay.lab`: A and AAAA).
+fn session(lab: &Lab, what: &str, pace: Duration, ends: Ends) -> (Side, Side) {
+    let relay = match (lab.get("A_V6"), lab.get("B_V6")) {
+        ("none", "none") => lab.get("PUB_IP"),
+        _ => "relay.lab",
+    };
     let code = format!("{}-lantern-harbor", 100 + rand::random::<u16>() % 800);
     let (da, db) = (noise(1 << 20, 1), noise(1 << 20, 2));
     let la = side(
-        &lab,
+        lab,
         "a",
         &["listen", "--code", &code, "--tcp"],
+        relay,
         da.clone(),
         pace,
     );
     std::thread::sleep(Duration::from_millis(200));
-    let lb = side(&lab, "b", &["connect", &code, "--tcp"], db.clone(), pace);
+    let lb = side(
+        lab,
+        "b",
+        &["connect", &code, "--tcp"],
+        relay,
+        db.clone(),
+        pace,
+    );
     let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
-    for (s, name, got, want, other_wan) in [
-        (&sa, "listener", &sa.stdout, &db, lab.get("B_WAN")),
-        (&sb, "connector", &sb.stdout, &da, lab.get("A_WAN")),
+    for (s, name, got, want, other) in [
+        (&sa, "listener", &sa.stdout, &db, "B"),
+        (&sb, "connector", &sb.stdout, &da, "A"),
     ] {
         assert_eq!(s.code, Some(0), "{what} {name}: {}", s.events_text());
         assert!(
@@ -152,11 +174,17 @@ fn tcp_pair_in(
         );
         let last = s.last_connected();
         match ends {
-            Ends::OnTcp => {
+            Ends::OnTcp | Ends::OnTcp6 | Ends::OnTcpAny => {
                 assert_eq!(last["path"], "direct", "{what} {name}: {}", s.events_text());
                 assert_eq!(last["method"], "tcp", "{what} {name}: {}", s.events_text());
                 let peer = last["peer"].as_str().unwrap();
-                assert!(peer.starts_with(&format!("{other_wan}:")), "{what}: {last}");
+                let other = match ends {
+                    Ends::OnTcp => format!("{}:", lab.get(&format!("{other}_WAN"))),
+                    Ends::OnTcp6 => format!("[{}]:", lab.get(&format!("{other}_IP6"))),
+                    _ if last["family"] == "ipv6" => "[".to_string(),
+                    _ => String::new(),
+                };
+                assert!(peer.starts_with(&other), "{what}: {last}");
                 assert!(
                     s.event("tried", Some("tcp")).is_none(),
                     "{}",
@@ -173,7 +201,15 @@ fn tcp_pair_in(
         assert_eq!(done["bytes_sent"], 1 << 20, "{what} {name}");
         assert_eq!(done["bytes_received"], 1 << 20, "{what} {name}");
     }
-    Some((sa, sb))
+    let family = |s: &Side| s.last_connected()["family"].clone();
+    if ends != Ends::Either && ends != Ends::Tried {
+        assert_eq!(
+            family(&sa),
+            family(&sb),
+            "{what}: one connection on both sides"
+        );
+    }
+    (sa, sb)
 }
 
 /// 16 KiB every 15 ms: about a second of transfer after the pipe opens, longer than TCP and
@@ -280,4 +316,69 @@ fn neighbours_port_restricted_x_port_restricted_never_waits_for_tcp() {
 #[test]
 fn neighbours_udp_blocked_x_port_restricted_never_waits_for_tcp() {
     tcp_neighbours(Kind::UdpBlocked, Kind::PortRestricted, Ends::Either);
+}
+
+/// `--tcp` over IPv6 (issue 14): `runs` sessions on one lab of `a` × `b` NATs with IPv6
+/// `va` × `vb`, the relay on both families; each must end as `ends` says.
+fn tcp_v6(a: Kind, b: Kind, va: &str, vb: &str, ends: Ends, runs: usize) {
+    let builder = Lab::builder().a(a).b(b).v6_a(va).v6_b(vb);
+    let Some(lab) = Lab::up_or_skip(builder) else {
+        return;
+    };
+    let _r = common::relay::start_dual(&lab, 3478);
+    for i in 0..runs {
+        let what = format!("--tcp {a:?} x {b:?}, IPv6 {va} x {vb}, run {i}");
+        let (sa, sb) = session(&lab, &what, PACE, ends);
+        let on_tcp = |s: &Side| {
+            let c = s.last_connected();
+            format!("{} {} ms", c["family"], c["elapsed_ms"])
+        };
+        eprintln!(
+            "{what}: on TCP: listener {}, connector {}",
+            on_tcp(&sa),
+            on_tcp(&sb)
+        );
+    }
+    eprintln!("--tcp {a:?} x {b:?}, IPv6 {va} x {vb}: {runs} of {runs} as expected");
+}
+
+/// Symmetric × symmetric IPv4 NATs (no TCP punch over IPv4) behind RFC 6092 firewalls on
+/// IPv6: the pipe moves to a TCP connection over IPv6 on both sides, 3 of 3.
+#[test]
+fn symmetric_x_symmetric_moves_to_tcp_over_ipv6_through_firewalls() {
+    tcp_v6(
+        Kind::Symmetric,
+        Kind::Symmetric,
+        "fw",
+        "fw",
+        Ends::OnTcp6,
+        3,
+    );
+}
+
+/// The same with an open IPv6 host on one side (the listener's SYN reaches it at once).
+#[test]
+fn symmetric_x_symmetric_moves_to_tcp_over_ipv6_with_one_side_open() {
+    tcp_v6(
+        Kind::Symmetric,
+        Kind::Symmetric,
+        "open",
+        "fw",
+        Ends::OnTcp6,
+        3,
+    );
+}
+
+/// Both families can punch: the lanes race, the connector chooses, and both sides end on
+/// the same connection (one family on both sides), 3 of 3.
+#[test]
+fn port_restricted_pair_with_ipv6_ends_on_one_tcp_connection() {
+    tcp_v6(
+        Kind::PortRestricted,
+        Kind::PortRestricted,
+        "fw",
+        "fw",
+        Ends::OnTcpAny,
+        3,
+    );
 }

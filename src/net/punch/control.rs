@@ -107,6 +107,9 @@ pub(super) struct Control {
     pub(super) next_net_check: Instant,
     /// The relay's TCP connection (UDP blocked) broke and must be made again.
     pub(super) relay_tcp_lost: bool,
+    /// Where a TCP punch learns our endpoints: the relay's first-family address (IPv4 UDP
+    /// being blocked says nothing of IPv4 TCP) and its IPv6 one.
+    pub(super) tcp_relays: (SocketAddr, Option<SocketAddr>),
 }
 
 impl Control {

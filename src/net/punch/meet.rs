@@ -204,7 +204,7 @@ pub(super) async fn prepare(
     // --tcp: bind the TCP punch port and learn its public endpoint from the relay while we
     // meet; the TCP punch itself starts once the peer is authenticated.
     let tcp_endpoint = (opts.tcp && manual.is_none())
-        .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay_tcp)));
+        .then(|| tokio::spawn(crate::net::punch::tcp::endpoint(relay_tcp, relay6)));
     // A listener with a code natkit drew shows it once the relay gave it the nameplate.
     let (code, peer_id) =
         if opts.role == Role::Listener && manual.is_none() && opts.code.is_generated() {
@@ -379,6 +379,7 @@ pub(super) async fn prepare(
         ),
         next_net_check: now,
         relay_tcp_lost: false,
+        tcp_relays: (relay_tcp, relay6),
     };
     if let Some(ip) = icmp_listener {
         c.puncher.allow_peer_ip(ip.into());

@@ -41,14 +41,18 @@ impl Drop for BirthdayRun {
 
 /// What a TCP connection attempt reports to the control task.
 pub(super) enum TcpNote {
-    /// The arming SYN has gone.
-    Armed,
-    /// The attempt failed or timed out.
-    Failed,
+    /// The arming SYN towards this address has gone.
+    Armed(SocketAddr),
+    /// The attempt towards this address failed or timed out.
+    Failed(SocketAddr),
     /// Connected to the peer.
     Connected(TcpStream, SocketAddr),
     /// The punch port accepted a connection from this address.
     Accepted(TcpStream, SocketAddr),
+    /// Listener: the connector's first bytes came on this kept connection.
+    Chosen(TcpStream, SocketAddr),
+    /// Listener: a kept connection from this address ended before any bytes came.
+    Unchosen(SocketAddr),
 }
 
 /// The TCP punch's result for the main flow: the stream, the peer and attempts made, or
@@ -58,13 +62,16 @@ pub(super) type TcpResult = Result<(TcpStream, SocketAddr, u32), (u32, &'static 
 /// TCP hole punching in progress.
 pub(super) struct TcpRun {
     pub(super) p: TcpPunch,
-    /// The punch port (every attempt binds it).
-    pub(super) local: SocketAddr,
+    /// The punch port of each family we have (every attempt in that family binds it).
+    pub(super) locals: Vec<SocketAddr>,
     pub(super) notes: mpsc::Sender<TcpNote>,
-    /// The attempt in flight (aborted when replaced or when the run ends).
-    pub(super) attempt: Option<AbortOnDrop>,
-    /// Accepts on the punch port until the run ends.
-    pub(super) acceptor: Option<AbortOnDrop>,
+    /// The attempt in flight in each family, IPv6 then IPv4 (aborted when replaced or when
+    /// the run ends).
+    pub(super) attempts: [Option<AbortOnDrop>; 2],
+    /// Accept on the punch ports until the run ends.
+    pub(super) acceptors: Vec<AbortOnDrop>,
+    /// Listener: connections kept until the connector chooses one.
+    pub(super) waits: Vec<AbortOnDrop>,
     pub(super) stream: Option<TcpStream>,
     pub(super) done: Option<tokio::sync::oneshot::Sender<TcpResult>>,
 }

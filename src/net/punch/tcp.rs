@@ -1,11 +1,12 @@
 //! TCP hole punching, the IO half ([`crate::proto::punch::tcp`] decides what to do): sockets bound
-//! to one reusable local port, the relay's STUN over TCP for our public endpoint, the
-//! connection attempts and an acceptor on the same port, then TLS 1.3 over the punched stream
+//! to one reusable local port per family, the relay's STUN over TCP for our public IPv4
+//! endpoint (our global IPv6 address is public as it is), the connection attempts and an
+//! acceptor on each port, then TLS 1.3 over the punched stream
 //! with both certificates pinned by the PAKE — the same authentication and key confirmation
 //! as QUIC, over TCP. [`super::migrate`] moves the pipe onto it.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::net::punch::runs::{AbortOnDrop, TcpNote, TcpResult, TcpRun};
 use crate::net::punch::tls::{terr, tls_client, tls_server};
 use crate::net::punch::{Emit, Event, PunchError};
 use crate::proto::punch::nat::NatClass;
-use crate::proto::punch::tcp::{Action as TcpAction, Outcome as TcpOutcome, TcpPunch};
+use crate::proto::punch::tcp::{Action as TcpAction, Outcome as TcpOutcome, Take, TcpPunch};
 use crate::proto::punch::ttl::Opening;
 use crate::wire::rendezvous::Role;
 
@@ -38,25 +39,29 @@ pub const ARM_TTL: u32 = 3;
 /// The TTL restored once the arming SYN has gone: the SYN-ACK must reach the peer.
 const DEFAULT_TTL: u32 = 64;
 
-/// Our side of a TCP punch: the local port every attempt binds, our public endpoint as the
-/// relay saw it, and the connection to the relay that keeps our NAT's mapping alive.
+/// Our side of a TCP punch: a punch port per family, with our public endpoint there, and the
+/// connection to the relay that keeps our IPv4 NAT's mapping alive.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// The local address all attempts bind (`0.0.0.0:port`).
-    pub local: SocketAddr,
-    /// Our public TCP endpoint (the relay's STUN answer).
-    pub public: SocketAddr,
-    _keep: TcpStream,
+    /// Each family's punch port (the local address every attempt in that family binds:
+    /// `0.0.0.0:port`, or our global IPv6 address and port) and our public endpoint there:
+    /// the relay's STUN answer over IPv4, the same address over IPv6 (no NAT).
+    pub ports: Vec<(SocketAddr, SocketAddr)>,
+    _keep: Option<TcpStream>,
 }
 
 /// A TCP socket bound to `local` that other sockets may bind too (each attempt is a new
-/// socket on the punch port): `SO_REUSEADDR` and `SO_REUSEPORT`.
+/// socket on the punch port): `SO_REUSEADDR` and `SO_REUSEPORT`. IPv6 only on an IPv6 address,
+/// so the two families' punch ports are apart.
 fn socket(local: SocketAddr) -> io::Result<Socket> {
     let s = Socket::new(
         Domain::for_address(local),
         Type::STREAM,
         Some(Protocol::TCP),
     )?;
+    if local.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
@@ -96,16 +101,52 @@ pub async fn attempt(
     Ok(stream)
 }
 
-/// Binds the punch port, connects to the relay from it and asks the relay's STUN over TCP
-/// (RFC 8489 §6.2.2) where that connection comes from.
-pub async fn endpoint(relay: SocketAddr) -> io::Result<Endpoint> {
-    let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-    let port = socket(any)?
+/// A free port on `ip` that every attempt can bind again.
+fn punch_port(ip: IpAddr) -> io::Result<SocketAddr> {
+    socket(SocketAddr::new(ip, 0))?
         .local_addr()?
         .as_socket()
-        .map(|a| a.port())
-        .ok_or_else(|| io::Error::other("no local port"))?;
-    let local = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        .ok_or_else(|| io::Error::other("no local port"))
+}
+
+/// Our punch ports: one for the relay's family, whose public endpoint the relay's STUN over
+/// TCP tells (RFC 8489 §6.2.2), and, with `relay6` (the relay's IPv6 address, when we meet
+/// it over IPv4) and a global IPv6 address towards it, one on that address, which is public
+/// as it is (learning it sends nothing). An error only when there is neither.
+pub async fn endpoint(relay: SocketAddr, relay6: Option<SocketAddr>) -> io::Result<Endpoint> {
+    let v6 = relay6
+        .and_then(crate::net::sys::global_v6_towards)
+        .and_then(|ip| {
+            punch_port(ip)
+                .inspect_err(|e| tracing::debug!("TCP punch port on {ip}: {e}"))
+                .ok()
+        });
+    let mut ports: Vec<_> = v6.map(|a| (a, a)).into_iter().collect();
+    match relay_endpoint(relay).await {
+        Ok((local, public, keep)) => {
+            ports.push((local, public));
+            Ok(Endpoint {
+                ports,
+                _keep: Some(keep),
+            })
+        }
+        Err(e) if !ports.is_empty() => {
+            tracing::info!("TCP punching over IPv6 only: the relay's TCP port: {e}");
+            Ok(Endpoint { ports, _keep: None })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Binds a punch port, connects to the relay from it and asks the relay's STUN over TCP
+/// where that connection comes from: the local and the public endpoint, and the connection.
+async fn relay_endpoint(relay: SocketAddr) -> io::Result<(SocketAddr, SocketAddr, TcpStream)> {
+    let any = if relay.is_ipv4() {
+        IpAddr::from(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::from(Ipv6Addr::UNSPECIFIED)
+    };
+    let local = punch_port(any)?;
     let timeout = crate::defaults::TCP_ENDPOINT_TIMEOUT;
     let mut s = tokio::time::timeout(timeout, attempt(local, relay, None, || {}))
         .await
@@ -126,11 +167,7 @@ pub async fn endpoint(relay: SocketAddr) -> io::Result<Endpoint> {
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the relay's STUN over TCP"))??;
-    Ok(Endpoint {
-        local,
-        public,
-        _keep: s,
-    })
+    Ok((local, public, s))
 }
 
 /// Which end of TLS this side is (the listener is the server), with its configuration:
@@ -232,6 +269,33 @@ fn acceptor(
     })))
 }
 
+impl TcpRun {
+    /// Keeps a connection that came up as the core says ([`Take`]).
+    fn take(&mut self, take: Take, s: TcpStream, peer: SocketAddr) {
+        match take {
+            Take::Use => self.stream = Some(s),
+            Take::AwaitChoice => self.waits.push(await_choice(s, peer, self.notes.clone())),
+            Take::Drop => tracing::debug!(%peer, "TCP punch: not a connection we take"),
+        }
+    }
+}
+
+/// Listener: waits for the connector's first bytes (its TLS ClientHello) on `s`, without
+/// taking them; a connection that ends first was not chosen.
+fn await_choice(
+    s: TcpStream,
+    peer: SocketAddr,
+    notes: tokio::sync::mpsc::Sender<TcpNote>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let note = match s.peek(&mut [0u8; 1]).await {
+            Ok(1..) => TcpNote::Chosen(s, peer),
+            _ => TcpNote::Unchosen(peer),
+        };
+        let _ = notes.send(note).await;
+    }))
+}
+
 /// A TCP punch the main flow waits for: its result, and our endpoint (whose relay
 /// connection keeps our NAT's TCP mapping until then).
 pub(super) struct TcpWait(tokio::sync::oneshot::Receiver<TcpResult>, Option<Endpoint>);
@@ -249,7 +313,8 @@ impl Control {
         let ep_task = match ep_task {
             None if self.nat.udp_blocked() && relayed_pipe => {
                 tracing::info!("UDP is blocked on one side: trying TCP hole punching");
-                Some(tokio::spawn(endpoint(self.wire.relay)))
+                let (v4, v6) = self.tcp_relays;
+                Some(tokio::spawn(endpoint(v4, v6)))
             }
             e => e,
         }?;
@@ -272,21 +337,24 @@ impl Control {
         if let Some((mine, peer)) = &self.classes {
             p.set_nat(now, mine, peer);
         }
-        p.set_mine(now, ep.as_ref().map(|e| e.public));
+        let ports = ep.as_ref().map_or(&[][..], |e| &e.ports[..]);
+        p.set_mine(now, &ports.iter().map(|p| p.1).collect::<Vec<_>>());
         let notes = self.outputs.tcp_notes.clone();
-        let acceptor = ep.as_ref().and_then(|e| {
-            acceptor(e.local, notes.clone())
-                .inspect_err(|e| tracing::debug!("TCP punch port: listen: {e}"))
-                .ok()
-        });
+        let acceptors = ports
+            .iter()
+            .filter_map(|&(local, _)| {
+                acceptor(local, notes.clone())
+                    .inspect_err(|e| tracing::debug!("TCP punch port {local}: listen: {e}"))
+                    .ok()
+            })
+            .collect();
         self.tcp = Some(TcpRun {
             p,
-            local: ep
-                .as_ref()
-                .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |e| e.local),
+            locals: ports.iter().map(|p| p.0).collect(),
             notes,
-            attempt: None,
-            acceptor,
+            attempts: Default::default(),
+            acceptors,
+            waits: Vec::new(),
             stream: None,
             done: Some(done_tx),
         });
@@ -308,18 +376,30 @@ impl Control {
             _ => ARM_TTL,
         };
         while let Some(a) = t.p.poll_action() {
+            // Over IPv6 there is no NAT to keep the SYN from: it opens our firewall and goes
+            // on at the full hop limit.
             let (dst, ttl) = match a {
-                TcpAction::Arm(d) => (d, Some(arm_ttl)),
-                TcpAction::Connect(d) => (d, None),
+                TcpAction::Arm(d) if d.is_ipv4() => (d, Some(arm_ttl)),
+                TcpAction::Arm(d) | TcpAction::Connect(d) => (d, None),
             };
-            let (notes, local) = (t.notes.clone(), t.local);
+            let notes = t.notes.clone();
+            let Some(local) = t
+                .locals
+                .iter()
+                .copied()
+                .find(|l| l.is_ipv4() == dst.is_ipv4())
+            else {
+                // The core pairs offers by family and offers only the families we have.
+                let _ = notes.try_send(TcpNote::Failed(dst));
+                continue;
+            };
             tracing::debug!(%dst, ?ttl, "TCP attempt");
-            t.attempt = Some(AbortOnDrop(tokio::spawn(async move {
+            t.attempts[usize::from(dst.is_ipv4())] = Some(AbortOnDrop(tokio::spawn(async move {
                 let armed = notes.clone();
                 let r = tokio::time::timeout(
                     crate::defaults::TCP_ATTEMPT,
                     attempt(local, dst, ttl, move || {
-                        let _ = armed.try_send(TcpNote::Armed);
+                        let _ = armed.try_send(TcpNote::Armed(dst));
                     }),
                 )
                 .await;
@@ -327,17 +407,20 @@ impl Control {
                     Ok(Ok(s)) => TcpNote::Connected(s, dst),
                     Ok(Err(e)) => {
                         tracing::debug!(%dst, "TCP attempt: {e}");
-                        TcpNote::Failed
+                        TcpNote::Failed(dst)
                     }
-                    Err(_) => TcpNote::Failed,
+                    Err(_) => TcpNote::Failed(dst),
                 };
                 let _ = notes.send(note).await;
             })));
         }
         if let Some(o) = t.p.outcome().cloned() {
             if let Some(done) = t.done.take() {
-                t.attempt = None;
-                t.acceptor = None;
+                // Every other connection and attempt closes: the listener sees the ones the
+                // connector did not choose end.
+                t.attempts = Default::default();
+                t.acceptors.clear();
+                t.waits.clear();
                 let r = match (o, t.stream.take()) {
                     (TcpOutcome::Connected { peer, attempts }, Some(s)) => Ok((s, peer, attempts)),
                     (TcpOutcome::Connected { attempts, .. }, None) => Err((attempts, "lost")),
@@ -352,20 +435,23 @@ impl Control {
         let Some(t) = &mut self.tcp else { return };
         let now = Instant::now();
         match n {
-            TcpNote::Armed => t.p.armed(now),
-            TcpNote::Failed => t.p.attempt_failed(now),
+            TcpNote::Armed(dst) => t.p.armed(now, dst),
+            TcpNote::Failed(dst) => t.p.attempt_failed(now, dst),
             TcpNote::Connected(s, peer) => {
-                t.stream = Some(s);
-                t.p.attempt_connected(peer);
+                let take = t.p.attempt_connected(peer);
+                t.take(take, s, peer);
             }
             // Anyone's connection but the peer's is closed at once.
             TcpNote::Accepted(s, from) => {
-                if t.p.accepted(from) {
+                let take = t.p.accepted(from);
+                t.take(take, s, from);
+            }
+            TcpNote::Chosen(s, peer) => {
+                if t.p.chosen(peer) {
                     t.stream = Some(s);
-                } else {
-                    tracing::debug!(%from, "TCP punch port: not the peer's connection");
                 }
             }
+            TcpNote::Unchosen(peer) => t.p.unchosen(now, peer),
         }
         self.flush_tcp();
     }

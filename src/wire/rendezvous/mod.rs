@@ -35,7 +35,7 @@
 //! | 15 | `Pake` | peer → peer | session id (16), SPAKE2 message (rest) |
 //! | 16 | `Confirm` | peer → peer | session id (16), certificate fingerprint (32), MAC (32) |
 //! | 17 | `NatInfo` | peer → peer | session id (16), mapping (1), filtering (1), allocation (1), flags (1), step (1, signed) |
-//! | 18 | `TcpOffer` | peer → peer | session id (16), armed (1), address: the sender's TCP endpoint as the relay saw it |
+//! | 18 | `TcpOffer` | peer → peer | session id (16), armed (1), address: the sender's TCP endpoint (IPv4 as the relay saw it; IPv6 its global address), one offer per family |
 //! | 19 | `Predict` | peer → peer | session id (16), port (u16): the sender's sequential NAT gave this port to its last mapping |
 //! | 20 | `PathChallenge` | peer → peer | session id (16), nonce (16), padding (32 zero bytes) |
 //! | 21 | `PathResponse` | peer → peer | session id (16), nonce (16), MAC (32) |
