@@ -285,20 +285,7 @@ fn ttl_findings_cross_through_the_relay_and_end_the_wait() {
     }
     assert!(n.sides.iter().all(|s| hops(s) >= 2));
     // Silence after our NAT, so a side waits for the peer's findings, then goes on.
-    let mut m = Puncher::new(
-        PunchConfig {
-            relay: sa("203.0.113.10:3478"),
-            session: [7; 16],
-            role: Role::Listener,
-            peer: [1; 8],
-            token: vec![],
-            candidates: vec![],
-            direct_timeout: DIRECT_TIMEOUT,
-            keepalive: KEEPALIVE,
-        },
-        t0,
-        1,
-    );
+    let mut m = Puncher::new(listener_cfg([7; 16]), t0, 1);
     m.handle_ttl_answer(
         t0,
         Target::Relay,
@@ -318,20 +305,24 @@ fn ttl_findings_cross_through_the_relay_and_end_the_wait() {
     assert_eq!(m.opening_plan(), (Opening::Clash, Some(1)));
 }
 
-#[test]
-fn a_lost_relay_is_reported() {
-    let t0 = Instant::now();
-    let cfg = PunchConfig {
+/// A listener of `session` at the lab relay's address, without candidates.
+fn listener_cfg(session: SessionId) -> PunchConfig {
+    PunchConfig {
         relay: sa("203.0.113.10:3478"),
-        session: [1; 16],
+        session,
         role: Role::Listener,
         peer: [1; 8],
         token: vec![],
         candidates: vec![],
         direct_timeout: DIRECT_TIMEOUT,
         keepalive: KEEPALIVE,
-    };
-    let mut p = Puncher::new(cfg, t0, 1);
+    }
+}
+
+#[test]
+fn a_lost_relay_is_reported() {
+    let t0 = Instant::now();
+    let mut p = Puncher::new(listener_cfg([1; 16]), t0, 1);
     let mut now = t0;
     let mut failed = None;
     while let Some(t) = p.poll_timeout() {

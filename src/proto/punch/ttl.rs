@@ -374,6 +374,11 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A Time Exceeded from `from` for the probe of (`target`, `ttl`).
+    fn te(m: &mut Measure, now: Instant, target: Target, ttl: u8, from: &str) {
+        m.handle_answer(now, target, ttl, Answer::TimeExceeded(ip(from)));
+    }
+
     fn measure() -> (Instant, Measure) {
         let t0 = Instant::now();
         let mut m = Measure::new(t0, Some("203.0.113.10:3478".parse().unwrap()));
@@ -392,12 +397,7 @@ mod tests {
         assert!(first
             .iter()
             .all(|p| p.target == Target::Relay || p.dst.port() == PEER_PROBE_PORT));
-        m.handle_answer(
-            t0,
-            Target::Relay,
-            1,
-            Answer::TimeExceeded(ip("192.168.1.1")),
-        );
+        te(&mut m, t0, Target::Relay, 1, "192.168.1.1");
         let later = m.poll_timeout().unwrap();
         assert!(later > t0);
         m.handle_timeout(later);
@@ -415,24 +415,9 @@ mod tests {
     #[test]
     fn routers_between_the_nats_make_a_safe_ttl() {
         let (t0, mut m) = measure();
-        m.handle_answer(
-            t0,
-            Target::Relay,
-            1,
-            Answer::TimeExceeded(ip("192.168.1.1")),
-        );
-        m.handle_answer(
-            t0,
-            Target::Peer,
-            2,
-            Answer::TimeExceeded(ip("203.0.113.211")),
-        );
-        m.handle_answer(
-            t0,
-            Target::Peer,
-            3,
-            Answer::TimeExceeded(ip("203.0.113.221")),
-        );
+        te(&mut m, t0, Target::Relay, 1, "192.168.1.1");
+        te(&mut m, t0, Target::Peer, 2, "203.0.113.211");
+        te(&mut m, t0, Target::Peer, 3, "203.0.113.221");
         m.handle_answer(t0, Target::Peer, 4, Answer::Unreachable(ip("203.0.113.22")));
         assert_eq!(m.opening(), Opening::Ttl(2));
         let d = m.distances();
@@ -445,7 +430,7 @@ mod tests {
     #[test]
     fn adjacent_nats_that_answer_have_no_safe_ttl() {
         let (t0, mut m) = measure();
-        m.handle_answer(t0, Target::Peer, 1, Answer::TimeExceeded(ip("192.168.1.1")));
+        te(&mut m, t0, Target::Peer, 1, "192.168.1.1");
         m.handle_answer(t0, Target::Peer, 2, Answer::Unreachable(ip("203.0.113.22")));
         m.handle_answer(t0, Target::Peer, 3, Answer::Unreachable(ip("203.0.113.22")));
         assert_eq!(m.opening(), Opening::Clash);
@@ -460,19 +445,9 @@ mod tests {
     #[test]
     fn a_carrier_nat_counts_as_ours() {
         let (t0, mut m) = measure();
-        m.handle_answer(
-            t0,
-            Target::Relay,
-            1,
-            Answer::TimeExceeded(ip("192.168.1.1")),
-        );
-        m.handle_answer(t0, Target::Relay, 2, Answer::TimeExceeded(ip("100.64.1.1")));
-        m.handle_answer(
-            t0,
-            Target::Relay,
-            3,
-            Answer::TimeExceeded(ip("198.51.100.1")),
-        );
+        te(&mut m, t0, Target::Relay, 1, "192.168.1.1");
+        te(&mut m, t0, Target::Relay, 2, "100.64.1.1");
+        te(&mut m, t0, Target::Relay, 3, "198.51.100.1");
         assert_eq!(m.own_nat_hops(), Some(2));
         assert_eq!(m.opening(), Opening::Ttl(3));
         // The peer's NAT right behind the carrier's: no safe TTL.
@@ -484,12 +459,7 @@ mod tests {
     fn silence_keeps_the_classic_ttls_and_a_silent_peer_nat_is_harmless() {
         let (t0, mut m) = measure();
         assert_eq!(m.opening(), Opening::Unknown);
-        m.handle_answer(
-            t0,
-            Target::Relay,
-            1,
-            Answer::TimeExceeded(ip("192.168.1.1")),
-        );
+        te(&mut m, t0, Target::Relay, 1, "192.168.1.1");
         // An input firewall drops our probes at the peer's NAT: opening there is harmless.
         assert_eq!(m.opening(), Opening::Ttl(2));
         // Someone else's unreachable (not the peer's address) is not the peer's NAT.
@@ -513,12 +483,7 @@ mod tests {
     #[test]
     fn a_silent_neighbour_heard_by_the_peer_means_the_order() {
         let (t0, mut m) = measure();
-        m.handle_answer(
-            t0,
-            Target::Relay,
-            1,
-            Answer::TimeExceeded(ip("192.168.1.1")),
-        );
+        te(&mut m, t0, Target::Relay, 1, "192.168.1.1");
         let done = silence(&mut m, t0);
         assert!(m.peer_done());
         // Ambiguous silence: not settled until the peer's view (or the bound).
@@ -537,12 +502,7 @@ mod tests {
     #[test]
     fn the_wait_for_the_peers_view_is_bounded_and_then_silence_is_a_firewall() {
         let (t0, mut m) = measure();
-        m.handle_answer(
-            t0,
-            Target::Relay,
-            1,
-            Answer::TimeExceeded(ip("192.168.1.1")),
-        );
+        te(&mut m, t0, Target::Relay, 1, "192.168.1.1");
         let done = silence(&mut m, t0);
         let end = m.poll_timeout().unwrap();
         assert_eq!(end, done + PEER_HOPS_WAIT);
@@ -563,18 +523,8 @@ mod tests {
     #[test]
     fn a_router_after_our_nat_settles_at_once_whatever_the_peer_says() {
         let (t0, mut m) = measure();
-        m.handle_answer(
-            t0,
-            Target::Relay,
-            1,
-            Answer::TimeExceeded(ip("192.168.1.1")),
-        );
-        m.handle_answer(
-            t0,
-            Target::Peer,
-            2,
-            Answer::TimeExceeded(ip("203.0.113.211")),
-        );
+        te(&mut m, t0, Target::Relay, 1, "192.168.1.1");
+        te(&mut m, t0, Target::Peer, 2, "203.0.113.211");
         let done = silence(&mut m, t0);
         assert!(m.peer_settled(done));
         m.handle_peer_view(PeerView {
