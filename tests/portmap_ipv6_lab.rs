@@ -233,13 +233,36 @@ fn portmap_ipv6_probe_reports_pinhole_support_and_natpmp_is_refused() {
         .as_str()
         .unwrap()
         .contains("IPv4 only"));
-    let out = lab
-        .cmd("a", env!("CARGO_BIN_EXE_portmap"))
-        .args(["add", "7640", "--ipv6", "--verify", "--relay", "x"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
+/// `--verify` on an IPv6 pinhole: the relay (on both families, reached by name) connects
+/// back over IPv6 through the pinhole, TCP and UDP, from its IPv6 addresses.
+#[test]
+fn portmap_ipv6_verify_asks_the_relay_to_connect_over_ipv6() {
+    let Some(lab) = lab() else { return };
+    let _r = common::relay::start_dual(&lab, 3478);
+    let st = state("verify6");
+    let relay = "relay.lab:3478".to_string();
+    for (proto, port) in [("tcp", "7660"), ("udp", "7661")] {
+        let (code, v, all) = portmap(
+            &lab,
+            &st,
+            &[
+                "add", port, "--proto", proto, "--ipv6", "--via", "pcp", "--verify", "--relay",
+                &relay,
+            ],
+        );
+        assert_eq!(code, Some(0), "{all}");
+        assert_eq!(v["verify"]["reachable"], true, "{proto}: {v}");
+        eprintln!("{proto}: {}", v["verify"]);
+        let detail = v["verify"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(lab.get("PUB_IP6")) || detail.contains(lab.get("PUB_IP6_2")),
+            "{detail}"
+        );
+        let (code, _, all) = portmap(&lab, &st, &["delete", port, "--proto", proto, "--ipv6"]);
+        assert_eq!(code, Some(0), "{all}");
+    }
 }
 
 /// `--keep` on a 20 s pinhole (miniupnpd's min_lifetime): still open well past its first

@@ -75,7 +75,7 @@ always\t'Always colour (never with `--json`)'
 never\t'Never colour'"
 complete -c portmap -n "__fish_portmap_using_subcommand add" -l keep -d 'Stay running: renew at half the lease, re-create the mapping after a router restart, remove it on SIGINT/SIGTERM'
 complete -c portmap -n "__fish_portmap_using_subcommand add" -l verify -d 'Ask a natkit relay (--relay) to connect to the external address and port from outside, and report whether it got through'
-complete -c portmap -n "__fish_portmap_using_subcommand add" -l ipv6 -d 'Open a pinhole in the router\'s IPv6 firewall for this host\'s global address instead (PCP or UPnP IGD:2; no NAT: the external port is PORT). --verify checks IPv4 only and is refused with it'
+complete -c portmap -n "__fish_portmap_using_subcommand add" -l ipv6 -d 'Open a pinhole in the router\'s IPv6 firewall for this host\'s global address instead (PCP or UPnP IGD:2; no NAT: the external port is PORT). --verify checks it over IPv6 (the relay needs an IPv6 address, and --alt-addr on IPv6 for UDP)'
 complete -c portmap -n "__fish_portmap_using_subcommand add" -l json -d 'Print JSON (stable keys, `schema` version) instead of text'
 complete -c portmap -n "__fish_portmap_using_subcommand add" -s v -l verbose -d 'More log output on stderr (-v, -vv)'
 complete -c portmap -n "__fish_portmap_using_subcommand add" -s h -l help -d 'Print help (see more with \'--help\')'

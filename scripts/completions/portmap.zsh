@@ -86,7 +86,7 @@ always\:"Always colour (never with \`--json\`)"
 never\:"Never colour"))' \
 '--keep[Stay running\: renew at half the lease, re-create the mapping after a router restart, remove it on SIGINT/SIGTERM]' \
 '--verify[Ask a natkit relay (--relay) to connect to the external address and port from outside, and report whether it got through]' \
-'(--verify)--ipv6[Open a pinhole in the router'\''s IPv6 firewall for this host'\''s global address instead (PCP or UPnP IGD\:2; no NAT\: the external port is PORT). --verify checks IPv4 only and is refused with it]' \
+'--ipv6[Open a pinhole in the router'\''s IPv6 firewall for this host'\''s global address instead (PCP or UPnP IGD\:2; no NAT\: the external port is PORT). --verify checks it over IPv6 (the relay needs an IPv6 address, and --alt-addr on IPv6 for UDP)]' \
 '--json[Print JSON (stable keys, \`schema\` version) instead of text]' \
 '*-v[More log output on stderr (-v, -vv)]' \
 '*--verbose[More log output on stderr (-v, -vv)]' \

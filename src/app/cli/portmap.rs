@@ -145,8 +145,8 @@ pub enum PortmapCmd {
         relay: Option<String>,
         /// Open a pinhole in the router's IPv6 firewall for this host's global address
         /// instead (PCP or UPnP IGD:2; no NAT: the external port is PORT). --verify checks
-        /// IPv4 only and is refused with it.
-        #[arg(long, conflicts_with = "verify")]
+        /// it over IPv6 (the relay needs an IPv6 address, and --alt-addr on IPv6 for UDP).
+        #[arg(long)]
         ipv6: bool,
     },
     /// Remove a mapping.

@@ -1,7 +1,7 @@
 //! `--verify`: a natkit relay connects back from outside, through the mapping, to the local
 //! port — the only proof that a stranger can reach it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -73,13 +73,38 @@ impl Ask {
 /// connects; UDP: it sends from its other address), listening on the mapping's internal port.
 /// `reachable` is false with the reason when the check could not run (the local port is busy,
 /// the relay refused).
+///
+/// An IPv6 pinhole (`m.internal` is the host's global IPv6 address) is checked over IPv6:
+/// the request leaves from that address to the relay's IPv6 address, so the relay dials back
+/// to the address the pinhole is for (not a temporary address the kernel might pick).
 pub async fn verify(relay: &str, m: &Mapping) -> Result<Verification, PortmapError> {
     let (host, port) = crate::net::sys::parse_server(relay)?;
-    let relay = crate::net::sys::resolve(&host, port)
+    let all = crate::net::sys::resolve_all(&host, port)
         .await
         .map_err(PortmapError::Resolve)?;
+    let v6 = m.internal.is_ipv6();
+    let relay = if v6 {
+        all.iter()
+            .copied()
+            .find(SocketAddr::is_ipv6)
+            .ok_or_else(|| {
+                PortmapError::Resolve(format!(
+                    "{host} has no IPv6 address: an IPv6 pinhole is checked over IPv6"
+                ))
+            })?
+    } else {
+        crate::net::sys::prefer_ipv4(&all)
+            .ok_or_else(|| PortmapError::Resolve("DNS returned no address".into()))?
+    };
     let nonce: u64 = rand::random();
-    let local = SocketAddr::from((Ipv4Addr::UNSPECIFIED, m.internal.port()));
+    // Over IPv6 everything binds the pinhole's address; over IPv4, any.
+    let here = if v6 {
+        m.internal.ip()
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    let local = SocketAddr::new(here, m.internal.port());
+    let domain = socket2::Domain::for_address(local);
     let busy = |e: std::io::Error| Verification {
         reachable: false,
         detail: format!(
@@ -102,14 +127,14 @@ pub async fn verify(relay: &str, m: &Mapping) -> Result<Verification, PortmapErr
     let deadline = Instant::now() + defaults::PORTMAP_VERIFY_TIMEOUT;
     match m.proto {
         Proto::Tcp => {
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
             sock.set_reuse_address(true)?;
             sock.set_nonblocking(true)?;
             if let Err(e) = sock.bind(&local.into()).and_then(|_| sock.listen(8)) {
                 return Ok(busy(e));
             }
             let listener = tokio::net::TcpListener::from_std(sock.into())?;
-            let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+            let udp = UdpSocket::bind(SocketAddr::new(here, 0)).await?;
             let accept = async {
                 loop {
                     let (mut s, from) = listener.accept().await?;
@@ -141,7 +166,7 @@ pub async fn verify(relay: &str, m: &Mapping) -> Result<Verification, PortmapErr
             }
         }
         Proto::Udp => {
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
             sock.set_reuse_address(true)?;
             sock.set_nonblocking(true)?;
             if let Err(e) = sock.bind(&local.into()) {
