@@ -155,6 +155,17 @@ pub const TCP_PUNCH_BUDGET: Duration = Duration::from_secs(5);
 /// Between repeats of our TCP offer through the relay (relayed UDP frames may be lost).
 pub const TCP_OFFER_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Crossing SYNs between neighbouring NATs (`proto::punch::tcp`'s `Plan::Cross`): how long
+/// one SYN waits for its answer (a reset from the peer's router, or the simultaneous open)
+/// before the next; a neighbour answers within one round trip between the NATs.
+pub const CROSS_RESET_WAIT: Duration = Duration::from_millis(20);
+/// Crossing SYNs: the mean pause between two (0.5–1.5×, random, so the sides never stay in
+/// lockstep). Each SYN's window is one one-way delay between the NATs: in the lab about 1
+/// round in 20 crosses.
+pub const CROSS_GAP: Duration = Duration::from_millis(1);
+/// Crossing SYNs: most one attempt sends (a few seconds of them), so a peer that never fires
+/// costs its router a bounded number of resets.
+pub const CROSS_SYNS: u32 = 2000;
 /// Pause after a failed TCP attempt (refused, reset) before the next: the peer's arming SYN
 /// may still be on its way, and a Linux NAT needs the reset connection's entry closed.
 pub const TCP_RETRY: Duration = Duration::from_millis(250);

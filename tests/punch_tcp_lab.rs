@@ -286,10 +286,9 @@ fn symmetric_x_port_restricted_stays_on_quic_and_says_tried() {
 
 /// `--tcp` between neighbouring NATs whose routers accept packets to themselves
 /// (`natlab --hops 0 --router-input accept`): a SYN that opens our NAT also reaches the
-/// peer's router, which answers it with a reset that closes our mapping, so simultaneous
-/// open works only when the SYNs cross. A reachable side (open, full cone) is connected to
-/// directly and the pipe moves to TCP; for the others the data never waits for TCP and
-/// arrives intact whichever way the session ends.
+/// peer's router, which answers it with a reset that deletes our mapping, so no arming
+/// order works; both sides fire SYNs until two cross (`Plan::Cross`). A reachable side (open,
+/// full cone) is connected to directly. The data never waits for TCP.
 fn tcp_neighbours(a: Kind, b: Kind, ends: Ends) {
     let builder = Lab::builder().hops(0).router_input("accept");
     tcp_pair_in(builder, a, b, PACE, ends);
@@ -309,13 +308,13 @@ fn neighbours_port_restricted_x_open_never_waits_for_tcp() {
 }
 
 #[test]
-fn neighbours_port_restricted_x_port_restricted_never_waits_for_tcp() {
-    tcp_neighbours(Kind::PortRestricted, Kind::PortRestricted, Ends::Either);
+fn neighbours_port_restricted_x_port_restricted_cross_their_syns() {
+    tcp_neighbours(Kind::PortRestricted, Kind::PortRestricted, Ends::OnTcp);
 }
 
 #[test]
-fn neighbours_udp_blocked_x_port_restricted_never_waits_for_tcp() {
-    tcp_neighbours(Kind::UdpBlocked, Kind::PortRestricted, Ends::Either);
+fn neighbours_udp_blocked_x_port_restricted_cross_their_syns() {
+    tcp_neighbours(Kind::UdpBlocked, Kind::PortRestricted, Ends::OnTcp);
 }
 
 /// `--tcp` over IPv6 (issue 14): `runs` sessions on one lab of `a` × `b` NATs with IPv6

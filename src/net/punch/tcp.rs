@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::defaults::{CROSS_GAP, CROSS_RESET_WAIT, CROSS_SYNS};
 use crate::net::punch::control::Control;
 use crate::net::punch::runs::{AbortOnDrop, TcpNote, TcpResult, TcpRun};
 use crate::net::punch::tls::{terr, tls_client, tls_server};
@@ -99,6 +100,27 @@ pub async fn attempt(
     // Writable without an error but not connected cannot happen on Linux; check anyway.
     stream.peer_addr()?;
     Ok(stream)
+}
+
+/// [`crate::proto::punch::tcp::Plan::Cross`]: connects from `local` to `dst`, again from a
+/// fresh socket after each reset ([`CROSS_RESET_WAIT`] for an answer, a random pause around
+/// [`CROSS_GAP`] between SYNs, at most [`CROSS_SYNS`]), until a SYN crosses the peer's and
+/// the simultaneous open completes.
+pub async fn cross(local: SocketAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+    for n in 1..=CROSS_SYNS {
+        let r = tokio::time::timeout(CROSS_RESET_WAIT, attempt(local, dst, None, || {})).await;
+        // Reset (the peer's mapping was not there yet) or nothing yet: again.
+        if let Ok(Ok(s)) = r {
+            tracing::debug!(syns = n, %dst, "TCP crossing: connected");
+            return Ok(s);
+        }
+        let jitter = rand::random::<u64>() % (CROSS_GAP.as_micros() as u64 + 1);
+        tokio::time::sleep(CROSS_GAP / 2 + Duration::from_micros(jitter)).await;
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no SYN crossed the peer's",
+    ))
 }
 
 /// A free port on `ip` that every attempt can bind again.
@@ -369,18 +391,21 @@ impl Control {
         while let Some(f) = t.p.poll_transmit() {
             self.puncher.send_relayed(f);
         }
-        // The arming SYN opens our NAT and must die before the peer's: the measured TTL
-        // (with neighbouring NATs none is safe, and only SYNs that cross can work).
-        let arm_ttl = match self.puncher.opening_plan() {
-            (Opening::Ttl(t), _) => u32::from(t),
+        // The arming SYN opens our NAT and must die before the peer's: the measured TTL.
+        // Neighbouring NATs that reset SYNs (none is safe): SYNs fired until two cross.
+        let (opening, _) = self.puncher.opening_plan();
+        t.p.set_neighbours(Instant::now(), opening == Opening::Clash);
+        let arm_ttl = match opening {
+            Opening::Ttl(t) => u32::from(t),
             _ => ARM_TTL,
         };
         while let Some(a) = t.p.poll_action() {
             // Over IPv6 there is no NAT to keep the SYN from: it opens our firewall and goes
             // on at the full hop limit.
-            let (dst, ttl) = match a {
-                TcpAction::Arm(d) if d.is_ipv4() => (d, Some(arm_ttl)),
-                TcpAction::Arm(d) | TcpAction::Connect(d) => (d, None),
+            let (dst, ttl, cross) = match a {
+                TcpAction::Arm(d) if d.is_ipv4() => (d, Some(arm_ttl), false),
+                TcpAction::Arm(d) | TcpAction::Connect(d) => (d, None, false),
+                TcpAction::Cross(d) => (d, None, true),
             };
             let notes = t.notes.clone();
             let Some(local) = t
@@ -393,16 +418,21 @@ impl Control {
                 let _ = notes.try_send(TcpNote::Failed(dst));
                 continue;
             };
-            tracing::debug!(%dst, ?ttl, "TCP attempt");
+            tracing::debug!(%dst, ?ttl, cross, "TCP attempt");
             t.attempts[usize::from(dst.is_ipv4())] = Some(AbortOnDrop(tokio::spawn(async move {
                 let armed = notes.clone();
-                let r = tokio::time::timeout(
-                    crate::defaults::TCP_ATTEMPT,
-                    attempt(local, dst, ttl, move || {
-                        let _ = armed.try_send(TcpNote::Armed(dst));
-                    }),
-                )
-                .await;
+                let r = if cross {
+                    tokio::time::timeout(crate::defaults::TCP_PUNCH_BUDGET, self::cross(local, dst))
+                        .await
+                } else {
+                    tokio::time::timeout(
+                        crate::defaults::TCP_ATTEMPT,
+                        attempt(local, dst, ttl, move || {
+                            let _ = armed.try_send(TcpNote::Armed(dst));
+                        }),
+                    )
+                    .await
+                };
                 let note = match r {
                     Ok(Ok(s)) => TcpNote::Connected(s, dst),
                     Ok(Err(e)) => {

@@ -25,6 +25,22 @@
 //! §4.1) — the same pairs as UDP punching; a symmetric NAT gives the peer a port that is
 //! never used again.
 //!
+//! **Neighbouring NATs that reset SYNs addressed to themselves** (the TTL measurement's
+//! [`crate::proto::punch::ttl::Opening::Clash`]: no arming TTL dies before the peer's NAT).
+//! A Linux router answers an unexpected SYN with a reset, and conntrack deletes an
+//! unanswered entry on a reset (measured: nothing left on either router), so an arming SYN
+//! that reaches the peer's router before the peer's own SYN has gone out closes our
+//! mapping, whatever its TTL; waiting for the peer cannot help either (the peer's SYN meets
+//! the same reset). What works is **crossing** ([`Plan::Cross`]): both sides connect
+//! normally, again from a fresh socket after each reset, until two SYNs pass each other
+//! between the NATs — each then finds the other's mapping and reaches the other's socket in
+//! SYN-SENT: a simultaneous open. The window is a one-way delay between the NATs, so the
+//! sides fire often (about one SYN per millisecond each, a bounded number); measured in the
+//! lab (`natlab --hops 0 --router-input accept`): crossed within 1–440 ms whatever the
+//! sides' start offset (0–300 ms), 10 of 10. Low-TTL SYNs were tried first: both mappings
+//! then exist, but the Time Exceeded from the peer's router aborts a socket in SYN-SENT
+//! (Linux ends one on any ICMP error) and the routers' window tracking drops a fresh SYN.
+//!
 //! **A reachable side is connected to directly.** Both sides also accept on their punch
 //! port. When the two NAT classifications ([`crate::proto::punch::nat`]) say one side lets
 //! strangers in ([`reachable`]: no NAT, or endpoint-independent filtering, RFC 5382 §5 — a
@@ -82,6 +98,9 @@ pub enum Plan {
     Connect,
     /// We are reachable: accept the peer's connection.
     Accept,
+    /// Neither is reachable and the NATs are neighbours that answer SYNs addressed to
+    /// themselves with a reset: both sides fire SYNs until two cross (module docs).
+    Cross,
 }
 
 /// The plan for `role` given whether the listener and the connector are [`reachable`]; both
@@ -105,6 +124,9 @@ pub enum Action {
     /// Connect to this endpoint normally (the connector of a simultaneous open, or either
     /// side towards a reachable peer).
     Connect(SocketAddr),
+    /// [`Plan::Cross`]: connect to this endpoint normally, again from a fresh socket after
+    /// each reset (a few per millisecond at most), until two SYNs cross.
+    Cross(SocketAddr),
 }
 
 /// How the punch ended.
@@ -173,6 +195,8 @@ pub struct TcpPunch {
     /// Who connects over IPv4, once both classifications are known (IPv6 always punches:
     /// the classifications describe the IPv4 NATs).
     plan: Plan,
+    /// The NATs are neighbours that reset SYNs ([`Plan::Cross`] over IPv4).
+    neighbours: bool,
     attempts: u32,
     next_offer: Option<Instant>,
     deadline: Instant,
@@ -197,6 +221,7 @@ impl TcpPunch {
             role,
             lanes: [lane(), lane()],
             plan: Plan::Simultaneous,
+            neighbours: false,
             attempts: 0,
             next_offer: None,
             deadline: now + budget,
@@ -227,6 +252,25 @@ impl TcpPunch {
             Role::Connector => (reachable(peer), reachable(mine)),
         };
         self.plan = plan(self.role, l, c);
+        if self.plan == Plan::Simultaneous && self.neighbours {
+            self.plan = Plan::Cross;
+        }
+        self.drive(now);
+    }
+
+    /// The TTL measurement says whether the NATs are neighbours that answer packets
+    /// addressed to themselves (no arming TTL dies before the peer's NAT): armed simultaneous
+    /// open becomes [`Plan::Cross`] over IPv4.
+    pub fn set_neighbours(&mut self, now: Instant, neighbours: bool) {
+        if neighbours == self.neighbours {
+            return;
+        }
+        self.neighbours = neighbours;
+        self.plan = match (self.plan, neighbours) {
+            (Plan::Simultaneous, true) => Plan::Cross,
+            (Plan::Cross, false) => Plan::Simultaneous,
+            (p, _) => p,
+        };
         self.drive(now);
     }
 
@@ -393,6 +437,7 @@ impl TcpPunch {
             (Plan::Accept, _) => None,
             (Plan::Simultaneous, Role::Listener) => Some(Action::Arm(peer)),
             (Plan::Simultaneous, Role::Connector) => l.armed.then_some(Action::Connect(peer)),
+            (Plan::Cross, _) => Some(Action::Cross(peer)),
         }
     }
 

@@ -369,3 +369,30 @@ fn no_endpoint_of_our_own_fails_at_once() {
     assert!(matches!(c.outcome(), Some(Outcome::Failed { .. })));
     assert_eq!(c.poll_timeout(), None);
 }
+
+/// Neighbouring NATs that reset SYNs: both sides fire at once over IPv4 (no arming order can
+/// work), nobody waits for `armed`; IPv6 (no NAT) keeps its simultaneous open; without the
+/// neighbours the plan is the armed one again.
+#[test]
+fn neighbours_fire_syns_from_both_sides_at_once() {
+    let t0 = Instant::now();
+    let (la, ca) = (sa("203.0.113.21:40000"), sa("203.0.113.22:40001"));
+    let (la6, ca6) = (sa("[2001:db8:1::2]:40000"), sa("[2001:db8:2::2]:40001"));
+    let mut l = started(Role::Listener, t0, &[la, la6]);
+    let mut c = started(Role::Connector, t0, &[ca, ca6]);
+    l.set_neighbours(t0, true);
+    c.set_neighbours(t0, true);
+    relay(&mut l, &mut c, t0);
+    relay(&mut c, &mut l, t0);
+    let all = |p: &mut TcpPunch| std::iter::from_fn(|| p.poll_action()).collect::<Vec<_>>();
+    let (la_actions, ca_actions) = (all(&mut l), all(&mut c));
+    assert!(la_actions.contains(&Action::Cross(ca)), "{la_actions:?}");
+    assert!(la_actions.contains(&Action::Arm(ca6)), "{la_actions:?}");
+    assert!(ca_actions.contains(&Action::Cross(la)), "{ca_actions:?}");
+    assert!(!ca_actions.iter().any(|a| matches!(a, Action::Connect(_))));
+    let mut p = started(Role::Listener, t0, &[la]);
+    p.set_neighbours(t0, true);
+    assert_eq!(p.plan, Plan::Cross);
+    p.set_neighbours(t0, false);
+    assert_eq!(p.plan, Plan::Simultaneous);
+}
