@@ -261,11 +261,8 @@ impl Puncher {
 
     /// The peer's TTL findings (its `Hops` frame; 0: unknown), at `now`.
     pub fn handle_peer_hops(&mut self, now: Instant, own_nat: u8, peer_nat: u8) {
-        let known = |h: u8| (h != 0).then_some(h);
-        self.measure.handle_peer_view(PeerView {
-            own_nat: known(own_nat),
-            peer_nat: known(peer_nat),
-        });
+        self.measure
+            .handle_peer_view(PeerView::from_wire(own_nat, peer_nat));
         self.drive(now);
     }
 
@@ -273,18 +270,17 @@ impl Puncher {
     /// may be lost). Through the relay only: without one there is no path to tell it on
     /// before the checks.
     fn send_hops(&mut self, now: Instant) {
-        let ours_in = self.measure.peer_nat_hops().is_some() || self.measure.peer_done();
-        if self.serverless || self.hops_left == 0 || !ours_in {
+        if self.serverless || self.hops_left == 0 || !self.measure.view_ready() {
             return;
         }
         if self.hops_next.is_some_and(|t| t > now) {
             return;
         }
-        let v = self.measure.view();
+        let (own_nat, peer_nat) = self.measure.view().to_wire();
         let f = crate::wire::rendezvous::Frame::Hops {
             session: self.session,
-            own_nat: v.own_nat.unwrap_or(0),
-            peer_nat: v.peer_nat.unwrap_or(0),
+            own_nat,
+            peer_nat,
         };
         self.rv.send_data(f.emit());
         self.hops_left -= 1;

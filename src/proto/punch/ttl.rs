@@ -118,6 +118,20 @@ pub struct PeerView {
 }
 
 impl PeerView {
+    /// From a `Hops` frame's bytes (0: unknown).
+    pub fn from_wire(own_nat: u8, peer_nat: u8) -> PeerView {
+        let known = |h: u8| (h != 0).then_some(h);
+        PeerView {
+            own_nat: known(own_nat),
+            peer_nat: known(peer_nat),
+        }
+    }
+
+    /// The `Hops` frame's bytes (0: unknown): own NAT, peer's NAT.
+    pub fn to_wire(self) -> (u8, u8) {
+        (self.own_nat.unwrap_or(0), self.peer_nat.unwrap_or(0))
+    }
+
     /// Our NAT answered the peer at the hop right after the peer's own NAT: the NATs are
     /// neighbours, and ours accepts packets addressed to itself.
     fn neighbours(&self) -> bool {
@@ -166,7 +180,7 @@ impl Measure {
         self.view = Some(view);
     }
 
-    /// What we found, for the peer (once [`Measure::peer_done`] or its NAT answered).
+    /// What we found, for the peer, once it is in ([`Measure::view_ready`]).
     pub fn view(&self) -> PeerView {
         PeerView {
             own_nat: self.own_nat_hops(),
@@ -266,6 +280,11 @@ impl Measure {
     /// Whether the probes towards the peer are all answered or given up.
     pub fn peer_done(&self) -> bool {
         self.peer_ip.is_some() && !self.pending.keys().any(|(t, _)| *t == Target::Peer)
+    }
+
+    /// Whether our own probes towards the peer are in: its NAT answered, or all are done.
+    pub fn view_ready(&self) -> bool {
+        self.peer_nat_hops().is_some() || self.peer_done()
     }
 
     /// Whether what the peer probes can tell is known: its NAT answered, or all are done
