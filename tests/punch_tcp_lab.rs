@@ -301,9 +301,27 @@ fn symmetric_x_port_restricted_stays_on_quic_and_says_tried() {
 /// order works; both sides fire SYNs until two cross (`Plan::Cross`). A reachable side (open,
 /// full cone) is connected to directly. The data never waits for TCP. The transfer is paced
 /// over about 3 s: crossing takes up to half a second after the TCP punch starts.
-fn tcp_neighbours(a: Kind, b: Kind, ends: Ends) {
+fn tcp_neighbours(a: Kind, b: Kind, ends: Ends) -> Option<(Side, Side)> {
     let builder = Lab::builder().hops(0).router_input("accept");
-    tcp_pair_in(builder, a, b, PACE * 3, ends);
+    tcp_pair_in(builder, a, b, PACE * 3, ends)
+}
+
+/// [`tcp_neighbours`] of a pair that must cross their SYNs: both sides' final TTL findings
+/// (the `opening` event when the measurement settled after the `nat` event, else `nat`'s
+/// `opening`) say that no TTL is safe (`order`).
+fn crossing_neighbours(a: Kind, b: Kind) {
+    let Some((sa, sb)) = tcp_neighbours(a, b, Ends::OnTcp) else {
+        return;
+    };
+    for s in [&sa, &sb] {
+        let last = s
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| (e["event"] == "opening" || e["event"] == "nat").then(|| &e["opening"]))
+            .unwrap_or_else(|| panic!("no TTL findings: {}", s.events_text()));
+        assert_eq!(last["method"], "order", "{}", s.events_text());
+    }
 }
 
 // With a reachable side (a full cone, no NAT) the other side connects to it directly.
@@ -319,14 +337,14 @@ fn neighbours_port_restricted_x_open_move_to_tcp() {
 
 #[test]
 fn neighbours_port_restricted_x_port_restricted_cross_their_syns() {
-    tcp_neighbours(Kind::PortRestricted, Kind::PortRestricted, Ends::OnTcp);
+    crossing_neighbours(Kind::PortRestricted, Kind::PortRestricted);
 }
 
 /// The UDP-blocking NAT answers the port-restricted side's UDP TTL probes itself (its input
 /// accepts them, only forwarding drops UDP), so the pair is seen as neighbours and crosses.
 #[test]
 fn neighbours_udp_blocked_x_port_restricted_cross_their_syns() {
-    tcp_neighbours(Kind::UdpBlocked, Kind::PortRestricted, Ends::OnTcp);
+    crossing_neighbours(Kind::UdpBlocked, Kind::PortRestricted);
 }
 
 /// `--tcp` over IPv6 (issue 14): `runs` sessions on one lab of `a` × `b` NATs with IPv6

@@ -38,6 +38,9 @@ pub fn human(e: &Event) -> String {
             expect.why,
             opening_text(opening)
         ),
+        Event::Opening { opening } => {
+            format!("punch: TTL measurement settled: {}", opening_text(opening))
+        }
         Event::Mapped { external, via } => {
             format!("punch: the router forwards {external} to us ({via}); offered to the peer")
         }
@@ -51,6 +54,9 @@ pub fn human(e: &Event) -> String {
         } => {
             let how = match *method {
                 "birthday" => "birthday probing",
+                "prediction" => "port prediction",
+                "tcp" => "TCP",
+                "icmp" => "ICMP hole punch",
                 _ => "UDP hole punch",
             };
             let over = if peer.is_ipv6() { " over IPv6" } else { "" };

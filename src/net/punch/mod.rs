@@ -144,6 +144,13 @@ pub enum Event {
         /// our NAT is opened for the peer because of it.
         opening: crate::proto::punch::ttl::Distances,
     },
+    /// The TTL measurement settled after the `nat` event and found otherwise (the peer's
+    /// address came late, e.g. over the relay's TCP, or its NAT answered late): what was
+    /// measured and chosen in the end, with the keys of `nat`'s `opening`. At most once.
+    Opening {
+        /// As in the `nat` event.
+        opening: crate::proto::punch::ttl::Distances,
+    },
     /// The path in use.
     Connected {
         /// "direct" or "relay".
