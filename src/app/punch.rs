@@ -226,3 +226,57 @@ pub fn serve_event_line(e: &crate::net::punch::serve::ServeEvent, json: bool) ->
         serve_human(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::punch::ttl::Distances;
+
+    fn direct(method: &'static str) -> Event {
+        Event::Connected {
+            path: "direct",
+            method,
+            peer: "203.0.113.5:4000".parse().unwrap(),
+            family: "ipv4",
+            elapsed_ms: 80,
+            probes: 3,
+        }
+    }
+
+    /// Regression: every direct connection was called a "UDP hole punch", a punched TCP
+    /// connection too.
+    #[test]
+    fn direct_connection_line_names_its_method() {
+        for (method, words) in [
+            ("udp", "UDP hole punch"),
+            ("tcp", "(TCP,"),
+            ("birthday", "birthday probing"),
+            ("prediction", "port prediction"),
+            ("icmp", "ICMP hole punch"),
+        ] {
+            let line = human(&direct(method));
+            assert!(line.contains(words), "{method}: {line}");
+        }
+    }
+
+    #[test]
+    fn settled_opening_is_one_line_with_its_keys_in_json() {
+        let e = Event::Opening {
+            opening: Distances {
+                own_nat_hops: Some(1),
+                peer_nat_hops: Some(2),
+                routers_between: 0,
+                opening_ttl: None,
+                method: "order",
+            },
+        };
+        let line = human(&e);
+        assert!(line.contains("no TTL is safe"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&event_line(&e, true)).unwrap();
+        assert_eq!(v["event"], "opening");
+        assert_eq!(v["opening"]["method"], "order");
+        assert_eq!(v["opening"]["peer_nat_hops"], 2);
+        assert!(v["opening"]["opening_ttl"].is_null());
+    }
+}
