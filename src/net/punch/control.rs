@@ -92,9 +92,6 @@ pub(super) struct Control {
     pub(super) birthday: Option<BirthdayRun>,
     /// TCP hole punching (`--tcp`), once authenticated.
     pub(super) tcp: Option<TcpRun>,
-    /// The TTL findings the `nat` event reported, until the measurement has settled (then
-    /// an `opening` event follows if they changed).
-    pub(super) opening_told: Option<crate::proto::punch::ttl::Distances>,
     /// Both NAT classifications (ours, the peer's), for the TCP punch's plan.
     pub(super) classes: Option<(NatClass, NatClass)>,
     /// Once a punched TCP connection carries the data, UDP path changes are not news.
@@ -168,7 +165,9 @@ impl Control {
             }
             self.on_birthday_done();
         }
-        self.tell_settled_opening();
+        if let Some(opening) = self.puncher.settled_opening(Instant::now()) {
+            self.pending.push(Event::Opening { opening });
+        }
         for e in std::mem::take(&mut self.pending) {
             self.emit.send(&e);
         }
@@ -344,22 +343,6 @@ impl Control {
         self.wire.connect_tcp(timeout, link, ctl, quic).await
     }
 
-    /// Once the TTL measurement has settled, an `opening` event if it found otherwise than
-    /// the `nat` event said.
-    fn tell_settled_opening(&mut self) {
-        let Some(told) = self.opening_told else {
-            return;
-        };
-        if self.puncher.peer_measured(Instant::now()).is_none() {
-            return;
-        }
-        self.opening_told = None;
-        let opening = self.puncher.distances();
-        if opening != told {
-            self.pending.push(Event::Opening { opening });
-        }
-    }
-
     pub(super) fn set_my_nat(&mut self, c: NatClass) {
         self.nat.set_mine(Instant::now(), c);
         self.apply_nat();
@@ -383,8 +366,7 @@ impl Control {
                     self.tcp_classes(mine, peer);
                     self.puncher
                         .set_permissive(mine.lets_in_any_port(), peer.lets_in_any_port());
-                    let opening = self.puncher.distances();
-                    self.opening_told = Some(opening);
+                    let opening = self.puncher.tell_distances();
                     self.pending.push(Event::Nat {
                         mine,
                         peer,

@@ -369,7 +369,6 @@ pub(super) async fn prepare(
         predict_resend: None,
         birthday: None,
         tcp: None,
-        opening_told: None,
         classes: None,
         quiet: Arc::new(AtomicBool::new(false)),
         path_changed: Arc::new(tokio::sync::Notify::new()),

@@ -137,6 +137,8 @@ pub struct Puncher {
     /// Sends of our TTL findings to the peer left, and when the next is due.
     hops_left: u8,
     hops_next: Option<Instant>,
+    /// The findings the `nat` event told, until the measurement has settled.
+    told: Option<Distances>,
     session: SessionId,
     /// How long a round of checks probes (`--direct-timeout`).
     bound: Duration,
@@ -155,6 +157,7 @@ impl Puncher {
             keep_open_out: VecDeque::new(),
             hops_left: 3,
             hops_next: None,
+            told: None,
             session: cfg.session,
             bound: cfg.direct_timeout,
             rv: RvClient::new(cfg, now),
@@ -290,6 +293,25 @@ impl Puncher {
     /// What the measurement found, and the opening chosen.
     pub fn distances(&self) -> Distances {
         self.measure.distances()
+    }
+
+    /// [`Puncher::distances`] as the `nat` event tells them; [`Puncher::settled_opening`]
+    /// then says whether the settled measurement found otherwise.
+    pub fn tell_distances(&mut self) -> Distances {
+        let d = self.distances();
+        self.told = Some(d);
+        d
+    }
+
+    /// At most once, when the measurement towards the peer has settled after
+    /// [`Puncher::tell_distances`]: its findings, if they differ from what was told (the
+    /// peer's address came late, e.g. over the relay's TCP).
+    pub fn settled_opening(&mut self, now: Instant) -> Option<Distances> {
+        self.told?;
+        self.peer_measured(now)?;
+        let told = self.told.take()?;
+        let d = self.distances();
+        (d != told).then_some(d)
     }
 
     /// Both NAT classes are known: whether each lets in any port of a contacted address
