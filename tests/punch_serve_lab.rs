@@ -272,10 +272,10 @@ fn udp_echo_through_port_restricted_from_symmetric() {
 
 /// 8 clients, each its own flow, at 60 datagrams/s for 60 s: no loss on the lossless lab,
 /// and the service sees 8 distinct sources (one per flow) besides the first probe's.
-/// Once in about 30 runs here, one client got 3,596 of its 3,600 echoes back (the others all
-/// of theirs); the cause is not known (12 sessions of 8 × 500 datagrams/s across the
-/// relay-to-direct switch lost none), so the run prints both sides' paths and a failure the
-/// missing datagrams' numbers and both sides' events.
+/// Once in 45 runs here, one client got 3,596 of its 3,600 echoes back (the others all of
+/// theirs); the cause is not known (18 sessions of 8 × 300–500 datagrams/s across the
+/// relay-to-direct switch lost none), so the run prints both sides' paths, and a failure the
+/// missing datagrams' numbers, both sides' events and the hosts' UDP counters.
 #[test]
 fn udp_eight_clients_for_a_minute_lose_nothing() {
     let Some((lab, _r, seen)) = udp_lab(Kind::Symmetric) else {
